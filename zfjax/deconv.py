@@ -36,50 +36,9 @@ import numpy as np
 from jax import lax
 
 from zfjax import model
-from zfjax.model import POOL_STRIDE, POOL_WINDOW, ZFNetConfig
+from zfjax.model import Stage, ZFNetConfig, grow, stages_below
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
-
-
-class Stage(NamedTuple):
-    """One forward stage the reverse pass inverts: a conv (with its relu) or a pool."""
-
-    name: str
-    kind: str  # 'conv' or 'pool'
-    kernel: int
-    stride: int
-    padding: int  # leading padding of the forward op (pools: 0, ceil mode pads the end)
-    input_size: int  # spatial side of the map the stage reads
-
-
-def stages(config: ZFNetConfig) -> tuple[Stage, ...]:
-    """Forward stages in order, bottom to top, named as the layers they produce."""
-    sizes = model.layer_sizes(config)
-    out, below = [], "input"
-    for spec in model.conv_specs(config):
-        out.append(Stage(spec.name, "conv", spec.kernel, spec.stride, spec.padding, sizes[below]))
-        below = spec.name
-        if spec.pool:
-            out.append(Stage(spec.pool, "pool", POOL_WINDOW, POOL_STRIDE, 0, sizes[below]))
-            below = spec.pool
-    return tuple(out)
-
-
-def stages_below(config: ZFNetConfig, layer: str) -> tuple[Stage, ...]:
-    """Stages from ``layer`` down to the input, top first. Raises for an unknown layer."""
-    if layer not in model.PROJECTABLE_LAYERS:
-        raise model.unknown_layer(layer)
-    all_stages = stages(config)
-    top = [s.name for s in all_stages].index(layer)
-    return tuple(reversed(all_stages[: top + 1]))
-
-
-def grow(stage: Stage, size, offset):
-    """Window (size, offset) on a stage's output -> the window its inputs span.
-
-    Works on Python ints and on integer arrays (offsets may be traced).
-    """
-    return (size - 1) * stage.stride + stage.kernel, offset * stage.stride - stage.padding
 
 
 def reverse_stage(stage: Stage, signal: jax.Array, params: dict, switches: jax.Array | None):

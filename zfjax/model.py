@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import partial
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -306,6 +307,50 @@ class ZFNet(nn.Module):
         return logits.astype(jnp.float32), {"activations": acts, "switches": switches}
 
 
+# ---- geometry shared by the reverse pass and receptive fields ----------------------
+
+
+class Stage(NamedTuple):
+    """One forward stage the reverse pass inverts: a conv (with its relu) or a pool."""
+
+    name: str
+    kind: str  # 'conv' or 'pool'
+    kernel: int
+    stride: int
+    padding: int  # leading padding of the forward op (pools: 0, ceil mode pads the end)
+    input_size: int  # spatial side of the map the stage reads
+
+
+def stages(config: ZFNetConfig) -> tuple[Stage, ...]:
+    """Forward stages in order, bottom to top, named as the layers they produce."""
+    sizes = layer_sizes(config)
+    out, below = [], "input"
+    for spec in conv_specs(config):
+        out.append(Stage(spec.name, "conv", spec.kernel, spec.stride, spec.padding, sizes[below]))
+        below = spec.name
+        if spec.pool:
+            out.append(Stage(spec.pool, "pool", POOL_WINDOW, POOL_STRIDE, 0, sizes[below]))
+            below = spec.pool
+    return tuple(out)
+
+
+def stages_below(config: ZFNetConfig, layer: str) -> tuple[Stage, ...]:
+    """Stages from ``layer`` down to the input, top first. Raises for an unknown layer."""
+    if layer not in PROJECTABLE_LAYERS:
+        raise unknown_layer(layer)
+    all_stages = stages(config)
+    top = [s.name for s in all_stages].index(layer)
+    return tuple(reversed(all_stages[: top + 1]))
+
+
+def grow(stage: Stage, size, offset):
+    """Window (size, offset) on a stage's output -> the window its inputs span.
+
+    Works on Python ints and on integer arrays (offsets may be traced).
+    """
+    return (size - 1) * stage.stride + stage.kernel, offset * stage.stride - stage.padding
+
+
 def check_images(images: jax.Array, config: ZFNetConfig) -> None:
     """Raise ValueError unless images is (N, image_size, image_size, 3)."""
     want = (config.image_size, config.image_size, 3)
@@ -316,6 +361,7 @@ def check_images(images: jax.Array, config: ZFNetConfig) -> None:
         )
 
 
+@partial(jax.jit, static_argnums=0)
 def init_params(config: ZFNetConfig, key: jax.Array) -> dict:
     """Fresh float32 parameters: {'conv1': {'kernel': HWIO, 'bias'}, ..., 'fc8': ...}."""
     dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)

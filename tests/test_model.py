@@ -1,0 +1,151 @@
+"""ZFNet forward: sizes, parameter count, switches, pooling gradient, input checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from zfjax import model
+
+SMALL = model.ZFNetConfig(num_classes=7, image_size=64, width=0.25, init_std=None)
+
+
+def test_size_table_and_parameter_count_at_224():
+    config = model.ZFNetConfig(num_classes=10)
+    assert model.layer_sizes(config) == {
+        "input": 224, "conv1": 110, "pool1": 55, "conv2": 26, "pool2": 13,
+        "conv3": 13, "conv4": 13, "conv5": 13, "pool5": 6,
+    }
+    params = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
+    assert model.param_count(params) == 58_301_578
+    assert params["conv1"]["kernel"].shape == (7, 7, 3, 96)
+    assert params["fc6"]["kernel"].shape == (6 * 6 * 256, 4096)
+
+
+@pytest.mark.parametrize("size, pool5", [(64, 1), (112, 3), (160, 4), (256, 7)])
+def test_other_input_sizes_build(size, pool5):
+    config = model.ZFNetConfig(num_classes=3, image_size=size, width=0.25)
+    assert model.layer_sizes(config)["pool5"] == pool5
+    params = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
+    assert params["fc6"]["kernel"].shape[0] == pool5 * pool5 * 64
+
+
+def test_forward_records_every_layer():
+    params = model.init_params(SMALL, jax.random.key(0))
+    images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+    logits, aux = model.forward_jit(params, images, SMALL)
+    assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+    sizes = model.layer_sizes(SMALL)
+    for layer in model.PROJECTABLE_LAYERS:
+        channels = model.num_channels(SMALL, layer)
+        assert aux["activations"][layer].shape == (2, sizes[layer], sizes[layer], channels)
+    assert aux["activations"]["fc6"].shape == (2, 1024)
+    assert set(aux["switches"]) == {"pool1", "pool2", "pool5"}
+
+
+def _gather_at_switches(x, switches):
+    """Independent selection: the element each switch names, window by window."""
+    n, h, w, c = switches.shape
+    dy, dx = np.divmod(np.asarray(switches).astype(int), 3)
+    rows = 2 * np.arange(h)[None, :, None, None] + dy
+    cols = 2 * np.arange(w)[None, None, :, None] + dx
+    return np.asarray(x)[np.arange(n)[:, None, None, None], rows, cols, np.arange(c)]
+
+
+@pytest.mark.parametrize("size", [110, 26, 13, 9])
+def test_switches_point_at_the_pooled_values(size):
+    x = jax.random.normal(jax.random.key(size), (2, size, size, 5))
+    pooled, switches = model.max_pool_with_switches(x)
+    out = model.pool_output_size(size)
+    assert pooled.shape == switches.shape == (2, out, out, 5)
+    np.testing.assert_array_equal(_gather_at_switches(x, switches), pooled)
+    # Same values as XLA's own max-pool with ceil-mode padding.
+    pad = (out - 1) * 2 + 3 - size
+    ref = lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                            ((0, 0), (0, pad), (0, pad), (0, 0)))
+    np.testing.assert_array_equal(pooled, ref)
+
+
+def test_ties_go_to_the_first_position_in_row_major_order():
+    x = jnp.zeros((1, 5, 5, 1)).at[0, 1, 2, 0].set(1.0).at[0, 2, 1, 0].set(1.0)
+    _, switches = model.max_pool_with_switches(x)
+    # Window (0,0) covers rows 0-2, cols 0-2: maxima at (1,2)=5 and (2,1)=7 -> 5.
+    assert int(switches[0, 0, 0, 0]) == 5
+    # Window (1,1) covers rows 2-4, cols 2-4: all zero -> first position.
+    assert int(switches[0, 1, 1, 0]) == 0
+
+
+def test_unpool_is_the_adjoint_of_selection():
+    kx, ky = jax.random.split(jax.random.key(2))
+    x = jax.random.normal(kx, (2, 26, 26, 4))
+    pooled, switches = model.max_pool_with_switches(x)
+    y = jax.random.normal(ky, pooled.shape)
+    lhs = jnp.vdot(_gather_at_switches(x, switches), y)
+    rhs = jnp.vdot(x, model.unpool(y, switches, 26, 26))
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-5)
+
+
+def test_unpool_adds_where_windows_share_an_argmax():
+    # One big value at (2,2) is the max of the four windows that overlap there.
+    x = jnp.zeros((1, 5, 5, 1)).at[0, 2, 2, 0].set(9.0) - 1.0
+    _, switches = model.max_pool_with_switches(x)
+    back = model.unpool(jnp.ones((1, 2, 2, 1)), switches, 5, 5)
+    assert float(back[0, 2, 2, 0]) == 4.0
+    assert float(jnp.abs(back).sum()) == 4.0
+
+
+def test_pooling_gradient_matches_xla_max_pool():
+    x = jax.random.normal(jax.random.key(3), (2, 26, 26, 3))
+    w = jax.random.normal(jax.random.key(4), (2, 13, 13, 3))
+    ours = jax.grad(lambda v: jnp.vdot(model.max_pool_with_switches(v)[0], w))(x)
+    ref = jax.grad(lambda v: jnp.vdot(lax.reduce_window(
+        v, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (0, 1), (0, 1), (0, 0))), w))(x)
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_contrast_norm_matches_a_direct_loop():
+    x = jax.random.normal(jax.random.key(5), (1, 3, 3, 8)) * 30
+    ours = np.asarray(model.contrast_normalize(x))
+    xs = np.asarray(x, np.float64)
+    ref = np.empty_like(xs)
+    for c in range(8):
+        lo, hi = max(0, c - 2), min(8, c + 3)
+        ref[..., c] = xs[..., c] / (2.0 + 1e-4 / 5 * (xs[..., lo:hi] ** 2).sum(-1)) ** 0.75
+    np.testing.assert_allclose(ours, ref, rtol=1e-5)
+
+
+def test_training_forward_uses_dropout_and_needs_a_key():
+    params = model.init_params(SMALL, jax.random.key(0))
+    images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+    with pytest.raises(ValueError, match="dropout_key"):
+        model.forward(params, images, SMALL, train=True)
+    a, _ = model.forward(params, images, SMALL, train=True, dropout_key=jax.random.key(1))
+    b, _ = model.forward(params, images, SMALL, train=True, dropout_key=jax.random.key(2))
+    c, _ = model.forward(params, images, SMALL)
+    assert not np.allclose(a, b) and not np.allclose(a, c)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+    config = model.ZFNetConfig(num_classes=7, image_size=64, width=0.25, dtype="bfloat16")
+    params = model.init_params(config, jax.random.key(0))
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
+    logits, aux = model.forward_jit(params, jnp.ones((1, 64, 64, 3)), config)
+    assert logits.dtype == jnp.float32
+    assert aux["activations"]["conv3"].dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 3), (1, 64, 64, 1), (1, 65, 64, 3), (1, 3, 64, 64)])
+def test_wrong_image_shape_says_what_was_expected(shape):
+    params = jax.eval_shape(lambda: model.init_params(SMALL, jax.random.key(0)))
+    with pytest.raises(ValueError, match=r"expects images of shape \(N, 64, 64, 3\)"):
+        jax.eval_shape(lambda p: model.forward(p, jnp.zeros(shape), SMALL), params)
+
+
+def test_bad_config_values_are_refused():
+    with pytest.raises(ValueError, match="too small"):
+        model.ZFNetConfig(image_size=32)
+    with pytest.raises(ValueError, match="dtype"):
+        model.ZFNetConfig(dtype="float64")
+    with pytest.raises(ValueError, match="width"):
+        model.ZFNetConfig(width=0)
