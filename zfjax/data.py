@@ -85,6 +85,7 @@ def load_split(source: str, split: str, input_size: int, *, data_dir: str | None
 
 
 def _is_folder(source: str) -> bool:
+    """True if `source` names an image folder rather than a TFDS dataset."""
     if os.path.isdir(os.path.expanduser(source)) or source.startswith(("/", ".", "~")):
         return True
     if "/" not in source:
@@ -260,6 +261,9 @@ def _decode_all(items: Iterable[tuple[str | bytes, int, str]], size: int, total:
                 labels.append(label)
                 ids.append(ex_id)
                 n += 1
+    if n == 0:
+        raise ValueError(f"no decodable images in {desc}"
+                         + (f" ({len(failures)} failed, e.g. {failures[0]})" if failures else ""))
     if failures:
         log.warning("%s: skipped %d unreadable image file(s), e.g. %s",
                     desc, len(failures), failures[0])

@@ -1,0 +1,167 @@
+"""Benchmark of the core: forward with/without switches, conv5 projections.
+
+    python bench/bench_core.py [--size 224] [--batch 32] [--units 256] [--out bench/results/core.json]
+
+Prints a table and writes JSON with the platform. Ratios measured side by side
+in one run are what to compare; absolute numbers move with machine load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from zfjax import deconv, model  # noqa: E402
+
+# PyTorch 2.13 CPU on this 2-core machine (shared/FACTS.md): 256 conv5
+# projections of one 224 image.
+REFERENCE_S = {"captum NeuronDeconvolution loop": 13.1, "hand-written torch deconvnet": 3.75}
+
+
+def timed(fn, *args, repeats=3):
+    """Best wall time of ``fn(*args)`` over repeats, after one warm-up (compile) call."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@contextlib.contextmanager
+def plain_xla_pooling():
+    """Swap in XLA's own max-pool (no switch machinery) as a baseline."""
+    def pool(x):
+        n = x.shape[1]
+        extra = (model.pool_output_size(n) - 1) * 2 + 3 - n
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                                 ((0, 0), (0, extra), (0, extra), (0, 0))), None
+    original = model.max_pool_with_switches
+    model.max_pool_with_switches = pool
+    try:
+        yield
+    finally:
+        model.max_pool_with_switches = original
+
+
+def bench_forward(config, params, images, rows):
+    n = images.shape[0]
+
+    def loss(p, x):
+        logits, _ = model.forward(p, x, config)
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[:, 0])
+
+    def variants():  # fresh jits, so each traces with the pooling in place at the time
+        return {
+            "forward, logits only": jax.jit(lambda p, x: model.forward(p, x, config)[0]),
+            "forward, logits + aux (switches)": jax.jit(lambda p, x: model.forward(p, x, config)),
+            "loss + grad": jax.jit(jax.value_and_grad(loss)),
+        }
+
+    def measure(fns, pooling):
+        for name, fn in fns.items():
+            seconds = timed(fn, params, images)
+            rows.append({"work": name, "pooling": pooling, "batch": n,
+                         "seconds": seconds, "images_per_s": n / seconds})
+
+    measure(variants(), "zfjax (switches)")
+    with plain_xla_pooling():
+        fns = variants()
+        del fns["forward, logits + aux (switches)"]
+        measure(fns, "XLA reduce_window (baseline)")
+
+
+def bench_projections(config, params, image, units_count, rows):
+    forward = jax.jit(lambda p, x: model.forward(p, x, config)[1])
+    aux = forward(params, image)
+    t_forward = timed(forward, params, image)
+    peaks = aux["activations"]["conv5"][0].max(axis=(0, 1))
+    channels = jnp.argsort(-peaks)[:units_count]
+    units = deconv.strongest_units(aux, "conv5", channels)
+    signals = jax.vmap(lambda c, y, x: deconv.unit_signal(aux, "conv5", c, y, x))(
+        units.channel, units.y, units.x)
+
+    dense_one = jax.jit(lambda s: deconv.project(params, aux, "conv5", s, config))
+    window_one = jax.jit(lambda u: deconv.project_units(params, aux, "conv5", u, config))
+    dense_many = jax.jit(jax.vmap(lambda s: deconv.project(params, aux, "conv5", s, config)))
+
+    def loop(fn, items, count):
+        def run():
+            return [fn(item) for item in items[:count]]
+        return run
+
+    one_units = [deconv.Units(*(u[k : k + 1] for u in units)) for k in range(units_count)]
+    sample = min(16, units_count)  # one-at-a-time loops are timed on a sample, then scaled
+    cases = [
+        ("dense, one at a time", loop(dense_one, list(signals), sample), sample),
+        ("receptive-field window, one at a time", loop(window_one, one_units, sample), sample),
+        ("dense, batched (vmap)", lambda: dense_many(signals), units_count),
+        ("receptive-field window, batched", lambda: window_one(units), units_count),
+    ]
+    for name, fn, count in cases:
+        seconds = timed(fn, repeats=2) * units_count / count
+        rows.append({"work": f"{units_count} conv5 projections: {name}", "batch": units_count,
+                     "seconds": seconds, "seconds_with_forward": seconds + t_forward,
+                     "projections_per_s": units_count / seconds})
+    dense = dense_many(signals)[:, 0]  # (K, 1, H, W, 3): one image per signal
+    window = window_one(units)
+    rows.append({"work": "max |dense - window| / max |dense|",
+                 "value": float(jnp.abs(dense - window).max() / jnp.abs(dense).max())})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--units", type=int, default=256)
+    parser.add_argument("--out", default="bench/results/core.json")
+    args = parser.parse_args()
+
+    config = model.ZFNetConfig(num_classes=1000, image_size=args.size, init_std=None)
+    params = model.init_params(config, jax.random.key(0))
+    images = jax.random.normal(jax.random.key(1), (args.batch, args.size, args.size, 3))
+    rows = []
+    bench_forward(config, params, images, rows)
+    bench_projections(config, params, images[:1], args.units, rows)
+
+    print(f"\nzfjax core benchmark, {args.size} px, {jax.devices()[0].platform} "
+          f"({jax.device_count()} devices, {os.cpu_count()} CPUs)")
+    print(f"{'work':62s} {'seconds':>9s} {'rate':>14s}")
+    for row in rows:
+        if "value" in row:
+            print(f"{row['work']:62s} {row['value']:>9.1e}")
+            continue
+        rate = (f"{row['images_per_s']:.1f} img/s" if "images_per_s" in row
+                else f"{row['projections_per_s']:.1f} proj/s")
+        label = row["work"] + (f" [{row['pooling']}]" if "pooling" in row else "")
+        print(f"{label:62s} {row['seconds']:9.3f} {rate:>14s}")
+    for name, seconds in REFERENCE_S.items():
+        print(f"{'reference: ' + name + ' (FACTS.md)':62s} {seconds:9.3f}")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "platform": {"machine": platform.platform(), "processor": platform.processor(),
+                     "cpus": os.cpu_count(), "jax": jax.__version__,
+                     "backend": jax.devices()[0].platform, "device": str(jax.devices()[0].device_kind),
+                     "device_count": jax.device_count()},
+        "config": {"image_size": args.size, "batch": args.batch, "units": args.units},
+        "rows": rows, "reference_seconds": REFERENCE_S,
+    }, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
