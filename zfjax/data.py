@@ -270,6 +270,23 @@ def _decode_all(items: Iterable[tuple[str | bytes, int, str]], size: int, total:
     return images[:n], np.array(labels, np.int32), tuple(ids), len(failures)
 
 
+def load_image_files(paths, input_size: int) -> np.ndarray:
+    """Decode image files the way load_split does: uint8 (N, S, S, 3), S = stored_size.
+
+    Unlike a split, a named file that is missing or unreadable is an error.
+    """
+    size = stored_size(input_size)
+    out = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image {path} does not exist")
+        img = _decode(str(path), size)
+        if isinstance(img, Exception):
+            raise ValueError(f"cannot decode image {path}: {img}")
+        out.append(img)
+    return np.stack(out)
+
+
 # ----------------------------------------------------------------------------- batches
 
 def mean_image(images: ImageSet) -> np.ndarray:

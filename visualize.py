@@ -1,0 +1,48 @@
+"""Reproduce the paper's figures from a trained zfjax run.
+
+    python visualize.py SUBCOMMAND RUN_OR_CHECKPOINT [options]
+    python visualize.py --help            # lists the subcommands
+
+Each subcommand writes a PNG and the raw arrays (.npz) under the run's
+figures/ folder (or --out) and prints their paths. Bad input gives one line
+saying what is wrong and a non-zero exit, with nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# One module per analysis; each defines add_cli(subparsers) -> parser whose
+# defaults hold run(args) -> list of written paths.
+ANALYSES = ("topk", "evolution", "invariance", "filters", "occlusion",
+            "correspondence", "reconstructions", "maximize")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="visualize.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    for name in ANALYSES:
+        importlib.import_module(f"zfjax.{name}").add_cli(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        paths = args.run(args)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"visualize.py {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
