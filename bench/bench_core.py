@@ -19,9 +19,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zfjax import deconv, model  # noqa: E402
 
 # PyTorch 2.13 CPU on this 2-core machine (shared/FACTS.md): 256 conv5
@@ -119,6 +121,54 @@ def bench_projections(config, params, image, units_count, rows):
     window = window_one(units)
     rows.append({"work": "max |dense - window| / max |dense|",
                  "value": float(jnp.abs(dense - window).max() / jnp.abs(dense).max())})
+    bench_torch(config, params, image, units, np.asarray(window), t_forward, rows)
+
+
+def bench_torch(config, params, image, units, ours, t_forward_jax, rows):
+    """The same projections with a hand-written PyTorch deconvnet, if torch is installed."""
+    try:
+        import torch
+        from torch_reference import TorchDeconvnet
+    except ImportError:
+        print("torch not installed: no side-by-side PyTorch rows (pip install torch==2.13.0)")
+        return
+    net = TorchDeconvnet(params, config)
+    k = len(units.channel)
+    with torch.no_grad():
+        start = time.perf_counter()
+        acts, indices, sizes = net.forward(np.asarray(image))
+        t_forward = time.perf_counter() - start
+        conv5 = acts["conv5"]
+        signals = torch.zeros((k,) + conv5.shape[1:])
+        for i, (c, y, x) in enumerate(zip(units.channel.tolist(), units.y.tolist(), units.x.tolist())):
+            signals[i, c, y, x] = conv5[0, c, y, x]
+
+        def one_at_a_time(count):
+            return [net.project("conv5", signals[i : i + 1], indices, sizes) for i in range(count)]
+
+        def batched(chunk=32):
+            return torch.cat([net.project("conv5", signals[i : i + chunk], indices, sizes)
+                              for i in range(0, k, chunk)])
+
+        sample = min(16, k)
+        for name, fn, count in [("one at a time", lambda: one_at_a_time(sample), sample),
+                                ("batched (chunks of 32)", batched, k)]:
+            fn()
+            best = min(_wall(fn) for _ in range(2)) * k / count
+            rows.append({"work": f"{k} conv5 projections: PyTorch hand-written, {name}",
+                         "batch": k, "seconds": best, "seconds_with_forward": best + t_forward,
+                         "projections_per_s": k / best})
+        theirs = batched().numpy().transpose(0, 2, 3, 1)
+    rows.append({"work": "max |zfjax - PyTorch| / max |PyTorch| (conv5 units)",
+                 "value": float(np.abs(ours - theirs).max() / np.abs(theirs).max())})
+    rows.append({"work": "forward of 1 image, PyTorch / zfjax seconds",
+                 "value": t_forward / t_forward_jax})
+
+
+def _wall(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main():
@@ -127,13 +177,16 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--units", type=int, default=256)
     parser.add_argument("--out", default="bench/results/core.json")
+    parser.add_argument("--projections-only", action="store_true",
+                        help="skip the forward/gradient rows")
     args = parser.parse_args()
 
     config = model.ZFNetConfig(num_classes=1000, image_size=args.size, init_std=None)
     params = model.init_params(config, jax.random.key(0))
     images = jax.random.normal(jax.random.key(1), (args.batch, args.size, args.size, 3))
     rows = []
-    bench_forward(config, params, images, rows)
+    if not args.projections_only:
+        bench_forward(config, params, images, rows)
     bench_projections(config, params, images[:1], args.units, rows)
 
     print(f"\nzfjax core benchmark, {args.size} px, {jax.devices()[0].platform} "
@@ -141,7 +194,7 @@ def main():
     print(f"{'work':62s} {'seconds':>9s} {'rate':>14s}")
     for row in rows:
         if "value" in row:
-            print(f"{row['work']:62s} {row['value']:>9.1e}")
+            print(f"{row['work']:62s} {row['value']:>9.2g}")
             continue
         rate = (f"{row['images_per_s']:.1f} img/s" if "images_per_s" in row
                 else f"{row['projections_per_s']:.1f} proj/s")

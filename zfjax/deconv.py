@@ -159,12 +159,14 @@ def project_units(params: dict, aux: dict, layer: str, units: Units, config: ZFN
 @partial(jax.jit, static_argnames=("layer", "config"))
 def _project_units(params, aux, units, layer, config):
     below = stages_below(config, layer)
-    # Static window size at each stage's output, top first; pad each switch map
-    # by its window so every dynamic slice stays in bounds.
+    # Static window side at each stage's output, top first. A window that would
+    # outgrow the map below becomes the whole map (offset 0) from there on.
     sizes, size = [], 1
     for stage in below:
         sizes.append(size)
         size, _ = grow(stage, size, 0)
+        size = size if size < stage.input_size else stage.input_size
+    # Pad each switch map by its window so every dynamic slice stays in bounds.
     padded = {
         stage.name: jnp.pad(aux["switches"][stage.name], ((0, 0), (w, w), (w, w), (0, 0)))
         for stage, w in zip(below, sizes) if stage.kind == "pool"
@@ -174,7 +176,7 @@ def _project_units(params, aux, units, layer, config):
     def one(unit):
         c = acts.shape[-1]
         value = acts[unit.image, unit.y, unit.x, unit.channel]
-        x = jnp.where(jnp.arange(c) == unit.channel, value, 0).reshape(1, 1, 1, c)
+        x = jnp.where(jnp.arange(c) == unit.channel, value, 0).reshape(c)[None, None, None]
         offset = jnp.stack([unit.y, unit.x])
         for stage, w in zip(below, sizes):
             switches = None
@@ -184,11 +186,15 @@ def _project_units(params, aux, units, layer, config):
                     full, (unit.image, offset[0] + w, offset[1] + w, 0), (1, w, w, full.shape[-1]))
             x = reverse_stage(stage, x, params, switches)
             grown, offset = grow(stage, w, offset)
-            # Zero what falls outside the map (forward padding positions).
-            pos = offset[:, None] + jnp.arange(grown)
-            inside = (pos >= 0) & (pos < stage.input_size)
-            x = x * (inside[0][:, None] & inside[1][None, :])[None, :, :, None]
-        return _paste(x[0], offset, config.image_size)
+            if grown < stage.input_size and stage is not below[-1]:
+                # Zero what falls outside the map (forward padding positions).
+                pos = offset[:, None] + jnp.arange(grown)
+                inside = (pos >= 0) & (pos < stage.input_size)
+                x = x * (inside[0][:, None] & inside[1][None, :])[None, :, :, None]
+            else:  # onto the whole map (last stage: the image); the rest is cut off
+                x = _paste(x[0], offset, stage.input_size)[None]
+                offset = jnp.zeros_like(offset)
+        return x[0]
 
     return jax.vmap(one)(units)
 
