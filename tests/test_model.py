@@ -149,3 +149,15 @@ def test_bad_config_values_are_refused():
         model.ZFNetConfig(dtype="float64")
     with pytest.raises(ValueError, match="width"):
         model.ZFNetConfig(width=0)
+
+
+def test_unused_switches_are_not_computed_under_jit():
+    params = jax.eval_shape(lambda: model.init_params(SMALL, jax.random.key(0)))
+    images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+
+    def compiled_hlo(fn):
+        return jax.jit(fn).lower(params, images).compile().as_text()
+
+    # Switches are the only int8 values in the network.
+    assert "s8[" in compiled_hlo(lambda p, x: model.forward(p, x, SMALL))
+    assert "s8[" not in compiled_hlo(lambda p, x: model.forward(p, x, SMALL)[0])
