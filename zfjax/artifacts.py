@@ -30,10 +30,18 @@ def atomic_path(path):
 
 
 def save_npz(path, **arrays) -> Path:
-    """Write arrays to ``path`` (.npz, no pickled objects), atomically."""
+    """Write arrays to ``path`` (.npz) atomically. Object arrays are refused (no pickles)."""
     path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+    arrays = {key: np.asarray(value) for key, value in arrays.items()}
+    for key, value in arrays.items():
+        if value.dtype == object:
+            raise ValueError(f"array {key!r} for {path} holds Python objects; only numeric "
+                             f"arrays are written (files are read with allow_pickle=False)")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
     return path
 
 

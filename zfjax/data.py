@@ -125,12 +125,12 @@ def _folder_items(root: str, split: str, limit: int | None):
     if not files:
         raise FileNotFoundError(
             f"no images found in {split_dir}; expected a folder laid out {FOLDER_LAYOUT}")
-    keep = _spread(np.array(labels), limit) if limit is not None else range(len(files))
+    keep = spread(np.array(labels), limit) if limit is not None else range(len(files))
     items = [(files[i], labels[i], files[i]) for i in keep]
     return items, class_names, len(items)
 
 
-def _spread(labels: np.ndarray, limit: int) -> np.ndarray:
+def spread(labels: np.ndarray, limit: int) -> np.ndarray:
     """Sorted indices of at most `limit` items taken round-robin over the classes."""
     rank = np.zeros(len(labels), np.int64)  # position of each item within its class
     for c in np.unique(labels):
