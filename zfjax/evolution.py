@@ -271,6 +271,31 @@ def plot_evolution(run_dir, out_png, epochs=None) -> pathlib.Path:
             top += _CELL
         top += _LAYER_GAP
     out_png = pathlib.Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=_DPI)
+    with artifacts.atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=_DPI)
     return out_png
+
+
+# ---- command line: visualize.py evolution RUN_DIR ----------------------------------
+
+
+def add_cli(subparsers):
+    parser = subparsers.add_parser(
+        "evolution", help="Fig. 4: feature evolution over the epochs of a training run",
+        description="Draw the per-epoch snapshots train.py saved in RUN_DIR/snapshots.")
+    parser.add_argument("target", help="run folder written by train.py")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="output folder (default: <run>/figures)")
+    parser.add_argument("--epochs", type=int, nargs="+", default=None,
+                        help="epochs to show (default: those of 1,2,5,10,20,30,40,64 present)")
+    parser.set_defaults(run=_run_cli)
+    return parser
+
+
+def _run_cli(args) -> list[pathlib.Path]:
+    run_dir = pathlib.Path(args.target)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist; pass the --out folder "
+                                f"of a train.py run")
+    out = args.out if args.out is not None else run_dir / "figures"
+    return [plot_evolution(run_dir, out / "evolution.png", args.epochs)]
