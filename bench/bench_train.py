@@ -1,0 +1,227 @@
+"""Benchmark of training: train-step throughput, input pipeline, Fig. 4 snapshot cost.
+
+* JAX train step (zfjax.training.make_train_step: SGD + momentum, filter
+  renormalisation, donated state), full-width ZFNet, float32, batch 32, at input
+  112 and 224; also without donation. Where torch is importable, the same ZFNet
+  train step in PyTorch (channels-last), measured in the same rounds, interleaved.
+* The input pipeline on its own: data.train_batches on real images.
+* The snapshot: evolution.take_snapshot on a 1000-image probe at 224, as a fraction
+  of an imagenette epoch (9,469 images) at the measured train-step rate.
+
+    python bench/bench_train.py          # prints a table, writes bench/results/train.json
+    XLA_FLAGS=... python bench/bench_train.py --tag flags  # try XLA flags
+"""
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from zfjax import data, model, training  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imagenette"
+IMAGENETTE_TRAIN = 9469
+
+
+def versions():
+    out = {}
+    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "torch"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# -------------------------------------------------------------------------------- JAX
+
+class JaxStep:
+    """A jitted ZFNet train step on one fixed random batch; call() runs `steps` steps."""
+
+    def __init__(self, size, batch, donate=True):
+        self.config = model.ZFNetConfig(num_classes=10, image_size=size)
+        mesh = training.make_mesh()
+        self.mesh = mesh
+        self.state = training.create_state(self.config, training.TrainConfig(), mesh)
+        if donate:
+            self.fn = training.make_train_step(self.config, 0.1, mesh)
+        else:
+            from functools import partial
+            self.fn = jax.jit(partial(training.train_step, config=self.config))
+        rng = np.random.default_rng(0)
+        self.batch = training.put_batch(
+            mesh, rng.normal(0, 0.3, (batch, size, size, 3)).astype(np.float32),
+            rng.integers(0, 10, batch).astype(np.int32))
+        self.rng = jax.random.key(0)
+        self(1)  # compile
+
+    def __call__(self, steps):
+        for _ in range(steps):
+            self.state, metrics = self.fn(self.state, self.batch, self.rng)
+        jax.block_until_ready(metrics)
+
+
+# ------------------------------------------------------------------------------ torch
+
+def torch_step(size, batch):
+    """A PyTorch ZFNet train step (same layers, channels-last), or None without torch."""
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        return None
+    # ceil_mode pooling, conv1 padding 1, conv2 padding 0: 110/55/26/13/13/13/13/6 at 224.
+    net = nn.Sequential(
+        nn.Conv2d(3, 96, 7, 2, 1), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0),
+        nn.Conv2d(96, 256, 5, 2, 0), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0),
+        nn.Conv2d(256, 384, 3, 1, 1), nn.ReLU(), nn.Conv2d(384, 384, 3, 1, 1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Flatten(), nn.LazyLinear(4096), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 10))
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    net(x)  # materialise the lazy layer
+    net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def run(steps):
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(net(x), y).backward()
+            opt.step()
+            with torch.no_grad():  # the same filter renormalisation as ours
+                for m in net:
+                    if isinstance(m, nn.Conv2d):
+                        rms = m.weight.square().mean(dim=(1, 2, 3), keepdim=True).sqrt()
+                        m.weight.mul_(torch.where(rms > 0.1, 0.1 / rms, torch.ones_like(rms)))
+    run(1)
+    return run
+
+
+# ------------------------------------------------------------------------------- rows
+
+def timed(fn, steps):
+    start = time.perf_counter()
+    fn(steps)
+    return (time.perf_counter() - start) / steps
+
+
+def train_rows(sizes, batch, rounds, steps, with_torch, no_donate):
+    """Interleaved rounds of every variant; the median seconds per step of each."""
+    variants = {}
+    for size in sizes:
+        variants[("jax", size)] = JaxStep(size, batch)
+        if no_donate:
+            variants[("jax, no donation", size)] = JaxStep(size, batch, donate=False)
+        if with_torch:
+            run = torch_step(size, batch)
+            if run is not None:
+                variants[("torch 2 threads, channels-last", size)] = run
+    times = {k: [] for k in variants}
+    for _ in range(rounds):
+        for key, fn in variants.items():
+            times[key].append(timed(fn, steps))
+    rows = []
+    for (work, size), ts in times.items():
+        t = statistics.median(ts)
+        rows.append({"work": f"train step ({work})", "input_size": size, "batch": batch,
+                     "seconds": t, "images_per_s": batch / t, "rounds": ts})
+    return rows
+
+
+def pipeline_rows(folder, sizes, batch, limit):
+    rows = []
+    for size in sizes:
+        images = data.load_split(folder, "train", size, limit=limit, progress=False)
+        mean = data.mean_image(images)
+        start = time.perf_counter()
+        n = sum(len(y) for _, y in data.train_batches(images, mean, batch, size, seed=0, epoch=1))
+        t = time.perf_counter() - start
+        rows.append({"work": "input pipeline (train_batches)", "input_size": size,
+                     "batch": batch, "images": n, "seconds": t, "images_per_s": n / t})
+    return rows
+
+
+def snapshot_row(folder, count, train_images_per_s):
+    """take_snapshot cost on a count-image probe at 224, vs an imagenette epoch."""
+    from zfjax import evolution
+    config = model.ZFNetConfig(num_classes=10)
+    val = data.load_split(folder, "val", 224, limit=count, progress=False)
+    probe = evolution.make_probe(val, data.mean_image(val), config, count=count)
+    params = model.init_params(config, jax.random.key(0))
+    evolution.take_snapshot(params, config, probe)  # compile
+    start = time.perf_counter()
+    evolution.take_snapshot(params, config, probe)
+    t = time.perf_counter() - start
+    epoch = IMAGENETTE_TRAIN / train_images_per_s
+    return {"work": f"snapshot ({count}-image probe)", "input_size": 224, "batch": 128,
+            "seconds": t, "images_per_s": count / t, "epoch_seconds_estimate": epoch,
+            "fraction_of_epoch": t / epoch}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="image folder root")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[112, 224])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="steps per round")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--no-donate", action="store_true", help="also time without donation")
+    parser.add_argument("--probe", type=int, default=1000, help="snapshot probe images (0: skip)")
+    parser.add_argument("--pipeline-limit", type=int, default=1000)
+    parser.add_argument("--tag", default="", help="suffix for the JSON file name")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    rows = train_rows(args.sizes, args.batch, args.rounds, args.steps, not args.no_torch,
+                      args.no_donate)
+    have_data = Path(args.data).is_dir()
+    if have_data:
+        rows += pipeline_rows(args.data, args.sizes, args.batch, args.pipeline_limit)
+        jax224 = [r for r in rows if r["work"] == "train step (jax)" and r["input_size"] == 224]
+        if args.probe and jax224:
+            rows.append(snapshot_row(args.data, args.probe, jax224[0]["images_per_s"]))
+
+    print(f"{'work':44} {'input':>5} {'batch':>5} {'s':>8} {'img/s':>8}")
+    for r in rows:
+        extra = (f"  ({100 * r['fraction_of_epoch']:.1f}% of a "
+                 f"{r['epoch_seconds_estimate']:.0f} s epoch)" if "fraction_of_epoch" in r else "")
+        print(f"{r['work']:44} {r['input_size']:>5} {r['batch']:>5} {r['seconds']:>8.3f} "
+              f"{r['images_per_s']:>8.1f}{extra}")
+    for size in args.sizes:
+        j = [r for r in rows if r["work"] == "train step (jax)" and r["input_size"] == size]
+        t = [r for r in rows
+             if r["work"].startswith("train step (torch") and r["input_size"] == size]
+        if j and t:
+            print(f"JAX / PyTorch train-step speed at {size}: "
+                  f"{j[0]['images_per_s'] / t[0]['images_per_s']:.2f}")
+
+    name = f"train-{args.tag}.json" if args.tag else "train.json"
+    out = Path(args.out or ROOT / "bench" / "results" / name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "platform": platform.platform(), "python": platform.python_version(),
+        "cpu_count": os.cpu_count(), "devices": [str(d) for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": versions(),
+        "load_average": os.getloadavg(), "data": args.data if have_data else None,
+        "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

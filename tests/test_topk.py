@@ -1,0 +1,248 @@
+"""Top-9 per feature map (paper Fig. 2): streamed mining, projections, figure, CLI."""
+
+import functools
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from zfjax import data, deconv, model, topk
+from zfjax.receptive_field import receptive_field, receptive_field_size
+
+SMALL = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
+IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
+N = 23  # streamed in batches of 5: four full batches and a padded one of 3
+
+
+def random_params(config, seed=0):
+    """He-normal weights, small random biases, drawn with numpy (init_params' compile is slow)."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
+
+    def draw(path, leaf):
+        if path[-1].key == "bias":
+            return rng.normal(0, 0.01, leaf.shape).astype(np.float32)
+        return (rng.normal(size=leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@functools.lru_cache(maxsize=None)
+def params():
+    return random_params(SMALL)
+
+
+@functools.lru_cache(maxsize=None)
+def images():
+    """N inputs; image 12 repeats image 4, so every map ties between them."""
+    x = np.random.default_rng(0).normal(0, 0.3, (N, 64, 64, 3)).astype(np.float32)
+    x[12] = x[4]
+    return x
+
+
+@functools.lru_cache(maxsize=None)
+def activations():
+    _, aux = model.forward_jit(params(), images(), SMALL)
+    return {layer: np.asarray(aux["activations"][layer]) for layer in model.CONV_LAYERS}
+
+
+@functools.lru_cache(maxsize=None)
+def streamed():
+    x = images()
+    return topk.mine(params(), (x[i:i + 5] for i in range(0, N, 5)), SMALL)
+
+
+def test_streamed_topk_equals_topk_over_the_whole_set_at_once():
+    """Batches of 5 merged on device == one stable sort of every image's map maxima."""
+    for layer, acts in activations().items():
+        top, (n, h, w, c) = streamed()[layer], acts.shape
+        flat = acts.reshape(n, h * w, c)
+        per_image, where = flat.max(axis=1), flat.argmax(axis=1)  # (N, C) each
+        for ch in range(c):
+            order = np.lexsort((np.arange(n), -per_image[:, ch]))[:topk.TOP]  # ties: earlier image
+            np.testing.assert_array_equal(top.image[ch], order, err_msg=f"{layer} #{ch}")
+            np.testing.assert_array_equal(top.value[ch], per_image[order, ch])
+            np.testing.assert_array_equal(top.y[ch] * w + top.x[ch], where[order, ch])
+            assert len(set(top.image[ch])) == topk.TOP  # one activation per image
+        # Image 12 duplicates image 4: where 4 is kept, 12 ranks right after it.
+        both = [(list(i).index(4), list(i).index(12)) for i in top.image if 4 in i and 12 in i]
+        assert both and all(b == a + 1 for a, b in both)
+
+
+def test_strongest_mined_unit_equals_brute_force_search():
+    for layer, acts in activations().items():
+        top = streamed()[layer]
+        for ch in range(acts.shape[-1]):
+            flat = acts[..., ch].reshape(-1)  # (image, y, x) row-major: ties -> first
+            image, y, x = np.unravel_index(np.argmax(flat), acts.shape[:3])
+            assert (top.image[ch, 0], top.y[ch, 0], top.x[ch, 0]) == (image, y, x), (layer, ch)
+            assert top.value[ch, 0] == flat.max()
+
+
+def test_fewer_images_than_k_leave_unfilled_slots():
+    top = topk.mine(params(), [images()[:5]], SMALL)["conv2"]  # 5 images, 9 slots
+    assert (np.sort(top.image[:, :5], axis=1) == np.arange(5)).all()
+    assert np.isfinite(top.value[:, :5]).all()
+    assert (top.image[:, 5:] == -1).all() and np.isneginf(top.value[:, 5:]).all()
+
+
+def test_projections_are_cropped_to_the_receptive_field_and_patches_match():
+    layer, channels = "conv2", np.array([3, 40])
+    top = streamed()[layer]
+    display = np.random.default_rng(1).integers(0, 256, (N, 64, 64, 3), np.uint8)
+    projections, patches = topk.project_top(params(), SMALL, layer, top, channels, images(), display)
+    size = receptive_field_size(SMALL, layer)
+    assert projections.shape == patches.shape == (2, topk.TOP, size, size, 3)
+    _, aux = model.forward_jit(params(), images(), SMALL)
+    edge = 0
+    for i, c in enumerate(channels):
+        for j in range(topk.TOP):
+            image, y, x = top.image[c, j], top.y[c, j], top.x[c, j]
+            full = np.asarray(deconv.project_units(
+                params(), aux, layer, deconv.Units([image], [c], [y], [x]), SMALL))[0]
+            t, l, b, r = receptive_field(SMALL, layer, y, x)  # clipped to the image
+            ct, cl, _, _ = receptive_field(SMALL, layer, y, x, clip=False)
+            crop = projections[i, j, t - ct:b - ct, l - cl:r - cl]
+            np.testing.assert_allclose(crop, full[t:b, l:r], rtol=1e-5, atol=1e-7)
+            # Nothing of the projection lies outside the crop; outside the image is zero pad.
+            assert np.abs(full).sum() == pytest.approx(np.abs(projections[i, j]).sum(), rel=1e-5)
+            np.testing.assert_array_equal(patches[i, j, t - ct:b - ct, l - cl:r - cl],
+                                          display[image, t:b, l:r])
+            assert patches[i, j].astype(int).sum() == display[image, t:b, l:r].astype(int).sum()
+            edge += (b - t) < size
+    assert edge  # some winners sit at the image edge, where the crop is padded
+
+
+def test_choose_maps_and_channel_checks():
+    top = streamed()["conv3"]
+    one, two = topk.choose_maps(top, 9, 0), topk.choose_maps(top, 9, 0)
+    np.testing.assert_array_equal(one, two)
+    assert len(set(one)) == 9 and list(one) == sorted(one) and (top.value[one, 0] > 0).all()
+    assert not np.array_equal(one, topk.choose_maps(top, 9, 1))
+    assert len(topk.choose_maps(top, 1000, 0)) == 96
+    with pytest.raises(ValueError, match=r"^channel 96 is out of range for conv3: this run's "
+                                         r"conv3 has 96 feature maps, 0..95$"):
+        topk.check_channels(SMALL, "conv3", [0, 96])
+    with pytest.raises(ValueError, match=r"^unknown layer 'conv6'; expected one of conv1, pool1"):
+        topk.check_layers(["conv1", "conv6"])
+
+
+def test_figure_has_one_panel_per_map_with_its_label(tmp_path):
+    m, k, r = 4, 9, 11
+    rng = np.random.default_rng(0)
+    projections = rng.normal(size=(m, k, r, r, 3)).astype(np.float32)
+    patches = rng.integers(0, 256, (m, k, r, r, 3), np.uint8)
+    values = np.sort(rng.random((m, k)))[:, ::-1]
+    fig = topk.plot_topk("pool1", [2, 5, 7, 11], values, projections, patches, title="T")
+    assert [ax.get_title().split("   ")[0] for ax in fig.axes] == [
+        f"pool1 map #{c}" for c in (2, 5, 7, 11)]
+    # Each panel: a 3x3 grid of projections, a spacer, a 3x3 grid of patches.
+    shown = fig.axes[1].get_images()[0].get_array()
+    grid = topk.mosaic(patches[1], 3, 1)
+    np.testing.assert_array_equal(shown[:, -grid.shape[1]:], grid)
+    np.testing.assert_array_equal(shown[:, :grid.shape[1]],
+                                  topk.mosaic(deconv.to_display(projections[1]), 3, 1))
+
+
+# ---- command line, on a tiny real run folder -------------------------------------------
+
+TINY = model.ZFNetConfig(num_classes=2, image_size=64, width=0.25, init_std=None)
+
+
+def write_tiny_run(root: Path, config=TINY, checkpoint_config=None) -> Path:
+    """A run folder as train.py leaves it (config.json, mean.npy, orbax checkpoint 1),
+    with random weights and its own 2-class image folder <root>/images/{train,val}/...
+
+    checkpoint_config: write the weights of another config (a mismatched checkpoint).
+    """
+    from zfjax import checkpoints, training
+
+    rng = np.random.default_rng(0)
+    folder = root / "images"
+    for split in ("train", "val"):
+        for name in ("alpha", "beta"):
+            (folder / split / name).mkdir(parents=True)
+            for i in range(4):
+                coarse = rng.integers(0, 256, (6, 6, 3), np.uint8)
+                Image.fromarray(coarse).resize((90, 80), Image.BICUBIC).save(
+                    folder / split / name / f"{name}{i}.png")
+    mean = data.mean_image(data.load_split(str(folder), "train", config.image_size, progress=False))
+    run = root / "run"
+    tcfg = training.TrainConfig(epochs=1, batch_size=4)
+    weights = checkpoint_config or config
+    abstract = jax.eval_shape(functools.partial(training.init_state, weights, tcfg),
+                              jax.random.key(0))
+    state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract).replace(
+        params=random_params(weights))
+    mgr = checkpoints.manager(run / checkpoints.CHECKPOINT_DIR)
+    checkpoints.save(mgr, 1, state, {"epoch": 1, "step": 4, "metrics": {}, "plateau": {}})
+    mgr.wait_until_finished()
+    mgr.close()
+    checkpoints.save_mean(run, mean)
+    checkpoints.write_json(run / checkpoints.CONFIG_FILE, {
+        "model": checkpoints.config_dict(config), "train": checkpoints.config_dict(tcfg),
+        "data": {"source": str(folder), "data_dir": None}, "class_names": ["alpha", "beta"]})
+    return run
+
+
+def run_cli(monkeypatch, capsys, argv):
+    """visualize.main(argv) with only this subcommand registered: (exit code, stdout, stderr)."""
+    import visualize
+
+    monkeypatch.setattr(visualize, "ANALYSES", (argv[0],))
+    code = visualize.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return write_tiny_run(tmp_path_factory.mktemp("topk"))
+
+
+def test_cli_writes_a_figure_per_layer_and_the_arrays(tiny_run, monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, [
+        "topk", str(tiny_run), "--layers", "pool2", "conv1", "--channels", "5", "1", "--top", "4",
+        "--batch-size", "3"])
+    assert code == 0, err
+    figures = tiny_run / "figures"
+    assert out.split() == [str(figures / n) for n in ("topk.npz", "topk_pool2.png", "topk_conv1.png")]
+    arrays = np.load(figures / "topk.npz", allow_pickle=False)
+    # The run's validation split, in folder order, with its labels.
+    assert arrays["names"].tolist() == [f"{c}/{c}{i}.png" for c in ("alpha", "beta") for i in range(4)]
+    assert arrays["labels"].tolist() == [0] * 4 + [1] * 4
+    assert arrays["conv1/value"].shape == (24, 4) and arrays["conv1/channels"].tolist() == [5, 1]
+    size = receptive_field_size(TINY, "pool2")
+    assert arrays["pool2/projections"].shape == (2, 4, size, size, 3)
+    assert arrays["pool2/patches"].dtype == np.uint8
+    png = np.asarray(Image.open(figures / "topk_conv1.png").convert("L"))
+    assert png.shape[1] > 800 and png.std() > 20
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layers", "conv9"], "unknown layer 'conv9'; expected one of conv1, pool1, conv2, pool2, conv3, conv4, "
+     "conv5, pool5"),
+    (["--layers", "conv1", "--channels", "3", "24"],
+     "channel 24 is out of range for conv1: this run's conv1 has 24 feature maps, 0..23"),
+    (["--images", "/nonexistent/cat.jpg"], "image /nonexistent/cat.jpg does not exist"),
+])
+def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_run, monkeypatch, capsys, tmp_path,
+                                                      argv, message):
+    code, out, err = run_cli(monkeypatch, capsys, ["topk", str(tiny_run), "--out", str(tmp_path / "o")]
+                             + argv)
+    assert code == 2 and out == ""
+    assert err == f"visualize.py topk: error: {message}\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_refuses_a_checkpoint_of_another_shape(tmp_path, monkeypatch, capsys):
+    run = write_tiny_run(tmp_path, checkpoint_config=model.ZFNetConfig(
+        num_classes=2, image_size=64, width=0.5, init_std=None))
+    code, out, err = run_cli(monkeypatch, capsys, ["topk", str(run)])
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert "checkpoint has conv1 kernel (7,7,3,48) but config width 0.25 expects (7,7,3,24)" in err
+    assert not (run / "figures").exists()
+    code, _, err = run_cli(monkeypatch, capsys, ["topk", str(tmp_path / "nothing")])
+    assert code == 2 and len(err.splitlines()) == 1 and "is not a run folder made by train.py" in err

@@ -1,0 +1,142 @@
+"""Tests for zfjax.trainer and train.py: a real smoke run, exact resume after kill -9, errors."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from zfjax import checkpoints, model, trainer, training
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import train  # noqa: E402  (the CLI at the repo root)
+
+IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette"
+# The tiny network all training tests share (one compilation per process); it is
+# what `train.py --preset cpu --size 64 --width 0.25` builds for 10 classes.
+TINY = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
+TIMING = ("images_per_s", "seconds", "train_seconds", "eval_seconds", "snapshot_seconds")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A 10-class image folder: 5 training and 2 validation images per class."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 5), ("val", 2)):
+        for c in range(10):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (80, 96, 3), np.uint8)
+                pixels[:, :, c % 3] = 25 * c  # something to learn
+                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.png")
+    return root
+
+
+def _metrics(run_dir):
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.mark.skipif(not IMAGENETTE.is_dir(), reason=f"real images not found at {IMAGENETTE}")
+def test_smoke_run_on_real_images_learns_and_writes_everything(tmp_path):
+    run = trainer.Run(TINY, training.TrainConfig(epochs=2, batch_size=16, lr_schedule="constant"),
+                      str(IMAGENETTE), train_limit=320, val_limit=100, probe_count=40)
+    out = trainer.fit(run, tmp_path / "run", progress=False)
+    metrics = _metrics(out)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert metrics[1]["train_loss"] < metrics[0]["train_loss"] < 2.4, metrics
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["model"] == checkpoints.config_dict(TINY)
+    assert stored["data"]["train_images"] == 320 and len(stored["class_names"]) == 10
+
+    # The newest checkpoint loads and scores what the run logged for it.
+    params, config, mean, info = checkpoints.load_run(out)
+    assert config == TINY and info["epoch"] == 2 and mean.shape == (73, 73, 3)
+    assert info["metrics"]["val_top1"] == metrics[1]["val_top1"]
+    mesh = training.make_mesh()
+    from zfjax import data
+    val = data.load_split(str(IMAGENETTE), "val", 64, limit=100, progress=False)
+    top1, top5 = trainer.evaluate(training.replicate(params, mesh),
+                                  training.make_eval_step(config, mesh), val, mean, config, 16,
+                                  mesh)
+    assert (top1, top5) == (metrics[1]["val_top1"], metrics[1]["val_top5"])
+
+    evolution = pytest.importorskip("zfjax.evolution")
+    snapshots = evolution.load_snapshots(out)
+    assert sorted(snapshots) == [1, 2]
+    assert not np.array_equal(snapshots[1]["conv1/projections"], snapshots[2]["conv1/projections"])
+
+
+KILLED_RUN = textwrap.dedent("""
+    import os, signal, sys
+    from zfjax import data
+    import train
+    batches = data.train_batches
+    def dying(*args, epoch, **kwargs):  # kill -9 in the middle of epoch 2
+        for step, batch in enumerate(batches(*args, epoch=epoch, **kwargs)):
+            if epoch == 2 and step == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield batch
+    data.train_batches = dying
+    sys.exit(train.main(sys.argv[1:]))
+""")
+
+
+def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(folder, tmp_path):
+    args = ["--preset", "cpu", "--data", str(folder), "--size", "64", "--width", "0.25",
+            "--batch", "16", "--epochs", "3", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, *args, "--out",
+                             str(tmp_path / "killed")], env=env, capture_output=True, text=True,
+                            timeout=400)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert [m["epoch"] for m in _metrics(tmp_path / "killed")] == [1]
+
+    assert train.main([*args, "--out", str(tmp_path / "killed"), "--resume"]) == 0
+    assert train.main([*args, "--out", str(tmp_path / "whole")]) == 0
+
+    resumed, _, _, info = checkpoints.load_run(tmp_path / "killed")
+    whole, config, _, _ = checkpoints.load_run(tmp_path / "whole")
+    assert config == TINY and info["epoch"] == 3
+    jax.tree.map(np.testing.assert_array_equal, resumed, whole)  # bit for bit
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in TIMING} for m in ms]
+    assert strip(_metrics(tmp_path / "killed")) == strip(_metrics(tmp_path / "whole"))
+
+
+def test_existing_run_needs_resume(folder, tmp_path):
+    (tmp_path / "checkpoints" / "1").mkdir(parents=True)
+    run = trainer.Run(TINY, training.TrainConfig(batch_size=16), str(folder))
+    with pytest.raises(FileExistsError, match="already holds checkpoints; pass --resume"):
+        trainer.fit(run, tmp_path, progress=False)
+
+
+def test_non_finite_loss_stops_and_points_at_the_last_good_checkpoint(tmp_path):
+    mgr = checkpoints.manager(tmp_path)
+    state = training.TrainState(np.int32(3), {"w": np.ones(2, np.float32)}, {})
+    checkpoints.save(mgr, 1, state, {"epoch": 1})
+    with pytest.raises(trainer.NonFiniteLoss,
+                       match=r"loss became nan at epoch 2, step 5; .*checkpoint \(epoch 1\)"):
+        trainer._check({"loss": jnp.float32(np.nan), "accuracy": jnp.float32(0)}, 0.0, 0.0, 5, 2,
+                       mgr)
+    assert mgr.all_steps() == [1]
+    good = {"loss": jnp.float32(2.0), "accuracy": jnp.float32(0.5)}
+    assert trainer._check(good, 1.0, 0.25, 5, 2, mgr) == (3.0, 0.75)
+
+
+def test_unprepared_tfds_dataset_fails_at_once_saying_what_to_do(tmp_path, capsys):
+    code = train.main(["--data", "imagenette/160px-v2", "--data-dir", str(tmp_path / "tfds"),
+                       "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "is not prepared" in err and "local image folder" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -1,0 +1,92 @@
+"""Train ZFNet with the recipe of Zeiler & Fergus (2014); see zfjax/trainer.py.
+
+Examples:
+  python train.py --preset cpu --out runs/cpu          # 10 epochs of imagenette on a CPU
+  python train.py --preset imagenette --out runs/nette # full ZFNet, 224 px, 64 epochs
+  python train.py --out runs/nette --resume            # continue a stopped run exactly
+  python train.py --preset paper --data-dir ~/tensorflow_datasets
+
+Several hosts (data parallel over every device of every host): start the same
+command on each host with --distributed and the run folder on a shared file system:
+  python train.py --preset paper --out /shared/runs/paper --distributed \\
+      --coordinator host0:1234 --num-processes 4 --process-id $RANK
+(on Cloud TPU, SLURM or Open MPI, --distributed alone finds these itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+
+def parse_args(argv=None):
+    from zfjax import trainer
+
+    names = list(trainer.presets())
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split(
+        "\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=names, default="imagenette",
+                   help="paper: ImageNet, 224 px, 70 epochs; imagenette: full ZFNet at 224 px, "
+                        "64 epochs; cpu: 64 px, width 0.5, 10 epochs (default: imagenette)")
+    p.add_argument("--data", help="TFDS name (e.g. imagenet2012) or image folder "
+                                  "<root>/<split>/<class>/<image>")
+    p.add_argument("--data-dir", help="TFDS data directory (never downloads)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch", type=int, help="global batch size (all devices)")
+    p.add_argument("--lr", type=float, help="initial learning rate")
+    p.add_argument("--size", type=int, help="input side in pixels")
+    p.add_argument("--width", type=float, help="channel multiplier")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--limit", type=int, help="use at most this many training images")
+    p.add_argument("--out", help="run folder (default: runs/<preset>-<time>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest checkpoint, with its config")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("several hosts")
+    g.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() before anything else")
+    g.add_argument("--coordinator", help="host:port of process 0")
+    g.add_argument("--num-processes", type=int)
+    g.add_argument("--process-id", type=int)
+    return p.parse_args(argv)
+
+
+def build_run(args):
+    """The preset with the command line's overrides applied."""
+    from zfjax import trainer
+
+    run = trainer.presets()[args.preset]
+    model = dataclasses.replace(run.model, **{k: v for k, v in (
+        ("image_size", args.size), ("width", args.width)) if v is not None})
+    train = dataclasses.replace(run.train, **{k: v for k, v in (
+        ("epochs", args.epochs), ("batch_size", args.batch), ("learning_rate", args.lr),
+        ("seed", args.seed)) if v is not None})
+    return dataclasses.replace(run, model=model, train=train, data=args.data or run.data,
+                               data_dir=args.data_dir or run.data_dir,
+                               train_limit=args.limit or run.train_limit)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.distributed:  # must come before any other JAX call
+        import jax
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    from zfjax import trainer
+
+    if args.resume and not args.out:
+        print("error: --resume needs --out, the run folder to continue", file=sys.stderr)
+        return 2
+    out = args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        trainer.fit(build_run(args), out, resume=args.resume, epochs=args.epochs,
+                    progress=not args.no_progress)
+    except (FileNotFoundError, FileExistsError, ValueError, trainer.NonFiniteLoss) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Reconstructions as common deconvnet reimplementations show them.
+
+For one image and each chosen layer (pool1, pool2, pool5 by default; conv3 and
+conv4 on request) two deconvnet projections to pixels (Zeiler & Fergus 2014,
+section 2.1):
+
+* (A) the whole layer: every activation of every feature map sent down at once;
+* (B) only the layer's single strongest activation (the paper's mode, Fig. 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zfjax import artifacts, deconv, model
+from zfjax.topk import add_input_arguments, check_layers, load_analysis_inputs, output_folder
+
+DEFAULT_LAYERS = ("pool1", "pool2", "pool5")
+
+
+@partial(jax.jit, static_argnames=("layers", "config"))
+def reconstruct(params, image, *, layers: tuple[str, ...], config: model.ZFNetConfig) -> dict:
+    """Project one image's layers down to pixels, whole and by their strongest unit.
+
+    image: (H, W, 3) network input. Returns {'whole': (L, H, W, 3), 'strongest':
+    (L, H, W, 3), 'unit': int32 (L, 3) (channel, y, x) of each layer's strongest
+    activation, 'value': (L,) that activation}, layers in the order given.
+    """
+    _, aux = model.forward(params, image[None], config)
+    whole, strongest, units, values = [], [], [], []
+    for layer in layers:
+        acts = aux["activations"][layer]  # (1, h, w, C)
+        _, h, w, c = acts.shape
+        flat = jnp.argmax(acts.reshape(-1))  # ties: first in (y, x, channel) order
+        y, x, channel = flat // (w * c), flat // c % w, flat % c
+        unit = deconv.Units(*(jnp.zeros((1,), jnp.int32) + v for v in (0, channel, y, x)))
+        whole.append(deconv.project(params, aux, layer, acts, config)[0])
+        strongest.append(deconv.project_units(params, aux, layer, unit, config)[0])
+        units.append(jnp.stack([channel, y, x]).astype(jnp.int32))
+        values.append(acts.reshape(-1)[flat])
+    return {"whole": jnp.stack(whole), "strongest": jnp.stack(strongest),
+            "unit": jnp.stack(units), "value": jnp.stack(values)}
+
+
+def plot_reconstructions(displays, results, layers, image_names):
+    """Rows A (whole layer) and B (strongest activation) per image; columns: input, layers.
+
+    displays uint8 (N, H, W, 3); results: N numpy dicts from ``reconstruct``.
+    Each projection is contrast-normalised on its own (``deconv.to_display``).
+    """
+    from matplotlib.figure import Figure
+
+    n, cols = len(results), len(layers) + 1
+    cell = 2.2
+    fig = Figure(figsize=(cell * cols + 0.8, (cell + 0.45) * 2 * n + 0.7))
+    grid = fig.add_gridspec(2 * n, cols, wspace=0.06, hspace=0.35)
+    for i, res in enumerate(results):
+        whole, strongest = deconv.to_display(res["whole"]), deconv.to_display(res["strongest"])
+        for row, (mode, shown) in enumerate((("A: whole layer", whole),
+                                             ("B: strongest activation", strongest))):
+            ax = fig.add_subplot(grid[2 * i + row, 0])
+            ax.imshow(displays[i])
+            ax.set_title("input\n" + image_names[i].replace("/", "/\n") if row == 0 else "input",
+                         fontsize=8)
+            ax.set_ylabel(mode, fontsize=10)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for j, layer in enumerate(layers):
+                ax = fig.add_subplot(grid[2 * i + row, j + 1])
+                ax.imshow(shown[j])
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if row == 0:
+                    ax.set_title(f"{layer}: all activations", fontsize=9)
+                else:
+                    c, y, x = (int(v) for v in res["unit"][j])
+                    ax.set_title(f"{layer} map #{c} at ({y}, {x})\nvalue {float(res['value'][j]):.3g}",
+                                 fontsize=9)
+    fig.suptitle("Deconvnet reconstructions: (A) the whole layer, (B) its single strongest "
+                 "activation", fontsize=11)
+    return fig
+
+
+def add_cli(subparsers) -> argparse.ArgumentParser:
+    """The ``reconstructions`` subcommand."""
+    parser = subparsers.add_parser(
+        "reconstructions", help="project a whole layer and its strongest activation to pixels, "
+                                "after each pooling stage, for one image")
+    add_input_arguments(parser, count_help="images taken from the split (default 1)")
+    parser.add_argument("--layers", nargs="+", default=list(DEFAULT_LAYERS), metavar="LAYER",
+                        help=f"layers (default: {' '.join(DEFAULT_LAYERS)}; conv3 conv4 also fit)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args) -> list[pathlib.Path]:
+    """Write reconstructions.png and reconstructions.npz."""
+    layers = check_layers(args.layers)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    # Bottom to top, as the forward pass goes.
+    layers = tuple(sorted(dict.fromkeys(layers), key=model.PROJECTABLE_LAYERS.index))
+    params, config, mean, info, inputs, display, labels, names = load_analysis_inputs(
+        args, args.limit or 1)
+    results = [jax.device_get(reconstruct(params, image, layers=layers, config=config))
+               for image in inputs]
+    fig = plot_reconstructions(display, results, layers, names)
+    arrays = {key: np.stack([r[key] for r in results]) for key in results[0]}
+    arrays.update(layers=np.array(layers), names=np.array(names), display=display)
+    out = output_folder(args, info)
+    return [artifacts.save_npz(out / "reconstructions.npz", **arrays),
+            artifacts.save_png(fig, out / "reconstructions.png")]

@@ -1,0 +1,412 @@
+"""Top-9 activations per feature map, projected to pixels (Zeiler & Fergus 2014, Fig. 2).
+
+A split is streamed through the network in batches. For every feature map of a
+layer the 9 strongest activations over the whole set are kept, one per image at
+most (each image's map is first reduced to its single maximum, as in the
+paper), with on-device ``lax.top_k`` merges of [running top-9, batch
+candidates]. Each winner is then projected to pixels with the deconvnet and
+shown beside the image patch under its receptive field.
+
+This module also holds the helpers every analysis subcommand shares:
+``add_input_arguments`` (the common command-line options) and
+``load_analysis_inputs`` (model + images for an analysis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zfjax import artifacts, data, deconv, model
+from zfjax.evolution import crop_boxes
+from zfjax.receptive_field import receptive_field, receptive_field_size
+
+TOP = 9  # activations kept per feature map (the paper's 3x3 grids)
+
+
+# ---- shared by every analysis subcommand ------------------------------------------
+
+
+def add_input_arguments(parser: argparse.ArgumentParser, *, count_help: str | None = None) -> None:
+    """Add the options every analysis takes: target, --out, --images, --data, --split, --limit.
+
+    ``load_analysis_inputs(args, count)`` reads them back.
+    """
+    parser.add_argument("target", help="run folder or checkpoint written by train.py")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="output folder (default: <run>/figures)")
+    parser.add_argument("--images", nargs="+", metavar="PATH", default=None,
+                        help="image files to analyse (default: the run's validation data)")
+    parser.add_argument("--data", default=None, metavar="SOURCE",
+                        help="TFDS name or image folder <root>/<split>/<class>/<image> to "
+                             "take images from (default: the one the run was trained on)")
+    parser.add_argument("--split", default="val", help="split of --data (default: val)")
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
+    parser.add_argument("--limit", type=int, default=None,
+                        help=count_help or "at most this many images of the split")
+
+
+def load_model(target):
+    """``checkpoints.load_run(target)`` (which checks the parameter shapes against the
+    run's config) plus a check of the mean image.
+
+    Returns (params, config, mean float32 (S, S, 3), info dict).
+    """
+    from zfjax import checkpoints
+
+    params, config, mean, info = checkpoints.load_run(target)
+    mean = np.asarray(mean, np.float32)
+    size = data.stored_size(config.image_size)
+    if mean.shape != (size, size, 3):
+        raise ValueError(f"mean image of {target} is {mean.shape}, expected ({size}, {size}, 3) "
+                         f"for image_size {config.image_size}; the run's files do not match")
+    return params, config, mean, info
+
+
+def run_data_source(info: dict) -> tuple[str | None, str | None]:
+    """(source, data_dir) the run was trained on: TFDS name or image folder, as recorded."""
+    recorded = info.get("data")
+    if isinstance(recorded, dict):
+        return recorded.get("source"), recorded.get("data_dir")
+    return (recorded if isinstance(recorded, str) else None), None
+
+
+def load_stored_images(args, config, info: dict, count: int | None):
+    """uint8 stored-size images (N, S, S, 3), labels int32 (N,) or None, and their names.
+
+    From ``args.images`` if given (labels None), else up to ``count`` images of
+    ``args.split`` of ``args.data`` or the run's data source, spread over the classes.
+    Labels are indices into the run's class list (``info['class_names']`` when recorded).
+    """
+    if getattr(args, "images", None):
+        stored = data.load_image_files(args.images, config.image_size)
+        return stored, None, [pathlib.Path(p).name for p in args.images]
+    source, data_dir = run_data_source(info)
+    if getattr(args, "data", None):
+        source, data_dir = args.data, None
+    data_dir = getattr(args, "data_dir", None) or data_dir
+    if source is None:
+        raise ValueError(f"run {args.target} does not record its data source; pass --data "
+                         f"SOURCE (TFDS name or image folder) or --images PATH ...")
+    split = data.load_split(source, getattr(args, "split", "val"), config.image_size,
+                            data_dir=data_dir, limit=count,
+                            progress=False)
+    labels = split.labels
+    run_classes = info.get("class_names")
+    if run_classes:
+        missing = [c for c in split.class_names if c not in run_classes]
+        if missing:
+            raise ValueError(f"class {missing[0]!r} of {source} is not one the run was trained "
+                             f"on; pass the run's data with --data, or --images")
+        labels = np.array([list(run_classes).index(c) for c in split.class_names],
+                          np.int32)[labels]
+    names = ["/".join(pathlib.Path(p).parts[-2:]) for p in split.paths]
+    return split.images, labels.astype(np.int32), names
+
+
+def load_analysis_inputs(args, count: int | None):
+    """Load the model and the images an analysis works on.
+
+    args: parsed options of ``add_input_arguments`` (target, images, data, split,
+    data_dir). count: how many images of the split to take (None: all; ignored
+    with --images, which takes every file named).
+
+    Returns (params, config, mean float32 (S, S, 3), info dict,
+    inputs float32 (N, H, W, 3) network inputs (centre crop minus the run's mean),
+    display uint8 (N, H, W, 3) the same crops for showing,
+    labels int32 (N,) or None (with --images), names list[str] of N image names).
+    Raises ValueError / FileNotFoundError with a one-line message on bad input.
+    """
+    params, config, mean, info = load_model(args.target)
+    stored, labels, names = load_stored_images(args, config, info, count)
+    size = config.image_size
+    inputs = data.preprocess(stored, mean, size)
+    display = np.ascontiguousarray(data.centre_crop(stored, size))
+    return params, config, mean, info, inputs, display, labels, names
+
+
+def output_folder(args, info: dict) -> pathlib.Path:
+    """``--out`` or <run>/figures (the run folder of the target)."""
+    if args.out is not None:
+        return pathlib.Path(args.out)
+    if info.get("run_dir"):
+        return pathlib.Path(info["run_dir"]) / "figures"
+    target = pathlib.Path(args.target)
+    return (target if target.is_dir() else target.parent) / "figures"
+
+
+# ---- mining (pure, jitted, on device) ----------------------------------------------
+
+
+class TopK(NamedTuple):
+    """The k strongest activations of each feature map, strongest first.
+
+    Each field is (C, k): value float32, image int32 (index into the streamed
+    set), y and x int32 (position on the layer's map). Slots not filled (fewer
+    than k images seen) hold value -inf and image -1.
+    """
+
+    value: jax.Array
+    image: jax.Array
+    y: jax.Array
+    x: jax.Array
+
+
+def empty_top(channels: int, k: int = TOP) -> TopK:
+    """A TopK with every slot unfilled: (C, k) fields."""
+    fill = lambda v: jnp.full((channels, k), v, jnp.int32)
+    return TopK(jnp.full((channels, k), -jnp.inf, jnp.float32), fill(-1), fill(0), fill(0))
+
+
+def _first(mask: jax.Array, axis: int) -> jax.Array:
+    """Index of the first True along ``axis`` (int32; the axis length where there is none)."""
+    n = mask.shape[axis]
+    index = jnp.arange(n, dtype=jnp.int32).reshape((n,) + (1,) * (mask.ndim - axis - 1))
+    return jnp.min(jnp.where(mask, index, n), axis=axis)
+
+
+def merge_top(best: TopK, acts: jax.Array, first, count) -> TopK:
+    """Fold a batch of one layer's activations (B, h, w, C) into the running top-k.
+
+    Each image's map is reduced to its single maximum (one activation per image
+    per map, as the paper does), then ``lax.top_k`` runs over [running k, B
+    candidates] per map. ``first``: set index of acts[0]; only the first
+    ``count`` images are real (the rest pad the last batch). Ties keep the
+    earlier image (top_k keeps the lower index first, and running slots come first).
+    """
+    b, h, w, c = acts.shape
+    acts = acts.astype(jnp.float32)
+    # Each image's max and its first position in row-major order (as argmax), found
+    # with max- and min-reduces: XLA:CPU's argmax is 15x slower than max on conv1.
+    row_max = acts.max(axis=2)  # (B, h, C)
+    value = row_max.max(axis=1)  # (B, C)
+    y = _first(row_max == value[:, None], axis=1)
+    row = jnp.take_along_axis(acts, y[:, None, None, :], axis=1)[:, 0]  # (B, w, C)
+    x = _first(row == value[:, None], axis=1)
+    value = jnp.where(jnp.arange(b)[:, None] < count, value, -jnp.inf)
+    image = jnp.broadcast_to(first + jnp.arange(b, dtype=jnp.int32)[:, None], (b, c))
+    candidates = TopK(value, image, y, x)
+    joined = [jnp.concatenate([old, new.T], axis=1) for old, new in zip(best, candidates)]
+    top_value, pick = jax.lax.top_k(joined[0], best.value.shape[1])
+    return TopK(top_value, *(jnp.take_along_axis(a, pick, axis=1) for a in joined[1:]))
+
+
+@partial(jax.jit, static_argnames=("layers", "config"))
+def _mine_batch(params, best, images, first, count, layers, config):
+    _, aux = model.forward(params, images, config)  # logits unused: XLA drops what is above
+    return {layer: merge_top(best[layer], aux["activations"][layer], first, count)
+            for layer in layers}
+
+
+def mine(params, batches, config: model.ZFNetConfig, layers=model.CONV_LAYERS, *,
+         k: int = TOP) -> dict[str, TopK]:
+    """Stream batches of network inputs and keep each feature map's k strongest activations.
+
+    batches: iterable of float32 (B_i, H, W, 3) arrays, in set order; every batch
+    is padded to the first one's size, so one compilation serves all. The running
+    top-k never leaves the device until the end. Returns layer -> TopK (numpy).
+    """
+    layers = tuple(layers)
+    for layer in layers:
+        model.num_channels(config, layer)  # raises for an unknown layer
+    best = {layer: empty_top(model.num_channels(config, layer), k) for layer in layers}
+    first, size = 0, None
+    for batch in batches:
+        batch = np.asarray(batch, np.float32)
+        count = len(batch)
+        size = size or count
+        if count > size:
+            raise ValueError(f"batch of {count} images after batches of {size}; only the "
+                             f"last batch may be smaller")
+        if count < size:
+            batch = np.concatenate([batch, np.zeros((size - count,) + batch.shape[1:], batch.dtype)])
+        best = _mine_batch(params, best, batch, np.int32(first), np.int32(count), layers, config)
+        first += count
+    return {layer: TopK(*(np.asarray(a) for a in top)) for layer, top in jax.device_get(best).items()}
+
+
+def batches_of(stored: np.ndarray, mean: np.ndarray, config: model.ZFNetConfig, batch_size: int):
+    """Network inputs for stored-size uint8 images, preprocessed batch by batch (low memory)."""
+    for start in range(0, len(stored), batch_size):
+        yield data.preprocess(stored[start:start + batch_size], mean, config.image_size)
+
+
+# ---- projections of the winners ----------------------------------------------------
+
+
+@partial(jax.jit, static_argnames=("layer", "config"))
+def _project_winners(params, images, channels, ys, xs, layer, config):
+    """images (K, H, W, 3), one per unit -> each unit's projection (K, H, W, 3)."""
+    _, aux = model.forward(params, images, config)
+    units = deconv.Units(jnp.arange(images.shape[0], dtype=jnp.int32), channels, ys, xs)
+    return deconv.project_units(params, aux, layer, units, config)
+
+
+def project_top(params, config: model.ZFNetConfig, layer: str, top: TopK, channels,
+                inputs: np.ndarray, display: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project the top-k units of the given maps and crop them to their receptive fields.
+
+    top: the layer's TopK; channels: int (M,) maps to draw; inputs float32 and display
+    uint8 (N, H, W, 3), indexed by ``top.image``. Returns (projections float32
+    (M, k, R, R, 3), patches uint8 (M, k, R, R, 3)), R = receptive_field_size(layer);
+    boxes running past the image edge are zero-padded to the full R.
+    """
+    size = receptive_field_size(config, layer)
+    projections, patches = [], []
+    for c in np.asarray(channels):
+        image, ys, xs = (np.maximum(a[c], 0) for a in (top.image, top.y, top.x))
+        full = _project_winners(params, inputs[image], np.full(len(image), c, np.int32),
+                                ys, xs, layer, config)
+        full = np.where(np.isfinite(top.value[c])[:, None, None, None], np.asarray(full), 0)
+        t, l, _, _ = receptive_field(config, layer, ys, xs, clip=False)
+        projections.append(crop_boxes(full.astype(np.float32), t, l, size))
+        patches.append(crop_boxes(display[image], t, l, size))
+    return np.stack(projections), np.stack(patches)
+
+
+# ---- the figure --------------------------------------------------------------------
+
+
+def mosaic(cells: np.ndarray, side: int, gap: int) -> np.ndarray:
+    """uint8 cells (k, R, R, 3) -> one (side*R + (side-1)*gap)^2 image, row-major, white gaps."""
+    k, r = cells.shape[:2]
+    n = side * r + (side - 1) * gap
+    out = np.full((n, n, 3), 255, np.uint8)
+    for j in range(k):
+        y, x = (j // side) * (r + gap), (j % side) * (r + gap)
+        out[y:y + r, x:x + r] = cells[j]
+    return out
+
+
+def plot_topk(layer: str, channels, values: np.ndarray, projections: np.ndarray,
+              patches: np.ndarray, *, title: str | None = None, columns: int = 3):
+    """Paper Fig. 2 for one layer: per map, its top-k projections (3x3) beside their patches.
+
+    channels int (M,); values float32 (M, k); projections float32 and patches
+    uint8 (M, k, R, R, 3) from ``project_top``. Each projection is contrast-
+    normalised on its own (``deconv.to_display``). Returns a matplotlib Figure.
+    """
+    from matplotlib.figure import Figure
+
+    m, k = values.shape
+    r = projections.shape[2]
+    side = int(np.ceil(np.sqrt(k)))
+    gap = max(1, r // 20)
+    columns = max(1, min(columns, m))
+    rows = -(-m // columns)
+    block = 1.9  # inches per 3x3 grid
+    fig = Figure(figsize=(columns * (2 * block + 0.5) + 0.3, rows * (block + 0.45) + 0.9))
+    grid = fig.add_gridspec(rows, columns, wspace=0.08, hspace=0.25, top=1 - 0.75 / fig.get_figheight(),
+                            bottom=0.02, left=0.02, right=0.98)
+    shown = deconv.to_display(projections)
+    for i, c in enumerate(np.asarray(channels)):
+        left = mosaic(shown[i], side, gap)
+        right = mosaic(patches[i], side, gap)
+        spacer = np.full((left.shape[0], 4 * gap + r // 6, 3), 255, np.uint8)
+        ax = fig.add_subplot(grid[i // columns, i % columns])
+        ax.imshow(np.concatenate([left, spacer, right], axis=1), interpolation="nearest")
+        ax.set_axis_off()
+        best = values[i][np.isfinite(values[i])]
+        peak = f"{best.max():.3g}" if best.size else "-"
+        ax.set_title(f"{layer} map #{int(c)}   (top activation {peak})", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+# ---- command line ------------------------------------------------------------------
+
+
+def check_layers(layers) -> tuple[str, ...]:
+    """The layer names, or ValueError naming the first unknown one."""
+    for layer in layers:
+        if layer not in model.PROJECTABLE_LAYERS:
+            raise model.unknown_layer(layer)
+    return tuple(layers)
+
+
+def check_channels(config: model.ZFNetConfig, layer: str, channels) -> np.ndarray:
+    """channels as int32 (M,), or ValueError naming the first one the layer does not have."""
+    n = model.num_channels(config, layer)
+    for c in channels:
+        if not 0 <= c < n:
+            raise ValueError(f"channel {c} is out of range for {layer}: this run's {layer} has "
+                             f"{n} feature maps, 0..{n - 1}")
+    return np.asarray(channels, np.int32)
+
+
+def choose_maps(top: TopK, count: int, seed: int) -> np.ndarray:
+    """``count`` random maps (sorted), drawn among those that fire on some image if enough do."""
+    active = np.flatnonzero(top.value[:, 0] > 0)
+    pool = active if len(active) >= count else np.arange(len(top.value))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(pool, min(count, len(pool)), replace=False)).astype(np.int32)
+
+
+def add_cli(subparsers) -> argparse.ArgumentParser:
+    """The ``topk`` subcommand (paper Fig. 2)."""
+    parser = subparsers.add_parser(
+        "topk", help="Fig. 2: the 9 strongest activations of feature maps over a split, "
+                     "projected to pixels beside their image patches")
+    add_input_arguments(parser, count_help="at most this many images of the split (default: all)")
+    parser.add_argument("--layers", nargs="+", default=list(model.CONV_LAYERS), metavar="LAYER",
+                        help=f"layers to mine (default: conv1..conv5; any of "
+                             f"{', '.join(model.PROJECTABLE_LAYERS)})")
+    parser.add_argument("--channels", nargs="+", type=int, default=None, metavar="C",
+                        help="feature maps to draw, in every layer (default: --count random ones)")
+    parser.add_argument("--count", type=int, default=9, help="random maps drawn per layer")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random maps")
+    parser.add_argument("--top", type=int, default=TOP, help="activations kept per map")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args) -> list[pathlib.Path]:
+    """Mine, project and draw; write topk_<layer>.png per layer and topk.npz."""
+    layers = check_layers(args.layers)
+    for name in ("count", "top", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    params, config, mean, info = load_model(args.target)
+    for layer in layers:
+        check_channels(config, layer, args.channels or [])
+    stored, labels, names = load_stored_images(args, config, info, args.limit)
+    k = min(args.top, len(stored))
+    tops = mine(params, batches_of(stored, mean, config, args.batch_size), config, layers, k=k)
+
+    arrays, figures = {"names": np.array(names)}, {}
+    if labels is not None:
+        arrays["labels"] = labels
+    source = ("the given images" if args.images
+              else f"{args.data or run_data_source(info)[0]} [{args.split}]")
+    for layer in layers:
+        top = tops[layer]
+        channels = (check_channels(config, layer, args.channels) if args.channels
+                    else choose_maps(top, args.count, args.seed))
+        # Only the winners' images are preprocessed; image indices are remapped onto them.
+        used, where = np.unique(np.maximum(top.image[channels], 0), return_inverse=True)
+        local = top.image.copy()
+        local[channels] = np.where(top.image[channels] >= 0, where.reshape(len(channels), k), -1)
+        inputs = data.preprocess(stored[used], mean, config.image_size)
+        display = np.ascontiguousarray(data.centre_crop(stored[used], config.image_size))
+        projections, patches = project_top(params, config, layer, top._replace(image=local),
+                                           channels, inputs, display)
+        arrays.update({f"{layer}/{field}": value for field, value in top._asdict().items()})
+        arrays.update({f"{layer}/channels": channels, f"{layer}/projections": projections,
+                       f"{layer}/patches": patches})
+        figures[layer] = plot_topk(
+            layer, channels, top.value[channels], projections, patches,
+            title=f"{layer}: top {k} activations per feature map over {len(stored)} images of "
+                  f"{source}\n(left: deconvnet projections, right: image patches under the "
+                  f"receptive field)")
+    out = output_folder(args, info)
+    paths = [artifacts.save_npz(out / "topk.npz", **arrays)]
+    paths += [artifacts.save_png(fig, out / f"topk_{layer}.png") for layer, fig in figures.items()]
+    return paths

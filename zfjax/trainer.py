@@ -1,0 +1,357 @@
+"""The training loop: data, epochs, evaluation, snapshots, checkpoints, metrics.
+
+``fit(run, out)`` trains ``run`` (a Run: model config, training config, data
+source) into the run folder ``out`` (layout in zfjax.checkpoints) and returns the
+folder. ``fit(run, out, resume=True)`` continues a stopped run from its newest
+checkpoint using the folder's own config.json; it ends with the same parameters
+as an uninterrupted run, because data order and dropout keys are functions of
+(seed, epoch, step) only.
+
+Several hosts: call ``jax.distributed.initialize()`` first (train.py --distributed)
+on every host, with the run folder on a shared file system. Every host loads the
+data and computes the same global batches; each feeds its slice to its devices.
+Only process 0 writes config.json, metrics, curves and snapshots; orbax
+coordinates the checkpoint writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from zfjax import checkpoints, data, training
+from zfjax.model import ZFNetConfig
+from zfjax.training import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGENETTE_DIR = ROOT.parent / "shared" / "data" / "imagenette"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What to train on what. num_classes is taken from the data.
+
+    data: a TFDS name or an image folder <root>/<split>/<class>/<image>.
+    train_limit / val_limit: use at most this many images (spread over the classes).
+    probe_count: validation images in the Fig. 4 probe (zfjax.evolution).
+    """
+
+    model: ZFNetConfig
+    train: TrainConfig
+    data: str
+    data_dir: str | None = None
+    train_limit: int | None = None
+    val_limit: int | None = None
+    probe_count: int = 1000
+
+
+def _imagenette() -> str:
+    return str(IMAGENETTE_DIR) if IMAGENETTE_DIR.is_dir() else "imagenette/320px-v2"
+
+
+def presets() -> dict[str, Run]:
+    """The named runs of train.py --preset."""
+    return {
+        # The paper: ImageNet 2012, 224 px, 70 epochs, N(0, 1e-2) init.
+        "paper": Run(ZFNetConfig(num_classes=1000), TrainConfig(epochs=70), "imagenet2012"),
+        # Full ZFNet at 224 on imagenette; 64 epochs so every Fig. 4 epoch exists.
+        "imagenette": Run(ZFNetConfig(num_classes=10), TrainConfig(epochs=64), _imagenette()),
+        # 10 epochs of imagenette in minutes on 2 CPU cores: 64 px, half width. He-normal
+        # init: with N(0, 1e-2) the small net sits at chance for the first epochs.
+        "cpu": Run(ZFNetConfig(num_classes=10, image_size=64, width=0.5, init_std=None),
+                   TrainConfig(epochs=10, batch_size=64, lr_schedule="step", lr_steps=(8,)),
+                   _imagenette()),
+    }
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite; no checkpoint was written after it."""
+
+
+def _evolution():
+    """zfjax.evolution, or None while it does not exist yet."""
+    try:
+        from zfjax import evolution
+    except ModuleNotFoundError as e:
+        if e.name != "zfjax.evolution":
+            raise
+        return None
+    return evolution
+
+
+def _is_main() -> bool:
+    return jax.process_index() == 0
+
+
+def _say(message: str) -> None:
+    if _is_main():
+        tqdm.write(message)
+
+
+# ---------------------------------------------------------------------------- the run
+
+def fit(run: Run, out, *, resume: bool = False, epochs: int | None = None,
+        progress: bool = True) -> Path:
+    """Trains run into the folder out; returns it.
+
+    resume: continue the run in out from its newest checkpoint with out's config.json
+      (run is then ignored). epochs: train up to this epoch (default: the run's; on
+      resume it may extend the stored run).
+    Raises NonFiniteLoss if the loss stops being finite (the last good checkpoint stays).
+    """
+    run_dir = Path(out).absolute()
+    mgr_dir = run_dir / checkpoints.CHECKPOINT_DIR
+    if resume:
+        run = _stored_run(run_dir)
+    elif mgr_dir.exists() and any(mgr_dir.iterdir()):
+        raise FileExistsError(f"run folder {run_dir} already holds checkpoints; pass --resume "
+                              f"to continue it, or a new --out")
+    run = dataclasses.replace(run, train=dataclasses.replace(
+        run.train, epochs=epochs or run.train.epochs))
+    tcfg = run.train
+    mesh = training.make_mesh()
+    training.check_batch_size(tcfg.batch_size, mesh)
+    _say(_banner(run, run_dir, mesh, resume))
+
+    train_set, val_set = (
+        data.load_split(run.data, split, run.model.image_size, data_dir=run.data_dir,
+                        limit=limit, progress=progress and _is_main())
+        for split, limit in (("train", run.train_limit), ("val", run.val_limit)))
+    if len(train_set) < tcfg.batch_size:
+        raise ValueError(f"{len(train_set)} training images are fewer than one batch of "
+                         f"{tcfg.batch_size}; pass a smaller --batch")
+    config = dataclasses.replace(run.model, num_classes=len(train_set.class_names))
+    run = dataclasses.replace(run, model=config)
+    _say(f"data: {len(train_set)} training and {len(val_set)} validation images, "
+         f"{config.num_classes} classes")
+    mean_file = run_dir / checkpoints.MEAN_FILE
+    mean = np.load(mean_file) if resume and mean_file.exists() else data.mean_image(train_set)
+    evolution = _evolution()
+    probe = (evolution.make_probe(val_set, mean, config, seed=tcfg.seed,
+                                  count=min(run.probe_count, len(val_set)))
+             if evolution else None)
+    run_config = _run_config(run, train_set, val_set, probe)
+
+    mgr = checkpoints.manager(mgr_dir)
+    try:
+        if resume and mgr.latest_step() is not None:
+            state, meta = _resume(run_dir, mgr, run_config, config, tcfg, mesh)
+        else:  # a fresh run, or one killed before its first checkpoint was complete
+            state, meta = training.create_state(config, tcfg, mesh), {"epoch": 0, "plateau": {}}
+            if _is_main():
+                checkpoints.save_mean(run_dir, mean)
+                _write_metrics(run_dir, [])
+        if _is_main():
+            checkpoints.write_json(run_dir / checkpoints.CONFIG_FILE, run_config)
+        _epochs(run_dir, mgr, state, meta, config, tcfg, mesh, train_set, val_set, mean, probe,
+                evolution, progress)
+    finally:
+        mgr.close()
+    _say(f"done: {tcfg.epochs} epochs in {run_dir}\n  checkpoints: {mgr_dir}\n"
+         f"  metrics: {run_dir / 'metrics.jsonl'}\n  curves: {run_dir / 'curves.png'}"
+         + (f"\n  snapshots: {run_dir / 'snapshots'}" if evolution else ""))
+    return run_dir
+
+
+def _run_config(run: Run, train_set, val_set, probe) -> dict:
+    """The contents of config.json."""
+    return {
+        "model": checkpoints.config_dict(run.model), "train": checkpoints.config_dict(run.train),
+        "data": {"source": run.data, "data_dir": run.data_dir, "train_limit": run.train_limit,
+                 "val_limit": run.val_limit, "train_images": len(train_set),
+                 "val_images": len(val_set), "probe_count": run.probe_count},
+        "class_names": list(train_set.class_names), "probe": _probe_info(probe),
+        "devices": {"platform": jax.devices()[0].platform, "count": jax.device_count(),
+                    "processes": jax.process_count()},
+    }
+
+
+def _stored_run(run_dir: Path) -> Run:
+    stored = checkpoints.read_config(run_dir)
+    d = stored["data"]
+    return Run(checkpoints.model_config(stored), TrainConfig(**stored["train"]), d["source"],
+               d["data_dir"], d["train_limit"], d["val_limit"], d["probe_count"])
+
+
+def _resume(run_dir, mgr, run_config, config, tcfg, mesh):
+    """Restores the newest checkpoint; drops metrics lines of epochs after it."""
+    stored = checkpoints.read_config(run_dir)
+    if stored.get("probe") is not None and stored["probe"] != run_config["probe"]:
+        raise ValueError(f"the probe rebuilt from the validation data differs from the one "
+                         f"{run_dir} was started with; has the data changed?")
+    epoch = mgr.latest_step()
+    state, meta = checkpoints.restore(mgr, epoch, training.abstract_state(config, tcfg, mesh),
+                                      config)
+    if _is_main():
+        _write_metrics(run_dir, [m for m in _read_metrics(run_dir) if m["epoch"] <= epoch])
+    _say(f"resuming after epoch {epoch}")
+    return state, meta
+
+
+def _probe_info(probe) -> dict | None:
+    """Small facts that identify the probe, so a resumed run can check it rebuilt the same."""
+    if probe is None:
+        return None
+    return {"count": int(len(probe.images)),
+            "display_sha256": hashlib.sha256(np.ascontiguousarray(probe.display)).hexdigest(),
+            "maps": {k: np.asarray(v).tolist() for k, v in probe.maps.items()}}
+
+
+def _banner(run: Run, run_dir, mesh, resume: bool) -> str:
+    config = {"model": checkpoints.config_dict(run.model),
+              "train": checkpoints.config_dict(run.train),
+              "data": {"source": run.data, "data_dir": run.data_dir,
+                       "train_limit": run.train_limit, "val_limit": run.val_limit},
+              "devices": f"{mesh.size} x {mesh.devices.flat[0].platform}"}
+    text = f"{'resuming' if resume else 'training'} into {run_dir}\n{json.dumps(config)}"
+    if mesh.devices.flat[0].platform == "cpu" and run.model.image_size >= 160:
+        text += ("\nnote: a full-size ZFNet on CPU takes hours; --preset cpu takes minutes")
+    return text
+
+
+# --------------------------------------------------------------------------- the loop
+
+def _epochs(run_dir, mgr, state, meta, config, tcfg, mesh, train_set, val_set, mean, probe,
+            evolution, progress):
+    step_fn = training.make_train_step(config, tcfg.filter_radius, mesh)
+    eval_fn = training.make_eval_step(config, mesh)
+    rng = training.dropout_key(tcfg)
+    plateau = training.Plateau(**meta["plateau"])
+    history = _read_metrics(run_dir)
+    for epoch in range(meta["epoch"] + 1, tcfg.epochs + 1):
+        lr = training.learning_rate(state)
+        start = time.perf_counter()
+        state, train_metrics = _train_epoch(state, step_fn, rng, mgr, epoch, tcfg, mesh,
+                                            train_set, mean, config, progress)
+        train_seconds = time.perf_counter() - start
+        top1, top5 = evaluate(state.params, eval_fn, val_set, mean, config, tcfg.batch_size, mesh)
+        eval_seconds = time.perf_counter() - start - train_seconds
+        if evolution and _is_main():
+            snapshot = evolution.take_snapshot(_local_copy(state.params), config, probe)
+            evolution.save_snapshot(run_dir, epoch, snapshot)
+        snapshot_seconds = time.perf_counter() - start - train_seconds - eval_seconds
+        plateau, next_lr = training.next_learning_rate(tcfg, plateau, epoch, 1 - top1, lr)
+        state = training.with_learning_rate(state, next_lr)
+        steps = len(train_set) // tcfg.batch_size
+        metrics = {"epoch": epoch, "step": epoch * steps, **train_metrics,
+                   "val_top1": top1, "val_top5": top5, "learning_rate": lr,
+                   "images_per_s": steps * tcfg.batch_size / train_seconds,
+                   "seconds": time.perf_counter() - start, "train_seconds": train_seconds,
+                   "eval_seconds": eval_seconds, "snapshot_seconds": snapshot_seconds}
+        history.append(metrics)
+        if _is_main():  # metrics first: a resume drops lines after its checkpoint
+            _write_metrics(run_dir, history)
+            plot_curves(history, run_dir / "curves.png")
+        checkpoints.save(mgr, epoch, state, {"epoch": epoch, "step": metrics["step"],
+                                             "plateau": dataclasses.asdict(plateau),
+                                             "metrics": metrics})
+        _say(f"epoch {epoch}: train loss {metrics['train_loss']:.3f} top-1 "
+             f"{metrics['train_top1']:.3f} | val top-1 {top1:.3f} top-5 {top5:.3f} | lr {lr:g}"
+             f" | {metrics['images_per_s']:.0f} img/s, {metrics['seconds']:.0f} s")
+
+
+def _train_epoch(state, step_fn, rng, mgr, epoch, tcfg, mesh, train_set, mean, config,
+                 progress):
+    """One pass over the training batches. Returns (state, {'train_loss', 'train_top1'})."""
+    steps = len(train_set) // tcfg.batch_size
+    batches = data.train_batches(train_set, mean, tcfg.batch_size, config.image_size,
+                                 seed=tcfg.seed, epoch=epoch)
+    bar = tqdm(total=steps, desc=f"epoch {epoch}/{tcfg.epochs}", unit="step",
+               disable=not (progress and _is_main()), leave=False)
+    loss_sum = acc_sum = 0.0
+    pending, start = None, time.perf_counter()
+    with bar:
+        for i, (images, labels) in enumerate(batches):
+            state, metrics = step_fn(state, training.put_batch(mesh, images, labels), rng)
+            # Read the previous step's numbers while this one runs.
+            if pending is not None:
+                loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i - 1, epoch, mgr)
+                bar.set_postfix(loss=f"{loss_sum / i:.3f}", acc=f"{acc_sum / i:.3f}",
+                                img_s=f"{i * tcfg.batch_size / (time.perf_counter() - start):.0f}")
+                bar.update()
+            pending = metrics
+        loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, steps - 1, epoch, mgr)
+        bar.update()
+    return state, {"train_loss": loss_sum / steps, "train_top1": acc_sum / steps}
+
+
+def _check(metrics, loss_sum, acc_sum, index, epoch, mgr):
+    loss = float(training.local_value(metrics["loss"]))
+    if not math.isfinite(loss):
+        last = mgr.latest_step()
+        where = (f"the last good checkpoint (epoch {last}) is in {mgr.directory}"
+                 if last is not None else "no checkpoint was written yet")
+        raise NonFiniteLoss(f"training loss became {loss} at epoch {epoch}, step {index}; "
+                            f"stopped without saving: {where}; lower --lr and --resume")
+    return loss_sum + loss, acc_sum + float(training.local_value(metrics["accuracy"]))
+
+
+def evaluate(params, eval_fn, images: data.ImageSet, mean, config, batch_size, mesh):
+    """Centre-crop (top-1, top-5) accuracy of params on images."""
+    counts = 0
+    for x, y in data.eval_batches(images, mean, batch_size, config.image_size):
+        n = len(y)
+        pad = batch_size - n
+        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+        y = np.concatenate([y, np.zeros(pad, y.dtype)]) if pad else y
+        mask = np.arange(batch_size) < n
+        counts = counts + eval_fn(params, *training.put_batch(mesh, x, y, mask))
+    top1, top5, n = training.local_value(counts).tolist()
+    return top1 / n, top5 / n
+
+
+def _local_copy(params):
+    """The replicated params as arrays on this process's first device."""
+    return jax.tree.map(lambda a: a.addressable_data(0), params)
+
+
+# ---------------------------------------------------------------------- metrics files
+
+def _read_metrics(run_dir) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(run_dir, history: list[dict]) -> None:
+    # Rewritten whole (atomically) rather than appended: a kill can never leave half a line.
+    text = "".join(json.dumps(m) + "\n" for m in history)
+    checkpoints.atomic_write(Path(run_dir) / "metrics.jsonl", lambda f: f.write(text.encode()))
+
+
+def plot_curves(history: list[dict], out_png) -> Path:
+    """Draws loss, top-1/top-5 and learning rate per epoch into out_png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [m["epoch"] for m in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(epochs, [m["train_loss"] for m in history], "o-")
+    axes[0].set(title="training loss", xlabel="epoch")
+    axes[1].plot(epochs, [m["train_top1"] for m in history], "o-", label="train top-1")
+    axes[1].plot(epochs, [m["val_top1"] for m in history], "o-", label="val top-1")
+    axes[1].plot(epochs, [m["val_top5"] for m in history], "o--", label="val top-5")
+    axes[1].set(title="accuracy", xlabel="epoch", ylim=(0, 1))
+    axes[1].legend()
+    axes[2].semilogy(epochs, [m["learning_rate"] for m in history], "o-")
+    axes[2].set(title="learning rate", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    out_png = Path(out_png)
+    checkpoints.atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=90))
+    plt.close(fig)
+    return out_png
+
