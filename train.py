@@ -28,8 +28,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split(
         "\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=names, default="imagenette",
-                   help="paper: ImageNet, 224 px, 70 epochs; imagenette: full ZFNet at 224 px, "
-                        "64 epochs; cpu: 64 px, width 0.5, 10 epochs (default: imagenette)")
+                   help="paper: ImageNet, 224 px, 70 epochs, N(0, 1e-2) init; imagenette: full "
+                        "ZFNet at 224 px, 64 epochs, He init; cpu: 64 px, width 0.5, 10 epochs, "
+                        "He init (default: imagenette)")
     p.add_argument("--data", help="TFDS name (e.g. imagenet2012) or image folder "
                                   "<root>/<split>/<class>/<image>")
     p.add_argument("--data-dir", help="TFDS data directory (never downloads)")

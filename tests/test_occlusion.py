@@ -140,7 +140,7 @@ def test_column_c_occluders_are_where_each_readout_drops_most():
 
 # ---- command line, on a tiny real run folder (helpers shared with test_topk) ----------
 
-from test_topk import TINY, run_cli, write_tiny_run  # noqa: E402
+from test_topk import run_cli, write_tiny_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ import numpy as np
 from jax import lax
 from PIL import Image
 
-from zfjax import artifacts, data, model, topk
+from zfjax import artifacts, cli, data, model
 
 LAYERS = ("pool5", "fc7")
 FEATURE_LAYERS = model.PROJECTABLE_LAYERS + model.FC_LAYERS
@@ -322,11 +322,6 @@ def plot_correspondence(display: np.ndarray, boxes: np.ndarray, random: np.ndarr
 # ---- command line ------------------------------------------------------------------
 
 
-def run_label(target, info: dict) -> str:
-    """'<run folder name>, epoch E' for titles."""
-    name = pathlib.Path(info.get("run_dir") or target).name
-    return f"{name}, epoch {info['epoch']}" if info.get("epoch") is not None else name
-
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -355,7 +350,7 @@ def run_cli(args) -> list[pathlib.Path]:
     if args.draws < 1:
         raise ValueError(f"--draws must be at least 1, got {args.draws}")
     parts = read_parts(args.parts)
-    params, config, mean, info = topk.load_model(args.target)
+    params, config, mean, info = cli.load_model(args.target)
     size = config.image_size
     boxes = input_boxes(parts, size)
     stored = data.load_image_files([str(p) for p in parts.paths], size)
@@ -368,8 +363,8 @@ def run_cli(args) -> list[pathlib.Path]:
     rows = table(h, parts.names, args.draws, layers)
     names = [p.name for p in parts.paths]
     fig = plot_correspondence(display, boxes, random, parts.names, rows, names,
-                              title=f"{run_label(args.target, info)}: {len(names)} images")
-    out = topk.output_folder(args, info)
+                              title=f"{cli.run_label(args.target, info)}: {len(names)} images")
+    out = cli.output_folder(args, info)
     csv_path = out / "correspondence.csv"
     with artifacts.atomic_path(csv_path) as tmp:
         tmp.write_text(table_csv(rows))

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax import artifacts, deconv, evolution, model, topk
+from zfjax import artifacts, cli, deconv, evolution, model
 
 MAPS = 36  # conv2 maps shown
 IMAGES = 100  # images searched for their strongest activations
@@ -167,16 +167,11 @@ def plot_filters(panels: list[dict], title: str | None = None):
 # ---- command line ------------------------------------------------------------------
 
 
-def run_label(target, info: dict) -> str:
-    """'<run folder name>, epoch E' for titles."""
-    name = pathlib.Path(info.get("run_dir") or target).name
-    return f"{name}, epoch {info['epoch']}" if info.get("epoch") is not None else name
-
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "filters", help="Fig. 6: conv1 filters and conv2 features, optionally of two runs")
-    topk.add_input_arguments(
+    cli.add_input_arguments(
         parser, count_help=f"images searched for conv2 features (default {IMAGES})")
     parser.add_argument("--compare", metavar="OTHER_RUN", default=None,
                         help="a second run or checkpoint to show side by side (e.g. trained "
@@ -202,7 +197,7 @@ def run_cli(args) -> list[pathlib.Path]:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     targets = [args.target] + ([args.compare] if args.compare else [])
-    models = [topk.load_model(t) for t in targets]
+    models = [cli.load_model(t) for t in targets]
     if args.compare:
         check_comparable(models[0][0]["conv1"]["kernel"], models[1][0]["conv1"]["kernel"],
                          args.target, args.compare)
@@ -211,7 +206,7 @@ def run_cli(args) -> list[pathlib.Path]:
         features, count = None, 0
         if args.maps:
             run_args = argparse.Namespace(**{**vars(args), "target": target})
-            _, _, _, _, inputs, display, _, _ = topk.load_analysis_inputs(
+            _, _, _, _, inputs, display, _, _ = cli.load_analysis_inputs(
                 run_args, args.limit or IMAGES)
             count = len(inputs)
             maps = strongest_maps(params, config, inputs,
@@ -219,7 +214,7 @@ def run_cli(args) -> list[pathlib.Path]:
             features = layer2_features(params, config, inputs, display, maps)
         kernel = np.asarray(params["conv1"]["kernel"])
         radius, note = _radius(info)
-        panels.append({"name": run_label(target, info) + (f" ({note})" if note else ""),
+        panels.append({"name": cli.run_label(target, info) + (f" ({note})" if note else ""),
                        "kernel": kernel, "radius": radius, "features": features,
                        "images": count})
         prefix = f"run{i}/"
@@ -228,7 +223,7 @@ def run_cli(args) -> list[pathlib.Path]:
         arrays[prefix + "target"] = np.asarray(str(target))
         if features is not None:
             arrays.update({prefix + "conv2/" + k: v for k, v in features.items()})
-    out = topk.output_folder(args, models[0][3])
+    out = cli.output_folder(args, models[0][3])
     name = "filters_compare" if args.compare else "filters"
     fig = plot_filters(panels, title="First-layer filters and second-layer features (Fig. 6)")
     npz = artifacts.save_npz(out / f"{name}.npz", **arrays)

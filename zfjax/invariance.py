@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.ndimage import map_coordinates
 
-from zfjax import artifacts, data, model, topk
+from zfjax import artifacts, cli, data, model
 
 TRANSFORMS = ("translate", "scale", "rotate")
 AXIS_LABELS = {"translate": "vertical translation (pixels)", "scale": "scale (ratio)",
@@ -222,17 +222,12 @@ def example_amounts(amounts: np.ndarray, count: int = 4) -> np.ndarray:
 # ---- command line ------------------------------------------------------------------
 
 
-def run_label(target, info: dict) -> str:
-    """'<run folder name>, epoch E' for titles."""
-    name = pathlib.Path(info.get("run_dir") or target).name
-    return f"{name}, epoch {info['epoch']}" if info.get("epoch") is not None else name
-
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "invariance", help="Fig. 5: feature distance and P(true class) under translation, "
                            "scale and rotation")
-    topk.add_input_arguments(parser, count_help=f"images to analyse (default {IMAGES})")
+    cli.add_input_arguments(parser, count_help=f"images to analyse (default {IMAGES})")
     parser.add_argument("--layer1", default="pool1", choices=LAYER1_CHOICES,
                         help="layer-1 features to compare (default pool1)")
     parser.add_argument("--translations", type=float, nargs="+", metavar="PX",
@@ -252,7 +247,7 @@ def run_cli(args) -> list[pathlib.Path]:
         raise ValueError(f"--scales must be positive ratios, got {min(args.scales):g}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    params, config, mean, info, inputs, display, labels, names = topk.load_analysis_inputs(
+    params, config, mean, info, inputs, display, labels, names = cli.load_analysis_inputs(
         args, args.limit or IMAGES)
     mean_crop = data.centre_crop(mean, config.image_size)
     sweeps = {kind: np.asarray(chosen[kind] if chosen[kind] else
@@ -273,10 +268,10 @@ def run_cli(args) -> list[pathlib.Path]:
                        f"{kind}/layer7_distance": result["layer7"],
                        f"{kind}/true_class_probability": prob,
                        f"{kind}/example_amounts": shown, f"{kind}/examples": pictures})
-    out = topk.output_folder(args, info)
+    out = cli.output_folder(args, info)
     label_note = "true class" if labels is not None else "class predicted for the original"
     fig = plot_invariance(curves, examples, names, layer1=args.layer1,
-                          title=f"Invariance (Fig. 5): {run_label(args.target, info)}, "
+                          title=f"Invariance (Fig. 5): {cli.run_label(args.target, info)}, "
                                 f"{len(names)} images; probability of the {label_note}")
     arrays.update(names=np.asarray(names, dtype=str), display=display,
                   labels=np.asarray(labels if labels is not None else [], np.int32),

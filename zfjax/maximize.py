@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from zfjax import artifacts, data, model, topk
+from zfjax import artifacts, cli, data, model
 
 LAYERS = model.PROJECTABLE_LAYERS + model.FC_LAYERS + ("fc8",)
 UNITS = 8  # units shown by default
@@ -170,11 +170,6 @@ def plot_maximize(pictures: np.ndarray, labels, values: np.ndarray, *, title: st
 # ---- command line ------------------------------------------------------------------
 
 
-def run_label(target, info: dict) -> str:
-    """'<run folder name>, epoch E' for titles."""
-    name = pathlib.Path(info.get("run_dir") or target).name
-    return f"{name}, epoch {info['epoch']}" if info.get("epoch") is not None else name
-
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -211,7 +206,7 @@ def run_cli(args) -> list[pathlib.Path]:
                          "--init-std must be >= 0")
     if args.layer not in LAYERS:
         raise ValueError(f"unknown layer {args.layer!r}; expected one of {', '.join(LAYERS)}")
-    params, config, mean, info = topk.load_model(args.target)
+    params, config, mean, info = cli.load_model(args.target)
     units = np.asarray(args.units if args.units is not None else
                        range(min(UNITS, num_units(config, args.layer))), np.int32)
     check_units(config, args.layer, units)
@@ -226,9 +221,9 @@ def run_cli(args) -> list[pathlib.Path]:
                                       else "") for u in units]
     values = np.concatenate([result["value"], result["final_value"][:, None]], axis=1)
     fig = plot_maximize(pictures, labels, values, title=(
-        f"Activation maximisation, {run_label(args.target, info)}: {args.steps} Adam steps "
+        f"Activation maximisation, {cli.run_label(args.target, info)}: {args.steps} Adam steps "
         f"(lr {args.lr:g}), L{args.p:g} weight {args.lp_weight:g}, TV weight {args.tv_weight:g}"))
-    out = topk.output_folder(args, info)
+    out = cli.output_folder(args, info)
     stem = f"maximize_{args.layer}"
     npz = artifacts.save_npz(out / f"{stem}.npz", units=units, layer=np.asarray(args.layer),
                              images=result["images"], pictures=pictures,

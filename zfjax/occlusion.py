@@ -31,9 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zfjax import artifacts, data, deconv, model
-from zfjax.topk import (add_input_arguments, check_layers, load_analysis_inputs,
-                        output_folder)
+from zfjax import artifacts, cli, data, deconv, model
+from zfjax.topk import check_layers
 
 IMAGES = 3  # rows of the figure, as in the paper
 
@@ -348,7 +347,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "occlusion", help="Fig. 7: slide a gray square over images; map the strongest layer-5 "
                           "feature map, p(correct class) and the top class over its positions")
-    add_input_arguments(parser, count_help=f"images taken from the split (default {IMAGES})")
+    cli.add_input_arguments(parser, count_help=f"images taken from the split (default {IMAGES})")
     parser.add_argument("--layer", default="conv5", help="layer of the feature map followed")
     parser.add_argument("--size", type=int, default=None,
                         help="occluder side in px (default image_size / 7: 32 at 224)")
@@ -381,7 +380,7 @@ def run(args) -> list[pathlib.Path]:
     for name in ("limit", "batch_size"):
         if (getattr(args, name) or 1) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    params, config, mean, info, inputs, display, labels, names = load_analysis_inputs(
+    params, config, mean, info, inputs, display, labels, names = cli.load_analysis_inputs(
         args, args.limit or IMAGES)
     size = args.size or max(1, round(config.image_size / 7))
     stride = args.stride or max(1, round(config.image_size / 28))
@@ -417,6 +416,6 @@ def run(args) -> list[pathlib.Path]:
                    for key in results[0]["clean"]})
     arrays.update(positions=steps, size=np.int32(size), projections=projections,
                   projection_occluders=picks, names=np.array(names))
-    out = output_folder(args, info)
+    out = cli.output_folder(args, info)
     return [artifacts.save_npz(out / "occlusion.npz", **arrays),
             artifacts.save_png(fig, out / "occlusion.png")]

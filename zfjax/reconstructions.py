@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax import artifacts, deconv, model
-from zfjax.topk import add_input_arguments, check_layers, load_analysis_inputs, output_folder
+from zfjax import artifacts, cli, deconv, model
+from zfjax.topk import check_layers
 
 DEFAULT_LAYERS = ("pool1", "pool2", "pool5")
 
@@ -92,7 +92,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "reconstructions", help="project a whole layer and its strongest activation to pixels, "
                                 "after each pooling stage, for one image")
-    add_input_arguments(parser, count_help="images taken from the split (default 1)")
+    cli.add_input_arguments(parser, count_help="images taken from the split (default 1)")
     parser.add_argument("--layers", nargs="+", default=list(DEFAULT_LAYERS), metavar="LAYER",
                         help=f"layers (default: {' '.join(DEFAULT_LAYERS)}; conv3 conv4 also fit)")
     parser.set_defaults(run=run)
@@ -106,13 +106,13 @@ def run(args) -> list[pathlib.Path]:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     # Bottom to top, as the forward pass goes.
     layers = tuple(sorted(dict.fromkeys(layers), key=model.PROJECTABLE_LAYERS.index))
-    params, config, mean, info, inputs, display, labels, names = load_analysis_inputs(
+    params, config, mean, info, inputs, display, labels, names = cli.load_analysis_inputs(
         args, args.limit or 1)
     results = [jax.device_get(reconstruct(params, image, layers=layers, config=config))
                for image in inputs]
     fig = plot_reconstructions(display, results, layers, names)
     arrays = {key: np.stack([r[key] for r in results]) for key in results[0]}
     arrays.update(layers=np.array(layers), names=np.array(names), display=display)
-    out = output_folder(args, info)
+    out = cli.output_folder(args, info)
     return [artifacts.save_npz(out / "reconstructions.npz", **arrays),
             artifacts.save_png(fig, out / "reconstructions.png")]

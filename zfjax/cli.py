@@ -1,0 +1,128 @@
+"""Command-line plumbing shared by every ``visualize.py`` subcommand.
+
+The common options (run, output folder, images), loading a run's model and
+the images an analysis works on, and where its outputs go.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+import numpy as np
+
+from zfjax import data
+
+
+def add_input_arguments(parser: argparse.ArgumentParser, *, count_help: str | None = None) -> None:
+    """Add the options every analysis takes: target, --out, --images, --data, --split, --limit.
+
+    ``load_analysis_inputs(args, count)`` reads them back.
+    """
+    parser.add_argument("target", help="run folder or checkpoint written by train.py")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="output folder (default: <run>/figures)")
+    parser.add_argument("--images", nargs="+", metavar="PATH", default=None,
+                        help="image files to analyse (default: the run's validation data)")
+    parser.add_argument("--data", default=None, metavar="SOURCE",
+                        help="TFDS name or image folder <root>/<split>/<class>/<image> to "
+                             "take images from (default: the one the run was trained on)")
+    parser.add_argument("--split", default="val", help="split of --data (default: val)")
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
+    parser.add_argument("--limit", type=int, default=None,
+                        help=count_help or "at most this many images of the split")
+
+
+def load_model(target):
+    """``checkpoints.load_run(target)`` (which checks the parameter shapes against the
+    run's config) plus a check of the mean image.
+
+    Returns (params, config, mean float32 (S, S, 3), info dict).
+    """
+    from zfjax import checkpoints
+
+    params, config, mean, info = checkpoints.load_run(target)
+    mean = np.asarray(mean, np.float32)
+    size = data.stored_size(config.image_size)
+    if mean.shape != (size, size, 3):
+        raise ValueError(f"mean image of {target} is {mean.shape}, expected ({size}, {size}, 3) "
+                         f"for image_size {config.image_size}; the run's files do not match")
+    return params, config, mean, info
+
+
+def run_data_source(info: dict) -> tuple[str | None, str | None]:
+    """(source, data_dir) the run was trained on: TFDS name or image folder, as recorded."""
+    recorded = info.get("data")
+    if isinstance(recorded, dict):
+        return recorded.get("source"), recorded.get("data_dir")
+    return (recorded if isinstance(recorded, str) else None), None
+
+
+def load_stored_images(args, config, info: dict, count: int | None):
+    """uint8 stored-size images (N, S, S, 3), labels int32 (N,) or None, and their names.
+
+    From ``args.images`` if given (labels None), else up to ``count`` images of
+    ``args.split`` of ``args.data`` or the run's data source, spread over the classes.
+    Labels are indices into the run's class list (``info['class_names']`` when recorded).
+    """
+    if getattr(args, "images", None):
+        stored = data.load_image_files(args.images, config.image_size)
+        return stored, None, [pathlib.Path(p).name for p in args.images]
+    source, data_dir = run_data_source(info)
+    if getattr(args, "data", None):
+        source, data_dir = args.data, None
+    data_dir = getattr(args, "data_dir", None) or data_dir
+    if source is None:
+        raise ValueError(f"run {args.target} does not record its data source; pass --data "
+                         f"SOURCE (TFDS name or image folder) or --images PATH ...")
+    split = data.load_split(source, getattr(args, "split", "val"), config.image_size,
+                            data_dir=data_dir, limit=count,
+                            progress=False)
+    labels = split.labels
+    run_classes = info.get("class_names")
+    if run_classes:
+        missing = [c for c in split.class_names if c not in run_classes]
+        if missing:
+            raise ValueError(f"class {missing[0]!r} of {source} is not one the run was trained "
+                             f"on; pass the run's data with --data, or --images")
+        labels = np.array([list(run_classes).index(c) for c in split.class_names],
+                          np.int32)[labels]
+    names = ["/".join(pathlib.Path(p).parts[-2:]) for p in split.paths]
+    return split.images, labels.astype(np.int32), names
+
+
+def load_analysis_inputs(args, count: int | None):
+    """Load the model and the images an analysis works on.
+
+    args: parsed options of ``add_input_arguments`` (target, images, data, split,
+    data_dir). count: how many images of the split to take (None: all; ignored
+    with --images, which takes every file named).
+
+    Returns (params, config, mean float32 (S, S, 3), info dict,
+    inputs float32 (N, H, W, 3) network inputs (centre crop minus the run's mean),
+    display uint8 (N, H, W, 3) the same crops for showing,
+    labels int32 (N,) or None (with --images), names list[str] of N image names).
+    Raises ValueError / FileNotFoundError with a one-line message on bad input.
+    """
+    params, config, mean, info = load_model(args.target)
+    stored, labels, names = load_stored_images(args, config, info, count)
+    size = config.image_size
+    inputs = data.preprocess(stored, mean, size)
+    display = np.ascontiguousarray(data.centre_crop(stored, size))
+    return params, config, mean, info, inputs, display, labels, names
+
+
+def output_folder(args, info: dict) -> pathlib.Path:
+    """``--out`` or <run>/figures (the run folder of the target)."""
+    if args.out is not None:
+        return pathlib.Path(args.out)
+    if info.get("run_dir"):
+        return pathlib.Path(info["run_dir"]) / "figures"
+    target = pathlib.Path(args.target)
+    return (target if target.is_dir() else target.parent) / "figures"
+
+
+def run_label(target, info: dict) -> str:
+    """'<run folder name>, epoch E' for figure titles."""
+    name = pathlib.Path(info.get("run_dir") or target).name
+    return f"{name}, epoch {info['epoch']}" if info.get("epoch") is not None else name
