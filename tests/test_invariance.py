@@ -8,21 +8,12 @@ import pytest
 from PIL import Image
 
 from zfjax import artifacts, invariance, model
+from helpers import random_params
 
 # The config of test_topk.write_tiny_run, so the CLI tests reuse these compilations.
 SMALL = model.ZFNetConfig(num_classes=2, image_size=64, width=0.25, init_std=None)
 # Per kind: the identity, a small and a large transformation.
 SWEEPS = {"translate": [0.0, 2.0, 14.0], "scale": [1.0, 1.1, 1.6], "rotate": [0.0, 4.0, 60.0]}
-
-
-def random_params(config, seed=0):
-    """He-normal parameters made in numpy (model.init_params compiles for seconds)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
-    return jax.tree_util.tree_map(
-        lambda s: (np.zeros(s.shape, np.float32) if len(s.shape) == 1 else
-                   (rng.normal(size=s.shape) * np.sqrt(2 / np.prod(s.shape[:-1])))
-                   .astype(np.float32)), shapes)
 
 
 @functools.lru_cache(maxsize=None)
@@ -138,9 +129,6 @@ def test_figure_has_three_rows_of_four_panels():
 # ---- command line, on a tiny real run folder (test_topk.write_tiny_run) ----------------
 
 from test_topk import run_cli, write_tiny_run  # noqa: E402
-
-
-
 
 
 @pytest.fixture(scope="module")

@@ -8,20 +8,11 @@ import pytest
 from PIL import Image
 
 from zfjax import artifacts, maximize, model
+from helpers import random_params
 
 # The config of test_topk.write_tiny_run, so the CLI tests reuse these compilations.
 SMALL = model.ZFNetConfig(num_classes=2, image_size=64, width=0.25, init_std=None)
 STEPS = 25
-
-
-def random_params(config, seed=0):
-    """He-normal parameters made in numpy (model.init_params compiles for seconds)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
-    return jax.tree_util.tree_map(
-        lambda s: (np.zeros(s.shape, np.float32) if len(s.shape) == 1 else
-                   (rng.normal(size=s.shape) * np.sqrt(2 / np.prod(s.shape[:-1])))
-                   .astype(np.float32)), shapes)
 
 
 @functools.lru_cache(maxsize=None)

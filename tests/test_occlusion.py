@@ -9,6 +9,7 @@ from PIL import Image
 
 from zfjax import data, model, occlusion
 from zfjax.receptive_field import receptive_field
+from helpers import random_params
 
 # At 128 px an 8 px square changes only part of the maps up to conv3, so the
 # incremental windows are exercised at strided, unpadded and padded convs and pools.
@@ -17,22 +18,9 @@ LAYER, SIZE, STRIDE = "conv2", 8, 15  # conv2 sees 27 px; 9 x 9 positions
 MEAN_CROP = np.random.default_rng(2).uniform(60, 200, (128, 128, 3)).astype(np.float32)
 
 
-def random_params(config, seed=0):
-    """He-normal weights, small random biases, drawn with numpy (init_params' compile is slow)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
-
-    def draw(path, leaf):
-        if path[-1].key == "bias":
-            return rng.normal(0, 0.01, leaf.shape).astype(np.float32)
-        return (rng.normal(size=leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 @functools.lru_cache(maxsize=None)
 def params():
-    return random_params(SMALL)
+    return random_params(SMALL, bias_std=0.01)
 
 
 @functools.lru_cache(maxsize=None)

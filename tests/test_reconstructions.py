@@ -7,27 +7,15 @@ import numpy as np
 from PIL import Image
 
 from zfjax import deconv, model, reconstructions
+from helpers import random_params
 
 SMALL = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
 LAYERS = ("pool1", "conv3")  # pooled 15 x 15 x 24 and unpooled 3 x 3 x 96
 
 
-def random_params(config, seed=0):
-    """He-normal weights, small random biases, drawn with numpy (init_params' compile is slow)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
-
-    def draw(path, leaf):
-        if path[-1].key == "bias":
-            return rng.normal(0, 0.01, leaf.shape).astype(np.float32)
-        return (rng.normal(size=leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 @functools.lru_cache(maxsize=None)
 def params():
-    return random_params(SMALL)
+    return random_params(SMALL, bias_std=0.01)
 
 
 @functools.lru_cache(maxsize=None)

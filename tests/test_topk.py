@@ -10,28 +10,16 @@ from PIL import Image
 
 from zfjax import data, deconv, model, topk
 from zfjax.receptive_field import receptive_field, receptive_field_size
+from helpers import random_params
 
 SMALL = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
 N = 23  # streamed in batches of 5: four full batches and a padded one of 3
 
 
-def random_params(config, seed=0):
-    """He-normal weights, small random biases, drawn with numpy (init_params' compile is slow)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
-
-    def draw(path, leaf):
-        if path[-1].key == "bias":
-            return rng.normal(0, 0.01, leaf.shape).astype(np.float32)
-        return (rng.normal(size=leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 @functools.lru_cache(maxsize=None)
 def params():
-    return random_params(SMALL)
+    return random_params(SMALL, bias_std=0.01)
 
 
 @functools.lru_cache(maxsize=None)
@@ -175,7 +163,7 @@ def write_tiny_run(root: Path, config=TINY, checkpoint_config=None) -> Path:
     abstract = jax.eval_shape(functools.partial(training.init_state, weights, tcfg),
                               jax.random.key(0))
     state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract).replace(
-        params=random_params(weights))
+        params=random_params(weights, bias_std=0.01))
     mgr = checkpoints.manager(run / checkpoints.CHECKPOINT_DIR)
     checkpoints.save(mgr, 1, state, {"epoch": 1, "step": 4, "metrics": {}, "plateau": {}})
     mgr.wait_until_finished()

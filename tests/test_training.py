@@ -164,43 +164,47 @@ def test_step_schedule_and_constant():
 
 # ------------------------------------------------------------------------------ devices
 
-FOUR_DEVICES = textwrap.dedent("""
-    import jax, numpy as np
-    from zfjax import model, training
-    assert jax.device_count() == 4, jax.devices()
-    config = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25)
+def _two_steps(devices: int) -> dict[str, np.ndarray]:
+    """Losses and parameters after two steps on the first `devices` devices, from fixed
+    random parameters (made without compiling init_params, which is slow on CPU)."""
     rng = np.random.default_rng(0)
-    # Random parameters without compiling init_params (slow to compile on CPU).
-    shapes = jax.eval_shape(model.init_params, config, jax.random.key(0))
+    shapes = jax.eval_shape(model.init_params, TINY, jax.random.key(0))
     params = jax.tree.map(lambda s: rng.normal(0, 0.05, s.shape).astype(np.float32), shapes)
     state = training.TrainState(np.int32(0), params,
                                 training.make_optimizer(0.01, 0.9).init(params))
-    batches = [(rng.normal(0, 0.3, (16, 64, 64, 3)).astype(np.float32),
-                rng.integers(0, 10, 16).astype(np.int32)) for _ in range(2)]
-    out = {}
-    for n in (1, 4):
-        mesh = training.make_mesh(jax.devices()[:n])
-        s = training.replicate(state, mesh)
-        step = training.make_train_step(config, 0.1, mesh)
-        losses = []
-        for b in batches:
-            s, m = step(s, training.put_batch(mesh, *b), jax.random.key(7))
-            losses.append(float(m["loss"]))
-        assert len(s.params["conv1"]["kernel"].sharding.device_set) == n
-        out[n] = losses, jax.tree.map(np.asarray, s.params)
-    print("losses", out[1][0], out[4][0])
-    diff = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), out[1][1], out[4][1])
-    print("max param diff", max(jax.tree.leaves(diff)))
-    np.testing.assert_allclose(out[1][0], out[4][0], rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 out[1][1], out[4][1])
-    print("OK")
+    mesh = training.make_mesh(jax.devices()[:devices])
+    state = training.replicate(state, mesh)
+    step = training.make_train_step(TINY, 0.1, mesh)
+    losses = []
+    for _ in range(2):
+        state, metrics = step(state, training.put_batch(mesh, *_batch(rng.integers(1000))),
+                              jax.random.key(7))
+        losses.append(float(metrics["loss"]))
+    assert len(state.params["conv1"]["kernel"].sharding.device_set) == devices
+    flat = {"/".join(str(k.key) for k in path): np.asarray(a) for path, a in
+            jax.tree_util.tree_flatten_with_path(state.params)[0]}
+    return {"losses": np.array(losses), **flat}
+
+
+FOUR_DEVICES = textwrap.dedent("""
+    import sys
+    import jax, numpy as np
+    assert jax.device_count() == 4, jax.devices()
+    sys.path.insert(0, sys.argv[1])
+    import test_training
+    np.savez(sys.argv[2], **test_training._two_steps(4))
 """)
 
 
-def test_four_devices_give_the_same_steps_as_one():
+def test_four_devices_give_the_same_steps_as_one(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", FOUR_DEVICES], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0 and "OK" in done.stdout, done.stdout + done.stderr[-3000:]
+    done = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(ROOT / "tests"),
+                           str(tmp_path / "four.npz")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, four = _two_steps(1), dict(np.load(tmp_path / "four.npz"))
+    assert sorted(one) == sorted(four) and len(one) == 17
+    np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-5)
+    for name in one:
+        np.testing.assert_allclose(four[name], one[name], rtol=1e-4, atol=1e-6, err_msg=name)
