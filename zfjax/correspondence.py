@@ -322,7 +322,6 @@ def plot_correspondence(display: np.ndarray, boxes: np.ndarray, random: np.ndarr
 # ---- command line ------------------------------------------------------------------
 
 
-
 def add_cli(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "correspondence", help="Table 1: consistency of feature changes when the same part "

@@ -167,7 +167,6 @@ def plot_filters(panels: list[dict], title: str | None = None):
 # ---- command line ------------------------------------------------------------------
 
 
-
 def add_cli(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "filters", help="Fig. 6: conv1 filters and conv2 features, optionally of two runs")

@@ -222,7 +222,6 @@ def example_amounts(amounts: np.ndarray, count: int = 4) -> np.ndarray:
 # ---- command line ------------------------------------------------------------------
 
 
-
 def add_cli(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "invariance", help="Fig. 5: feature distance and P(true class) under translation, "

@@ -170,7 +170,6 @@ def plot_maximize(pictures: np.ndarray, labels, values: np.ndarray, *, title: st
 # ---- command line ------------------------------------------------------------------
 
 
-
 def add_cli(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "maximize", help="activation maximisation: images that most excite chosen units")
