@@ -1,0 +1,67 @@
+"""Prepare a dataset once for streamed training: decode, resize and shard it (zfjax.store).
+
+Examples:
+  python prepare.py ../shared/data/imagenette stores/nette-224 --size 224
+  python prepare.py imagenet2012 /data/stores/imagenet-224 --size 224 \\
+      --data-dir ~/tensorflow_datasets                # TFDS (imagenet2012: manual_dir tars)
+  python train.py --preset paper --data /data/stores/imagenet-224
+
+Run it again after an interruption: finished shards are kept (--restart starts over).
+train.py prepares a store itself when a split is too large for memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split(
+        "\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="TFDS name (e.g. imagenet2012) or image folder "
+                                  "<root>/<split>/<class>/<image>")
+    p.add_argument("store", help="folder to write the store into")
+    p.add_argument("--size", type=int, default=224,
+                   help="network input side; images are stored at round(size * 256 / 224)")
+    p.add_argument("--data-dir", help="TFDS data directory")
+    p.add_argument("--limit", type=int, help="at most this many training images")
+    p.add_argument("--val-limit", type=int, help="at most this many validation images")
+    p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    p.add_argument("--shard-size", type=int, default=1024, help="images per shard")
+    p.add_argument("--restart", action="store_true",
+                   help="delete an unfinished preparation in STORE and start over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from zfjax import store
+
+    for name in ("size", "limit", "val_limit", "workers", "shard_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            print(f"error: --{name.replace('_', '-')} must be positive, got {value}",
+                  file=sys.stderr)
+            return 2
+    try:
+        prepared = store.prepare(args.source, args.store, args.size, data_dir=args.data_dir,
+                                 limits={"train": args.limit, "val": args.val_limit},
+                                 workers=args.workers, shard_size=args.shard_size,
+                                 restart=args.restart,
+                                 progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as e:  # StoreError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    m = prepared.manifest
+    counts = ", ".join(f"{s} {v['count']} images ({v['skipped']} skipped)"
+                       for s, v in m["splits"].items())
+    print(f"store ready: {prepared.path} ({m['stored_size']} px, {counts})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

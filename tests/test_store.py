@@ -1,0 +1,154 @@
+"""Tests for zfjax.store and prepare.py: prepared ArrayRecord stores."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zfjax import data, store
+
+from helpers import write_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import prepare  # noqa: E402  (the command at the repo root)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Training classes a, b, c (4 images each, plus one unreadable file); validation
+    has only b and c (4 each)."""
+    root = write_image_folder(tmp_path_factory.mktemp("images"),
+                              {"train": "abc", "val": "bc"}, 4)
+    (root / "train" / "a" / "broken.jpg").write_bytes(b"not a jpeg" * 20)
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("store") / "s"
+    return store.prepare(str(folder), out, 32, shard_size=5, workers=1, progress=False)
+
+
+def test_store_holds_what_the_in_memory_path_decodes(folder, prepared):
+    manifest = json.loads((prepared.path / "manifest.json").read_text())
+    assert manifest["stored_size"] == 37 and manifest["class_names"] == ["a", "b", "c"]
+    train = manifest["splits"]["train"]
+    assert train["count"] == 12 and train["skipped"] == 1
+    assert "broken.jpg" in train["skipped_files"][0]
+    assert [s["count"] for s in train["shards"]] == [4, 5, 3]  # 13 files in shards of 5
+    assert manifest["splits"]["val"]["count"] == 8
+
+    for split in ("train", "val"):
+        ref = data.load_split(str(folder), split, 32, progress=False)
+        got = prepared.load(split)
+        assert got.paths == ref.paths and got.images.shape == (len(ref), 37, 37, 3)
+        # JPEG q90 of random pixels: close, not equal.
+        assert np.abs(got.images.astype(int) - ref.images).mean() < 12
+        if split == "train":
+            assert np.array_equal(got.labels, ref.labels)
+            np.testing.assert_allclose(prepared.mean(), data.mean_image(ref), atol=1e-4)
+    # validation labels index the TRAINING class list (b -> 1, c -> 2)
+    assert prepared.load("val").labels.tolist() == [1] * 4 + [2] * 4
+
+
+def test_record_round_trip():
+    image = np.random.default_rng(0).integers(0, 256, (37, 37, 3), np.uint8)
+    image[:] = image.mean((0, 1), keepdims=True).astype(np.uint8)  # smooth: JPEG ~exact
+    back, label, ex_id = store.decode_record(store.encode_record(image, 7, "x/ü.jpg"), 37)
+    assert label == 7 and ex_id == "x/ü.jpg" and np.abs(back.astype(int) - image).max() <= 2
+
+
+def test_val_class_unknown_to_training_is_an_error(tmp_path):
+    root = write_image_folder(tmp_path / "img", {"train": "ab", "val": "abz"}, 1)
+    with pytest.raises(ValueError, match="split 'val' has classes the training split lacks: z"):
+        store.prepare(str(root), tmp_path / "s", 32, workers=1, progress=False)
+    assert not store.is_store(tmp_path / "s")
+
+
+def test_missing_val_class_warns(folder, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        store.prepare(str(folder), tmp_path / "s", 32, workers=1, progress=False,
+                      limits={"train": 3, "val": 2})
+    assert "split 'val' lacks 1 training class(es), e.g. a" in caplog.text
+
+
+def test_a_complete_store_is_reused_and_other_settings_are_refused(folder, prepared, tmp_path):
+    before = (prepared.path / "manifest.json").stat().st_mtime_ns
+    again = store.prepare(str(folder), prepared.path, 32, shard_size=5, workers=1,
+                          progress=False)
+    assert again.manifest == prepared.manifest
+    assert (prepared.path / "manifest.json").stat().st_mtime_ns == before
+    with pytest.raises(store.StoreError, match=r"other settings \(stored_size 37 here, 73 asked"):
+        store.prepare(str(folder), prepared.path, 64, shard_size=5, workers=1, progress=False)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("keep")
+    with pytest.raises(store.StoreError, match="not empty and holds no store"):
+        store.prepare(str(folder), tmp_path / "busy", 32, workers=1, progress=False)
+    with pytest.raises(store.StoreError, match="holds no store; prepare one with"):
+        store.open_store(tmp_path / "busy")
+
+
+def test_killed_preparation_never_looks_complete_and_continues(tmp_path):
+    root = write_image_folder(tmp_path / "img", "abcd", 12, shape=(60, 60))
+    out = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    run = lambda *extra: [sys.executable, str(ROOT / "prepare.py"), str(root), str(out),
+                          "--size", "32", "--workers", "1", "--no-progress", *extra]
+    # 48 training images in shards of 4: kill the whole process group (the command and
+    # its worker) once the first shards are finished.
+    job = subprocess.Popen([*run(), "--shard-size", "4"], env=env, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "train-00001.json").exists() and job.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert job.returncode == -9, job.stderr.read().decode()[-2000:]
+    assert not store.is_store(out)
+    with pytest.raises(store.StoreError, match="unfinished store"):
+        store.open_store(out)
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("train-0000[01].*")}
+
+    done = subprocess.run([*run(), "--shard-size", "4"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "store ready" in done.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("train-0000[01].*")} == kept
+    resumed = store.open_store(out)
+    assert resumed.count("train") == 48 and resumed.count("val") == 48
+    fresh = store.prepare(str(root), tmp_path / "fresh", 32, shard_size=4, workers=2,
+                          progress=False)
+    for split in ("train", "val"):
+        a, b = resumed.load(split), fresh.load(split)
+        assert a.paths == b.paths and np.array_equal(a.images, b.images)
+        assert np.array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(resumed.mean(), fresh.mean())
+
+
+def test_tfds_source(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=6), tempfile.TemporaryDirectory() as d:
+        s = store.prepare("imagenette/160px-v2", tmp_path / "s", 32, data_dir=d, workers=1,
+                          progress=False)
+    assert s.count("train") == 6 and len(s.class_names) == 10
+    images = s.load("train")
+    assert images.images.shape == (6, 37, 37, 3) and images.images.std() > 0
+    assert s.mean().shape == (37, 37, 3)
+
+
+def test_prepare_command_errors(tmp_path, capsys):
+    assert prepare.main([str(tmp_path / "nowhere"), str(tmp_path / "s"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: image folder") and "<root>/<split>/<class>/<image>" in err
+    assert prepare.main(["x", str(tmp_path / "s"), "--size", "0"]) == 2
+    assert "--size must be positive" in capsys.readouterr().err

@@ -1,0 +1,335 @@
+"""Prepared stores: each split decoded once, at the stored size, into ArrayRecord shards.
+
+Decoding full-size JPEGs and resizing them is the slow part of an input pipeline
+(about 350 img/s per core on ImageNet, FACTS.md); the same images re-encoded at
+256 px decode at about 2,100 img/s per core. ``prepare`` therefore does the resize
+once: every image becomes the centre S x S square of data._decode (S =
+data.stored_size(input_size)), re-encoded as a JPEG (quality JPEG_QUALITY), in
+ArrayRecord shards that Grain (zfjax.loader) reads by random access.
+
+A store folder holds::
+
+    prepare.json                    what is being prepared (source, size, limit); a
+                                    store is never reused for other settings
+    train-00000.array_record ...    records (encode_record); group_size 1 for random access
+    train-00000.json                sidecar of a finished shard: count, failures
+    train-00000.sum.npy             float64 (S, S, 3) pixel sum of the shard (for the mean)
+    mean.npy                        float32 (S, S, 3) training mean image
+    manifest.json                   written LAST, atomically: only a store with a
+                                    manifest is complete (open_store refuses others)
+
+Shards are written under a temporary name and renamed when closed, and a shard
+counts as done only once its sidecar exists, so ``prepare`` run again after an
+interruption keeps the finished shards and redoes the rest (``restart=True``
+starts over). Labels of every split index the training split's class names.
+Unreadable images are skipped and counted in the manifest.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from zfjax import checkpoints, data
+
+FORMAT = "zfjax-store-1"
+MANIFEST, PARAMS, MEAN = "manifest.json", "prepare.json", "mean.npy"
+JPEG_QUALITY = 90
+SHARD_SIZE = 1024  # images per shard (and per unit of work handed to a process)
+SPLITS = ("train", "val")
+_HEADER = struct.Struct("<iI")  # label int32, id length uint32; then id bytes, then JPEG
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(ValueError):
+    """A store folder that is incomplete or was prepared with other settings."""
+
+
+# ---------------------------------------------------------------------------- records
+
+def encode_record(image: np.ndarray, label: int, example_id: str,
+                  quality: int = JPEG_QUALITY) -> bytes:
+    """One record: label (int32), id (UTF-8) and the uint8 (S, S, 3) image as JPEG."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    key = example_id.encode()
+    return _HEADER.pack(label, len(key)) + key + buf.getvalue()
+
+
+def decode_record(record: bytes, size: int) -> tuple[np.ndarray, int, str]:
+    """Inverse of encode_record: (uint8 (size, size, 3), label, id). Decoded with
+    data._decode, the decoder of the in-memory path."""
+    label, n = _HEADER.unpack_from(record)
+    start = _HEADER.size + n
+    image = data._decode(record[start:], size)
+    if isinstance(image, Exception):
+        raise ValueError(f"corrupt record {record[_HEADER.size:start].decode()!r}: {image}")
+    return image, label, record[_HEADER.size:start].decode()
+
+
+# ---------------------------------------------------------------------------- the store
+
+@dataclasses.dataclass(frozen=True)
+class Store:
+    """A complete prepared store (see the module docstring)."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def stored_size(self) -> int:
+        return int(self.manifest["stored_size"])
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.manifest["class_names"])
+
+    def count(self, split: str) -> int:
+        return int(self._split(split)["count"])
+
+    def shard_paths(self, split: str) -> list[str]:
+        return [str(self.path / s["file"]) for s in self._split(split)["shards"] if s["count"]]
+
+    def mean(self) -> np.ndarray:
+        """float32 (S, S, 3): the training split's mean image."""
+        return np.load(self.path / self.manifest["mean_file"])
+
+    def source(self, split: str):
+        """A grain ArrayRecordDataSource over the split's records."""
+        import grain
+        return grain.sources.ArrayRecordDataSource(self.shard_paths(split))
+
+    def load(self, split: str, *, progress: bool = False) -> data.ImageSet:
+        """Decodes the whole split into memory (the in-memory path)."""
+        source, size, n = self.source(split), self.stored_size, self.count(split)
+        images = np.empty((n, size, size, 3), np.uint8)
+        labels, ids = np.empty(n, np.int32), []
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool, tqdm(
+                total=n, desc=f"loading {self.path.name} [{split}]", unit="img",
+                disable=not progress) as bar:
+            for start in range(0, n, data._DECODE_CHUNK):
+                chunk = source.__getitems__(list(range(start, min(n, start + data._DECODE_CHUNK))))
+                for i, (img, label, ex_id) in enumerate(
+                        pool.map(lambda r: decode_record(r, size), chunk), start):
+                    images[i], labels[i] = img, label
+                    ids.append(ex_id)
+                bar.update(len(chunk))
+        return data.ImageSet(images, labels, self.class_names,
+                             int(self._split(split)["skipped"]), tuple(ids))
+
+    def _split(self, split: str) -> dict:
+        splits = self.manifest["splits"]
+        key = split if split in splits else data.SPLIT_ALIASES.get(split, split)
+        if key not in splits:
+            raise StoreError(f"store {self.path} has no split {split!r}; it has "
+                             f"{sorted(splits)}")
+        return splits[key]
+
+
+def is_store(path) -> bool:
+    """True if path is a complete store folder."""
+    return (Path(path).expanduser() / MANIFEST).is_file()
+
+
+def open_store(path) -> Store:
+    """The complete store at path; StoreError if it is missing or unfinished."""
+    path = Path(path).expanduser().absolute()
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        state = ("is an unfinished store (run the preparation again to complete it)"
+                 if (path / PARAMS).is_file() else "holds no store")
+        raise StoreError(f"{path} {state}; prepare one with: python prepare.py SOURCE {path}")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise StoreError(f"{manifest_path} is not a {FORMAT} manifest")
+    return Store(path, manifest)
+
+
+# --------------------------------------------------------------------------- preparing
+
+def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
+            limits: dict[str, int | None] | None = None, workers: int | None = None,
+            shard_size: int = SHARD_SIZE, restart: bool = False,
+            progress: bool = True) -> Store:
+    """Prepares (or completes) the store of source's 'train' and 'val' splits in out.
+
+    source: a TFDS name or a folder <root>/<split>/<class>/<image>, as data.load_split.
+    input_size: the network input side; images are stored at data.stored_size(input_size).
+    limits: {'train': n, 'val': m}: at most this many images per split (spread over
+      the classes). workers: decoding processes (default: all cores).
+    restart: delete what an earlier preparation left in out and start over.
+    Returns the complete Store. A complete store with the same settings is returned
+    as is; one with other settings raises StoreError.
+    """
+    out = Path(out).expanduser().absolute()
+    size = data.stored_size(input_size)
+    limits = {s: (limits or {}).get(s) for s in SPLITS}
+    params = {"format": FORMAT, "source": str(source), "data_dir": data_dir,
+              "stored_size": size, "limits": limits, "jpeg_quality": JPEG_QUALITY,
+              "shard_size": shard_size}
+    if restart and out.exists():
+        _clear(out)
+    if (out / PARAMS).is_file():
+        found = json.loads((out / PARAMS).read_text())
+        if found != params:
+            raise StoreError(
+                f"{out} holds a store prepared with other settings ({_diff(found, params)}); "
+                f"pass another store folder, or restart to overwrite it")
+        if is_store(out):
+            return open_store(out)
+    elif out.is_dir() and any(out.iterdir()):
+        raise StoreError(f"{out} is not empty and holds no store; pass an empty or new folder")
+    checkpoints.write_json(out / PARAMS, params)
+
+    workers = workers or os.cpu_count() or 1
+    class_names, splits = None, {}
+    # spawn: the parent may hold TensorFlow's and JAX's threads, which fork would copy.
+    with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for split in SPLITS:
+            items, names, total = (data._folder_items(source, split, limits[split])
+                                   if data._is_folder(source)
+                                   else data._tfds_items(source, split, data_dir, limits[split]))
+            if class_names is None:
+                class_names = names
+            items = _relabel(items, names, class_names, split)
+            splits[split] = _write_split(
+                out, split, items, total, size, pool, workers, shard_size,
+                desc=f"preparing {Path(str(source)).name} [{split}]", progress=progress)
+    train = splits["train"]
+    total = sum((np.load(out / s["sum_file"]) for s in train["shards"] if s["count"]),
+                np.zeros((size, size, 3)))
+    np.save(out / f".{MEAN}.tmp.npy", (total / train["count"]).astype(np.float32))
+    os.replace(out / f".{MEAN}.tmp.npy", out / MEAN)
+    manifest = {"format": FORMAT, "source": str(source), "stored_size": size,
+                "input_size": input_size, "jpeg_quality": JPEG_QUALITY,
+                "class_names": list(class_names), "mean_file": MEAN, "splits": splits}
+    checkpoints.write_json(out / MANIFEST, manifest)  # last: now the store is complete
+    return Store(out, manifest)
+
+
+def _diff(found: dict, wanted: dict) -> str:
+    return ", ".join(f"{k} {found.get(k)!r} here, {wanted[k]!r} asked"
+                     for k in wanted if found.get(k) != wanted[k])
+
+
+def _clear(out: Path) -> None:
+    """Deletes what prepare writes in out (nothing else)."""
+    for p in out.iterdir():
+        name = p.name.lstrip(".")
+        if (name in (MANIFEST, PARAMS, MEAN) or name.split("-")[0] in SPLITS
+                or name.startswith((MANIFEST, PARAMS, MEAN))):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _relabel(items, names, train_names, split):
+    """Re-indexes labels from this split's class list to the training split's."""
+    names, train_names = tuple(names), tuple(train_names)
+    if names == train_names:
+        return items
+    unknown = sorted(set(names) - set(train_names))
+    if unknown:
+        raise ValueError(f"split {split!r} has classes the training split lacks: "
+                         f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+    missing = sorted(set(train_names) - set(names))
+    if missing:
+        log.warning("split %r lacks %d training class(es), e.g. %s", split, len(missing),
+                    missing[0])
+    index = np.array([train_names.index(n) for n in names])
+    return ((src, int(index[label]), ex_id) for src, label, ex_id in items)
+
+
+def _write_split(out: Path, split, items, total, size, pool, workers, shard_size, desc,
+                 progress):
+    """Writes the split's shards in the process pool; returns its manifest entry."""
+    shards, failures = [], []
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress, smoothing=0.1) as bar:
+        pending = set()
+
+        def collect(limit):  # wait until at most `limit` shards are in flight
+            while len(pending) > limit:
+                finished, _ = concurrent.futures.wait(
+                    pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                for f in finished:
+                    pending.discard(f)
+                    info = f.result()
+                    bar.update(info["count"] + len(info["failures"]))
+
+        items, index = iter(items), 0
+        while chunk := _take(items, shard_size):
+            name = f"{split}-{index:05d}"
+            if (out / f"{name}.json").is_file():  # finished by an earlier run
+                bar.update(len(chunk))
+            else:
+                collect(2 * workers - 1)  # bounds the memory of TFDS bytes in flight
+                pending.add(pool.submit(_write_shard, str(out), name, chunk, size))
+            shards.append(name)
+            index += 1
+        collect(0)
+    entries, count = [], 0
+    for name in shards:
+        info = json.loads((out / f"{name}.json").read_text())
+        entries.append({"file": f"{name}.array_record", "count": info["count"],
+                        "sum_file": f"{name}.sum.npy"})
+        count += info["count"]
+        failures += info["failures"]
+    if count == 0:
+        raise ValueError(f"no decodable images in {desc}"
+                         + (f" ({len(failures)} failed, e.g. {failures[0]})" if failures else ""))
+    if failures:
+        log.warning("%s: skipped %d unreadable image file(s), e.g. %s",
+                    desc, len(failures), failures[0])
+    return {"count": count, "skipped": len(failures), "skipped_files": failures[:1000],
+            "shards": entries}
+
+
+def _take(items, n) -> list:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == n:
+            break
+    return chunk
+
+
+def _write_shard(out: str, name: str, chunk, size: int) -> dict:
+    """Decodes chunk [(source, label, id)] into out/name.array_record (in a worker process);
+    writes the pixel sum and, last, the sidecar. Returns the sidecar's contents."""
+    from array_record.python import array_record_module
+
+    out = Path(out)
+    final, tmp = out / f"{name}.array_record", out / f".{name}.array_record.tmp"
+    total = np.zeros((size, size, 3), np.float64)
+    failures, count = [], 0
+    writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1,uncompressed")
+    try:
+        for src, label, ex_id in chunk:
+            image = data._decode(src, size)
+            if isinstance(image, Exception):
+                failures.append(f"{ex_id}: {image}")
+                continue
+            writer.write(encode_record(image, label, ex_id))
+            total += image
+            count += 1
+    finally:
+        writer.close()
+    os.replace(tmp, final)
+    with open(out / f".{name}.sum.tmp.npy", "wb") as f:
+        np.save(f, total)
+    os.replace(out / f".{name}.sum.tmp.npy", out / f"{name}.sum.npy")
+    info = {"count": count, "failures": failures}
+    checkpoints.write_json(out / f"{name}.json", info)
+    return info
