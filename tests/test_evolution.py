@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import data, deconv, evolution, model
+from zfjax import data, deconv, evolution, model, render
 from zfjax.receptive_field import receptive_field, receptive_field_size
 
 SMALL = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
@@ -217,17 +217,32 @@ def test_default_epochs_are_the_papers_or_all():
     assert evolution.default_epochs({4: 0, 3: 0}) == [3, 4]
 
 
-def test_plot_evolution_draws_every_map_and_epoch(tmp_path):
+def test_plot_evolution_draws_one_block_per_layer_side_by_side(tmp_path):
     for epoch, seed in [(1, 0), (5, 1), (10, 2)]:
         evolution.save_snapshot(tmp_path, epoch, snapshot(seed))
     evolution.save_snapshot(tmp_path, 3, snapshot(0))  # not one of the paper's epochs
     out = evolution.plot_evolution(tmp_path, tmp_path / "fig" / "evolution.png")
     assert out == tmp_path / "fig" / "evolution.png"
     png = np.asarray(Image.open(out).convert("RGB"))
-    # 20 rows (4 maps x 5 layers) and 3 epoch columns + the patch column, ~108 px cells.
-    width, height = evolution.figure_size([4] * 5, 3)
-    assert png.shape[:2] == (round(height * 120), round(width * 120))
-    assert 20 * 100 < png.shape[0] < 20 * 130 and 4 * 100 < png.shape[1] < 4 * 130 + 200
+    # 5 blocks of 4 maps x (3 epochs + patch), side by side: wide, not tall; fits a screen.
+    assert png.shape[1] > 2 * png.shape[0] and png.shape[1] <= 1900
     assert png.std() > 20
     with pytest.raises(ValueError, match=r"epochs \[2\] cannot be drawn; saved epochs are \[1, 3, 5, 10\]"):
         evolution.plot_evolution(tmp_path, tmp_path / "x.png", epochs=[1, 2])
+
+
+def test_evolution_block_places_each_map_epoch_and_patch():
+    side = evolution.tile_side(5, 4)
+    rng = np.random.default_rng(0)
+    projections = rng.normal(size=(3, 2, 9, 9, 3)).astype(np.float32)  # 3 epochs, 2 maps
+    patches = rng.integers(1, 256, (2, 9, 9, 3), np.uint8)
+    block = evolution.evolution_block(projections, patches, side)
+    step = side + evolution._GAP
+    assert block.shape == (2 * step - evolution._GAP, 4 * step - evolution._GAP + evolution._PATCH_GAP, 3)
+    for i in range(2):
+        for j in range(3):
+            np.testing.assert_array_equal(block[i * step:i * step + side, j * step:j * step + side],
+                                          render.fit(render.to_display(projections[j, i]), side))
+        x = 3 * step + evolution._PATCH_GAP
+        np.testing.assert_array_equal(block[i * step:i * step + side, x:x + side],
+                                      render.fit(patches[i], side))

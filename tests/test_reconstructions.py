@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from zfjax import deconv, model, reconstructions
+from zfjax import deconv, model, reconstructions, render
 from helpers import random_params
 
 SMALL = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
@@ -59,7 +59,7 @@ def test_figure_has_rows_a_and_b_with_the_input_and_each_layer():
     assert fig.axes[0].get_ylabel() == "A: whole layer"
     assert fig.axes[3].get_ylabel() == "B: strongest activation"
     np.testing.assert_array_equal(fig.axes[5].get_images()[0].get_array(),
-                                  deconv.to_display(res["strongest"][1]))
+                                  render.to_display(res["strongest"][1]))
 
 
 # ---- command line, on a tiny real run folder (helpers shared with test_topk) ----------

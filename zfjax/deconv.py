@@ -242,14 +242,3 @@ def _check_units(layer, shape, channel, y, x, image=None) -> None:
     if image is not None:
         _check_range("image index", image, n, layer)
 
-
-def to_display(projections: jax.Array) -> np.ndarray:
-    """Projections (..., H, W, 3) -> uint8 images for display, each scaled on its own.
-
-    Zero maps to mid-gray and the largest magnitude to 0 or 255, so the sign of
-    the reconstruction stays visible (the paper's per-patch contrast normalisation).
-    """
-    x = np.asarray(projections, np.float32)
-    peak = np.abs(x).max(axis=(-3, -2, -1), keepdims=True)
-    scaled = 0.5 + 0.5 * x / np.where(peak > 0, peak, 1.0)
-    return np.clip(np.round(scaled * 255), 0, 255).astype(np.uint8)

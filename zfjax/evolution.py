@@ -9,7 +9,7 @@ For a fixed set of feature maps (``Probe.maps``, a few per conv layer) a
 snapshot holds each map's strongest activation over a fixed set of images
 (``Probe.images``), projected to pixels by the deconvnet and cropped to the
 unit's receptive field, with the matching image patch. ``plot_evolution``
-then draws the maps (rows) over the epochs (columns).
+then draws one block per layer, maps (rows) over epochs (columns).
 
 Snapshot layout (one ``.npz`` per epoch, ``run_dir/snapshots/epoch_0001.npz``,
 no pickles). Keys are ``'{layer}/{field}'`` for layer in conv1..conv5, with
@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax import artifacts, data, deconv, model
+from zfjax import artifacts, data, deconv, model, render
 from zfjax.receptive_field import receptive_field, receptive_field_size
 
 DEFAULT_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)  # the epochs of the paper's Fig. 4
@@ -194,19 +194,10 @@ def load_snapshots(run_dir) -> dict[int, dict[str, np.ndarray]]:
 
 # ---- the figure --------------------------------------------------------------------
 
-_CELL = 0.9  # inches per cell
-_DPI = 120
-_MARGIN_LEFT, _MARGIN_TOP, _MARGIN_RIGHT, _MARGIN_BOTTOM = 1.0, 0.45, 0.1, 0.1
-_LAYER_GAP = 0.2  # inches between layers' blocks
-_PATCH_GAP = 0.25  # inches before the patch column
-
-
-def figure_size(rows_per_layer: list[int], columns: int, patches: bool = True) -> tuple[float, float]:
-    """(width, height) in inches of plot_evolution's figure."""
-    width = _MARGIN_LEFT + columns * _CELL + (_PATCH_GAP + _CELL) * patches + _MARGIN_RIGHT
-    height = (_MARGIN_TOP + sum(rows_per_layer) * _CELL
-              + _LAYER_GAP * (len(rows_per_layer) - 1) + _MARGIN_BOTTOM)
-    return width, height
+_DPI = 100
+_SCREEN_WIDTH = 1900  # pixels the whole figure aims to fit
+_GAP, _PATCH_GAP, _BLOCK_GAP = 2, 8, 44  # pixels between tiles, before patches, between blocks
+_HEADER, _FOOTER = 44, 30  # pixels for the title and column heads, and the layer names
 
 
 def default_epochs(saved) -> list[int]:
@@ -214,18 +205,98 @@ def default_epochs(saved) -> list[int]:
     return [e for e in DEFAULT_EPOCHS if e in saved] or sorted(saved)
 
 
-def plot_evolution(run_dir, out_png, epochs=None) -> pathlib.Path:
-    """Draw the paper's Fig. 4 from a run's snapshots; returns the PNG's path.
+def tile_side(layers: int, columns: int, screen: int = _SCREEN_WIDTH) -> int:
+    """Pixel side of one tile so that ``layers`` blocks of ``columns`` tiles fit ``screen``."""
+    per_block = (screen - _BLOCK_GAP * (layers + 1)) / layers - _PATCH_GAP
+    return int(min(96, max(32, per_block // columns - _GAP)))
 
-    Rows: the followed feature maps, grouped by layer ("conv3 #17"); columns: epochs,
-    each cell the map's strongest projection that epoch (deconv.to_display, scaled per
-    cell). A last column shows the image patches of the last epoch drawn.
-    epochs: default those of DEFAULT_EPOCHS that were saved, or all saved if none were.
+
+def evolution_block(projections: np.ndarray, patches: np.ndarray, side: int) -> np.ndarray:
+    """One layer's block of Fig. 4: rows = maps, columns = epochs, then the patch column.
+
+    projections float32 (E, K, R, R, 3) (epoch-major), patches uint8 (K, R, R, 3).
+    Each tile is cut to the part inside the image (``render.content_box``; the
+    patch with the last epoch's projection), each projection stretched on its own
+    (``render.to_display``) and scaled to ``side`` px. Returns uint8
+    (K*(side+gap)-gap, (E+1)*(side+gap)-gap+patch_gap, 3) on white.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    e, k = projections.shape[:2]
+    step = side + _GAP
+    out = np.full((k * step - _GAP, (e + 1) * step - _GAP + _PATCH_GAP, 3), 255, np.uint8)
+    shown = render.to_display(projections)
+    for i in range(k):
+        y = i * step
+        for j in range(e):  # each epoch's winner may sit elsewhere: trim each tile alone
+            box = render.content_box(projections[j, i])
+            out[y:y + side, j * step:j * step + side] = render.fit(
+                render.trim(shown[j, i], box), side)
+        box = render.content_box(projections[-1, i], patches[i])
+        x = e * step + _PATCH_GAP
+        out[y:y + side, x:x + side] = render.fit(render.trim(patches[i], box), side)
+    return out
+
+
+def evolution_figure(snapshots: dict, epochs, *, title: str | None = None):
+    """Paper Fig. 4 from loaded snapshots (epoch -> arrays); returns a matplotlib Figure.
+
+    One block per conv layer, side by side as in the paper: rows are the
+    followed maps ("#17" at the left), columns the epochs, each tile the map's
+    strongest projection that epoch; a last column shows the image patch of the
+    last epoch drawn. Drawn pixel for pixel (one image per block), sized to fit
+    a screen about 1900 px wide.
+    """
     from matplotlib.figure import Figure
 
+    epochs = sorted(epochs)
+    last = snapshots[epochs[-1]]
+    layers = [layer for layer in model.CONV_LAYERS if f"{layer}/channels" in last]
+    side = tile_side(len(layers), len(epochs) + 1)
+    blocks = [evolution_block(
+        np.stack([snapshots[e][f"{layer}/projections"] for e in epochs]),
+        last[f"{layer}/patches"], side) for layer in layers]
+    width = _BLOCK_GAP + sum(b.shape[1] + _BLOCK_GAP for b in blocks)
+    height = _HEADER + max(b.shape[0] for b in blocks) + _FOOTER
+    fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    x = _BLOCK_GAP
+    for layer, block in zip(layers, blocks):
+        bh, bw = block.shape[:2]
+        ax = fig.add_axes((x / width, 1 - (_HEADER + bh) / height, bw / width, bh / height))
+        ax.imshow(block, interpolation="nearest")
+        ax.set_axis_off()
+        step = side + _GAP
+        heads = [str(e) for e in epochs] + ["patch"]
+        for j, head in enumerate(heads):
+            cx = j * step + side / 2 + (_PATCH_GAP if j == len(epochs) else 0)
+            ax.text(cx, -4, head, ha="center", va="bottom", fontsize=7)
+        for i, channel in enumerate(last[f"{layer}/channels"]):
+            ax.text(-4, i * step + side / 2, f"#{int(channel)}", ha="right", va="center",
+                    fontsize=6)
+        ax.text(bw / 2, bh + 6, layer, ha="center", va="top", fontsize=10, weight="bold")
+        x += bw + _BLOCK_GAP
+    fig.text(0.5, 1 - 4 / height, (title + ": " if title else "")
+             + "strongest projection of followed feature maps (rows) at epochs (columns)",
+             ha="center", va="top", fontsize=9)
+    return fig
+
+
+def plot_evolution(run_dir, out_png, epochs=None) -> pathlib.Path:
+    """Draw the paper's Fig. 4 from a run's snapshots into out_png; returns its path.
+
+    epochs: default those of DEFAULT_EPOCHS that were saved, or all saved if none were.
+    Raises ValueError for an epoch not saved or snapshots that follow other maps.
+    """
     snapshots = load_snapshots(run_dir)
+    epochs = check_epochs(snapshots, epochs)
+    fig = evolution_figure(snapshots, epochs, title=pathlib.Path(run_dir).name)
+    out_png = pathlib.Path(out_png)
+    with artifacts.atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=_DPI)
+    return out_png
+
+
+def check_epochs(snapshots: dict, epochs=None) -> list[int]:
+    """The epochs to draw, sorted (default: ``default_epochs``); ValueError when one is not
+    saved or the snapshots do not follow the same maps."""
     if epochs is None:
         epochs = default_epochs(snapshots)
     missing = [e for e in epochs if e not in snapshots]
@@ -234,46 +305,13 @@ def plot_evolution(run_dir, out_png, epochs=None) -> pathlib.Path:
                          f"are {sorted(snapshots)}")
     epochs = sorted(epochs)
     last = snapshots[epochs[-1]]
-    layers = [layer for layer in model.CONV_LAYERS if f"{layer}/channels" in last]
     for epoch in epochs:
-        for layer in layers:
-            if not np.array_equal(snapshots[epoch][f"{layer}/channels"], last[f"{layer}/channels"]):
-                raise ValueError(f"epoch {epoch} follows other {layer} maps than epoch "
-                                 f"{epochs[-1]}; snapshots of one run must share one probe")
-    rows = [len(last[f"{layer}/channels"]) for layer in layers]
-    width, height = figure_size(rows, len(epochs))
-    fig = Figure(figsize=(width, height), dpi=_DPI)
-    FigureCanvasAgg(fig)
-
-    def cell(top_in, left_in, image, title=None, label=None):
-        ax = fig.add_axes((left_in / width, 1 - (top_in + _CELL * 0.96) / height,
-                           _CELL * 0.96 / width, _CELL * 0.96 / height))
-        ax.imshow(image, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if title:
-            ax.set_title(title, fontsize=8, pad=3)
-        if label:
-            ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center", labelpad=4)
-
-    top = _MARGIN_TOP
-    for layer, k in zip(layers, rows):
-        for i in range(k):
-            label = f"{layer} #{int(last[f'{layer}/channels'][i])}"
-            for j, epoch in enumerate(epochs):
-                projection = snapshots[epoch][f"{layer}/projections"][i]
-                title = f"epoch {epoch}" if top == _MARGIN_TOP else None
-                cell(top, _MARGIN_LEFT + j * _CELL, deconv.to_display(projection), title,
-                     label if j == 0 else None)
-            title = f"patch, ep. {epochs[-1]}" if top == _MARGIN_TOP else None
-            cell(top, _MARGIN_LEFT + len(epochs) * _CELL + _PATCH_GAP,
-                 last[f"{layer}/patches"][i], title)
-            top += _CELL
-        top += _LAYER_GAP
-    out_png = pathlib.Path(out_png)
-    with artifacts.atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=_DPI)
-    return out_png
+        for key in last:
+            if key.endswith("/channels") and not np.array_equal(snapshots[epoch].get(key),
+                                                                 last[key]):
+                raise ValueError(f"epoch {epoch} follows other {key.split('/')[0]} maps than "
+                                 f"epoch {epochs[-1]}; snapshots of one run must share one probe")
+    return epochs
 
 
 # ---- command line: visualize.py evolution RUN_DIR ----------------------------------

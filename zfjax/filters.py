@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax import artifacts, cli, deconv, evolution, model
+from zfjax import artifacts, cli, evolution, model, render
 
 MAPS = 36  # conv2 maps shown
 IMAGES = 100  # images searched for their strongest activations
@@ -153,11 +153,12 @@ def plot_filters(panels: list[dict], title: str | None = None):
             if f is None:
                 col[2].axis("off")
                 continue
-            cells = deconv.to_display(f["projections"])
+            cells, _ = render.fit_pairs(f["projections"], f["patches"],
+                                        max(48, f["projections"].shape[1]))
             col[2].imshow(grid(cells, fill=255), interpolation="nearest")
             col[2].set_title(f"conv2: strongest activation of its {len(cells)} most active "
                              f"maps\nover {panel['images']} images, deconvnet projections "
-                             f"({cells.shape[1]} px RF)", fontsize=9)
+                             f"({f['projections'].shape[1]} px RF)", fontsize=9)
             col[2].axis("off")
     if title:
         fig.suptitle(title, fontsize=11)

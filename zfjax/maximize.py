@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from zfjax import artifacts, cli, data, model
+from zfjax import artifacts, cli, data, model, render
 
 LAYERS = model.PROJECTABLE_LAYERS + model.FC_LAYERS + ("fc8",)
 UNITS = 8  # units shown by default
@@ -215,7 +215,7 @@ def run_cli(args) -> list[pathlib.Path]:
         steps=args.steps, learning_rate=args.lr, lp_weight=args.lp_weight, p=args.p,
         tv_weight=args.tv_weight, init_std=args.init_std, lower=lower, upper=upper))
     pictures = data.to_display(result["images"], data.centre_crop(mean, config.image_size))
-    classes = info.get("class_names") or []
+    classes = render.class_labels(info.get("class_names")) or []
     labels = [f"{args.layer} #{u}" + (f" {classes[u]}" if args.layer == "fc8" and u < len(classes)
                                       else "") for u in units]
     values = np.concatenate([result["value"], result["final_value"][:, None]], axis=1)

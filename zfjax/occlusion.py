@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zfjax import artifacts, cli, data, deconv, model
+from zfjax import artifacts, cli, data, deconv, model, render
 from zfjax.topk import check_layers
 
 IMAGES = 3  # rows of the figure, as in the paper
@@ -309,7 +309,7 @@ def plot_occlusion(results, displays, projections, picks, pick_names, steps, siz
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
         # (c) projections of the map's top activation, unoccluded and occluded.
         cells = outer[r, 2].subgridspec(2, 2, wspace=0.08, hspace=0.3)
-        shown = deconv.to_display(projections[r])
+        shown = render.to_display(projections[r])
         for k in range(min(4, len(shown))):
             ax = fig.add_subplot(cells[k // 2, k % 2])
             ax.imshow(shown[k])
@@ -365,9 +365,12 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 
 def class_index(label: str, class_names, num_classes: int) -> int:
-    """--label as a class index, or ValueError saying what the run's classes are."""
-    if class_names is not None and label in class_names:
-        return list(class_names).index(label)
+    """--label (a class id such as n01440764, its name such as tench, or an index) as a
+    class index, or ValueError saying what the run's classes are."""
+    if class_names is not None:
+        for names in (list(class_names), render.class_labels(class_names)):
+            if label in names:
+                return names.index(label)
     if label.lstrip("-").isdigit() and 0 <= int(label) < num_classes:
         return int(label)
     raise ValueError(f"--label {label!r} is not a class of this run; give a class name or an "
@@ -405,7 +408,7 @@ def run(args) -> list[pathlib.Path]:
         picks.append(pick)
     picks, projections = np.stack(picks), np.stack(projections)
     fig = plot_occlusion(results, display, projections, picks, pick_names, steps, size, layer,
-                         class_names, names)
+                         render.class_labels(class_names), names)
     fig.suptitle(f"Occlusion ({size} px {args.fill} square, stride {stride}, "
                  f"{len(steps) ** 2} positions); {layer} map = the strongest on the unoccluded "
                  f"image", fontsize=11)

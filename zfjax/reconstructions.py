@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax import artifacts, cli, deconv, model
+from zfjax import artifacts, cli, deconv, model, render
 from zfjax.topk import check_layers
 
 DEFAULT_LAYERS = ("pool1", "pool2", "pool5")
@@ -52,7 +52,7 @@ def plot_reconstructions(displays, results, layers, image_names):
     """Rows A (whole layer) and B (strongest activation) per image; columns: input, layers.
 
     displays uint8 (N, H, W, 3); results: N numpy dicts from ``reconstruct``.
-    Each projection is contrast-normalised on its own (``deconv.to_display``).
+    Each projection is contrast-normalised on its own (``render.to_display``).
     """
     from matplotlib.figure import Figure
 
@@ -61,7 +61,7 @@ def plot_reconstructions(displays, results, layers, image_names):
     fig = Figure(figsize=(cell * cols + 0.8, (cell + 0.45) * 2 * n + 0.7))
     grid = fig.add_gridspec(2 * n, cols, wspace=0.06, hspace=0.35)
     for i, res in enumerate(results):
-        whole, strongest = deconv.to_display(res["whole"]), deconv.to_display(res["strongest"])
+        whole, strongest = render.to_display(res["whole"]), render.to_display(res["strongest"])
         for row, (mode, shown) in enumerate((("A: whole layer", whole),
                                              ("B: strongest activation", strongest))):
             ax = fig.add_subplot(grid[2 * i + row, 0])

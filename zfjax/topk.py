@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax import artifacts, cli, data, deconv, model
+from zfjax import artifacts, cli, data, deconv, model, render
 from zfjax.evolution import crop_boxes
 from zfjax.receptive_field import receptive_field, receptive_field_size
 
@@ -174,13 +174,15 @@ def plot_topk(layer: str, channels, values: np.ndarray, projections: np.ndarray,
     """Paper Fig. 2 for one layer: per map, its top-k projections (3x3) beside their patches.
 
     channels int (M,); values float32 (M, k); projections float32 and patches
-    uint8 (M, k, R, R, 3) from ``project_top``. Each projection is contrast-
-    normalised on its own (``deconv.to_display``). Returns a matplotlib Figure.
+    uint8 (M, k, R, R, 3) from ``project_top``. Each pair is cut to the image and
+    scaled to at least 48 px, each projection stretched on its own
+    (``render.fit_pairs``). Returns a matplotlib Figure.
     """
     from matplotlib.figure import Figure
 
     m, k = values.shape
-    r = projections.shape[2]
+    r = max(48, projections.shape[2])
+    shown, patches = render.fit_pairs(projections, patches, r)
     side = int(np.ceil(np.sqrt(k)))
     gap = max(1, r // 20)
     columns = max(1, min(columns, m))
@@ -189,7 +191,6 @@ def plot_topk(layer: str, channels, values: np.ndarray, projections: np.ndarray,
     fig = Figure(figsize=(columns * (2 * block + 0.5) + 0.3, rows * (block + 0.45) + 0.9))
     grid = fig.add_gridspec(rows, columns, wspace=0.08, hspace=0.25, top=1 - 0.75 / fig.get_figheight(),
                             bottom=0.02, left=0.02, right=0.98)
-    shown = deconv.to_display(projections)
     for i, c in enumerate(np.asarray(channels)):
         left = mosaic(shown[i], side, gap)
         right = mosaic(patches[i], side, gap)

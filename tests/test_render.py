@@ -1,0 +1,90 @@
+"""Display of projections (robust per-tile stretch, fitting, trimming) and class names."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zfjax import render
+
+
+def test_to_display_stretches_each_tile_by_its_own_robust_percentile():
+    # Tile 0: 99 values of 1 and one outlier of 100 (plus zeros). At the 90th percentile
+    # of nonzero magnitudes the scale is 1, so 1 -> 255, -1 -> 0, 0 -> 128, outlier clipped.
+    a = np.zeros((2, 10, 10, 3), np.float32)
+    a[0, :, :, 0] = 1.0
+    a[0, 0, 0, 0] = 100.0
+    a[0, 1, 1, 0] = -1.0
+    a[1, 0, 0, 1] = 0.5  # tile 1: one nonzero value -> its own scale 0.5
+    out = render.to_display(a, percentile=90)
+    assert out.dtype == np.uint8 and out.shape == a.shape
+    assert out[0, 5, 5, 0] == 255 and out[0, 1, 1, 0] == 0 and out[0, 0, 0, 0] == 255
+    assert out[0, 5, 5, 1] == 128  # zero stays mid-gray
+    assert out[1, 0, 0, 1] == 255 and (out[1, 1:] == 128).all()
+    # Percentile 100 is scaling by the largest magnitude: 1 / 100 of the way to white.
+    peak = render.to_display(a, percentile=100)
+    assert peak[0, 5, 5, 0] == round(127.5 + 127.5 / 100)
+
+
+def test_to_display_of_an_all_zero_tile_is_gray_and_bad_percentile_raises():
+    assert (render.to_display(np.zeros((4, 4, 3))) == 128).all()
+    with pytest.raises(ValueError, match=r"percentile must be in \(0, 100\]"):
+        render.to_display(np.ones((4, 4, 3)), percentile=0)
+
+
+def test_fit_enlarges_with_sharp_blocks_and_letterboxes():
+    tile = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    out = render.fit(tile, 9)
+    assert out.shape == (9, 9, 3)
+    # 2 x 3 -> 6 x 9 (x3, nearest), centred vertically with white rows above and below.
+    np.testing.assert_array_equal(out[1:7], np.repeat(np.repeat(tile, 3, 0), 3, 1))
+    assert (out[0] == 255).all() and (out[7:] == 255).all()
+    # Shrinking averages areas: 4 x 4 of two halves -> 2 x 2.
+    halves = np.zeros((4, 4, 3), np.uint8)
+    halves[:, 2:] = 200
+    np.testing.assert_array_equal(render.fit(halves, 2)[..., 0], [[0, 200], [0, 200]])
+
+
+def test_content_box_and_trim_cut_the_zero_padding():
+    a = np.zeros((2, 8, 8, 3))
+    a[0, 2, 3, 1] = 1
+    b = np.zeros((8, 8, 3))
+    b[5, 6, 0] = 7
+    assert render.content_box(a, b) == (2, 3, 6, 7)
+    assert render.trim(a, (2, 3, 6, 7)).shape == (2, 4, 4, 3)
+    assert render.content_box(np.zeros((5, 6, 3))) == (0, 0, 5, 6)
+
+
+def test_fit_pairs_trims_projection_and_patch_to_the_same_box():
+    projections = np.zeros((1, 10, 10, 3), np.float32)
+    projections[0, 2:6, 2:6] = 1.0
+    patches = np.zeros((1, 10, 10, 3), np.uint8)
+    patches[0, 2:6, 2:6] = 90
+    shown, fitted = render.fit_pairs(projections, patches, 8)
+    assert shown.shape == fitted.shape == (1, 8, 8, 3)
+    assert (shown == 255).all() and (fitted == 90).all()  # the box is exactly the 4x4 content
+
+
+def test_imagenet_table_is_complete_and_in_class_index_order():
+    names = render.imagenet_names()
+    assert len(names) == 1000 and list(names) == sorted(names)
+    assert names["n01440764"] == "tench" and names["n03425413"] == "gas pump"
+    assert len(set(names.values())) == 1000  # duplicates (crane, maillot) told apart
+    try:  # cross-check with TFDS's own list of ImageNet ids
+        import tensorflow_datasets as tfds
+        labels = Path(tfds.__file__).parent / "datasets" / "imagenet2012" / "labels.txt"
+    except ImportError:
+        labels = None
+    if labels is not None and labels.is_file():
+        assert labels.read_text().split() == list(names)
+
+
+def test_class_labels_name_wordnet_ids_and_keep_other_names():
+    assert render.class_labels(["n01440764", "n02102040", "cat", 3]) == [
+        "tench", "English springer", "cat", "3"]
+    assert render.class_labels(None) is None
+
+
+def test_table_is_shipped_as_package_data():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert "resources/*.tsv" in text

@@ -1,0 +1,151 @@
+"""How every figure shows a deconvnet projection, and the class names it prints.
+
+* ``to_display``: projections (..., H, W, 3) -> uint8 tiles, each contrast-stretched
+  on its own with a robust percentile (zero stays mid-gray, as in the paper's
+  figures), so one bright pixel no longer leaves the rest of the tile faint.
+* ``upscale``: integer nearest-neighbour enlargement, so the small receptive
+  fields of a 64 px run stay sharp blocks instead of resampled blur.
+* ``content_box`` / ``trim``: cut tiles to the part that lies inside the image
+  (receptive-field crops are zero-padded where they run past the image edge).
+* ``class_label`` / ``class_labels``: WordNet ids (n01440764) -> ImageNet names
+  (tench), from the table bundled in zfjax/resources/imagenet_classes.tsv.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from importlib import resources
+
+import numpy as np
+
+DISPLAY_PERCENTILE = 99.0  # |value| at this percentile of a tile's nonzero values -> 0 or 255
+
+
+def to_display(projections, percentile: float = DISPLAY_PERCENTILE) -> np.ndarray:
+    """Projections (..., H, W, 3) -> uint8 (..., H, W, 3), each tile stretched on its own.
+
+    Zero maps to 128; +-s maps to 255 / 0, with s the ``percentile``-th percentile of
+    the tile's nonzero magnitudes (values beyond s saturate). The sign of the
+    reconstruction stays visible. Percentile 100 is the old scaling by the largest
+    magnitude. An all-zero tile is uniform gray.
+    """
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    x = np.asarray(projections, np.float32)
+    if x.ndim < 3:
+        raise ValueError(f"projections must be (..., H, W, C), got shape {x.shape}")
+    flat = np.abs(x.reshape(-1, int(np.prod(x.shape[-3:]))))
+    masked = np.where(flat > 0, flat, np.nan)
+    with warnings.catch_warnings():  # all-zero tiles are all-NaN rows: expected
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scale = np.nanpercentile(masked, percentile, axis=1)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0).astype(np.float32)
+    scale = scale.reshape(x.shape[:-3] + (1, 1, 1))
+    return np.clip(np.round(127.5 + 127.5 * x / scale), 0, 255).astype(np.uint8)
+
+
+def upscale(tiles: np.ndarray, min_side: int) -> np.ndarray:
+    """Enlarge (..., H, W, C) by the smallest integer factor f with f * max(H, W) >= min_side.
+
+    Nearest neighbour (each pixel becomes an f x f block); factor 1 returns the input.
+    """
+    tiles = np.asarray(tiles)
+    side = max(tiles.shape[-3], tiles.shape[-2])
+    factor = max(1, -(-min_side // max(side, 1)))
+    if factor == 1:
+        return tiles
+    return np.repeat(np.repeat(tiles, factor, axis=-3), factor, axis=-2)
+
+
+def content_box(*stacks) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the pixels nonzero in any of the stacks.
+
+    Each stack is (..., H, W, C) with one H, W. The box covers every position
+    where any leading index or channel is nonzero; the whole tile if none is.
+    """
+    hit = None
+    for stack in stacks:
+        a = np.asarray(stack)
+        any_ = np.any(a.reshape((-1,) + a.shape[-3:]) != 0, axis=(0, 3))
+        hit = any_ if hit is None else hit | any_
+    rows, cols = np.flatnonzero(hit.any(axis=1)), np.flatnonzero(hit.any(axis=0))
+    if not len(rows):
+        return 0, 0, hit.shape[0], hit.shape[1]
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def trim(tiles: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """tiles (..., H, W, C)[..., top:bottom, left:right, :] for a ``content_box``."""
+    top, left, bottom, right = box
+    return np.asarray(tiles)[..., top:bottom, left:right, :]
+
+
+# ---- class names -------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_names() -> dict[str, str]:
+    """The bundled ImageNet-1k table: WordNet id -> short name (1000 entries)."""
+    text = resources.files("zfjax").joinpath("resources/imagenet_classes.tsv").read_text()
+    rows = (line.split("\t") for line in text.splitlines() if line and not line.startswith("#"))
+    return {wnid: name for wnid, name in rows}
+
+
+def class_label(name: str) -> str:
+    """A class as figures print it: the ImageNet name for a WordNet id, else ``name``."""
+    return imagenet_names().get(name, name)
+
+
+def class_labels(names) -> list[str] | None:
+    """``class_label`` of each name; None stays None."""
+    return None if names is None else [class_label(str(n)) for n in names]
+
+
+def fit(tile: np.ndarray, side: int, fill: int = 255) -> np.ndarray:
+    """One uint8 tile (h, w, C) scaled to fit a (side, side, C) square, aspect kept.
+
+    Enlarging uses the largest integer factor that fits, nearest neighbour (pixels
+    stay equal sharp blocks); shrinking uses area averaging; the rest of the square
+    is ``fill``.
+    """
+    from PIL import Image
+
+    tile = np.asarray(tile, np.uint8)
+    h, w = tile.shape[:2]
+    if side >= max(h, w):  # an integer factor: every pixel an equal square block
+        factor = side // max(h, w)
+        nh, nw, method = h * factor, w * factor, Image.Resampling.NEAREST
+    else:
+        scale = side / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        method = Image.Resampling.BOX
+    channels = tile.shape[2]
+    img = Image.fromarray(tile if channels > 1 else tile[..., 0])
+    resized = np.asarray(img.resize((nw, nh), method)).reshape(nh, nw, channels)
+    out = np.full((side, side, channels), fill, np.uint8)
+    top, left = (side - nh) // 2, (side - nw) // 2
+    out[top:top + nh, left:left + nw] = resized
+    return out
+
+
+def fit_pairs(projections, patches, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Projections float (..., R, R, 3) and their image patches uint8 (same shape) ->
+    (displayed projections, patches), each uint8 (..., side, side, 3).
+
+    Each pair is cut to the part inside the image (``content_box`` of the pair: crops
+    are zero-padded past the image edge) and scaled to ``side`` (``fit``); projections
+    are stretched on their own (``to_display``).
+    """
+    projections, patches = np.asarray(projections), np.asarray(patches)
+    lead = projections.shape[:-3]
+    shown = to_display(projections).reshape((-1,) + projections.shape[-3:])
+    flat_p = projections.reshape(shown.shape)
+    flat_q = patches.reshape(shown.shape)
+    out_p = np.empty((len(shown), side, side, 3), np.uint8)
+    out_q = np.empty_like(out_p)
+    for i in range(len(shown)):
+        box = content_box(flat_p[i], flat_q[i])
+        out_p[i] = fit(trim(shown[i], box), side)
+        out_q[i] = fit(trim(flat_q[i], box), side)
+    return out_p.reshape(lead + out_p.shape[1:]), out_q.reshape(lead + out_q.shape[1:])
