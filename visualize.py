@@ -17,7 +17,7 @@ import sys
 # One module per analysis; each defines add_cli(subparsers) -> parser whose
 # defaults hold run(args) -> list of written paths.
 ANALYSES = ("topk", "evolution", "invariance", "filters", "occlusion",
-            "correspondence", "reconstructions", "maximize")
+            "correspondence", "reconstructions", "maximize", "convergence")
 
 
 def build_parser() -> argparse.ArgumentParser:
