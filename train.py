@@ -22,11 +22,12 @@ import time
 
 
 def parse_args(argv=None):
-    from zfjax import trainer
+    from zfjax import argtypes, trainer
 
     names = list(trainer.presets())
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split(
-        "\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="train.py", description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=names, default="imagenette",
                    help="paper: ImageNet, 224 px, 70 epochs, N(0, 1e-2) init; imagenette: full "
                         "ZFNet at 224 px, 64 epochs, He init; cpu: 64 px, width 0.5, 10 epochs, "
@@ -34,13 +35,13 @@ def parse_args(argv=None):
     p.add_argument("--data", help="TFDS name (e.g. imagenet2012) or image folder "
                                   "<root>/<split>/<class>/<image>")
     p.add_argument("--data-dir", help="TFDS data directory (never downloads)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch", type=int, help="global batch size (all devices)")
-    p.add_argument("--lr", type=float, help="initial learning rate")
-    p.add_argument("--size", type=int, help="input side in pixels")
-    p.add_argument("--width", type=float, help="channel multiplier")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--limit", type=int, help="use at most this many training images")
+    p.add_argument("--epochs", type=argtypes.positive_int)
+    p.add_argument("--batch", type=argtypes.positive_int, help="global batch size (all devices)")
+    p.add_argument("--lr", type=argtypes.positive_float, help="initial learning rate")
+    p.add_argument("--size", type=argtypes.image_size, help="input side in pixels")
+    p.add_argument("--width", type=argtypes.width, help="channel multiplier")
+    p.add_argument("--seed", type=argtypes.seed)
+    p.add_argument("--limit", type=argtypes.positive_int, help="use at most this many training images")
     p.add_argument("--out", help="run folder (default: runs/<preset>-<time>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest checkpoint, with its config")
@@ -49,8 +50,8 @@ def parse_args(argv=None):
     g.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() before anything else")
     g.add_argument("--coordinator", help="host:port of process 0")
-    g.add_argument("--num-processes", type=int)
-    g.add_argument("--process-id", type=int)
+    g.add_argument("--num-processes", type=argtypes.positive_int)
+    g.add_argument("--process-id", type=argtypes.nonnegative_int)
     return p.parse_args(argv)
 
 
@@ -66,7 +67,7 @@ def build_run(args):
         ("seed", args.seed)) if v is not None})
     return dataclasses.replace(run, model=model, train=train, data=args.data or run.data,
                                data_dir=args.data_dir or run.data_dir,
-                               train_limit=args.limit or run.train_limit)
+                               train_limit=args.limit if args.limit is not None else run.train_limit)
 
 
 def main(argv=None) -> int:

@@ -140,7 +140,6 @@ def test_cli_writes_the_grid_and_arrays(tiny_run, monkeypatch, capsys):
                            "conv3, conv4, conv5, pool5, fc6, fc7, fc8"),
     (["--layer", "conv5", "--units", "3", "64"], "unit 64 is out of range for conv5: expected 0..63"),
     (["--layer", "fc8", "--units", "2"], "unit 2 is out of range for fc8: expected 0..1"),
-    (["--steps", "0"], "--steps must be at least 1, got 0"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_run, monkeypatch, capsys, tmp_path,
                                                       argv, message):

@@ -11,7 +11,7 @@ import pathlib
 
 import numpy as np
 
-from zfjax import data
+from zfjax import argtypes, data
 
 
 def add_input_arguments(parser: argparse.ArgumentParser, *, count_help: str | None = None) -> None:
@@ -29,7 +29,7 @@ def add_input_arguments(parser: argparse.ArgumentParser, *, count_help: str | No
                              "take images from (default: the one the run was trained on)")
     parser.add_argument("--split", default="val", help="split of --data (default: val)")
     parser.add_argument("--data-dir", default=None, help="TFDS data directory")
-    parser.add_argument("--limit", type=int, default=None,
+    parser.add_argument("--limit", type=argtypes.positive_int, default=None,
                         help=count_help or "at most this many images of the split")
 
 
@@ -76,19 +76,10 @@ def load_stored_images(args, config, info: dict, count: int | None):
         raise ValueError(f"run {args.target} does not record its data source; pass --data "
                          f"SOURCE (TFDS name or image folder) or --images PATH ...")
     split = data.load_split(source, getattr(args, "split", "val"), config.image_size,
-                            data_dir=data_dir, limit=count,
-                            progress=False)
-    labels = split.labels
-    run_classes = info.get("class_names")
-    if run_classes:
-        missing = [c for c in split.class_names if c not in run_classes]
-        if missing:
-            raise ValueError(f"class {missing[0]!r} of {source} is not one the run was trained "
-                             f"on; pass the run's data with --data, or --images")
-        labels = np.array([list(run_classes).index(c) for c in split.class_names],
-                          np.int32)[labels]
+                            data_dir=data_dir, limit=count, progress=False,
+                            classes=info.get("class_names") or None)
     names = ["/".join(pathlib.Path(p).parts[-2:]) for p in split.paths]
-    return split.images, labels.astype(np.int32), names
+    return split.images, split.labels.astype(np.int32), names
 
 
 def load_analysis_inputs(args, count: int | None):

@@ -49,7 +49,7 @@ import numpy as np
 from jax import lax
 from PIL import Image
 
-from zfjax import artifacts, cli, data, model
+from zfjax import argtypes, artifacts, cli, data, model
 
 LAYERS = ("pool5", "fc7")
 FEATURE_LAYERS = model.PROJECTABLE_LAYERS + model.FC_LAYERS
@@ -332,9 +332,9 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                              '[top, left, bottom, right], ...}}, ...]} in image pixels')
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="output folder (default: <run>/figures)")
-    parser.add_argument("--draws", type=int, default=10,
+    parser.add_argument("--draws", type=argtypes.positive_int, default=10,
                         help="random-box draws for the 'random' row (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random boxes")
+    parser.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the random boxes")
     parser.add_argument("--layers", nargs="+", default=list(LAYERS), metavar="LAYER",
                         help=f"layers to compare (default {' '.join(LAYERS)}; any of "
                              f"{', '.join(FEATURE_LAYERS)})")
@@ -346,8 +346,6 @@ def run_cli(args) -> list[pathlib.Path]:
     for layer in args.layers:
         if layer not in FEATURE_LAYERS:
             raise ValueError(f"unknown layer {layer!r}; expected one of {', '.join(FEATURE_LAYERS)}")
-    if args.draws < 1:
-        raise ValueError(f"--draws must be at least 1, got {args.draws}")
     parts = read_parts(args.parts)
     params, config, mean, info = cli.load_model(args.target)
     size = config.image_size

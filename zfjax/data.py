@@ -26,7 +26,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -63,7 +63,8 @@ def stored_size(input_size: int) -> int:
 # ----------------------------------------------------------------------------- loading
 
 def load_split(source: str, split: str, input_size: int, *, data_dir: str | None = None,
-               limit: int | None = None, progress: bool = True) -> ImageSet:
+               limit: int | None = None, progress: bool = True,
+               classes: Sequence[str] | None = None) -> ImageSet:
     """Loads one split of a TFDS dataset or image folder into memory.
 
     source: a TFDS name ('cifar10', 'imagenette/160px-v2', 'imagenet2012') or a folder
@@ -72,6 +73,8 @@ def load_split(source: str, split: str, input_size: int, *, data_dir: str | None
     split: 'train', 'val', ... ('val' and 'validation' are aliases of each other).
     data_dir: the TFDS data directory (TFDS sources only; never downloads).
     limit: at most this many images, spread over the classes deterministically.
+    classes: number the labels by this class list (the training split's) instead of
+      the split's own (see class_index_map: an unknown class is an error).
     Returns an ImageSet with images uint8 (N, S, S, 3), S = stored_size(input_size).
     """
     size = stored_size(input_size)
@@ -81,7 +84,35 @@ def load_split(source: str, split: str, input_size: int, *, data_dir: str | None
         items, class_names, total = _tfds_items(source, split, data_dir, limit)
     images, labels, paths, skipped = _decode_all(
         items, size, total, desc=f"{source} [{split}]", progress=progress)
+    if classes is not None:
+        labels = class_index_map(classes, class_names, f"{source} [{split}]")[labels]
+        class_names = tuple(classes)
     return ImageSet(images, labels, class_names, skipped, paths)
+
+
+def class_index_map(classes: Sequence[str], split_classes: Sequence[str],
+                    split: str) -> np.ndarray:
+    """Returns int32 (len(split_classes),): the index in `classes` (the training
+    split's class list, which the model's outputs follow) of each class of another split.
+
+    Labels of every split must be numbered by the training classes, never by the
+    split's own list: a class missing from it would shift every label after it.
+    Raises ValueError naming a class of `split` that training does not have; logs a
+    warning naming the training classes `split` lacks.
+    """
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = [name for name in split_classes if name not in index]
+    if unknown:
+        raise ValueError(
+            f"class {unknown[0]!r} of {split} is not a training class"
+            + (f" ({len(unknown)} such classes)" if len(unknown) > 1 else "")
+            + f"; the model only knows the {len(classes)} classes of the training split "
+              f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
+    missing = sorted(set(classes) - set(split_classes))
+    if missing:
+        log.warning("%s has no images of %d training class(es): %s", split, len(missing),
+                    ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else ""))
+    return np.array([index[name] for name in split_classes], np.int32).reshape(-1)
 
 
 def _is_folder(source: str) -> bool:
@@ -226,6 +257,8 @@ def _decode(src: str | bytes, size: int) -> np.ndarray | Exception:
     try:
         with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
             im.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4, 1/8 scale if still >= size
+            if im.mode in _WIDE_MODES:
+                im = _to_8bit(im)
             if im.mode == "P":
                 im = im.convert("RGBA")  # palette transparency converts cleanly via RGBA
             im = im.convert("RGB")  # L, CMYK, RGBA, ... -> RGB (alpha dropped)
@@ -235,6 +268,21 @@ def _decode(src: str | bytes, size: int) -> np.ndarray | Exception:
             return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, box=box))
     except Exception as e:  # any decoder failure means "skip this file", never the epoch
         return e
+
+
+# 16-bit and 32-bit integer grayscale (16-bit PNG and TIFF): PIL's convert() clips
+# these to 255 instead of scaling, which turns a whole picture white.
+_WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image (modes I;16*, or I holding 16-bit values) as mode L,
+    scaled by 255 / 65535 and rounded."""
+    values = np.asarray(im, dtype=np.int64)
+    if im.mode == "I" and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"32-bit integer image with values {values.min()}..{values.max()} "
+                         f"outside 0..65535; cannot tell its range")
+    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
 
 
 def _decode_all(items: Iterable[tuple[str | bytes, int, str]], size: int, total: int | None,

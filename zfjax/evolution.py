@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax import artifacts, data, deconv, model, render
+from zfjax import argtypes, artifacts, data, deconv, model, render
 from zfjax.receptive_field import receptive_field, receptive_field_size
 
 DEFAULT_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)  # the epochs of the paper's Fig. 4
@@ -324,7 +324,7 @@ def add_cli(subparsers):
     parser.add_argument("target", help="run folder written by train.py")
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="output folder (default: <run>/figures)")
-    parser.add_argument("--epochs", type=int, nargs="+", default=None,
+    parser.add_argument("--epochs", type=argtypes.positive_int, nargs="+", default=None,
                         help="epochs to show (default: those of 1,2,5,10,20,30,40,64 present)")
     parser.set_defaults(run=_run_cli)
     return parser

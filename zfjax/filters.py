@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax import artifacts, cli, evolution, model, render
+from zfjax import argtypes, artifacts, cli, evolution, model, render
 
 MAPS = 36  # conv2 maps shown
 IMAGES = 100  # images searched for their strongest activations
@@ -176,7 +176,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--compare", metavar="OTHER_RUN", default=None,
                         help="a second run or checkpoint to show side by side (e.g. trained "
                              "without filter renormalisation)")
-    parser.add_argument("--maps", type=int, default=MAPS,
+    parser.add_argument("--maps", type=argtypes.nonnegative_int, default=MAPS,
                         help=f"conv2 maps shown per run (default {MAPS}; 0: filters only)")
     parser.set_defaults(run=run_cli)
     return parser
@@ -192,10 +192,6 @@ def _radius(info: dict) -> tuple[float | None, str]:
 
 
 def run_cli(args) -> list[pathlib.Path]:
-    if args.maps < 0:
-        raise ValueError(f"--maps must be >= 0, got {args.maps}")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {args.limit}")
     targets = [args.target] + ([args.compare] if args.compare else [])
     models = [cli.load_model(t) for t in targets]
     if args.compare:

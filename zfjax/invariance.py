@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.ndimage import map_coordinates
 
-from zfjax import artifacts, cli, data, model
+from zfjax import argtypes, artifacts, cli, data, model
 
 TRANSFORMS = ("translate", "scale", "rotate")
 AXIS_LABELS = {"translate": "vertical translation (pixels)", "scale": "scale (ratio)",
@@ -229,12 +229,12 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     cli.add_input_arguments(parser, count_help=f"images to analyse (default {IMAGES})")
     parser.add_argument("--layer1", default="pool1", choices=LAYER1_CHOICES,
                         help="layer-1 features to compare (default pool1)")
-    parser.add_argument("--translations", type=float, nargs="+", metavar="PX",
+    parser.add_argument("--translations", type=argtypes.finite_float, nargs="+", metavar="PX",
                         help="vertical shifts in pixels (default -60..60 step 10, scaled to "
                              "the image size from 224)")
-    parser.add_argument("--scales", type=float, nargs="+", metavar="RATIO",
+    parser.add_argument("--scales", type=argtypes.positive_float, nargs="+", metavar="RATIO",
                         help="zoom ratios (default 1.0..1.8 step 0.1)")
-    parser.add_argument("--rotations", type=float, nargs="+", metavar="DEG",
+    parser.add_argument("--rotations", type=argtypes.finite_float, nargs="+", metavar="DEG",
                         help="rotations in degrees (default 0..350 step 10)")
     parser.set_defaults(run=run_cli)
     return parser
@@ -242,10 +242,6 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 def run_cli(args) -> list[pathlib.Path]:
     chosen = {"translate": args.translations, "scale": args.scales, "rotate": args.rotations}
-    if args.scales and min(args.scales) <= 0:
-        raise ValueError(f"--scales must be positive ratios, got {min(args.scales):g}")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {args.limit}")
     params, config, mean, info, inputs, display, labels, names = cli.load_analysis_inputs(
         args, args.limit or IMAGES)
     mean_crop = data.centre_crop(mean, config.image_size)

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from zfjax import artifacts, cli, data, model, render
+from zfjax import argtypes, artifacts, cli, data, model, render
 
 LAYERS = model.PROJECTABLE_LAYERS + model.FC_LAYERS + ("fc8",)
 UNITS = 8  # units shown by default
@@ -179,30 +179,25 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--layer", default="fc8",
                         help=f"layer of the units (default fc8, the class logits; one of "
                              f"{', '.join(LAYERS)})")
-    parser.add_argument("--units", type=int, nargs="+", default=None, metavar="INDEX",
+    parser.add_argument("--units", type=argtypes.nonnegative_int, nargs="+", default=None, metavar="INDEX",
                         help=f"channels (conv/pool), units (fc6/fc7) or classes (fc8) "
                              f"(default the first {UNITS})")
-    parser.add_argument("--steps", type=int, default=200, help="ascent steps (default 200)")
-    parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (default 0.01)")
-    parser.add_argument("--lp-weight", type=float, default=1.0,
+    parser.add_argument("--steps", type=argtypes.positive_int, default=200, help="ascent steps (default 200)")
+    parser.add_argument("--lr", type=argtypes.positive_float, default=0.01, help="Adam learning rate (default 0.01)")
+    parser.add_argument("--lp-weight", type=argtypes.nonnegative_float, default=1.0,
                         help="weight of the mean(|x|^p) penalty (default 1)")
-    parser.add_argument("--p", type=float, default=2.0, help="p of the Lp penalty (default 2)")
-    parser.add_argument("--tv-weight", type=float, default=300.0,
+    parser.add_argument("--p", type=argtypes.positive_float, default=2.0, help="p of the Lp penalty (default 2)")
+    parser.add_argument("--tv-weight", type=argtypes.nonnegative_float, default=300.0,
                         help="weight of the squared total-variation penalty (default 300, for "
                              "class logits; try 10x-100x less for conv maps)")
-    parser.add_argument("--init-std", type=float, default=0.1,
+    parser.add_argument("--init-std", type=argtypes.nonnegative_float, default=0.1,
                         help="std of the starting noise, in network-input units (default 0.1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
+    parser.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the starting noise")
     parser.set_defaults(run=run_cli)
     return parser
 
 
 def run_cli(args) -> list[pathlib.Path]:
-    if args.steps < 1:
-        raise ValueError(f"--steps must be at least 1, got {args.steps}")
-    if args.p <= 0 or args.lr <= 0 or min(args.lp_weight, args.tv_weight, args.init_std) < 0:
-        raise ValueError("--p and --lr must be positive; --lp-weight, --tv-weight and "
-                         "--init-std must be >= 0")
     if args.layer not in LAYERS:
         raise ValueError(f"unknown layer {args.layer!r}; expected one of {', '.join(LAYERS)}")
     params, config, mean, info = cli.load_model(args.target)

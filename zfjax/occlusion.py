@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zfjax import artifacts, cli, data, deconv, model, render
+from zfjax import argtypes, artifacts, cli, data, deconv, model, render
 from zfjax.topk import check_layers
 
 IMAGES = 3  # rows of the figure, as in the paper
@@ -349,16 +349,16 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                           "feature map, p(correct class) and the top class over its positions")
     cli.add_input_arguments(parser, count_help=f"images taken from the split (default {IMAGES})")
     parser.add_argument("--layer", default="conv5", help="layer of the feature map followed")
-    parser.add_argument("--size", type=int, default=None,
+    parser.add_argument("--size", type=argtypes.positive_int, default=None,
                         help="occluder side in px (default image_size / 7: 32 at 224)")
-    parser.add_argument("--stride", type=int, default=None,
+    parser.add_argument("--stride", type=argtypes.positive_int, default=None,
                         help="step between positions in px (default image_size / 28: 8 at 224)")
     parser.add_argument("--fill", default="gray",
                         help="gray (the mean image, default), black, white or a pixel value 0..255")
     parser.add_argument("--label", default=None,
                         help="correct class (name or index) for every image (default: the "
                              "split's labels; with --images, the predicted class)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=argtypes.positive_int, default=None,
                         help="positions computed together (default: one row of positions)")
     parser.set_defaults(run=run)
     return parser
@@ -380,13 +380,10 @@ def class_index(label: str, class_names, num_classes: int) -> int:
 def run(args) -> list[pathlib.Path]:
     """Occlusion maps for --limit images (or --images); write occlusion.png and .npz."""
     (layer,) = check_layers([args.layer])
-    for name in ("limit", "batch_size"):
-        if (getattr(args, name) or 1) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     params, config, mean, info, inputs, display, labels, names = cli.load_analysis_inputs(
         args, args.limit or IMAGES)
-    size = args.size or max(1, round(config.image_size / 7))
-    stride = args.stride or max(1, round(config.image_size / 28))
+    size = args.size if args.size is not None else max(1, round(config.image_size / 7))
+    stride = args.stride if args.stride is not None else max(1, round(config.image_size / 28))
     steps = positions(config.image_size, size, stride)
     fill = fill_values(args.fill, data.centre_crop(mean, config.image_size))
     class_names = info.get("class_names")

@@ -102,8 +102,6 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 def run(args) -> list[pathlib.Path]:
     """Write reconstructions.png and reconstructions.npz."""
     layers = check_layers(args.layers)
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     # Bottom to top, as the forward pass goes.
     layers = tuple(sorted(dict.fromkeys(layers), key=model.PROJECTABLE_LAYERS.index))
     params, config, mean, info, inputs, display, labels, names = cli.load_analysis_inputs(

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax import artifacts, cli, data, deconv, model, render
+from zfjax import argtypes, artifacts, cli, data, deconv, model, render
 from zfjax.evolution import crop_boxes
 from zfjax.receptive_field import receptive_field, receptive_field_size
 
@@ -244,12 +244,12 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--layers", nargs="+", default=list(model.CONV_LAYERS), metavar="LAYER",
                         help=f"layers to mine (default: conv1..conv5; any of "
                              f"{', '.join(model.PROJECTABLE_LAYERS)})")
-    parser.add_argument("--channels", nargs="+", type=int, default=None, metavar="C",
+    parser.add_argument("--channels", nargs="+", type=argtypes.nonnegative_int, default=None, metavar="C",
                         help="feature maps to draw, in every layer (default: --count random ones)")
-    parser.add_argument("--count", type=int, default=9, help="random maps drawn per layer")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random maps")
-    parser.add_argument("--top", type=int, default=TOP, help="activations kept per map")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--count", type=argtypes.positive_int, default=9, help="random maps drawn per layer")
+    parser.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the random maps")
+    parser.add_argument("--top", type=argtypes.positive_int, default=TOP, help="activations kept per map")
+    parser.add_argument("--batch-size", type=argtypes.positive_int, default=64)
     parser.set_defaults(run=run)
     return parser
 
@@ -257,9 +257,6 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 def run(args) -> list[pathlib.Path]:
     """Mine, project and draw; write topk_<layer>.png per layer and topk.npz."""
     layers = check_layers(args.layers)
-    for name in ("count", "top", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     params, config, mean, info = cli.load_model(args.target)
     for layer in layers:
         check_channels(config, layer, args.channels or [])

@@ -124,17 +124,23 @@ def fit(run: Run, out, *, resume: bool = False, epochs: int | None = None,
     tcfg = run.train
     mesh = training.make_mesh()
     training.check_batch_size(tcfg.batch_size, mesh)
-    _say(_banner(run, run_dir, mesh, resume))
 
-    train_set, val_set = (
-        data.load_split(run.data, split, run.model.image_size, data_dir=run.data_dir,
-                        limit=limit, progress=progress and _is_main())
-        for split, limit in (("train", run.train_limit), ("val", run.val_limit)))
+    train_set = data.load_split(run.data, "train", run.model.image_size, data_dir=run.data_dir,
+                                limit=run.train_limit, progress=progress and _is_main())
+    if len(train_set.class_names) < 2:
+        raise ValueError(f"the training split of {run.data} has {len(train_set.class_names)} "
+                         f"class(es) ({', '.join(train_set.class_names)}); a classifier needs "
+                         f"at least 2")
+    # Validation labels are numbered by the training classes (the model's outputs).
+    val_set = data.load_split(run.data, "val", run.model.image_size, data_dir=run.data_dir,
+                              limit=run.val_limit, progress=progress and _is_main(),
+                              classes=train_set.class_names)
     if len(train_set) < tcfg.batch_size:
         raise ValueError(f"{len(train_set)} training images are fewer than one batch of "
                          f"{tcfg.batch_size}; pass a smaller --batch")
     config = dataclasses.replace(run.model, num_classes=len(train_set.class_names))
     run = dataclasses.replace(run, model=config)
+    _say(_banner(run, run_dir, mesh, resume))
     _say(f"data: {len(train_set)} training and {len(val_set)} validation images, "
          f"{config.num_classes} classes")
     mean_file = run_dir / checkpoints.MEAN_FILE
@@ -172,7 +178,8 @@ def _run_config(run: Run, train_set, val_set, probe) -> dict:
         "model": checkpoints.config_dict(run.model), "train": checkpoints.config_dict(run.train),
         "data": {"source": run.data, "data_dir": run.data_dir, "train_limit": run.train_limit,
                  "val_limit": run.val_limit, "train_images": len(train_set),
-                 "val_images": len(val_set), "probe_count": run.probe_count},
+                 "val_images": len(val_set), "probe_count": run.probe_count,
+                 "train_skipped": train_set.skipped, "val_skipped": val_set.skipped},
         "class_names": list(train_set.class_names), "probe": _probe_info(probe),
         "devices": {"platform": jax.devices()[0].platform, "count": jax.device_count(),
                     "processes": jax.process_count()},
