@@ -18,18 +18,21 @@ import sys
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split(
-        "\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    from zfjax import argtypes
+
+    p = argparse.ArgumentParser(
+        prog="prepare.py", description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="TFDS name (e.g. imagenet2012) or image folder "
                                   "<root>/<split>/<class>/<image>")
     p.add_argument("store", help="folder to write the store into")
-    p.add_argument("--size", type=int, default=224,
+    p.add_argument("--size", type=argtypes.image_size, default=224,
                    help="network input side; images are stored at round(size * 256 / 224)")
     p.add_argument("--data-dir", help="TFDS data directory")
-    p.add_argument("--limit", type=int, help="at most this many training images")
-    p.add_argument("--val-limit", type=int, help="at most this many validation images")
-    p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
-    p.add_argument("--shard-size", type=int, default=1024, help="images per shard")
+    p.add_argument("--limit", type=argtypes.positive_int, help="at most this many training images")
+    p.add_argument("--val-limit", type=argtypes.positive_int, help="at most this many validation images")
+    p.add_argument("--workers", type=argtypes.positive_int, help="decoding processes (default: all cores)")
+    p.add_argument("--shard-size", type=argtypes.positive_int, default=1024, help="images per shard")
     p.add_argument("--restart", action="store_true",
                    help="delete an unfinished preparation in STORE and start over")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -41,12 +44,6 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     from zfjax import store
 
-    for name in ("size", "limit", "val_limit", "workers", "shard_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            print(f"error: --{name.replace('_', '-')} must be positive, got {value}",
-                  file=sys.stderr)
-            return 2
     try:
         prepared = store.prepare(args.source, args.store, args.size, data_dir=args.data_dir,
                                  limits={"train": args.limit, "val": args.val_limit},

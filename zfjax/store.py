@@ -236,19 +236,9 @@ def _clear(out: Path) -> None:
 
 
 def _relabel(items, names, train_names, split):
-    """Re-indexes labels from this split's class list to the training split's."""
-    names, train_names = tuple(names), tuple(train_names)
-    if names == train_names:
-        return items
-    unknown = sorted(set(names) - set(train_names))
-    if unknown:
-        raise ValueError(f"split {split!r} has classes the training split lacks: "
-                         f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
-    missing = sorted(set(train_names) - set(names))
-    if missing:
-        log.warning("split %r lacks %d training class(es), e.g. %s", split, len(missing),
-                    missing[0])
-    index = np.array([train_names.index(n) for n in names])
+    """Re-indexes labels from this split's class list to the training split's
+    (data.class_index_map: an unknown class is an error, a missing one a warning)."""
+    index = data.class_index_map(tuple(train_names), tuple(names), f"split {split!r}")
     return ((src, int(index[label]), ex_id) for src, label, ex_id in items)
 
 
