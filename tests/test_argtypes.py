@@ -68,6 +68,9 @@ def test_train_accepts_good_numbers():
     (["correspondence", "run", "--parts", "p.json", "--draws", "0"],
      "argument --draws: must be an integer >= 1"),
     (["reconstructions", "run", "--limit", "0"], "argument --limit: must be an integer >= 1"),
+    (["convergence", "run", "--threshold", "1.5"],
+     "argument --threshold: must be a finite number > 0 and <= 1, got '1.5'"),
+    (["convergence", "run", "--top", "0"], "argument --top: must be an integer >= 1"),
 ])
 def test_visualize_refuses_bad_numbers_naming_the_flag(argv, message, capsys):
     line = _parse_error(visualize.build_parser().parse_args, argv, capsys)

@@ -62,6 +62,7 @@ nonnegative_int = int_range(0)
 finite_float = float_range()
 positive_float = float_range(0.0, low_open=True)
 nonnegative_float = float_range(0.0)
+unit_interval = float_range(0.0, 1.0, low_open=True)  # fractions in (0, 1]
 seed = int_range(0, 2**32 - 1)  # numpy and JAX both take seeds in 0 .. 2**32 - 1
 # Input side of the network: ZFNet needs >= 64 px; past 1024 px a single image's
 # activations alone need gigabytes.

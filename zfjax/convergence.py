@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax import artifacts, checkpoints, cli, evolution, model, topk
+from zfjax import argtypes, artifacts, checkpoints, cli, evolution, model, topk
 
 SETTLED = 0.8  # median projection correlation from which a layer counts as settled
 
@@ -226,16 +226,16 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                     "epoch. Writes convergence.png, convergence.csv and prints the table.")
     cli.add_input_arguments(parser, count_help="probe images mined at each kept checkpoint "
                                                "(default: the run's probe count)")
-    parser.add_argument("--epochs", type=int, nargs="+", default=None,
+    parser.add_argument("--epochs", type=argtypes.positive_int, nargs="+", default=None,
                         help="snapshot epochs to compare (default: all saved; the last is the "
                              "reference)")
     parser.add_argument("--no-checkpoints", action="store_true",
                         help="snapshots only: skip mining the top-9 images at kept checkpoints")
-    parser.add_argument("--threshold", type=float, default=SETTLED,
+    parser.add_argument("--threshold", type=argtypes.unit_interval, default=SETTLED,
                         help=f"median correlation that counts as settled (default {SETTLED})")
-    parser.add_argument("--top", type=int, default=topk.TOP,
+    parser.add_argument("--top", type=argtypes.positive_int, default=topk.TOP,
                         help=f"images kept per map at each checkpoint (default {topk.TOP})")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=argtypes.positive_int, default=128)
     parser.set_defaults(run=run_cli)
     return parser
 
@@ -256,11 +256,6 @@ def run_cli(args) -> list[pathlib.Path]:
     if not (run_dir / checkpoints.CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder made by train.py (no "
                                 f"{checkpoints.CONFIG_FILE})")
-    for name in ("batch_size", "top"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 0 < args.threshold <= 1:
-        raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
     snapshots = evolution.load_snapshots(run_dir)
     epochs, corr, same = snapshot_convergence(snapshots, args.epochs)
     overlap_epochs, overlap = np.zeros(0, np.int32), {}
