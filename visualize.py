@@ -17,7 +17,7 @@ import sys
 # One module per analysis; each defines add_cli(subparsers) -> parser whose
 # defaults hold run(args) -> list of written paths.
 ANALYSES = ("topk", "evolution", "invariance", "filters", "occlusion",
-            "correspondence", "reconstructions", "maximize", "convergence")
+            "correspondence", "reconstructions", "maximize", "convergence", "transfer")
 
 
 def build_parser() -> argparse.ArgumentParser:
