@@ -115,6 +115,13 @@ def tiny_run(tmp_path_factory):
     return write_tiny_run(tmp_path_factory.mktemp("transfer"))
 
 
+def test_cli_refuses_bad_numbers_at_parse_time(tiny_run, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit:
+        run_cli(monkeypatch, capsys, ["transfer", str(tiny_run), "--data", "x", "--steps", "0"])
+    assert exit.value.code == 2
+    assert "argument --steps: must be an integer >= 1, got '0'" in capsys.readouterr().err
+
+
 def test_cli_on_an_image_folder_takes_val_as_the_test_split(tiny_run, monkeypatch, capsys):
     folder = tiny_run.parent / "images"  # train/ and val/, 2 classes of 4 images
     code, out, err = run_cli(monkeypatch, capsys, [
@@ -148,7 +155,6 @@ def test_cli_on_a_tfds_dataset(tiny_run, monkeypatch, capsys, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--layers", "fc8", "fc7"], "unknown layer 'fc8' for features"),
     (["--layers", "pool5"], "the --per-class curve retrains the fc7 softmax"),
-    (["--steps", "0"], "--steps must be >= 1, got 0"),
     (["--per-class", "9"], "9 training images per class asked, but class 0 has only 4"),
 ])
 def test_cli_bad_input_is_one_line(tiny_run, monkeypatch, capsys, tmp_path, argv, message):

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from zfjax import artifacts, cli, data, model, topk
+from zfjax import argtypes, artifacts, cli, data, model, topk
 
 LAYERS = ("pool1", "pool2", "conv3", "conv4", "pool5", "fc6", "fc7")
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -369,25 +369,25 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--test-split", default=None,
                         help="default: 'test', or 'val' / 'validation' when there is no test split")
-    parser.add_argument("--limit", type=int, default=None,
+    parser.add_argument("--limit", type=argtypes.positive_int, default=None,
                         help="at most this many training images, spread over the classes")
-    parser.add_argument("--test-limit", type=int, default=None,
+    parser.add_argument("--test-limit", type=argtypes.positive_int, default=None,
                         help="at most this many test images, spread over the classes")
     parser.add_argument("--layers", nargs="+", default=list(LAYERS), metavar="LAYER",
                         help=f"layers whose features are tested (default: {' '.join(LAYERS)})")
-    parser.add_argument("--max-features", type=int, default=MAX_FEATURES,
+    parser.add_argument("--max-features", type=argtypes.positive_int, default=MAX_FEATURES,
                         help=f"spatial maps are average-pooled to at most this many features "
                              f"(default {MAX_FEATURES})")
-    parser.add_argument("--l2", type=float, nargs="+", default=list(L2_GRID),
+    parser.add_argument("--l2", type=argtypes.nonnegative_float, nargs="+", default=list(L2_GRID),
                         help="L2 penalties tried on the held-out part (default: "
                              f"{' '.join(f'{v:g}' for v in L2_GRID)})")
-    parser.add_argument("--steps", type=int, default=300, help="Adam steps per classifier")
-    parser.add_argument("--per-class", type=int, nargs="*", default=list(PER_CLASS),
+    parser.add_argument("--steps", type=argtypes.positive_int, default=300, help="Adam steps per classifier")
+    parser.add_argument("--per-class", type=argtypes.positive_int, nargs="*", default=list(PER_CLASS),
                         help="training images per class for the fc7 curve (default: "
                              f"{' '.join(map(str, PER_CLASS))}; none: skip the curve)")
-    parser.add_argument("--draws", type=int, default=5, help="random draws per point of the curve")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--draws", type=argtypes.positive_int, default=5, help="random draws per point of the curve")
+    parser.add_argument("--seed", type=argtypes.seed, default=0)
+    parser.add_argument("--batch-size", type=argtypes.positive_int, default=128)
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="output folder (default: <run>/figures)")
     parser.set_defaults(run=run_cli)
@@ -411,18 +411,7 @@ def load_test_split(source, split, size, *, data_dir, limit):
 
 
 def _check_args(args) -> None:
-    positive = {"steps": args.steps, "draws": args.draws, "batch-size": args.batch_size,
-                "max-features": args.max_features}
-    for name in ("limit", "test_limit"):
-        if getattr(args, name) is not None:
-            positive[name.replace("_", "-")] = getattr(args, name)
-    for name, value in positive.items():
-        if value < 1:
-            raise ValueError(f"--{name} must be >= 1, got {value}")
-    if any(n < 1 for n in args.per_class):
-        raise ValueError(f"--per-class values must be >= 1, got {args.per_class}")
-    if any(not v >= 0 for v in args.l2):
-        raise ValueError(f"--l2 values must be >= 0, got {args.l2}")
+    """What argparse's types cannot check (numbers are checked at parse time)."""
     if "fc7" not in args.layers and args.per_class:
         raise ValueError("the --per-class curve retrains the fc7 softmax: keep fc7 in --layers, "
                          "or pass --per-class with no values to skip the curve")
