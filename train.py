@@ -42,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--width", type=argtypes.width, help="channel multiplier")
     p.add_argument("--seed", type=argtypes.seed)
     p.add_argument("--limit", type=argtypes.positive_int, help="use at most this many training images")
+    p.add_argument("--no-renorm", action="store_true",
+                   help="train without filter renormalisation (the paper's Fig. 6 (a); compare "
+                        "with visualize.py filters RUN --compare OTHER_RUN)")
     p.add_argument("--out", help="run folder (default: runs/<preset>-<time>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest checkpoint, with its config")
@@ -65,6 +68,8 @@ def build_run(args):
     train = dataclasses.replace(run.train, **{k: v for k, v in (
         ("epochs", args.epochs), ("batch_size", args.batch), ("learning_rate", args.lr),
         ("seed", args.seed)) if v is not None})
+    if args.no_renorm:
+        train = dataclasses.replace(train, filter_radius=None)
     return dataclasses.replace(run, model=model, train=train, data=args.data or run.data,
                                data_dir=args.data_dir or run.data_dir,
                                train_limit=args.limit if args.limit is not None else run.train_limit)
