@@ -49,6 +49,20 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest checkpoint, with its config")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="also checkpoint every N steps inside an epoch (resume continues there)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"),
+                   help="compute dtype (parameters stay float32); default bfloat16 on GPU/TPU, "
+                        "float32 on CPU")
+    g = p.add_argument_group("input pipeline")
+    g.add_argument("--memory-budget", type=float, metavar="GIB",
+                   help="a split whose decoded images exceed this is streamed from a prepared "
+                        "store instead of held in memory (default: a quarter of the RAM)")
+    g.add_argument("--store", metavar="DIR",
+                   help="where to prepare the store when streaming (default: "
+                        "$ZFJAX_CACHE/stores/..., ZFJAX_CACHE defaulting to ~/.cache/zfjax)")
+    g.add_argument("--workers", type=int, help="decoding processes when streaming "
+                                               "(default: cores - 1)")
     g = p.add_argument_group("several hosts")
     g.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() before anything else")
@@ -70,9 +84,18 @@ def build_run(args):
         ("seed", args.seed)) if v is not None})
     if args.no_renorm:
         train = dataclasses.replace(train, filter_radius=None)
+    dtype = args.dtype or _default_dtype()
+    if dtype != model.dtype:
+        model = dataclasses.replace(model, dtype=dtype)
     return dataclasses.replace(run, model=model, train=train, data=args.data or run.data,
                                data_dir=args.data_dir or run.data_dir,
                                train_limit=args.limit if args.limit is not None else run.train_limit)
+
+
+def _default_dtype() -> str:
+    """bfloat16 compute on accelerators, float32 on CPU."""
+    import jax
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
 def main(argv=None) -> int:
@@ -87,8 +110,10 @@ def main(argv=None) -> int:
         return 2
     out = args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
+        budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
         trainer.fit(build_run(args), out, resume=args.resume, epochs=args.epochs,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
+                    memory_budget=budget, store_dir=args.store, workers=args.workers)
     except (FileNotFoundError, FileExistsError, ValueError, trainer.NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -23,7 +23,6 @@ IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette"
 # The tiny network all training tests share (one compilation per process); it is
 # what `train.py --preset cpu --size 64 --width 0.25` builds for 10 classes.
 TINY = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
-TIMING = ("images_per_s", "seconds", "train_seconds", "eval_seconds", "snapshot_seconds")
 
 
 @pytest.fixture(scope="module")
@@ -81,39 +80,47 @@ def test_smoke_run_on_real_images_learns_and_writes_everything(tmp_path):
 # resumed in this process (which has them compiled already) writes its own.
 KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
-    from zfjax import data, trainer
+    from zfjax import trainer, training
     import train
     trainer._evolution = lambda: None
-    batches = data.train_batches
-    def dying(*args, epoch, **kwargs):  # kill -9 in the middle of epoch 2
-        for step, batch in enumerate(batches(*args, epoch=epoch, **kwargs)):
-            if epoch == 2 and step == 1:
+    make_step = training.make_stored_train_step
+    def dying(*args):  # kill -9 before step 3 of epoch 2 (6 steps an epoch)
+        step = make_step(*args)
+        def run(state, *rest):
+            if int(training.local_value(state.step)) == 6 + 3:
                 os.kill(os.getpid(), signal.SIGKILL)
-            yield batch
-    data.train_batches = dying
+            return step(state, *rest)
+        return run
+    training.make_stored_train_step = dying
     sys.exit(train.main(sys.argv[1:]))
 """)
 
 
-def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(folder, tmp_path):
+def test_resume_after_kill_mid_epoch_ends_where_an_uninterrupted_run_ends(folder, tmp_path,
+                                                                          capsys):
+    # 50 images in batches of 8: 6 steps an epoch; a checkpoint after steps 2 and 4.
     args = ["--preset", "cpu", "--data", str(folder), "--size", "64", "--width", "0.25",
-            "--batch", "16", "--epochs", "3", "--no-progress"]
+            "--batch", "8", "--epochs", "3", "--no-progress", "--checkpoint-every", "2"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     killed = subprocess.run([sys.executable, "-c", KILLED_RUN, *args, "--out",
                              str(tmp_path / "killed")], env=env, capture_output=True, text=True,
                             timeout=400)
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert [m["epoch"] for m in _metrics(tmp_path / "killed")] == [1]
+    assert (tmp_path / "killed" / "checkpoints-steps" / "8").is_dir()
 
     assert train.main([*args, "--out", str(tmp_path / "killed"), "--resume"]) == 0
+    assert "resuming after epoch 1, at step 2 of epoch 2" in capsys.readouterr().out
     assert train.main([*args, "--out", str(tmp_path / "whole")]) == 0
 
     resumed, _, _, info = checkpoints.load_run(tmp_path / "killed")
     whole, config, _, _ = checkpoints.load_run(tmp_path / "whole")
     assert config == TINY and info["epoch"] == 3
     jax.tree.map(np.testing.assert_array_equal, resumed, whole)  # bit for bit
-    strip = lambda ms: [{k: v for k, v in m.items() if k not in TIMING} for m in ms]
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in trainer.TIMING_KEYS}
+                        for m in ms]
     assert strip(_metrics(tmp_path / "killed")) == strip(_metrics(tmp_path / "whole"))
+    assert not list((tmp_path / "killed" / "checkpoints-steps").iterdir())  # superseded
 
 
 def test_existing_run_needs_resume(folder, tmp_path):
@@ -143,3 +150,19 @@ def test_unprepared_tfds_dataset_fails_at_once_saying_what_to_do(tmp_path, capsy
     err = capsys.readouterr().err
     assert "is not prepared" in err and "local image folder" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_split_over_the_memory_budget_trains_streamed_from_a_store(folder, tmp_path, capsys):
+    # 50 training images at 73 px take 0.8 MB decoded; allow 0.1 MB.
+    args = ["--preset", "cpu", "--data", str(folder), "--size", "64", "--width", "0.25",
+            "--batch", "16", "--epochs", "1", "--no-progress", "--memory-budget", "0.0001",
+            "--store", str(tmp_path / "store"), "--workers", "1", "--out", str(tmp_path / "run")]
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"input: streamed from store {tmp_path / 'store'} with 1 decoding worker(s)" in out
+    assert "over the 0.00 GiB budget" in out
+    assert [m["epoch"] for m in _metrics(tmp_path / "run")] == [1]
+    assert json.loads((tmp_path / "store" / "manifest.json").read_text())[
+        "splits"]["train"]["count"] == 50
+    np.testing.assert_array_equal(np.load(tmp_path / "run" / "mean.npy"),
+                                  np.load(tmp_path / "store" / "mean.npy"))

@@ -5,6 +5,8 @@ A run folder holds::
     config.json     model and training config, data source, class names, probe
     mean.npy        training mean image, float32 (S, S, 3) (data.mean_image)
     checkpoints/    orbax, one step per finished epoch: <epoch>/{params, opt, meta}
+    checkpoints-steps/  the newest mid-epoch checkpoint, <global step>/..., deleted once
+                    its epoch's checkpoint exists
     metrics.jsonl   one line per finished epoch
     curves.png      training curves
     snapshots/      per-epoch Fig. 4 snapshots (zfjax.evolution)
@@ -36,6 +38,7 @@ from zfjax.model import ZFNetConfig
 KEEP_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
 MAX_TO_KEEP = 3
 CONFIG_FILE, MEAN_FILE, CHECKPOINT_DIR = "config.json", "mean.npy", "checkpoints"
+STEP_CHECKPOINT_DIR = "checkpoints-steps"  # the newest mid-epoch checkpoint (train.py --checkpoint-every)
 
 _HANDLERS = {"params": ocp.StandardCheckpointHandler, "opt": ocp.StandardCheckpointHandler,
              "meta": ocp.JsonCheckpointHandler}

@@ -366,6 +366,20 @@ def _batch_rng(seed: int, epoch: int, step: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, epoch], spawn_key=(step,)))
 
 
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """int64 (n,): the order in which epoch visits the n training images."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def crop_params(seed: int, epoch: int, step: int, batch_size: int, size: int,
+                input_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ys, xs int64 (B,), flips bool (B,)): step's random crop offsets and flips for
+    stored size `size`, drawn from _batch_rng(seed, epoch, step)."""
+    rng = _batch_rng(seed, epoch, step)
+    ys, xs = rng.integers(0, size - input_size + 1, (2, batch_size))
+    return ys, xs, rng.random(batch_size) < 0.5
+
+
 def train_batches(images: ImageSet, mean: np.ndarray, batch_size: int, input_size: int,
                   *, seed: int, epoch: int, start_step: int = 0
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -374,15 +388,14 @@ def train_batches(images: ImageSet, mean: np.ndarray, batch_size: int, input_siz
     Random crops with random horizontal flips, in a shuffled order; everything is a
     pure function of (seed, epoch, step), so starting at start_step reproduces the
     rest of an uninterrupted epoch. len(images) // batch_size steps (the last partial
-    batch is dropped).
+    batch is dropped). The reference for the trainer's on-device augmentation
+    (training.augment), which sees exactly these inputs.
     """
     n, size = len(images), images.images.shape[1]
-    order = np.random.default_rng([seed, epoch]).permutation(n)
+    order = epoch_order(seed, epoch, n)
     for step in range(start_step, n // batch_size):
         idx = order[step * batch_size:(step + 1) * batch_size]
-        rng = _batch_rng(seed, epoch, step)
-        ys, xs = rng.integers(0, size - input_size + 1, (2, batch_size))
-        flips = rng.random(batch_size) < 0.5
+        ys, xs, flips = crop_params(seed, epoch, step, batch_size, size, input_size)
         yield _crops(images.images, mean, idx, ys, xs, flips, input_size), images.labels[idx]
 
 

@@ -103,6 +103,10 @@ class Store:
     def shard_paths(self, split: str) -> list[str]:
         return [str(self.path / s["file"]) for s in self._split(split)["shards"] if s["count"]]
 
+    def labels(self, split: str) -> np.ndarray:
+        """int32 (N,): the split's labels in record order (no image is read)."""
+        return np.load(self.path / self._split(split)["labels_file"])
+
     def mean(self) -> np.ndarray:
         """float32 (S, S, 3): the training split's mean image."""
         return np.load(self.path / self.manifest["mean_file"])
@@ -112,16 +116,19 @@ class Store:
         import grain
         return grain.sources.ArrayRecordDataSource(self.shard_paths(split))
 
-    def load(self, split: str, *, progress: bool = False) -> data.ImageSet:
-        """Decodes the whole split into memory (the in-memory path)."""
-        source, size, n = self.source(split), self.stored_size, self.count(split)
+    def load(self, split: str, indices=None, *, progress: bool = False) -> data.ImageSet:
+        """Decodes the split (or the records at `indices`) into memory."""
+        source, size = self.source(split), self.stored_size
+        indices = np.arange(self.count(split)) if indices is None else np.asarray(indices)
+        n = len(indices)
         images = np.empty((n, size, size, 3), np.uint8)
         labels, ids = np.empty(n, np.int32), []
         with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool, tqdm(
                 total=n, desc=f"loading {self.path.name} [{split}]", unit="img",
                 disable=not progress) as bar:
             for start in range(0, n, data._DECODE_CHUNK):
-                chunk = source.__getitems__(list(range(start, min(n, start + data._DECODE_CHUNK))))
+                chunk = source.__getitems__(
+                    [int(i) for i in indices[start:start + data._DECODE_CHUNK]])
                 for i, (img, label, ex_id) in enumerate(
                         pool.map(lambda r: decode_record(r, size), chunk), start):
                     images[i], labels[i] = img, label
@@ -269,9 +276,10 @@ def _write_split(out: Path, split, items, total, size, pool, workers, shard_size
             shards.append(name)
             index += 1
         collect(0)
-    entries, count = [], 0
+    entries, count, labels = [], 0, []
     for name in shards:
         info = json.loads((out / f"{name}.json").read_text())
+        labels += info["labels"]
         entries.append({"file": f"{name}.array_record", "count": info["count"],
                         "sum_file": f"{name}.sum.npy"})
         count += info["count"]
@@ -282,8 +290,10 @@ def _write_split(out: Path, split, items, total, size, pool, workers, shard_size
     if failures:
         log.warning("%s: skipped %d unreadable image file(s), e.g. %s",
                     desc, len(failures), failures[0])
+    labels_file = f"{split}-labels.npy"
+    checkpoints.atomic_write(out / labels_file, lambda f: np.save(f, np.array(labels, np.int32)))
     return {"count": count, "skipped": len(failures), "skipped_files": failures[:1000],
-            "shards": entries}
+            "shards": entries, "labels_file": labels_file}
 
 
 def _take(items, n) -> list:
@@ -303,7 +313,7 @@ def _write_shard(out: str, name: str, chunk, size: int) -> dict:
     out = Path(out)
     final, tmp = out / f"{name}.array_record", out / f".{name}.array_record.tmp"
     total = np.zeros((size, size, 3), np.float64)
-    failures, count = [], 0
+    failures, labels, count = [], [], 0
     writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1,uncompressed")
     try:
         for src, label, ex_id in chunk:
@@ -313,6 +323,7 @@ def _write_shard(out: str, name: str, chunk, size: int) -> dict:
                 continue
             writer.write(encode_record(image, label, ex_id))
             total += image
+            labels.append(int(label))
             count += 1
     finally:
         writer.close()
@@ -320,6 +331,6 @@ def _write_shard(out: str, name: str, chunk, size: int) -> dict:
     with open(out / f".{name}.sum.tmp.npy", "wb") as f:
         np.save(f, total)
     os.replace(out / f".{name}.sum.tmp.npy", out / f"{name}.sum.npy")
-    info = {"count": count, "failures": failures}
+    info = {"count": count, "failures": failures, "labels": labels}
     checkpoints.write_json(out / f"{name}.json", info)
     return info

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from zfjax import checkpoints, data, training
+from zfjax import checkpoints, data, loader, training
 from zfjax.model import ZFNetConfig
 from zfjax.training import TrainConfig
 
@@ -104,12 +104,18 @@ def _say(message: str) -> None:
 # ---------------------------------------------------------------------------- the run
 
 def fit(run: Run, out, *, resume: bool = False, epochs: int | None = None,
-        progress: bool = True) -> Path:
+        progress: bool = True, checkpoint_every: int | None = None,
+        memory_budget: int | None = None, store_dir=None, workers: int | None = None) -> Path:
     """Trains run into the folder out; returns it.
 
     resume: continue the run in out from its newest checkpoint with out's config.json
       (run is then ignored). epochs: train up to this epoch (default: the run's; on
       resume it may extend the stored run).
+    checkpoint_every: also checkpoint every this many steps inside an epoch, so a
+      resume continues from that step (only the newest such checkpoint is kept).
+    memory_budget, store_dir, workers: how the data is fed (loader.choose): bytes a
+      split may take in memory, where a store is prepared when it does not fit, and
+      decoding processes when streaming.
     Raises NonFiniteLoss if the loss stops being finite (the last good checkpoint stays).
     """
     run_dir = Path(out).absolute()
@@ -125,36 +131,37 @@ def fit(run: Run, out, *, resume: bool = False, epochs: int | None = None,
     mesh = training.make_mesh()
     training.check_batch_size(tcfg.batch_size, mesh)
 
-    train_set = data.load_split(run.data, "train", run.model.image_size, data_dir=run.data_dir,
-                                limit=run.train_limit, progress=progress and _is_main())
-    if len(train_set.class_names) < 2:
-        raise ValueError(f"the training split of {run.data} has {len(train_set.class_names)} "
-                         f"class(es) ({', '.join(train_set.class_names)}); a classifier needs "
+    train_feed, val_feed, data_mean, how = loader.choose(
+        run.data, run.model.image_size, data_dir=run.data_dir,
+        limits={"train": run.train_limit, "val": run.val_limit}, budget=memory_budget,
+        store_dir=store_dir, workers=workers, progress=progress and _is_main())
+    if len(train_feed.class_names) < 2:
+        raise ValueError(f"the training split of {run.data} has {len(train_feed.class_names)} "
+                         f"class(es) ({', '.join(train_feed.class_names)}); a classifier needs "
                          f"at least 2")
-    # Validation labels are numbered by the training classes (the model's outputs).
-    val_set = data.load_split(run.data, "val", run.model.image_size, data_dir=run.data_dir,
-                              limit=run.val_limit, progress=progress and _is_main(),
-                              classes=train_set.class_names)
-    if len(train_set) < tcfg.batch_size:
-        raise ValueError(f"{len(train_set)} training images are fewer than one batch of "
+    if len(train_feed) < tcfg.batch_size:
+        raise ValueError(f"{len(train_feed)} training images are fewer than one batch of "
                          f"{tcfg.batch_size}; pass a smaller --batch")
-    config = dataclasses.replace(run.model, num_classes=len(train_set.class_names))
+    config = dataclasses.replace(run.model, num_classes=len(train_feed.class_names))
     run = dataclasses.replace(run, model=config)
     _say(_banner(run, run_dir, mesh, resume))
-    _say(f"data: {len(train_set)} training and {len(val_set)} validation images, "
-         f"{config.num_classes} classes")
+    _say(f"data: {len(train_feed)} training and {len(val_feed)} validation images, "
+         f"{config.num_classes} classes\ninput: {how}")
     mean_file = run_dir / checkpoints.MEAN_FILE
-    mean = np.load(mean_file) if resume and mean_file.exists() else data.mean_image(train_set)
+    mean = np.load(mean_file) if resume and mean_file.exists() else data_mean
     evolution = _evolution()
-    probe = (evolution.make_probe(val_set, mean, config, seed=tcfg.seed,
-                                  count=min(run.probe_count, len(val_set)))
+    probe_count = min(run.probe_count, len(val_feed))
+    probe = (evolution.make_probe(val_feed.subset(probe_count), mean, config, seed=tcfg.seed,
+                                  count=probe_count)
              if evolution else None)
-    run_config = _run_config(run, train_set, val_set, probe)
+    run_config = _run_config(run, train_feed, val_feed, probe)
 
     mgr = checkpoints.manager(mgr_dir)
+    step_mgr = checkpoints.manager(run_dir / checkpoints.STEP_CHECKPOINT_DIR, max_to_keep=1,
+                                   keep_epochs=())
     try:
-        if resume and mgr.latest_step() is not None:
-            state, meta = _resume(run_dir, mgr, run_config, config, tcfg, mesh)
+        if resume and (mgr.latest_step() is not None or step_mgr.latest_step() is not None):
+            state, meta = _resume(run_dir, mgr, step_mgr, run_config, config, tcfg, mesh)
         else:  # a fresh run, or one killed before its first checkpoint was complete
             state, meta = training.create_state(config, tcfg, mesh), {"epoch": 0, "plateau": {}}
             if _is_main():
@@ -162,10 +169,11 @@ def fit(run: Run, out, *, resume: bool = False, epochs: int | None = None,
                 _write_metrics(run_dir, [])
         if _is_main():
             checkpoints.write_json(run_dir / checkpoints.CONFIG_FILE, run_config)
-        _epochs(run_dir, mgr, state, meta, config, tcfg, mesh, train_set, val_set, mean, probe,
-                evolution, progress)
+        _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
+                mean, probe, evolution, progress, checkpoint_every)
     finally:
         mgr.close()
+        step_mgr.close()
     _say(f"done: {tcfg.epochs} epochs in {run_dir}\n  checkpoints: {mgr_dir}\n"
          f"  metrics: {run_dir / 'metrics.jsonl'}\n  curves: {run_dir / 'curves.png'}"
          + (f"\n  snapshots: {run_dir / 'snapshots'}" if evolution else ""))
@@ -193,18 +201,25 @@ def _stored_run(run_dir: Path) -> Run:
                d["data_dir"], d["train_limit"], d["val_limit"], d["probe_count"])
 
 
-def _resume(run_dir, mgr, run_config, config, tcfg, mesh):
-    """Restores the newest checkpoint; drops metrics lines of epochs after it."""
+def _resume(run_dir, mgr, step_mgr, run_config, config, tcfg, mesh):
+    """Restores the newest checkpoint (a mid-epoch one if it is newer than the last
+    epoch's); drops metrics lines of epochs after it."""
     stored = checkpoints.read_config(run_dir)
     if stored.get("probe") is not None and stored["probe"] != run_config["probe"]:
         raise ValueError(f"the probe rebuilt from the validation data differs from the one "
                          f"{run_dir} was started with; has the data changed?")
-    epoch = mgr.latest_step()
-    state, meta = checkpoints.restore(mgr, epoch, training.abstract_state(config, tcfg, mesh),
-                                      config)
+    abstract = training.abstract_state(config, tcfg, mesh)
+    # Mid-epoch checkpoints are deleted once their epoch's checkpoint exists, so one
+    # that is left is the newest.
+    if step_mgr.latest_step() is not None:
+        state, meta = checkpoints.restore(step_mgr, step_mgr.latest_step(), abstract, config)
+    else:
+        state, meta = checkpoints.restore(mgr, mgr.latest_step(), abstract, config)
+    epoch = meta["epoch"]
     if _is_main():
         _write_metrics(run_dir, [m for m in _read_metrics(run_dir) if m["epoch"] <= epoch])
-    _say(f"resuming after epoch {epoch}")
+    _say(f"resuming after epoch {epoch}" + (
+        f", at step {meta['next_step']} of epoch {epoch + 1}" if "next_step" in meta else ""))
     return state, meta
 
 
@@ -231,20 +246,26 @@ def _banner(run: Run, run_dir, mesh, resume: bool) -> str:
 
 # --------------------------------------------------------------------------- the loop
 
-def _epochs(run_dir, mgr, state, meta, config, tcfg, mesh, train_set, val_set, mean, probe,
-            evolution, progress):
-    step_fn = training.make_train_step(config, tcfg.filter_radius, mesh)
-    eval_fn = training.make_eval_step(config, mesh)
+def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
+            mean, probe, evolution, progress, checkpoint_every):
+    step_fn = training.make_stored_train_step(config, tcfg.filter_radius, mesh)
+    eval_fn = training.make_stored_eval_step(config, mesh)
+    mean_dev = training.replicate(np.asarray(mean, np.float32), mesh)
     rng = training.dropout_key(tcfg)
     plateau = training.Plateau(**meta["plateau"])
     history = _read_metrics(run_dir)
+    partial = meta if "next_step" in meta else None  # resuming inside an epoch
+    steps = len(train_feed) // tcfg.batch_size
     for epoch in range(meta["epoch"] + 1, tcfg.epochs + 1):
         lr = training.learning_rate(state)
         start = time.perf_counter()
-        state, train_metrics = _train_epoch(state, step_fn, rng, mgr, epoch, tcfg, mesh,
-                                            train_set, mean, config, progress)
+        state, train_metrics = _train_epoch(
+            state, step_fn, rng, mean_dev, mgr, step_mgr, epoch, tcfg, mesh, train_feed, config,
+            progress, checkpoint_every, plateau, partial)
+        partial = None
         train_seconds = time.perf_counter() - start
-        top1, top5 = evaluate(state.params, eval_fn, val_set, mean, config, tcfg.batch_size, mesh)
+        top1, top5 = evaluate_feed(state.params, eval_fn, val_feed, mean_dev, tcfg.batch_size,
+                                   mesh)
         eval_seconds = time.perf_counter() - start - train_seconds
         if evolution and _is_main():
             snapshot = evolution.take_snapshot(_local_copy(state.params), config, probe)
@@ -252,10 +273,10 @@ def _epochs(run_dir, mgr, state, meta, config, tcfg, mesh, train_set, val_set, m
         snapshot_seconds = time.perf_counter() - start - train_seconds - eval_seconds
         plateau, next_lr = training.next_learning_rate(tcfg, plateau, epoch, 1 - top1, lr)
         state = training.with_learning_rate(state, next_lr)
-        steps = len(train_set) // tcfg.batch_size
+        steps_run = train_metrics.pop("steps_run")
         metrics = {"epoch": epoch, "step": epoch * steps, **train_metrics,
                    "val_top1": top1, "val_top5": top5, "learning_rate": lr,
-                   "images_per_s": steps * tcfg.batch_size / train_seconds,
+                   "images_per_s": steps_run * tcfg.batch_size / train_seconds,
                    "seconds": time.perf_counter() - start, "train_seconds": train_seconds,
                    "eval_seconds": eval_seconds, "snapshot_seconds": snapshot_seconds}
         history.append(metrics)
@@ -265,34 +286,61 @@ def _epochs(run_dir, mgr, state, meta, config, tcfg, mesh, train_set, val_set, m
         checkpoints.save(mgr, epoch, state, {"epoch": epoch, "step": metrics["step"],
                                              "plateau": dataclasses.asdict(plateau),
                                              "metrics": metrics})
+        for old in step_mgr.all_steps():  # superseded by this epoch's checkpoint
+            step_mgr.delete(old)
+        wait = metrics["input_wait_seconds"]
+        bound = "input" if wait > 0.1 * train_seconds else "step"
         _say(f"epoch {epoch}: train loss {metrics['train_loss']:.3f} top-1 "
              f"{metrics['train_top1']:.3f} | val top-1 {top1:.3f} top-5 {top5:.3f} | lr {lr:g}"
-             f" | {metrics['images_per_s']:.0f} img/s, {metrics['seconds']:.0f} s")
+             f" | {metrics['images_per_s']:.0f} img/s, {metrics['seconds']:.0f} s | waited "
+             f"{wait:.1f} s of {train_seconds:.0f} s for input: {bound}-bound")
 
 
-def _train_epoch(state, step_fn, rng, mgr, epoch, tcfg, mesh, train_set, mean, config,
-                 progress):
-    """One pass over the training batches. Returns (state, {'train_loss', 'train_top1'})."""
-    steps = len(train_set) // tcfg.batch_size
-    batches = data.train_batches(train_set, mean, tcfg.batch_size, config.image_size,
-                                 seed=tcfg.seed, epoch=epoch)
-    bar = tqdm(total=steps, desc=f"epoch {epoch}/{tcfg.epochs}", unit="step",
+TIMING_KEYS = ("images_per_s", "seconds", "train_seconds", "eval_seconds", "snapshot_seconds",
+               "input_wait_seconds")
+
+
+def _train_epoch(state, step_fn, rng, mean_dev, mgr, step_mgr, epoch, tcfg, mesh, feed, config,
+                 progress, checkpoint_every, plateau, partial):
+    """One pass over the training batches (from partial['next_step'] when resuming inside
+    the epoch). Returns (state, {'train_loss', 'train_top1', 'input_wait_seconds',
+    'steps_run'})."""
+    steps = len(feed) // tcfg.batch_size
+    first = partial["next_step"] if partial else 0
+    loss_sum, acc_sum = (partial["loss_sum"], partial["acc_sum"]) if partial else (0.0, 0.0)
+    host = feed.train(tcfg.batch_size, config.image_size, seed=tcfg.seed, epoch=epoch,
+                      start_step=first)
+    # A thread reads and transfers the next batches while this one trains.
+    batches = loader.prefetch(training.put_local_batch(mesh, *b) for b in host)
+    bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch}/{tcfg.epochs}", unit="step",
                disable=not (progress and _is_main()), leave=False)
-    loss_sum = acc_sum = 0.0
-    pending, start = None, time.perf_counter()
+    pending, start, wait = None, time.perf_counter(), 0.0
     with bar:
-        for i, (images, labels) in enumerate(batches):
-            state, metrics = step_fn(state, training.put_batch(mesh, images, labels), rng)
+        for i in range(first, steps):
+            t = time.perf_counter()
+            batch = next(batches)
+            wait += time.perf_counter() - t
+            state, metrics = step_fn(state, batch, mean_dev, rng)
             # Read the previous step's numbers while this one runs.
             if pending is not None:
                 loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i - 1, epoch, mgr)
+                done = i - first
                 bar.set_postfix(loss=f"{loss_sum / i:.3f}", acc=f"{acc_sum / i:.3f}",
-                                img_s=f"{i * tcfg.batch_size / (time.perf_counter() - start):.0f}")
+                                img_s=f"{done * tcfg.batch_size / (time.perf_counter() - start):.0f}")
                 bar.update()
             pending = metrics
-        loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, steps - 1, epoch, mgr)
-        bar.update()
-    return state, {"train_loss": loss_sum / steps, "train_top1": acc_sum / steps}
+            if checkpoint_every and (i + 1) % checkpoint_every == 0 and i + 1 < steps:
+                loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i, epoch, mgr)
+                pending = None
+                bar.update()
+                checkpoints.save(step_mgr, int(training.local_value(state.step)), state, {
+                    "epoch": epoch - 1, "next_step": i + 1, "loss_sum": loss_sum,
+                    "acc_sum": acc_sum, "plateau": dataclasses.asdict(plateau)})
+        if pending is not None:
+            loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, steps - 1, epoch, mgr)
+            bar.update()
+    return state, {"train_loss": loss_sum / steps, "train_top1": acc_sum / steps,
+                   "input_wait_seconds": wait, "steps_run": steps - first}
 
 
 def _check(metrics, loss_sum, acc_sum, index, epoch, mgr):
@@ -306,8 +354,20 @@ def _check(metrics, loss_sum, acc_sum, index, epoch, mgr):
     return loss_sum + loss, acc_sum + float(training.local_value(metrics["accuracy"]))
 
 
+def evaluate_feed(params, eval_fn, feed, mean_dev, batch_size, mesh):
+    """Centre-crop (top-1, top-5) accuracy of params on a loader feed (InMemory or
+    Streamed); eval_fn is training.make_stored_eval_step, mean_dev the replicated mean."""
+    counts = 0
+    for b in loader.prefetch(training.put_local_batch(mesh, *b)
+                             for b in feed.evaluate(batch_size)):
+        counts = counts + eval_fn(params, *b, mean_dev)
+    top1, top5, n = training.local_value(counts).tolist()
+    return top1 / n, top5 / n
+
+
 def evaluate(params, eval_fn, images: data.ImageSet, mean, config, batch_size, mesh):
-    """Centre-crop (top-1, top-5) accuracy of params on images."""
+    """Centre-crop (top-1, top-5) accuracy of params on images, preprocessed on the host
+    (data.eval_batches); eval_fn is training.make_eval_step."""
     counts = 0
     for x, y in data.eval_batches(images, mean, batch_size, config.image_size):
         n = len(y)

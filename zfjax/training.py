@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from zfjax import model
+from zfjax import data, model
 from zfjax.model import ZFNetConfig
 
 SCHEDULES = ("plateau", "step", "constant")
@@ -126,6 +126,7 @@ def renormalize_filters(params: dict, radius: float) -> dict:
 def loss_and_accuracy(params, images, labels, config: ZFNetConfig, dropout_key):
     """Mean softmax cross-entropy and top-1 accuracy of a training-mode forward."""
     logits, _ = model.forward(params, images, config, train=True, dropout_key=dropout_key)
+    logits = logits.astype(jnp.float32)  # bfloat16 compute: the loss in float32
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
 
@@ -148,6 +149,53 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, config: ZFNetConfig,
     if filter_radius is not None:
         params = renormalize_filters(params, filter_radius)
     return TrainState(state.step + 1, params, opt_state), {"loss": loss, "accuracy": acc}
+
+
+def augment(images, mean, ys, xs, flips, input_size: int) -> jax.Array:
+    """On-device crops: float32 (B, input_size, input_size, 3) network inputs.
+
+    images uint8 (B, S, S, 3) at the stored size; mean float32 (S, S, 3); ys, xs int
+    (B,) window offsets; flips bool (B,). Each input is (window - mean's window) /
+    PIXEL_SCALE, mirrored left-right where flips: the arithmetic of data._crops, so
+    the network sees the same numbers as data.train_batches.
+    """
+    shape = (input_size, input_size, 3)
+
+    def one(image, y, x, flip):
+        crop = jax.lax.dynamic_slice(image, (y, x, 0), shape).astype(jnp.float32)
+        diff = crop - jax.lax.dynamic_slice(mean, (y, x, 0), shape)
+        return jnp.where(flip, diff[:, ::-1], diff) * np.float32(1 / data.PIXEL_SCALE)
+
+    return jax.vmap(one)(images, ys.astype(jnp.int32), xs.astype(jnp.int32), flips)
+
+
+def stored_train_step(state: TrainState, batch, mean, rng: jax.Array, *, config: ZFNetConfig,
+                      filter_radius: float | None = 0.1) -> tuple[TrainState, dict]:
+    """train_step on a stored-size batch = (uint8 images (B, S, S, 3), int32 labels (B,),
+    ys (B,), xs (B,), flips (B,)): crops, flips and mean subtraction (augment) run here,
+    on the device. mean: float32 (S, S, 3)."""
+    images, labels, ys, xs, flips = batch
+    x = augment(images, mean, ys, xs, flips, config.image_size)
+    return train_step(state, (x, labels), rng, config=config, filter_radius=filter_radius)
+
+
+def stored_eval_step(params, images, labels, mask, mean, *, config: ZFNetConfig,
+                     ten_crop: bool = False) -> jax.Array:
+    """eval_step on uint8 stored-size images (B, S, S, 3): the centre crop, or with
+    ten_crop the mean softmax of the ten crops (centre, four corners and their mirror
+    images, data._ten_crop_windows). Returns float32 (3,) counts as eval_step."""
+    size, n = images.shape[1], images.shape[0]
+    if not ten_crop:
+        c = jnp.full((n,), (size - config.image_size) // 2, jnp.int32)
+        x = augment(images, mean, c, c, jnp.zeros(n, bool), config.image_size)
+        return eval_step(params, x, labels, mask, config=config)
+    probs = 0.0
+    for y, x, flip in zip(*data._ten_crop_windows(size, config.image_size)):
+        crops = augment(images, mean, jnp.full((n,), y), jnp.full((n,), x),
+                        jnp.full((n,), bool(flip)), config.image_size)
+        probs = probs + jax.nn.softmax(model.forward(params, crops, config)[0].astype(
+            jnp.float32))
+    return hit_counts(probs, labels, mask)
 
 
 def eval_step(params, images, labels, mask, *, config: ZFNetConfig) -> jax.Array:
@@ -202,6 +250,31 @@ def put_batch(mesh: Mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
         out.append(jax.make_array_from_process_local_data(
             sharding, a[index * per:(index + 1) * per], a.shape))
     return tuple(out)
+
+
+def put_local_batch(mesh: Mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+    """This process's share (B / process_count, ...) of global batches -> arrays of
+    global shape (B, ...) sharded over 'data' (each host reads only its share)."""
+    sharding, count = batch_sharding(mesh), jax.process_count()
+    return tuple(jax.make_array_from_process_local_data(
+        sharding, a, (len(a) * count, *a.shape[1:])) for a in arrays)
+
+
+@functools.cache
+def make_stored_train_step(config: ZFNetConfig, filter_radius: float | None, mesh: Mesh):
+    """jit(stored_train_step): state replicated and donated, batch over 'data', mean and
+    dropout key replicated."""
+    repl, data_ = replicated(mesh), batch_sharding(mesh)
+    return jax.jit(partial(stored_train_step, config=config, filter_radius=filter_radius),
+                   donate_argnums=0, in_shardings=(repl, (data_,) * 5, repl, repl),
+                   out_shardings=(repl, repl))
+
+
+@functools.cache
+def make_stored_eval_step(config: ZFNetConfig, mesh: Mesh, ten_crop: bool = False):
+    repl, data_ = replicated(mesh), batch_sharding(mesh)
+    return jax.jit(partial(stored_eval_step, config=config, ten_crop=ten_crop),
+                   in_shardings=(repl, data_, data_, data_, repl), out_shardings=repl)
 
 
 @functools.cache  # one compiled step per (config, radius, mesh) in a process

@@ -1,0 +1,118 @@
+"""Tests for zfjax.loader and on-device augmentation: the network sees what data.py's
+numpy path gives, from memory or streamed from a store, on one host or several."""
+
+import jax
+import numpy as np
+import pytest
+
+from zfjax import data, loader, model, store, trainer, training
+
+from helpers import random_params, write_image_folder
+
+TINY = model.ZFNetConfig(num_classes=3, image_size=64, width=0.25, init_std=None)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("images"), "abc", 12)
+
+
+@pytest.fixture(scope="module")
+def prepared(folder, tmp_path_factory):
+    return store.prepare(str(folder), tmp_path_factory.mktemp("s") / "s", 64, shard_size=7,
+                         workers=1, progress=False)
+
+
+def _augment(mesh, batch, mean):
+    fn = jax.jit(lambda *a: training.augment(*a, TINY.image_size))
+    return np.asarray(fn(batch.images, mean, batch.ys, batch.xs, batch.flips))
+
+
+def test_device_augmentation_equals_the_numpy_path(prepared):
+    images = prepared.load("train")
+    mean = data.mean_image(images)
+    feed = loader.InMemory(images)
+    mesh = training.make_mesh(jax.devices()[:1])
+    for epoch in (0, 3):
+        reference = list(data.train_batches(images, mean, 8, 64, seed=5, epoch=epoch))
+        ours = list(feed.train(8, 64, seed=5, epoch=epoch))
+        assert len(ours) == len(reference) == 36 // 8
+        for (x, y), b in zip(reference, ours):
+            np.testing.assert_array_equal(_augment(mesh, b, mean), x)  # bit for bit
+            np.testing.assert_array_equal(b.labels, y)
+        assert any(b.flips.any() and not b.flips.all() for b in ours)
+    # starting at a step gives the rest of the epoch
+    late = list(feed.train(8, 64, seed=5, epoch=3, start_step=2))
+    assert len(late) == 2
+    np.testing.assert_array_equal(_augment(mesh, late[0], mean), reference[2][0])
+
+
+def test_streamed_batches_equal_in_memory_batches(prepared):
+    memory, streamed = loader.InMemory(prepared.load("train")), loader.Streamed(
+        prepared, "train", workers=0)
+    a = list(memory.train(8, 64, seed=1, epoch=2, start_step=1))
+    b = list(streamed.train(8, 64, seed=1, epoch=2, start_step=1))
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+    ea, eb = list(memory.evaluate(16)), list(streamed.evaluate(16))
+    assert [e.mask.sum() for e in eb] == [16, 16, 4]
+    for x, y in zip(ea, eb):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_worker_processes_decode_the_same_batches(prepared):
+    memory = loader.InMemory(prepared.load("train"))
+    streamed = loader.Streamed(prepared, "train", workers=2, threads=2)
+    for x, y in zip(memory.train(8, 64, seed=0, epoch=1), streamed.train(8, 64, seed=0, epoch=1)):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_each_process_reads_its_share_of_every_global_batch():
+    full = loader.train_indices(40, 8, seed=2, epoch=1, process=(0, 1))
+    shares = [loader.train_indices(40, 8, seed=2, epoch=1, process=(p, 4)) for p in range(4)]
+    assert all(s.shape == (5, 2) for s in shares)
+    np.testing.assert_array_equal(np.concatenate(shares, axis=1), full)
+    np.testing.assert_array_equal(full.reshape(-1), data.epoch_order(2, 1, 40))
+    idx, mask = loader.eval_indices(10, 4, process=(1, 2))
+    np.testing.assert_array_equal(idx, [[2, 3], [6, 7], [0, 0]])
+    np.testing.assert_array_equal(mask, [[True, True], [True, True], [False, False]])
+
+
+def test_eval_step_on_stored_images_equals_the_host_path(prepared):
+    images = prepared.load("val")
+    mean = prepared.mean()
+    mesh = training.make_mesh(jax.devices()[:1])
+    params = training.replicate(random_params(TINY, bias_std=0.1), mesh)
+    mean_dev = training.replicate(mean, mesh)
+    host = trainer.evaluate(params, training.make_eval_step(TINY, mesh), images, mean, TINY, 16,
+                            mesh)
+    device = trainer.evaluate_feed(params, training.make_stored_eval_step(TINY, mesh),
+                                   loader.InMemory(images), mean_dev, 16, mesh)
+    assert host == device
+    # ten crops: the mean softmax of the ten windows data.eval_batches cuts
+    x10, y = next(data.eval_batches(images, mean, 8, 64, ten_crop=True))
+    logits = jax.vmap(lambda x: model.forward(params, x, TINY)[0], 1)(x10)
+    probs = jax.nn.softmax(logits).mean(0)
+    want = training.hit_counts(probs, y, np.ones(8, bool))
+    got = training.make_stored_eval_step(TINY, mesh, ten_crop=True)(
+        params, images.images[:8], images.labels[:8], np.ones(8, bool), mean_dev)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_choose_keeps_small_sets_in_memory_and_streams_large_ones(folder, tmp_path, monkeypatch):
+    train, val, mean, how = loader.choose(str(folder), 64, progress=False)
+    assert isinstance(train, loader.InMemory) and how.startswith("in memory: 36 training")
+    monkeypatch.setenv("ZFJAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "load_split", None)  # the streamed path never decodes a split
+    train, val, mean, how = loader.choose(str(folder), 64, budget=10_000, workers=0,
+                                          progress=False)
+    assert isinstance(train, loader.Streamed) and how.startswith("streamed from store")
+    assert str(tmp_path / "cache" / "stores") in how and len(train) == 36 and len(val) == 36
+    assert mean.shape == (73, 73, 3)
+    # a store given as the source: in memory when it fits
+    train, _, _, how = loader.choose(str(train.store.path), 64, progress=False)
+    assert isinstance(train, loader.InMemory) and "from store" in how

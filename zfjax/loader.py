@@ -1,0 +1,336 @@
+"""The host side of training input: which images each step takes, from memory or streamed.
+
+Every step of every epoch is a pure function of (seed, epoch, step), as in
+data.train_batches: epoch e visits the training images in data.epoch_order(seed, e, n),
+step k takes the k-th run of B (the global batch) of that order, and its crops and
+flips are data.crop_params(seed, e, k, ...). Process p of P takes the p-th slice of
+B / P of each global batch (and of its crop parameters), so each host reads only its
+share. The host ships uint8 images at the stored size; crops, flips and the mean
+run on the device (training.augment). A resumed run that starts an epoch at step k
+therefore sees exactly the batches an uninterrupted run sees.
+
+Two sources give the same batches:
+
+* ``InMemory``: a data.ImageSet decoded into memory (small sets: imagenette).
+* ``Streamed``: a prepared store (zfjax.store) read by Grain: random access into the
+  ArrayRecord shards, decoding in worker processes (``workers``) with threads in
+  each, a few batches buffered. Memory holds the epoch's index (8 bytes per image)
+  and a few batches, whatever the size of the dataset.
+
+``choose`` decides between them (and prepares a store where one is needed).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+from zfjax import data, store
+
+log = logging.getLogger(__name__)
+
+MEMORY_FRACTION = 0.25  # default budget for an in-memory split: this share of the RAM
+
+
+class HostBatch(NamedTuple):
+    """This process's share b = B / process_count of one global batch."""
+    images: np.ndarray  # uint8 (b, S, S, 3)
+    labels: np.ndarray  # int32 (b,)
+    ys: np.ndarray  # int32 (b,) crop offsets
+    xs: np.ndarray  # int32 (b,)
+    flips: np.ndarray  # bool (b,)
+
+
+class EvalBatch(NamedTuple):
+    images: np.ndarray  # uint8 (b, S, S, 3)
+    labels: np.ndarray  # int32 (b,)
+    mask: np.ndarray  # bool (b,): False on padding
+
+
+def _process() -> tuple[int, int]:
+    import jax
+    return jax.process_index(), jax.process_count()
+
+
+def share(batch_size: int, process_index: int, process_count: int) -> slice:
+    """The slice of a global batch that process_index feeds."""
+    per = batch_size // process_count
+    return slice(process_index * per, (process_index + 1) * per)
+
+
+def train_indices(n: int, batch_size: int, *, seed: int, epoch: int, start_step: int = 0,
+                  process: tuple[int, int] | None = None) -> np.ndarray:
+    """int64 (steps - start_step, B / P): this process's image indices of each step."""
+    p, count = process or _process()
+    steps = n // batch_size
+    order = data.epoch_order(seed, epoch, n)[:steps * batch_size].reshape(steps, batch_size)
+    return order[start_step:, share(batch_size, p, count)]
+
+
+def eval_indices(n: int, batch_size: int, process: tuple[int, int] | None = None):
+    """(int64 (steps, B / P) indices, bool mask): global batch k covers images
+    [kB, (k+1)B), the last one padded (mask False, index 0)."""
+    p, count = process or _process()
+    steps = math.ceil(n / batch_size)
+    idx = np.arange(steps * batch_size).reshape(steps, batch_size)[:, share(batch_size, p, count)]
+    mask = idx < n
+    return np.where(mask, idx, 0), mask
+
+
+def _crops(seed, epoch, step, batch_size, size, input_size, process):
+    ys, xs, flips = data.crop_params(seed, epoch, step, batch_size, size, input_size)
+    s = share(batch_size, *process)
+    return ys[s].astype(np.int32), xs[s].astype(np.int32), flips[s]
+
+
+class InMemory:
+    """Batches gathered from a decoded data.ImageSet."""
+
+    kind = "in memory"
+
+    def __init__(self, images: data.ImageSet):
+        self.set = images
+
+    def __len__(self):
+        return len(self.set)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.set.class_names
+
+    @property
+    def skipped(self) -> int:
+        return self.set.skipped
+
+    def subset(self, count: int) -> data.ImageSet:
+        """min(count, N) images spread over the classes (data.spread), in memory."""
+        idx = data.spread(self.set.labels, count)
+        s = self.set
+        return data.ImageSet(s.images[idx], s.labels[idx], s.class_names, 0,
+                             tuple(s.paths[i] for i in idx))
+
+    @property
+    def stored_size(self) -> int:
+        return self.set.images.shape[1]
+
+    def _gather(self, idx):
+        for rows in idx:
+            yield self.set.images[rows], self.set.labels[rows]
+
+    def train(self, batch_size, input_size, *, seed, epoch, start_step=0) -> Iterator[HostBatch]:
+        """This process's HostBatch of each step from start_step to the epoch's end."""
+        process = _process()
+        idx = train_indices(len(self), batch_size, seed=seed, epoch=epoch, start_step=start_step,
+                            process=process)
+        for step, (images, labels) in enumerate(self._gather(idx), start_step):
+            yield HostBatch(images, labels,
+                            *_crops(seed, epoch, step, batch_size, self.stored_size, input_size,
+                                    process))
+
+    def evaluate(self, batch_size) -> Iterator[EvalBatch]:
+        idx, mask = eval_indices(len(self), batch_size)
+        for (images, labels), m in zip(self._gather(idx), mask):
+            yield EvalBatch(images, labels, m)
+
+
+class _ReadDecode:
+    """Grain map: record index -> (uint8 image, label), read and decoded in a worker."""
+
+    def __init__(self, source, size):
+        self.source, self.size = source, size
+
+    def __call__(self, index):
+        image, label, _ = store.decode_record(self.source[int(index)], self.size)
+        return image, np.int32(label)
+
+
+def _stack(items):
+    return np.stack([i[0] for i in items]), np.array([i[1] for i in items], np.int32)
+
+
+class Streamed:
+    """Batches read from a prepared store with Grain (see the module docstring).
+
+    workers: decoding processes (0: threads in this process only); threads: decoding
+    threads per process; buffer: batches each worker keeps ready.
+    """
+
+    kind = "streamed"
+
+    def __init__(self, prepared: store.Store, split: str, *, workers: int | None = None,
+                 threads: int = 4, buffer: int = 2):
+        self.store, self.split = prepared, split
+        self.workers = default_workers() if workers is None else workers
+        self.threads, self.buffer = threads, buffer
+
+    def __len__(self):
+        return self.store.count(self.split)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.store.class_names
+
+    @property
+    def skipped(self) -> int:
+        return int(self.store.manifest["splits"][self.split]["skipped"])
+
+    def subset(self, count: int) -> data.ImageSet:
+        """min(count, N) images spread over the classes (data.spread), in memory."""
+        return self.store.load(self.split, data.spread(self.store.labels(self.split), count))
+
+    @property
+    def stored_size(self) -> int:
+        return self.store.stored_size
+
+    def _gather(self, idx: np.ndarray):
+        """Yields (images, labels) of each row of idx, in order."""
+        import grain
+
+        if not len(idx):
+            return
+        ds = (grain.MapDataset.source(idx.reshape(-1))
+              .map(_ReadDecode(self.store.source(self.split), self.stored_size))
+              .batch(idx.shape[1], batch_fn=_stack))
+        it = ds.to_iter_dataset(grain.ReadOptions(
+            num_threads=self.threads, prefetch_buffer_size=max(self.threads, self.buffer)))
+        if self.workers:
+            from absl import flags  # Grain's workers read absl flags, parsed or not
+            if not flags.FLAGS.is_parsed():
+                flags.FLAGS.mark_as_parsed()
+            it = it.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=self.workers, per_worker_buffer_size=self.buffer))
+        yield from it
+
+    def train(self, batch_size, input_size, *, seed, epoch, start_step=0) -> Iterator[HostBatch]:
+        process = _process()
+        idx = train_indices(len(self), batch_size, seed=seed, epoch=epoch, start_step=start_step,
+                            process=process)
+        for step, (images, labels) in enumerate(self._gather(idx), start_step):
+            yield HostBatch(images, labels,
+                            *_crops(seed, epoch, step, batch_size, self.stored_size, input_size,
+                                    process))
+
+    def evaluate(self, batch_size) -> Iterator[EvalBatch]:
+        idx, mask = eval_indices(len(self), batch_size)
+        for (images, labels), m in zip(self._gather(idx), mask):
+            yield EvalBatch(images, labels, m)
+
+
+def default_workers() -> int:
+    """Decoding processes for a streamed split: the cores this process may use, less one
+    for the training loop."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - 1)
+
+
+def prefetch(iterator, size: int = 2):
+    """Runs iterator in a background thread, keeping up to `size` items ready."""
+    items: queue.Queue = queue.Queue(size)
+    done = object()
+
+    def work():
+        try:
+            for item in iterator:
+                items.put(item)
+            items.put(done)
+        except BaseException as e:  # handed to the consumer
+            items.put(e)
+
+    threading.Thread(target=work, daemon=True).start()
+    while (item := items.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+# ------------------------------------------------------------------------- the choice
+
+def memory_budget() -> int:
+    """Default bytes a split may take in memory: MEMORY_FRACTION of the physical RAM."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 << 30
+    return int(total * MEMORY_FRACTION)
+
+
+def default_store_dir(source: str, input_size: int, limits: dict) -> Path:
+    """Where train.py keeps the store it prepares for source: $ZFJAX_CACHE (default
+    ~/.cache/zfjax)/stores/<name>-<S>px[-limits]-<hash of the source path>."""
+    import hashlib
+    cache = Path(os.environ.get("ZFJAX_CACHE", Path.home() / ".cache" / "zfjax"))
+    key = os.path.abspath(os.path.expanduser(source)) if data._is_folder(source) else source
+    digest = hashlib.sha256(f"{key}|{_limits_key(limits)}".encode()).hexdigest()[:10]
+    name = Path(source.rstrip("/")).name.replace(":", "_") or "data"
+    return cache / "stores" / f"{name}-{data.stored_size(input_size)}px-{digest}"
+
+
+def _limits_key(limits: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(limits.items()) if v is not None)
+
+
+def split_count(source: str, split: str, *, data_dir=None, limit=None) -> int:
+    """Images in a split of a folder or TFDS dataset, without decoding any."""
+    if data._is_folder(source):
+        return data._folder_items(source, split, limit)[2]
+    _, _, total = data._tfds_items(source, split, data_dir, limit)
+    return total if total is not None else 0
+
+
+def choose(source: str, input_size: int, *, data_dir=None, limits=None, budget=None,
+           store_dir=None, workers=None, progress=True):
+    """Returns (train, val, mean, how): the training and validation feeds, the mean
+    image float32 (S, S, 3), and a sentence saying which path was taken and why.
+
+    A split whose decoded size fits `budget` bytes (default memory_budget()) is held
+    in memory: decoded straight from the source, or from the store if source is one.
+    Otherwise the splits are streamed from a store: source itself, or one prepared
+    (once) into store_dir (default: default_store_dir).
+    """
+    limits = {"train": None, "val": None, **(limits or {})}
+    budget = memory_budget() if budget is None else budget
+    if store.is_store(source):
+        prepared = store.open_store(source)
+        size, n = prepared.stored_size, prepared.count("train")
+        need = n * size * size * 3
+        if need <= budget:
+            train = InMemory(prepared.load("train", progress=progress))
+            val = InMemory(prepared.load("val", progress=progress))
+            return train, val, prepared.mean(), (
+                f"in memory: {n} training images from store {prepared.path} take "
+                f"{need / 2**30:.2f} GiB of a {budget / 2**30:.2f} GiB budget")
+        return _streamed(prepared, workers, need, budget)
+    size = data.stored_size(input_size)
+    n = split_count(source, "train", data_dir=data_dir, limit=limits["train"])
+    need = n * size * size * 3
+    if need <= budget:
+        train_set = data.load_split(source, "train", input_size, data_dir=data_dir,
+                                    limit=limits["train"], progress=progress)
+        val_set = data.load_split(source, "val", input_size, data_dir=data_dir,
+                                  limit=limits["val"], progress=progress,
+                                  classes=train_set.class_names)
+        return InMemory(train_set), InMemory(val_set), data.mean_image(train_set), (
+            f"in memory: {n} training images take {need / 2**30:.2f} GiB of a "
+            f"{budget / 2**30:.2f} GiB budget")
+    out = Path(store_dir) if store_dir else default_store_dir(source, input_size, limits)
+    log.warning("%d training images take %.2f GiB decoded, more than the %.2f GiB budget: "
+                "preparing a store in %s (once)", n, need / 2**30, budget / 2**30, out)
+    prepared = store.prepare(source, out, input_size, data_dir=data_dir, limits=limits,
+                             progress=progress)
+    return _streamed(prepared, workers, need, budget)
+
+
+def _streamed(prepared, workers, need, budget):
+    train = Streamed(prepared, "train", workers=workers)
+    val = Streamed(prepared, "val", workers=workers)
+    return train, val, prepared.mean(), (
+        f"streamed from store {prepared.path} with {train.workers} decoding worker(s): "
+        f"{prepared.count('train')} training images take {need / 2**30:.2f} GiB decoded, "
+        f"over the {budget / 2**30:.2f} GiB budget")
