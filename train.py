@@ -34,7 +34,10 @@ def parse_args(argv=None):
                         "He init (default: imagenette)")
     p.add_argument("--data", help="TFDS name (e.g. imagenet2012) or image folder "
                                   "<root>/<split>/<class>/<image>")
-    p.add_argument("--data-dir", help="TFDS data directory (never downloads)")
+    p.add_argument("--data-dir", help="TFDS data directory")
+    p.add_argument("--offline", action="store_true",
+                   help="never download: a TFDS dataset that is not prepared is an error "
+                        "(without it, a preset's TFDS dataset is downloaded the first time)")
     p.add_argument("--epochs", type=argtypes.positive_int)
     p.add_argument("--batch", type=argtypes.positive_int, help="global batch size (all devices)")
     p.add_argument("--lr", type=argtypes.positive_float, help="initial learning rate")
@@ -49,20 +52,20 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest checkpoint, with its config")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--checkpoint-every", type=int, metavar="N",
+    p.add_argument("--checkpoint-every", type=argtypes.positive_int, metavar="N",
                    help="also checkpoint every N steps inside an epoch (resume continues there)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"),
                    help="compute dtype (parameters stay float32); default bfloat16 on GPU/TPU, "
                         "float32 on CPU")
     g = p.add_argument_group("input pipeline")
-    g.add_argument("--memory-budget", type=float, metavar="GIB",
+    g.add_argument("--memory-budget", type=argtypes.positive_float, metavar="GIB",
                    help="a split whose decoded images exceed this is streamed from a prepared "
                         "store instead of held in memory (default: a quarter of the RAM)")
     g.add_argument("--store", metavar="DIR",
                    help="where to prepare the store when streaming (default: "
                         "$ZFJAX_CACHE/stores/..., ZFJAX_CACHE defaulting to ~/.cache/zfjax)")
-    g.add_argument("--workers", type=int, help="decoding processes when streaming "
-                                               "(default: cores - 1)")
+    g.add_argument("--workers", type=argtypes.nonnegative_int,
+                   help="decoding processes when streaming (0: threads only; default: cores - 1)")
     g = p.add_argument_group("several hosts")
     g.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() before anything else")
@@ -113,7 +116,8 @@ def main(argv=None) -> int:
         budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
         trainer.fit(build_run(args), out, resume=args.resume, epochs=args.epochs,
                     progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
-                    memory_budget=budget, store_dir=args.store, workers=args.workers)
+                    memory_budget=budget, store_dir=args.store, workers=args.workers,
+                    download=not args.offline)
     except (FileNotFoundError, FileExistsError, ValueError, trainer.NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

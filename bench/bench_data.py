@@ -1,10 +1,16 @@
-"""Benchmark of the input pipeline on the real image folder.
+"""Benchmark of the training input pipeline: one epoch streamed as train.py streams it.
 
-Measures decode+cache (load_split) and train_batches throughput at input sizes 224
-and 112, prints a table and writes JSON with platform info.
+Prepares FOLDER into a store (a temporary one unless --store names one to reuse),
+then reads one training epoch through zfjax.loader exactly as zfjax.trainer does
+(host batches of uint8 stored-size images plus crop parameters; the device work is
+not part of this), and prints images/s, images/s per decoding worker and peak RSS
+(this process, and this process plus its workers, sampled every 50 ms). Writes JSON
+under bench/results/.
 
-    python bench/bench_data.py --limit 2000 --out bench/results/data.json
-    python bench/bench_data.py --compare-tf   # also time TF decoding of the same files
+    python bench/bench_data.py --data ../shared/data/imagenette --size 224
+    python bench/bench_data.py --data /tmp/jpegs-1000 --size 224 --workers 1 --tag 1000
+    python bench/bench_data.py --data FOLDER --store /tmp/store --memory  # also in memory
+    python bench/bench_data.py --make-folder /tmp/jpegs-4000 --count 4000  # 256 px JPEGs
 """
 
 import argparse
@@ -12,21 +18,26 @@ import importlib.metadata
 import json
 import os
 import platform
+import resource
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zfjax import data  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "imagenette"
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from zfjax import data, loader, store  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imagenette"
 
 
 def versions():
-    """Returns {package: version} for the packages the pipeline uses (None if absent)."""
     out = {}
-    for name in ("numpy", "pillow", "tqdm", "tensorflow-cpu", "tensorflow-datasets"):
+    for name in ("numpy", "pillow", "grain", "array-record", "jax"):
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -34,70 +45,138 @@ def versions():
     return out
 
 
-def tf_decode_seconds(paths, size):
-    """Returns seconds to decode, crop and resize `paths` to (size, size) with tf.data."""
-    data._import_tfds()  # imports TensorFlow with its GPUs hidden
-    import tensorflow as tf
+def _tree_rss(pid: int) -> int:
+    """Bytes resident in pid and all its descendants (Linux /proc)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
 
-    def load(path):
-        img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        h, w = tf.shape(img)[0], tf.shape(img)[1]
-        m = tf.minimum(h, w)
-        img = tf.image.crop_to_bounding_box(img, (h - m) // 2, (w - m) // 2, m, m)
-        img = tf.image.resize(img, (size, size), antialias=True)
-        return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
 
-    start = time.perf_counter()
-    ds = tf.data.Dataset.from_tensor_slices(list(paths)).map(
-        load, num_parallel_calls=tf.data.AUTOTUNE).batch(256)
-    for _ in ds.as_numpy_iterator():
-        pass
-    return time.perf_counter() - start
+class PeakRss:
+    """Samples the RSS of this process tree in a thread; .peak in bytes."""
+
+    def __enter__(self):
+        self.peak, self._stop = _tree_rss(os.getpid()), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, _tree_rss(os.getpid()))
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def epoch_row(feed, batch, input_size, workers):
+    """Reads one training epoch of feed; returns a result row."""
+    with PeakRss() as rss:
+        start = time.perf_counter()
+        first = None
+        n = 0
+        for b in feed.train(batch, input_size, seed=0, epoch=1):
+            n += len(b.labels)
+            first = first or time.perf_counter() - start
+        seconds = time.perf_counter() - start
+    return {"work": f"one epoch, {feed.kind}", "workers": workers, "batch": batch,
+            "images": n, "seconds": seconds, "first_batch_seconds": first,
+            "images_per_s": n / seconds, "images_per_s_per_worker": n / seconds / max(workers, 1),
+            "images_per_s_steady": (n - batch) / (seconds - first) if n > batch else None,
+            "peak_rss_tree_mb": rss.peak / 2**20,
+            "peak_rss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def make_folder(source, out, count, size=256):
+    """Writes `count` training and count // 4 validation images of source (spread over
+    the classes), shorter side resized to `size`, as JPEG q90, laid out like source."""
+    from PIL import Image
+    for split, n in (("train", count), ("val", max(1, count // 4))):
+        items, names, _ = data._folder_items(source, split, n)
+        for path, label, _ in items:
+            dst = Path(out) / split / names[label] / (Path(path).stem + ".jpg")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                scale = size / min(im.size)
+                im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))),
+                          Image.Resampling.BILINEAR).save(dst, quality=90)
+    print(f"wrote {count} + {max(1, count // 4)} JPEGs ({size} px shorter side) to {out}")
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="image folder root")
-    parser.add_argument("--limit", type=int, default=2000, help="training images to load")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "data.json"))
-    parser.add_argument("--compare-tf", action="store_true",
-                        help="also time decoding the same files with tf.io + tf.data")
-    args = parser.parse_args()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="image folder root (or TFDS name)")
+    p.add_argument("--size", type=int, default=224, help="network input side")
+    p.add_argument("--store", help="store folder to prepare into / reuse (default: temporary)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: cores - 1)")
+    p.add_argument("--threads", type=int, default=4, help="decoding threads per process")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--limit", type=int, help="at most this many training images")
+    p.add_argument("--memory", action="store_true",
+                   help="also time the in-memory path (decode the split, then one epoch)")
+    p.add_argument("--make-folder", metavar="OUT", help="only write a folder of 256 px JPEGs "
+                                                        "made from --data, then stop")
+    p.add_argument("--count", type=int, default=1000, help="images for --make-folder")
+    p.add_argument("--tag", default="", help="suffix for the JSON file name")
+    args = p.parse_args()
+    if args.make_folder:
+        make_folder(args.data, args.make_folder, args.count)
+        return
 
+    tmp = None if args.store else tempfile.TemporaryDirectory(prefix="zfjax-store-")
+    out = Path(args.store or tmp.name) / "store"
     rows = []
-    for input_size in (224, 112):
+    start = time.perf_counter()
+    prepared = store.prepare(args.data, out, args.size, limits={"train": args.limit, "val": 1},
+                             workers=args.workers)
+    prep_seconds = time.perf_counter() - start
+    rows.append({"work": "prepare (or reuse) the store", "workers": args.workers or os.cpu_count(),
+                 "images": prepared.count("train") + prepared.count("val"),
+                 "seconds": prep_seconds})
+    workers = loader.default_workers() if args.workers is None else args.workers
+    feed = loader.Streamed(prepared, "train", workers=workers, threads=args.threads)
+    rows.append(epoch_row(feed, args.batch, args.size, workers))
+    if args.memory:
         start = time.perf_counter()
-        images = data.load_split(args.data, "train", input_size, limit=args.limit,
-                                 progress=False)
-        seconds = time.perf_counter() - start
-        rows.append(dict(work="decode+cache (PIL, threads)", input_size=input_size,
-                         batch=None, images=len(images), seconds=seconds))
-        if args.compare_tf:
-            seconds = tf_decode_seconds(images.paths, data.stored_size(input_size))
-            rows.append(dict(work="decode (tf.io, tf.data)", input_size=input_size,
-                             batch=None, images=len(images), seconds=seconds))
-        mean = data.mean_image(images)
-        for batch in (32, 128):
-            start = time.perf_counter()
-            count = sum(len(y) for _, y in data.train_batches(
-                images, mean, batch, input_size, seed=0, epoch=0))
-            rows.append(dict(work="train_batches", input_size=input_size, batch=batch,
-                             images=count, seconds=time.perf_counter() - start))
-    for row in rows:
-        row["images_per_s"] = row["images"] / row["seconds"]
-
-    print(f"{'work':30} {'input':>5} {'batch':>5} {'images':>6} {'seconds':>8} {'img/s':>8}")
+        memory = loader.InMemory(prepared.load("train"))
+        rows.append({"work": "decode the store into memory", "workers": os.cpu_count(),
+                     "images": len(memory), "seconds": time.perf_counter() - start})
+        rows.append(epoch_row(memory, args.batch, args.size, 1))
     for r in rows:
-        print(f"{r['work']:30} {r['input_size']:>5} {r['batch'] or '-':>5} {r['images']:>6} "
-              f"{r['seconds']:>8.2f} {r['images_per_s']:>8.0f}")
+        r.setdefault("images_per_s", r["images"] / r["seconds"])
 
-    result = dict(platform=platform.platform(), python=platform.python_version(),
-                  cpu_count=os.cpu_count(), versions=versions(), data=args.data,
-                  limit=args.limit, rows=rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"{prepared.count('train')} training images, stored at {prepared.stored_size} px, "
+          f"input {args.size}, batch {args.batch}")
+    print(f"{'work':32} {'workers':>7} {'images':>7} {'s':>7} {'img/s':>7} {'/worker':>7} "
+          f"{'steady':>7} {'RSS MB':>7} {'tree MB':>7}")
+    for r in rows:
+        cell = lambda k, f: (f"{r[k]:{f}}" if r.get(k) is not None else "-")
+        print(f"{r['work']:32} {r['workers']:>7} {r['images']:>7} {r['seconds']:>7.2f} "
+              f"{r['images_per_s']:>7.0f} {cell('images_per_s_per_worker', '>7.0f'):>7} "
+              f"{cell('images_per_s_steady', '>7.0f'):>7} {cell('peak_rss_self_mb', '>7.0f'):>7} "
+              f"{cell('peak_rss_tree_mb', '>7.0f'):>7}")
+    name = f"data-{args.tag}.json" if args.tag else "data.json"
+    path = ROOT / "bench" / "results" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "command": " ".join(sys.argv), "platform": platform.platform(),
+        "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(), "versions": versions(), "data": args.data,
+        "stored_size": prepared.stored_size, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {path}")
+    if tmp:
+        tmp.cleanup()
 
 
 if __name__ == "__main__":

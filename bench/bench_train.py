@@ -9,6 +9,9 @@
   of an imagenette epoch (9,469 images) at the measured train-step rate.
 
     python bench/bench_train.py          # prints a table, writes bench/results/train.json
+    python bench/bench_train.py --synthetic [--size 224 --batch 128 --dtype bfloat16]
+        # the train step alone (crops on the device from uint8 batches already on the
+        # device): img/s and model FLOP utilisation against the device's peak
     XLA_FLAGS=... python bench/bench_train.py --tag flags  # try XLA flags
 """
 
@@ -173,6 +176,59 @@ def snapshot_row(folder, count, train_images_per_s):
             "fraction_of_epoch": t / epoch}
 
 
+# Dense peak FLOP/s by device kind (bf16 / f32 without sparsity), for MFU.
+PEAK_TFLOPS = {"H100": {"bfloat16": 989.0, "float32": 67.0},
+               "H200": {"bfloat16": 989.0, "float32": 67.0},
+               "A100": {"bfloat16": 312.0, "float32": 19.5},
+               "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
+               "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0},
+               "TPU v5p": {"bfloat16": 459.0, "float32": 459.0}}
+
+
+def peak_tflops(dtype):
+    kind = jax.devices()[0].device_kind
+    for name, peaks in PEAK_TFLOPS.items():
+        if name.lower() in kind.lower():
+            return peaks[dtype]
+    return None
+
+
+def synthetic_rows(size, batch, dtype, steps, rounds, peak):
+    """The stored train step on device-resident uint8 batches: img/s and MFU."""
+    config = model.ZFNetConfig(num_classes=1000, image_size=size, dtype=dtype)
+    mesh = training.make_mesh()
+    training.check_batch_size(batch, mesh)
+    stored = data.stored_size(size)
+    state = training.create_state(config, training.TrainConfig(batch_size=batch), mesh)
+    rng = np.random.default_rng(0)
+    host = (rng.integers(0, 256, (batch, stored, stored, 3), np.uint8),
+            rng.integers(0, 1000, batch).astype(np.int32),
+            *data.crop_params(0, 1, 0, batch, stored, size))
+    batch_dev = training.put_batch(mesh, *host)
+    mean = training.replicate(np.full((stored, stored, 3), 120, np.float32), mesh)
+    key = training.dropout_key(training.TrainConfig())
+    fn = training.make_stored_train_step(config, 0.1, mesh)
+    flops = fn.lower(state, batch_dev, mean, key).compile().cost_analysis()
+    flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
+    state, metrics = fn(state, batch_dev, mean, key)  # compile, warm up
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = fn(state, batch_dev, mean, key)
+        jax.block_until_ready(metrics)
+        times.append((time.perf_counter() - start) / steps)
+    t = statistics.median(times)
+    per_image = flops / batch
+    achieved = flops / t / 1e12
+    return [{"work": f"train step, synthetic uint8 ({dtype})", "input_size": size, "batch": batch,
+             "seconds": t, "images_per_s": batch / t, "rounds": times,
+             "gflop_per_image": per_image / 1e9, "tflops": achieved, "peak_tflops": peak,
+             "mfu": achieved / peak if peak else None,
+             "device": jax.devices()[0].device_kind, "devices": jax.device_count()}]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="image folder root")
@@ -186,7 +242,36 @@ def main():
     parser.add_argument("--pipeline-limit", type=int, default=1000)
     parser.add_argument("--tag", default="", help="suffix for the JSON file name")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--synthetic", action="store_true",
+                        help="only the train step on device-resident uint8 batches, with MFU")
+    parser.add_argument("--size", type=int, default=224, help="input side for --synthetic")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"),
+                        help="compute dtype for --synthetic (default: bfloat16 on GPU/TPU)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's peak TFLOP/s (default: from a small table)")
     args = parser.parse_args()
+    if args.synthetic:
+        dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+        peak = args.peak_tflops or peak_tflops(dtype)
+        rows = synthetic_rows(args.size, args.batch, dtype, args.steps, args.rounds, peak)
+        r = rows[0]
+        print(f"{'work':40} {'input':>5} {'batch':>5} {'s/step':>8} {'img/s':>8} "
+              f"{'GFLOP/img':>9} {'TFLOP/s':>8} {'MFU':>6}")
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        print(f"{r['work']:40} {r['input_size']:>5} {r['batch']:>5} {r['seconds']:>8.3f} "
+              f"{r['images_per_s']:>8.1f} {r['gflop_per_image']:>9.2f} {r['tflops']:>8.3f} "
+              f"{mfu:>6}")
+        if r["mfu"] is None:
+            print(f"(no peak known for {r['device']}: pass --peak-tflops for MFU)")
+        out = Path(args.out or ROOT / "bench" / "results" /
+                   f"train-synthetic{'-' + args.tag if args.tag else ''}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"command": " ".join(sys.argv), "platform": platform.platform(),
+                                   "devices": [str(d) for d in jax.devices()],
+                                   "load_average": os.getloadavg(), "versions": versions(),
+                                   "rows": rows}, indent=2))
+        print(f"wrote {out}")
+        return
 
     rows = train_rows(args.sizes, args.batch, args.rounds, args.steps, not args.no_torch,
                       args.no_donate)

@@ -145,11 +145,38 @@ def test_non_finite_loss_stops_and_points_at_the_last_good_checkpoint(tmp_path):
 
 def test_unprepared_tfds_dataset_fails_at_once_saying_what_to_do(tmp_path, capsys):
     code = train.main(["--data", "imagenette/160px-v2", "--data-dir", str(tmp_path / "tfds"),
-                       "--out", str(tmp_path / "run"), "--no-progress"])
+                       "--out", str(tmp_path / "run"), "--no-progress", "--offline"])
     assert code == 1
     err = capsys.readouterr().err
     assert "is not prepared" in err and "local image folder" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_without_network_the_download_fails_with_one_clear_line(tmp_path, capsys, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    def no_network(self, *args, **kwargs):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
+    code = train.main(["--data", "imagenette/160px-v2", "--data-dir", str(tmp_path / "tfds"),
+                       "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not download TFDS dataset 'imagenette/160px-v2'")
+    assert "ConnectionError: Name or service not known" in err and "--data-dir" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_tfds_dataset_is_downloaded_then_trained_on(tmp_path, capsys, caplog):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=16):  # download_and_prepare: a no-op here
+        code = train.main(["--preset", "cpu", "--data", "imagenette/160px-v2", "--data-dir",
+                           str(tmp_path / "tfds"), "--size", "64", "--width", "0.25", "--batch",
+                           "8", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    assert "downloading and preparing it (once)" in caplog.text
+    assert [m["epoch"] for m in _metrics(tmp_path / "run")] == [1]
 
 
 def test_a_split_over_the_memory_budget_trains_streamed_from_a_store(folder, tmp_path, capsys):

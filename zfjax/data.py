@@ -181,6 +181,30 @@ def _import_tfds():
     return tfds
 
 
+def download_tfds(name: str, data_dir: str | None = None) -> None:
+    """Downloads and prepares TFDS dataset `name` into data_dir unless it is prepared
+    already (train.py does this for a preset's dataset unless --offline). Datasets that
+    need a manual download (imagenet2012) are left to _tfds_items' message. Raises
+    FileNotFoundError saying what to do when the download fails (e.g. no network)."""
+    tfds = _import_tfds()
+    try:
+        builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
+    except tfds.core.registered.DatasetNotFoundError:
+        return  # load_split's own message names the problem
+    if builder.is_prepared() or builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+        return
+    log.warning("TFDS dataset %s is not prepared in %s: downloading and preparing it (once)",
+                name, builder.data_dir_root)
+    try:
+        builder.download_and_prepare()  # TFDS shows its own progress bars
+    except Exception as e:  # no network, a proxy, a full disk: say what happened, no trace
+        raise FileNotFoundError(
+            f"could not download TFDS dataset {name!r} into {builder.data_dir_root} "
+            f"({type(e).__name__}: {str(e)[:200]}); on a machine without network, prepare "
+            f"it elsewhere (tfds build {name} --data_dir DIR) and pass --data-dir DIR, or use "
+            f"a local image folder laid out {FOLDER_LAYOUT} (--data /path/to/folder)") from None
+
+
 def _tfds_items(name: str, split: str, data_dir: str | None, limit: int | None):
     """Returns (iterator of (encoded bytes, label, id), class_names, expected count)."""
     tfds = _import_tfds()

@@ -285,14 +285,15 @@ def split_count(source: str, split: str, *, data_dir=None, limit=None) -> int:
 
 
 def choose(source: str, input_size: int, *, data_dir=None, limits=None, budget=None,
-           store_dir=None, workers=None, progress=True):
+           store_dir=None, workers=None, download=False, progress=True):
     """Returns (train, val, mean, how): the training and validation feeds, the mean
     image float32 (S, S, 3), and a sentence saying which path was taken and why.
 
     A split whose decoded size fits `budget` bytes (default memory_budget()) is held
     in memory: decoded straight from the source, or from the store if source is one.
     Otherwise the splits are streamed from a store: source itself, or one prepared
-    (once) into store_dir (default: default_store_dir).
+    (once) into store_dir (default: default_store_dir). download: fetch a TFDS
+    source that is not prepared yet (data.download_tfds).
     """
     limits = {"train": None, "val": None, **(limits or {})}
     budget = memory_budget() if budget is None else budget
@@ -307,6 +308,8 @@ def choose(source: str, input_size: int, *, data_dir=None, limits=None, budget=N
                 f"in memory: {n} training images from store {prepared.path} take "
                 f"{need / 2**30:.2f} GiB of a {budget / 2**30:.2f} GiB budget")
         return _streamed(prepared, workers, need, budget)
+    if download and not data._is_folder(source):
+        data.download_tfds(source, data_dir)
     size = data.stored_size(input_size)
     n = split_count(source, "train", data_dir=data_dir, limit=limits["train"])
     need = n * size * size * 3

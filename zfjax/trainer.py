@@ -105,7 +105,8 @@ def _say(message: str) -> None:
 
 def fit(run: Run, out, *, resume: bool = False, epochs: int | None = None,
         progress: bool = True, checkpoint_every: int | None = None,
-        memory_budget: int | None = None, store_dir=None, workers: int | None = None) -> Path:
+        memory_budget: int | None = None, store_dir=None, workers: int | None = None,
+        download: bool = False) -> Path:
     """Trains run into the folder out; returns it.
 
     resume: continue the run in out from its newest checkpoint with out's config.json
@@ -115,7 +116,8 @@ def fit(run: Run, out, *, resume: bool = False, epochs: int | None = None,
       resume continues from that step (only the newest such checkpoint is kept).
     memory_budget, store_dir, workers: how the data is fed (loader.choose): bytes a
       split may take in memory, where a store is prepared when it does not fit, and
-      decoding processes when streaming.
+      decoding processes when streaming. download: fetch a TFDS dataset that is not
+      prepared yet (train.py does, unless --offline).
     Raises NonFiniteLoss if the loss stops being finite (the last good checkpoint stays).
     """
     run_dir = Path(out).absolute()
@@ -134,7 +136,8 @@ def fit(run: Run, out, *, resume: bool = False, epochs: int | None = None,
     train_feed, val_feed, data_mean, how = loader.choose(
         run.data, run.model.image_size, data_dir=run.data_dir,
         limits={"train": run.train_limit, "val": run.val_limit}, budget=memory_budget,
-        store_dir=store_dir, workers=workers, progress=progress and _is_main())
+        store_dir=store_dir, workers=workers, download=download,
+        progress=progress and _is_main())
     if len(train_feed.class_names) < 2:
         raise ValueError(f"the training split of {run.data} has {len(train_feed.class_names)} "
                          f"class(es) ({', '.join(train_feed.class_names)}); a classifier needs "
