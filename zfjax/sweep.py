@@ -1,0 +1,108 @@
+"""Architecture sweeps in the layout of the paper's Table 3 (and Table 2).
+
+A sweep folder holds one run folder per variant (``<sweep>/<variant>/``, as
+train.py writes it). ``sweep.py`` trains the variants one after another and is
+resumable: a finished run is skipped, a stopped one continued. ``table_rows``
+reads the finished runs back: per variant, its parameter count and the final
+epoch's train top-1 error, validation top-1 and top-5 error (in %, as the paper).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+
+from zfjax import checkpoints
+
+TABLE_CSV, TABLE_MD = "table3.csv", "table3.md"
+
+
+class Row(NamedTuple):
+    """One line of Table 3. Errors in %; train error is on the training crops of the last
+    epoch (with dropout, as the paper's training error)."""
+
+    variant: str
+    parameters: int
+    epochs: int
+    train_top1_error: float
+    val_top1_error: float
+    val_top5_error: float
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The lines of a run's metrics.jsonl (empty when there is none)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def state(run_dir, epochs: int) -> str:
+    """'done' (metrics reach ``epochs``), 'stopped' (checkpoints, not done) or 'new'."""
+    metrics = read_metrics(run_dir)
+    if metrics and metrics[-1]["epoch"] >= epochs:
+        return "done"
+    ckpt = Path(run_dir) / checkpoints.CHECKPOINT_DIR
+    return "stopped" if ckpt.is_dir() and any(ckpt.iterdir()) else "new"
+
+
+def parameter_count(run_dir) -> int:
+    """Parameters of the run's network, from its config.json (nothing is loaded)."""
+    from zfjax import model
+
+    config = checkpoints.model_config(checkpoints.read_config(run_dir))
+    shapes = jax.eval_shape(model.init_params, config, jax.random.key(0))
+    return sum(math.prod(s.shape) for s in jax.tree_util.tree_leaves(shapes))
+
+
+def row(run_dir, variant: str) -> Row:
+    """Table 3's line for one finished (or stopped) run: its last recorded epoch."""
+    metrics = read_metrics(run_dir)
+    if not metrics:
+        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl lines yet; train it first")
+    last = metrics[-1]
+    return Row(variant, parameter_count(run_dir), int(last["epoch"]),
+               100 * (1 - last["train_top1"]), 100 * (1 - last["val_top1"]),
+               100 * (1 - last["val_top5"]))
+
+
+def table_rows(sweep_dir, variants) -> list[Row]:
+    """Rows of the variants whose run folders have metrics, in the given order."""
+    return [row(Path(sweep_dir) / v, v) for v in variants
+            if read_metrics(Path(sweep_dir) / v)]
+
+
+def table_csv(rows: list[Row]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(Row._fields)
+    for r in rows:
+        writer.writerow([r.variant, r.parameters, r.epochs] + [f"{v:.2f}" for v in r[3:]])
+    return out.getvalue()
+
+
+def table_markdown(rows: list[Row], note: str = "") -> str:
+    """Table 3's layout: variant | train top-1 | val top-1 | val top-5 (errors, %) | parameters."""
+    lines = ([note, ""] if note else []) + [
+        "| variant | epochs | train top-1 err % | val top-1 err % | val top-5 err % | parameters |",
+        "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.variant} | {r.epochs} | {r.train_top1_error:.1f} | "
+                     f"{r.val_top1_error:.1f} | {r.val_top5_error:.1f} | {r.parameters:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(sweep_dir, rows: list[Row], note: str = "") -> list[Path]:
+    """Write table3.csv and table3.md into the sweep folder (atomically); returns the paths."""
+    sweep_dir = Path(sweep_dir)
+    paths = []
+    for name, text in ((TABLE_CSV, table_csv(rows)), (TABLE_MD, table_markdown(rows, note))):
+        checkpoints.atomic_write(sweep_dir / name, lambda f, t=text: f.write(t.encode()))
+        paths.append(sweep_dir / name)
+    return paths
