@@ -55,6 +55,10 @@ def test_content_box_and_trim_cut_the_zero_padding():
     assert render.content_box(np.zeros((5, 6, 3))) == (0, 0, 5, 6)
 
 
+def test_display_side_is_a_whole_multiple():
+    assert [render.display_side(r) for r in (7, 11, 27, 48, 139)] == [49, 55, 54, 48, 139]
+
+
 def test_fit_pairs_trims_projection_and_patch_to_the_same_box():
     projections = np.zeros((1, 10, 10, 3), np.float32)
     projections[0, 2:6, 2:6] = 1.0

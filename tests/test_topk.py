@@ -127,15 +127,15 @@ def test_figure_has_one_panel_per_map_with_its_label(tmp_path):
     assert [ax.get_title().split("   ")[0] for ax in fig.axes] == [
         f"pool1 map #{c}" for c in (2, 5, 7, 11)]
     # Each panel: a 3x3 grid of projections, a spacer, a 3x3 grid of patches.
-    # Cells are enlarged to 48 px (nearest neighbour: 11 px -> 44 px blocks of 4x4, centred).
+    # Cells are enlarged x5 to 55 px (nearest neighbour: 11 px -> 55 px, blocks of 5x5).
     shown = fig.axes[1].get_images()[0].get_array()
-    fitted_projections, fitted_patches = render.fit_pairs(projections[1], patches[1], 48)
+    fitted_projections, fitted_patches = render.fit_pairs(projections[1], patches[1], 55)
     grid = topk.mosaic(fitted_patches, 3, 2)
     np.testing.assert_array_equal(shown[:, -grid.shape[1]:], grid)
     np.testing.assert_array_equal(shown[:, :grid.shape[1]],
                                   topk.mosaic(fitted_projections, 3, 2))
-    np.testing.assert_array_equal(fitted_patches[0, 2:46, 2:46],
-                                  np.repeat(np.repeat(patches[1, 0], 4, 0), 4, 1))
+    np.testing.assert_array_equal(fitted_patches[0],
+                                  np.repeat(np.repeat(patches[1, 0], 5, 0), 5, 1))
 
 
 # ---- command line, on a tiny real run folder -------------------------------------------

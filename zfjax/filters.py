@@ -154,7 +154,7 @@ def plot_filters(panels: list[dict], title: str | None = None):
                 col[2].axis("off")
                 continue
             cells, _ = render.fit_pairs(f["projections"], f["patches"],
-                                        max(48, f["projections"].shape[1]))
+                                        render.display_side(f["projections"].shape[1]))
             col[2].imshow(grid(cells, fill=255), interpolation="nearest")
             col[2].set_title(f"conv2: strongest activation of its {len(cells)} most active "
                              f"maps\nover {panel['images']} images, deconvnet projections "

@@ -129,6 +129,11 @@ def fit(tile: np.ndarray, side: int, fill: int = 255) -> np.ndarray:
     return out
 
 
+def display_side(side: int, minimum: int = 48) -> int:
+    """The smallest whole multiple of ``side`` that is at least ``minimum`` pixels."""
+    return side * max(1, -(-minimum // max(side, 1)))
+
+
 def fit_pairs(projections, patches, side: int) -> tuple[np.ndarray, np.ndarray]:
     """Projections float (..., R, R, 3) and their image patches uint8 (same shape) ->
     (displayed projections, patches), each uint8 (..., side, side, 3).

@@ -175,13 +175,13 @@ def plot_topk(layer: str, channels, values: np.ndarray, projections: np.ndarray,
 
     channels int (M,); values float32 (M, k); projections float32 and patches
     uint8 (M, k, R, R, 3) from ``project_top``. Each pair is cut to the image and
-    scaled to at least 48 px, each projection stretched on its own
+    enlarged by whole pixels to at least 48 px, each projection stretched on its own
     (``render.fit_pairs``). Returns a matplotlib Figure.
     """
     from matplotlib.figure import Figure
 
     m, k = values.shape
-    r = max(48, projections.shape[2])
+    r = render.display_side(projections.shape[2])
     shown, patches = render.fit_pairs(projections, patches, r)
     side = int(np.ceil(np.sqrt(k)))
     gap = max(1, r // 20)
