@@ -97,6 +97,18 @@ def epoch_row(feed, batch, input_size, workers):
             "peak_rss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def decode_row(prepared, count=1000):
+    """The ceiling of one worker: read + decode records in one thread, no pipeline."""
+    source = prepared.source("train")
+    n = min(count, len(source))
+    start = time.perf_counter()
+    for i in range(n):
+        store.decode_record(source[i], prepared.stored_size)
+    seconds = time.perf_counter() - start
+    return {"work": "read + decode only, one thread", "workers": 1, "images": n,
+            "seconds": seconds, "images_per_s_per_worker": n / seconds}
+
+
 def make_folder(source, out, count, size=256):
     """Writes `count` training and count // 4 validation images of source (spread over
     the classes), shorter side resized to `size`, as JPEG q90, laid out like source."""
@@ -144,6 +156,7 @@ def main():
     rows.append({"work": "prepare (or reuse) the store", "workers": args.workers or os.cpu_count(),
                  "images": prepared.count("train") + prepared.count("val"),
                  "seconds": prep_seconds})
+    rows.append(decode_row(prepared))
     workers = loader.default_workers() if args.workers is None else args.workers
     feed = loader.Streamed(prepared, "train", workers=workers, threads=args.threads)
     rows.append(epoch_row(feed, args.batch, args.size, workers))
