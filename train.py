@@ -50,7 +50,8 @@ def parse_args(argv=None):
                         "with visualize.py filters RUN --compare OTHER_RUN)")
     p.add_argument("--out", help="run folder (default: runs/<preset>-<time>)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its newest checkpoint, with its config")
+                   help="continue the run in --out from its newest checkpoint, with its config; "
+                        "--epochs and --lr may change, other settings may not")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--checkpoint-every", type=argtypes.positive_int, metavar="N",
                    help="also checkpoint every N steps inside an epoch (resume continues there)")
@@ -138,11 +139,21 @@ def main(argv=None) -> int:
     out = args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
-        trainer.fit(build_run(args), out, resume=args.resume, epochs=args.epochs,
-                    progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
-                    memory_budget=budget, store_dir=args.store, workers=args.workers,
-                    download=not args.offline)
-    except (FileNotFoundError, FileExistsError, ValueError, trainer.NonFiniteLoss) as e:
+        feeding = dict(progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
+                       memory_budget=budget, store_dir=args.store, workers=args.workers,
+                       download=not args.offline)
+        if args.resume:
+            fixed = {"image_size": args.size, "width": args.width, "batch_size": args.batch,
+                     "seed": args.seed, "data": args.data, "data_dir": args.data_dir,
+                     "train_limit": args.limit}
+            trainer.fit(None, out, resume=True, epochs=args.epochs, learning_rate=args.lr,
+                        fixed=fixed, **feeding)
+        else:
+            trainer.fit(build_run(args), out, epochs=args.epochs, **feeding)
+    except trainer.Interrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, trainer.NonFiniteLoss) as e:  # user, data or disk trouble
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -14,6 +14,8 @@ import argparse
 import importlib
 import sys
 
+from zfjax import cli
+
 # One module per analysis; each defines add_cli(subparsers) -> parser whose
 # defaults hold run(args) -> list of written paths.
 ANALYSES = ("topk", "evolution", "invariance", "filters", "occlusion",
@@ -34,8 +36,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        cli.check_output_folder(args)  # before minutes of work, not after
         paths = args.run(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, OSError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"visualize.py {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -22,23 +22,30 @@ model config, mean image and a few facts about the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
+import logging
 import os
-import tempfile
+import shutil
+import socket
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from zfjax import model
+from zfjax import artifacts, model
 from zfjax.model import ZFNetConfig
 
 KEEP_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
 MAX_TO_KEEP = 3
 CONFIG_FILE, MEAN_FILE, CHECKPOINT_DIR = "config.json", "mean.npy", "checkpoints"
 STEP_CHECKPOINT_DIR = "checkpoints-steps"  # the newest mid-epoch checkpoint (train.py --checkpoint-every)
+LOCK_FILE = ".lock"  # held (flock) by the train.py process writing the run
 
 _HANDLERS = {"params": ocp.StandardCheckpointHandler, "opt": ocp.StandardCheckpointHandler,
              "meta": ocp.JsonCheckpointHandler}
@@ -59,12 +66,82 @@ def manager(directory, *, max_to_keep: int = MAX_TO_KEEP, keep_epochs=KEEP_EPOCH
                                  item_handlers={k: h() for k, h in _HANDLERS.items()})
 
 
+class CheckpointError(ValueError):
+    """A checkpoint could not be written or read; the message says which one, why, and
+    which checkpoint is still good."""
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Keeps orbax's absl log lines (a warning on every read-only load, tracebacks from
+    its writer threads when a write fails) off the user's terminal; failures still
+    reach the caller as exceptions, which the callers turn into one-line errors."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
+def _last_good(mgr, before: int | None = None) -> str:
+    steps = [s for s in mgr.all_steps() if before is None or s < before]
+    if not steps:
+        return "no earlier checkpoint exists"
+    return f"the last good checkpoint is {Path(mgr.directory) / str(max(steps))}"
+
+
+def _nbytes(tree) -> int:
+    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
+               for a in jax.tree.leaves(tree) if hasattr(a, "shape"))
+
+
 def save(mgr: ocp.CheckpointManager, epoch: int, state, meta: dict) -> None:
-    """Saves state (a training.TrainState) and meta (JSON) as checkpoint `epoch`."""
-    mgr.save(epoch, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state.params),
-        opt=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
-        meta=ocp.args.JsonSave(meta)))
+    """Saves state (a training.TrainState) and meta (JSON) as checkpoint `epoch`.
+
+    Raises CheckpointError (naming the last good checkpoint, which stays loadable) if
+    the disk has too little free space or the write fails.
+    """
+    directory = Path(mgr.directory)
+    need = _nbytes((state.params, state.opt_state)) + (1 << 20)
+    free = shutil.disk_usage(directory).free
+    if jax.process_index() == 0 and free < need:
+        raise CheckpointError(
+            f"not enough free space in {directory} for checkpoint {epoch}: it needs about "
+            f"{need / 1e6:.1f} MB, {free / 1e6:.1f} MB are free; {_last_good(mgr)}; free some "
+            f"space and continue with --resume")
+    try:
+        with _quiet_orbax():
+            mgr.save(epoch, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(state.params),
+                opt=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+                meta=ocp.args.JsonSave(meta)))
+    except Exception as e:
+        full = "No space left on device" in str(e) or getattr(e, "errno", None) == errno.ENOSPC
+        raise CheckpointError(
+            f"writing checkpoint {epoch} into {directory} failed"
+            + (": the disk is full" if full else f": {_first_line(e)}")
+            + f"; {_last_good(mgr, epoch)}; "
+            + ("free some space and " if full else "") + "continue with --resume") from None
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of the innermost cause (orbax wraps TensorStore's precise error)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]
+
+
+def _damaged(mgr, epoch: int, error: BaseException) -> CheckpointError:
+    others = sorted(s for s in mgr.all_steps() if s != epoch)
+    path = Path(mgr.directory) / str(epoch)
+    hint = (f"load another with {Path(mgr.directory) / str(others[-1])} (epochs "
+            f"{', '.join(map(str, others))} exist), or move {path} aside and --resume"
+            if others else "no other checkpoint exists")
+    return CheckpointError(f"checkpoint {path} cannot be read, it is damaged or truncated "
+                           f"({_first_line(error)}); {hint}")
 
 
 def restore(mgr: ocp.CheckpointManager, epoch: int, abstract, config: ZFNetConfig | None = None):
@@ -74,10 +151,15 @@ def restore(mgr: ocp.CheckpointManager, epoch: int, abstract, config: ZFNetConfi
     given, is named in the error when the checkpoint's shapes differ.
     """
     check_shapes(_params_shapes(mgr, epoch), abstract.params, config)
-    out = mgr.restore(epoch, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract.params),
-        opt=ocp.args.StandardRestore({"step": abstract.step, "opt_state": abstract.opt_state}),
-        meta=ocp.args.JsonRestore()))
+    try:
+        with _quiet_orbax():
+            out = mgr.restore(epoch, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract.params),
+                opt=ocp.args.StandardRestore({"step": abstract.step,
+                                              "opt_state": abstract.opt_state}),
+                meta=ocp.args.JsonRestore()))
+    except Exception as e:
+        raise _damaged(mgr, epoch, e) from None
     state = abstract.replace(params=out["params"], step=out["opt"]["step"],
                              opt_state=out["opt"]["opt_state"])
     return state, out["meta"]
@@ -85,7 +167,11 @@ def restore(mgr: ocp.CheckpointManager, epoch: int, abstract, config: ZFNetConfi
 
 def _params_shapes(mgr, epoch: int):
     """The saved params tree of checkpoint `epoch`, with leaves that have .shape."""
-    return mgr.item_metadata(epoch)["params"].tree
+    try:
+        with _quiet_orbax():
+            return mgr.item_metadata(epoch)["params"].tree
+    except Exception as e:
+        raise _damaged(mgr, epoch, e) from None
 
 
 # ---------------------------------------------------------------------- config checks
@@ -138,9 +224,9 @@ def _setting(layer: str, name: str, config: ZFNetConfig) -> str:
 def check_checkpoint(path, config: ZFNetConfig) -> None:
     """Raises ValueError if the checkpoint (a checkpoints/<epoch> folder) does not fit config."""
     path = Path(path)
-    mgr = manager(path.parent, read_only=True)
     expected = jax.eval_shape(model.init_params, config, jax.random.key(0))
-    check_shapes(_params_shapes(mgr, int(path.name)), expected, config)
+    with _reading(path.parent) as mgr:
+        check_shapes(_params_shapes(mgr, int(path.name)), expected, config)
 
 
 # ------------------------------------------------------------------------- run folders
@@ -155,17 +241,58 @@ def save_mean(run_dir, mean: np.ndarray) -> None:
 
 
 def atomic_write(path, write) -> None:
-    """Calls write(binary file) on a temporary file next to path, then renames it to path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Calls write(binary file) on a temporary file next to path, then renames it to
+    path (artifacts.atomic_path: all or nothing, with the umask's permissions)."""
+    with artifacts.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+
+
+@contextlib.contextmanager
+def lock_run_folder(run_dir):
+    """Creates run_dir if needed and holds an exclusive lock on it while the block runs.
+
+    The lock is an flock on run_dir/.lock, which the kernel drops when the process
+    ends, even by kill -9, so a stale lock never blocks a --resume. Raises
+    RunFolderBusy naming the holder's pid and host if another process holds it, and
+    OSError (e.g. PermissionError) if the folder cannot be made.
+    """
+    run_dir = Path(run_dir)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise RunFolderError(f"cannot use {run_dir} as the run folder: {e.strerror}"
+                             + (f" ({e.filename})" if e.filename else "")
+                             + "; pass another --out") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            raise RunFolderBusy(f"run folder {run_dir} is in use by {holder}; wait for it to "
+                                f"finish or stop it, or pass another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} (since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
+        yield run_dir
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class RunFolderError(OSError):
+    """The run folder cannot be made, written or used; the message says why."""
+
+
+class RunFolderBusy(RunFolderError):
+    """Another process is training into the same run folder."""
+
+
+def finished_epochs(run_dir) -> list[int]:
+    """Epochs with a complete checkpoint in run_dir (orbax renames a checkpoint to its
+    epoch number only once it is complete), without starting orbax."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
+        if folder.is_dir() else []
 
 
 def read_config(run_dir) -> dict:
@@ -173,11 +300,22 @@ def read_config(run_dir) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found; {run_dir} is not a run folder made by train.py")
-    return json.loads(path.read_text())
+    try:
+        run_config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); it is damaged") from None
+    if not isinstance(run_config, dict) or not isinstance(run_config.get("model"), dict):
+        raise ValueError(f"{path} has no 'model' section; it was not written by train.py or "
+                         f"is damaged")
+    return run_config
 
 
 def model_config(run_config: dict) -> ZFNetConfig:
-    return ZFNetConfig(**run_config["model"])
+    try:
+        return ZFNetConfig(**run_config["model"])
+    except TypeError as e:
+        raise ValueError(f"the 'model' section of {CONFIG_FILE} does not fit ZFNetConfig: {e}") \
+            from None
 
 
 def config_dict(config) -> dict:
@@ -207,7 +345,30 @@ def load_run(path, epoch: int | None = None):
     run_dir, found_epoch = _locate(path)
     run_config = read_config(run_dir)
     config = model_config(run_config)
-    mgr = manager(run_dir / CHECKPOINT_DIR, read_only=True)
+    with _reading(run_dir / CHECKPOINT_DIR) as mgr:
+        params, meta, epoch = _load_params(mgr, run_dir, config, epoch, found_epoch)
+    mean = np.load(run_dir / MEAN_FILE)
+    info = {"epoch": epoch, "step": meta.get("step"),
+            "checkpoint": str(run_dir / CHECKPOINT_DIR / str(epoch)), "run_dir": str(run_dir),
+            "class_names": run_config.get("class_names"), "metrics": meta.get("metrics"),
+            "train": run_config.get("train"), "data": run_config.get("data")}
+    return params, config, mean, info
+
+
+@contextlib.contextmanager
+def _reading(directory):
+    """A read-only manager over directory, closed afterwards (an open one leaves
+    orbax threads that fail noisily at interpreter exit)."""
+    with _quiet_orbax():
+        mgr = manager(directory, read_only=True)
+    try:
+        yield mgr
+    finally:
+        mgr.close()
+
+
+def _load_params(mgr, run_dir, config, epoch, found_epoch):
+    """(params, meta, epoch) of checkpoint `epoch` (default: found_epoch, else the newest)."""
     steps = mgr.all_steps()
     epoch = epoch if epoch is not None else found_epoch
     if epoch is None:
@@ -221,12 +382,10 @@ def load_run(path, epoch: int | None = None):
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                             jax.eval_shape(model.init_params, config, jax.random.key(0)))
     check_shapes(_params_shapes(mgr, epoch), abstract, config)
-    out = mgr.restore(epoch, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    mean = np.load(run_dir / MEAN_FILE)
-    meta = out["meta"]
-    info = {"epoch": epoch, "step": meta.get("step"),
-            "checkpoint": str(run_dir / CHECKPOINT_DIR / str(epoch)), "run_dir": str(run_dir),
-            "class_names": run_config.get("class_names"), "metrics": meta.get("metrics"),
-            "train": run_config.get("train"), "data": run_config.get("data")}
-    return out["params"], config, mean, info
+    try:
+        with _quiet_orbax():
+            out = mgr.restore(epoch, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    except Exception as e:
+        raise _damaged(mgr, epoch, e) from None
+    return out["params"], out["meta"], epoch

@@ -7,6 +7,7 @@ the images an analysis works on, and where its outputs go.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 
 import numpy as np
@@ -111,6 +112,32 @@ def output_folder(args, info: dict) -> pathlib.Path:
         return pathlib.Path(info["run_dir"]) / "figures"
     target = pathlib.Path(args.target)
     return (target if target.is_dir() else target.parent) / "figures"
+
+
+def check_output_folder(args) -> None:
+    """Raises ValueError unless the output folder of ``args`` (``--out``, else the
+    target's <run>/figures) exists as a writable folder or can be made; makes nothing."""
+    from zfjax import checkpoints
+
+    if getattr(args, "out", None) is not None:
+        folder, flag = pathlib.Path(args.out).absolute(), f"--out {args.out}"
+    elif getattr(args, "target", None) is not None:
+        folder, flag = checkpoints._locate(args.target)[0] / "figures", "output folder"
+    else:
+        return
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag}: cannot make folder {folder}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: cannot write to {existing}"
+                         + (" (read-only file system)" if _read_only(existing) else
+                            " (permission denied)") + "; pass a writable --out")
+
+
+def _read_only(path: pathlib.Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
 
 
 def run_label(target, info: dict) -> str:

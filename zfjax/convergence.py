@@ -260,8 +260,7 @@ def run_cli(args) -> list[pathlib.Path]:
     epochs, corr, same = snapshot_convergence(snapshots, args.epochs)
     overlap_epochs, overlap = np.zeros(0, np.int32), {}
     if not args.no_checkpoints:
-        kept = sorted(checkpoints.manager(run_dir / checkpoints.CHECKPOINT_DIR,
-                                          read_only=True).all_steps())
+        kept = checkpoints.finished_epochs(run_dir)
         kept = [e for e in kept if e <= epochs[-1]]
         if len(kept) >= 2:
             _, config, _, info = cli.load_model(run_dir)

@@ -30,7 +30,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
+
+from zfjax.progress import bar as progress_bar
 
 PIXEL_SCALE = 255.0  # network input = (pixel - mean) / PIXEL_SCALE
 IMAGE_EXTENSIONS = frozenset(
@@ -246,8 +247,7 @@ def _tfds_items(name: str, split: str, data_dir: str | None, limit: int | None):
             f"TFDS dataset {name!r} is not prepared in {builder.data_dir_root} and this "
             f"pipeline never downloads{manual}; prepare it on a machine with network "
             f"(tfds build {name} --data_dir DIR) and pass that data_dir, or use a local "
-            f"image folder laid out {FOLDER_LAYOUT} instead (e.g. --data-dir "
-            f"/path/to/folder)") from None
+            f"image folder laid out {FOLDER_LAYOUT} instead (--data /path/to/folder)") from None
 
     total = info.splits[split].num_examples if info.splits else None
     if limit is not None:
@@ -318,7 +318,7 @@ def _decode_all(items: Iterable[tuple[str | bytes, int, str]], size: int, total:
     images = np.empty((total or _DECODE_CHUNK, size, size, 3), np.uint8)
     labels, ids, failures, n = [], [], [], 0
     items = iter(items)
-    with ThreadPoolExecutor(os.cpu_count()) as pool, tqdm(
+    with ThreadPoolExecutor(os.cpu_count()) as pool, progress_bar(
             total=total, desc=f"loading {desc}", unit="img", disable=not progress) as bar:
         while chunk := list(itertools.islice(items, _DECODE_CHUNK)):
             for (src, label, ex_id), img in zip(
@@ -350,6 +350,10 @@ def load_image_files(paths, input_size: int) -> np.ndarray:
     size = stored_size(input_size)
     out = []
     for path in paths:
+        if os.path.isdir(path):
+            raise ValueError(f"image {path} is a folder, not an image file; name the files "
+                             f"(e.g. {os.path.join(path, '*.jpg')}), or pass a folder laid out "
+                             f"{FOLDER_LAYOUT} with --data")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image {path} does not exist")
         img = _decode(str(path), size)

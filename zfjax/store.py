@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from zfjax import checkpoints, data
+from zfjax.progress import bar as progress_bar
 
 FORMAT = "zfjax-store-1"
 MANIFEST, PARAMS, MEAN = "manifest.json", "prepare.json", "mean.npy"
@@ -123,7 +123,7 @@ class Store:
         n = len(indices)
         images = np.empty((n, size, size, 3), np.uint8)
         labels, ids = np.empty(n, np.int32), []
-        with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool, tqdm(
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool, progress_bar(
                 total=n, desc=f"loading {self.path.name} [{split}]", unit="img",
                 disable=not progress) as bar:
             for start in range(0, n, data._DECODE_CHUNK):
@@ -253,7 +253,8 @@ def _write_split(out: Path, split, items, total, size, pool, workers, shard_size
                  progress):
     """Writes the split's shards in the process pool; returns its manifest entry."""
     shards, failures = [], []
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress, smoothing=0.1) as bar:
+    with progress_bar(total=total, desc=desc, unit="img", disable=not progress,
+                      smoothing=0.1) as bar:
         pending = set()
 
         def collect(limit):  # wait until at most `limit` shards are in flight

@@ -17,9 +17,11 @@ coordinates the checkpoint writes.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import math
+import shlex
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from zfjax import checkpoints, data, loader, training
+from zfjax.progress import bar as progress_bar
 from zfjax.model import ZFNetConfig
 from zfjax.training import TrainConfig
 
@@ -81,6 +84,19 @@ class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or infinite; no checkpoint was written after it."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training was stopped with Ctrl-C; the message says where the last checkpoint is
+    and how to continue."""
+
+
+# Settings a resumed run cannot change (they decide the parameters' shapes or the data
+# every checkpointed step saw), with the train.py flag that sets each.
+RESUME_FIXED = {"image_size": "--size", "width": "--width", "batch_size": "--batch",
+                "seed": "--seed", "data": "--data", "data_dir": "--data-dir",
+                "train_limit": "--limit"}
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
 def _evolution():
     """zfjax.evolution, or None while it does not exist yet."""
     try:
@@ -103,27 +119,74 @@ def _say(message: str) -> None:
 
 # ---------------------------------------------------------------------------- the run
 
-def fit(run: Run, out, *, resume: bool = False, epochs: int | None = None,
+def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None,
+        learning_rate: float | None = None, fixed: dict | None = None,
         progress: bool = True, checkpoint_every: int | None = None,
         memory_budget: int | None = None, store_dir=None, workers: int | None = None,
         download: bool = False) -> Path:
     """Trains run into the folder out; returns it.
 
     resume: continue the run in out from its newest checkpoint with out's config.json
-      (run is then ignored). epochs: train up to this epoch (default: the run's; on
-      resume it may extend the stored run).
+      (run is then ignored and may be None). epochs: train up to this epoch (default:
+      the run's; on resume it may extend the stored run). learning_rate: on resume, the
+      learning rate from now on (recorded in config.json under 'resumes'). fixed: on
+      resume, settings the caller asked for that cannot change (keys of RESUME_FIXED);
+      a value that differs from the run's is refused.
     checkpoint_every: also checkpoint every this many steps inside an epoch, so a
       resume continues from that step (only the newest such checkpoint is kept).
     memory_budget, store_dir, workers: how the data is fed (loader.choose): bytes a
       split may take in memory, where a store is prepared when it does not fit, and
       decoding processes when streaming. download: fetch a TFDS dataset that is not
       prepared yet (train.py does, unless --offline).
-    Raises NonFiniteLoss if the loss stops being finite (the last good checkpoint stays).
+    The run folder is locked while training (checkpoints.lock_run_folder).
+    Raises NonFiniteLoss if the loss stops being finite, Interrupted on Ctrl-C, and
+    checkpoints.RunFolderError / CheckpointError when the disk refuses a write; the
+    last good checkpoint stays loadable in each case.
     """
     run_dir = Path(out).absolute()
+    options = dict(resume=resume, epochs=epochs, learning_rate=learning_rate, fixed=fixed,
+                   progress=progress, checkpoint_every=checkpoint_every,
+                   memory_budget=memory_budget, store_dir=store_dir, workers=workers,
+                   download=download)
+    try:
+        if not _is_main():  # only process 0 writes the run folder
+            return _fit(run, run_dir, **options)
+        with checkpoints.lock_run_folder(run_dir):
+            return _fit(run, run_dir, **options)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {_last_checkpoint(run_dir)}; continue with: "
+                          f"python train.py --out {shlex.quote(str(run_dir))} --resume") from None
+    except checkpoints.RunFolderError:
+        raise
+    except OSError as e:
+        if e.errno not in _DISK_ERRORS:
+            raise
+        where = Path(e.filename).parent if e.filename else run_dir
+        raise checkpoints.RunFolderError(
+            f"cannot write in {where}: {e.strerror}; {_last_checkpoint(run_dir)}; fix that "
+            f"and continue with --resume") from None
+
+
+def _last_checkpoint(run_dir: Path) -> str:
+    done = checkpoints.finished_epochs(run_dir)
+    if not done:
+        return "no checkpoint was written yet"
+    return (f"the last checkpoint (epoch {done[-1]}) is "
+            f"{run_dir / checkpoints.CHECKPOINT_DIR / str(done[-1])}")
+
+
+def _fit(run, run_dir: Path, *, resume, epochs, learning_rate, fixed, progress,
+         checkpoint_every, memory_budget, store_dir, workers, download) -> Path:
     mgr_dir = run_dir / checkpoints.CHECKPOINT_DIR
     if resume:
         run = _stored_run(run_dir)
+        _check_fixed(run, fixed or {}, run_dir)
+        done = checkpoints.finished_epochs(run_dir)
+        target = epochs or run.train.epochs
+        if done and done[-1] >= target:
+            _say(f"nothing to do: {run_dir} already has {done[-1]} epochs (asked for "
+                 f"{target}); pass --epochs N with N > {done[-1]} to train further")
+            return run_dir
     elif mgr_dir.exists() and any(mgr_dir.iterdir()):
         raise FileExistsError(f"run folder {run_dir} already holds checkpoints; pass --resume "
                               f"to continue it, or a new --out")
@@ -165,6 +228,12 @@ def fit(run: Run, out, *, resume: bool = False, epochs: int | None = None,
     try:
         if resume and (mgr.latest_step() is not None or step_mgr.latest_step() is not None):
             state, meta = _resume(run_dir, mgr, step_mgr, run_config, config, tcfg, mesh)
+            run_config["resumes"] = checkpoints.read_config(run_dir).get("resumes", []) + [
+                {"after_epoch": meta["epoch"], "epochs": tcfg.epochs,
+                 "learning_rate": learning_rate}]
+            if learning_rate is not None:
+                state = training.with_learning_rate(state, learning_rate)
+                _say(f"learning rate from here on: {learning_rate:g}")
         else:  # a fresh run, or one killed before its first checkpoint was complete
             state, meta = training.create_state(config, tcfg, mesh), {"epoch": 0, "plateau": {}}
             if _is_main():
@@ -195,6 +264,28 @@ def _run_config(run: Run, train_set, val_set, probe) -> dict:
         "devices": {"platform": jax.devices()[0].platform, "count": jax.device_count(),
                     "processes": jax.process_count()},
     }
+
+
+def _check_fixed(run: Run, fixed: dict, run_dir: Path) -> None:
+    """Raises ValueError if a setting in `fixed` differs from the stored run's."""
+    stored = {"image_size": run.model.image_size, "width": run.model.width,
+              "batch_size": run.train.batch_size, "seed": run.train.seed, "data": run.data,
+              "data_dir": run.data_dir, "train_limit": run.train_limit}
+    for name, value in fixed.items():
+        if value is None or _same(stored[name], value):
+            continue
+        raise ValueError(
+            f"{RESUME_FIXED[name]} {value} differs from the run's {name} {stored[name]!r}; "
+            f"--resume can only change the learning rate (--lr) and the number of epochs "
+            f"(--epochs); start a new run (another --out) to change {RESUME_FIXED[name]}")
+
+
+def _same(stored, given) -> bool:
+    if stored == given:
+        return True
+    if isinstance(stored, str) and isinstance(given, str):  # the same folder spelt another way
+        return Path(stored).expanduser().absolute() == Path(given).expanduser().absolute()
+    return False
 
 
 def _stored_run(run_dir: Path) -> Run:
@@ -315,8 +406,8 @@ def _train_epoch(state, step_fn, rng, mean_dev, mgr, step_mgr, epoch, tcfg, mesh
                       start_step=first)
     # A thread reads and transfers the next batches while this one trains.
     batches = loader.prefetch(training.put_local_batch(mesh, *b) for b in host)
-    bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch}/{tcfg.epochs}", unit="step",
-               disable=not (progress and _is_main()), leave=False)
+    bar = progress_bar(total=steps, initial=first, desc=f"epoch {epoch}/{tcfg.epochs}",
+                       unit="step", disable=not (progress and _is_main()), leave=False)
     pending, start, wait = None, time.perf_counter(), 0.0
     with bar:
         for i in range(first, steps):

@@ -1,0 +1,376 @@
+"""Bad state and bad disks around a run folder (issue 9): file-system faults, --resume
+overrides, the run-folder lock, file permissions, messages, Ctrl-C."""
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import write_image_folder
+from zfjax import artifacts, checkpoints, data, progress, trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import train  # noqa: E402
+import visualize  # noqa: E402
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+
+
+def _args(folder, out, *extra):
+    return ["--preset", "cpu", "--data", str(folder), "--size", "64", "--width", "0.25",
+            "--batch", "4", "--no-progress", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """2 classes, 4 training and 2 validation images each, plus one broken file."""
+    root = write_image_folder(tmp_path_factory.mktemp("images"), "ab", 4, shape=(40, 40))
+    (root / "train" / "a" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished(folder, tmp_path_factory):
+    """A finished 3-epoch run (snapshots left out to save their compilation) and what
+    train.py printed."""
+    out = tmp_path_factory.mktemp("runs") / "done"
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setattr(trainer, "_evolution", lambda: None)
+        old = os.umask(0o022)
+        try:
+            assert train.main(_args(folder, out, "--epochs", "3")) == 0
+        finally:
+            os.umask(old)
+    return out, printed.getvalue()
+
+
+def _copy(run, to):
+    shutil.copytree(run, to)
+    return to
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str, *options: str):
+    """A tmpfs of `size` mounted at path (skips where mounting is not allowed)."""
+    path.mkdir(parents=True, exist_ok=True)
+    opts = ",".join((f"size={size}", *options))
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _one_error_line(err: str, prefix="error: ") -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(prefix) and "Traceback" not in err, err
+    return lines[0]
+
+
+# ------------------------------------------------------------------ item 3: disks
+
+def test_out_under_a_file_is_one_line(folder, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert train.main(_args(folder, tmp_path / "file" / "run")) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"cannot use {tmp_path / 'file' / 'run'} as the run folder" in line
+    assert "pass another --out" in line
+
+
+def test_unwritable_out_is_one_line(folder, tmp_path, capsys):
+    if os.geteuid() == 0:
+        ctx = _tmpfs(tmp_path / "ro", "1m", "ro")
+    else:
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o555)
+        ctx = contextlib.nullcontext(tmp_path / "ro")
+    with ctx as ro:
+        assert train.main(_args(folder, ro / "run")) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"cannot use {ro / 'run'} as the run folder: " in line
+    assert "Read-only file system" in line or "Permission denied" in line
+
+
+def test_full_disk_at_a_checkpoint_keeps_the_last_good_one(folder, tmp_path, capfd):
+    """A 16 MB disk holds the first checkpoint (about 11 MB) but not the second."""
+    with _tmpfs(tmp_path / "disk", "16m") as disk, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer, "_evolution", lambda: None)
+        assert train.main(_args(folder, disk / "run", "--epochs", "2")) == 1
+        line = _one_error_line(capfd.readouterr().err)
+        assert "not enough free space in" in line and "for checkpoint 2" in line
+        assert f"the last good checkpoint is {disk / 'run' / 'checkpoints' / '1'}" in line
+        params, _, _, info = checkpoints.load_run(disk / "run")
+        assert info["epoch"] == 1
+
+
+def test_a_write_that_fails_on_a_full_disk_names_the_last_good_checkpoint(tmp_path, capfd,
+                                                                          monkeypatch):
+    """Past the free-space check (disk_usage lies), orbax's own ENOSPC failure."""
+    from test_checkpoints import _abstract, _state
+
+    state = _state()  # 5 MB on disk (its zero momentum compresses)
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage",
+                        lambda _: shutil._ntuple_diskusage(1 << 40, 0, 1 << 40))
+    with _tmpfs(tmp_path / "disk", "8m") as disk:
+        mgr = checkpoints.manager(disk / "checkpoints")
+        checkpoints.save(mgr, 1, state, {"epoch": 1})
+        with pytest.raises(checkpoints.CheckpointError) as err:
+            checkpoints.save(mgr, 2, state, {"epoch": 2})
+        mgr.close()
+        assert (f"writing checkpoint 2 into {disk / 'checkpoints'} failed: the disk is full; "
+                f"the last good checkpoint is {disk / 'checkpoints' / '1'}") in str(err.value)
+        assert "Traceback" not in capfd.readouterr().err  # orbax's thread logs kept quiet
+        mgr = checkpoints.manager(disk / "checkpoints", read_only=True)
+        assert mgr.all_steps() == [1]
+        restored, _ = checkpoints.restore(mgr, 1, _abstract(state))
+        np.testing.assert_array_equal(restored.params["conv1"]["kernel"],
+                                      state.params["conv1"]["kernel"])
+        mgr.close()
+
+
+def test_disk_errors_during_an_epoch_are_one_line(folder, tmp_path, monkeypatch, capsys):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "r" / ".curves.png.x.tmp"))
+
+    monkeypatch.setattr(trainer, "_fit", full)
+    assert train.main(_args(folder, tmp_path / "r")) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (f"error: cannot write in {tmp_path / 'r'}: No space left on device; no "
+                    f"checkpoint was written yet; fix that and continue with --resume")
+
+
+def _truncate_biggest(checkpoint: Path) -> None:
+    biggest = max((p for p in checkpoint.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    os.truncate(biggest, biggest.stat().st_size // 2)
+
+
+def test_truncated_checkpoint_is_one_line_and_the_others_stay_usable(finished, tmp_path):
+    run = _copy(finished[0], tmp_path / "run")
+    _truncate_biggest(run / "checkpoints" / "3")
+    shown = subprocess.run([sys.executable, str(ROOT / "visualize.py"), "topk", str(run),
+                            "--limit", "2"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 2 and shown.stdout == ""
+    line = _one_error_line(shown.stderr, "visualize.py topk: error: ")
+    assert (f"checkpoint {run / 'checkpoints' / '3'} cannot be read, it is damaged or "
+            f"truncated") in line
+    assert f"load another with {run / 'checkpoints' / '2'} (epochs 1, 2 exist)" in line
+    assert checkpoints.load_run(run / "checkpoints" / "2")[3]["epoch"] == 2
+
+    resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), "--out", str(run),
+                              "--resume", "--epochs", "4", "--no-progress"], env=ENV,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 1
+    line = _one_error_line(resumed.stderr[resumed.stderr.find("error: "):])
+    assert f"move {run / 'checkpoints' / '3'} aside and --resume" in line
+
+
+def test_visualize_checks_its_output_folder_before_computing(finished, tmp_path, monkeypatch,
+                                                            capsys):
+    from zfjax import cli
+
+    monkeypatch.setattr(cli, "load_model", lambda *a: pytest.fail("computed before checking"))
+    (tmp_path / "file").write_text("x")
+    code = visualize.main(["topk", str(finished[0]), "--out", str(tmp_path / "file" / "o")])
+    assert code == 2
+    assert capsys.readouterr().err == (f"visualize.py topk: error: --out {tmp_path}/file/o: "
+                                       f"cannot make folder {tmp_path}/file/o: {tmp_path}/file "
+                                       f"is a file\n")
+
+
+# ------------------------------------------------------------- item 4: --resume
+
+def test_resume_of_a_finished_run_has_nothing_to_do_and_changes_nothing(finished, tmp_path,
+                                                                        capsys):
+    run = _copy(finished[0], tmp_path / "run")
+    files = lambda: {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    before = files()
+    assert train.main(["--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "already has 3 epochs" in out and "done:" not in out
+    assert files() == before
+
+
+@pytest.mark.parametrize("flag, value, setting", [
+    ("--size", "96", "image_size 64"), ("--width", "0.5", "width 0.25"),
+    ("--batch", "8", "batch_size 4"), ("--data", "/elsewhere", "data "),
+])
+def test_resume_refuses_settings_it_cannot_change(finished, flag, value, setting, capsys):
+    run = finished[0]
+    before = (run / "config.json").read_bytes()
+    assert train.main(["--out", str(run), "--resume", flag, value, "--epochs", "5"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {flag} {value} differs from the run's {setting}")
+    assert "--resume can only change the learning rate (--lr)" in line
+    assert (run / "config.json").read_bytes() == before
+
+
+def test_resume_applies_and_records_a_new_learning_rate_and_epochs(finished, folder, tmp_path):
+    run = _copy(finished[0], tmp_path / "run")
+    # The run's own command repeated (same --size, --data, ...) is accepted.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer, "_evolution", lambda: None)
+        assert train.main(_args(folder, run, "--resume", "--epochs", "4", "--lr", "0.00123")) == 0
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert metrics[3]["learning_rate"] == pytest.approx(0.00123)
+    assert metrics[2]["learning_rate"] != pytest.approx(0.00123)
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["epochs"] == 4
+    assert config["resumes"] == [{"after_epoch": 3, "epochs": 4, "learning_rate": 0.00123}]
+
+
+# --------------------------------------------------------------- item 7: the lock
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from zfjax import checkpoints
+    with checkpoints.lock_run_folder(sys.argv[1]):
+        print("locked", flush=True)
+        time.sleep(600)
+""")
+
+
+def test_second_train_on_the_same_out_fails_at_once_naming_the_holder(folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], env=ENV,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        start = time.monotonic()
+        assert train.main(_args(folder, run)) == 1
+        assert time.monotonic() - start < 5  # at once: no data loaded, nothing compiled
+        line = _one_error_line(capsys.readouterr().err)
+        assert line.startswith(f"error: run folder {run} is in use by pid {holder.pid} on host "
+                               f"{socket.gethostname()}")
+    finally:
+        holder.kill()  # kill -9: the kernel drops the lock with the process
+        holder.wait()
+    assert (run / ".lock").exists()  # a stale lock file, which must not block
+    with checkpoints.lock_run_folder(run):
+        pass
+    assert train.main(["--out", str(run), "--resume"]) == 1  # not "in use": no config yet
+    assert "config.json not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ item 8: the umask
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    old = os.umask(umask)
+    try:
+        checkpoints.write_json(tmp_path / "config.json", {"a": 1})
+        checkpoints.save_mean(tmp_path, np.zeros((2, 2, 3), np.float32))
+        artifacts.save_npz(tmp_path / "x.npz", a=np.zeros(2))
+        artifacts.save_png(plt.figure(), tmp_path / "x.png")
+    finally:
+        os.umask(old)
+    for name in ("config.json", "mean.npy", "x.npz", "x.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_a_run_is_readable_by_others_under_umask_022(finished):
+    run = finished[0]
+    for name in ("config.json", "mean.npy", "metrics.jsonl", "curves.png"):
+        assert (run / name).stat().st_mode & 0o777 == 0o644, name
+
+
+# ---------------------------------------------------------------- item 9: messages
+
+def test_config_without_model_or_with_bad_json_names_the_file(tmp_path):
+    (tmp_path / "config.json").write_text('{"train": {}}')
+    with pytest.raises(ValueError, match=f"{tmp_path}/config.json has no 'model' section"):
+        checkpoints.load_run(tmp_path)
+    (tmp_path / "config.json").write_text('{"model": ')
+    with pytest.raises(ValueError, match=f"{tmp_path}/config.json is not valid JSON"):
+        checkpoints.load_run(tmp_path)
+
+
+def test_images_naming_a_folder_says_so(tmp_path):
+    with pytest.raises(ValueError, match=f"image {tmp_path} is a folder, not an image file"):
+        data.load_image_files([tmp_path], 64)
+
+
+def test_unprepared_tfds_suggests_data_for_an_image_folder(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        data.load_split("imagenette/160px-v2", "train", 64, data_dir=str(tmp_path),
+                        progress=False)
+    assert "(--data /path/to/folder)" in str(err.value) and "--data-dir /path" not in str(err.value)
+
+
+def test_banner_shows_the_real_class_count_and_config_records_skipped_files(finished):
+    run, printed = finished
+    banner = json.loads(printed.splitlines()[1])
+    assert banner["model"]["num_classes"] == 2  # the folder's, not the preset's 10
+    config = json.loads((run / "config.json").read_text())
+    assert (config["data"]["train_skipped"], config["data"]["val_skipped"]) == (1, 0)
+
+
+def test_read_only_loads_print_no_absl_warning(finished, caplog):
+    with caplog.at_level(logging.INFO):
+        checkpoints.load_run(finished[0])
+    assert "read only" not in caplog.text
+
+
+def test_progress_in_a_log_is_sparse_whole_lines(folder, monkeypatch):
+    log = io.StringIO()  # not a terminal
+    monkeypatch.setattr(sys, "stderr", log)
+    data.load_split(str(folder), "train", 64, progress=True)
+    with progress.bar(total=5000, desc="epoch 1/1", unit="step") as bar:
+        for _ in range(5000):
+            bar.update()
+    lines = log.getvalue().split("\n")
+    assert "\r" not in log.getvalue() and lines[-1] == ""
+    assert len(lines) - 1 <= 5, lines  # a few whole lines, not one per step
+    assert "5000/5000" in lines[-2] and any("9/9" in line for line in lines)
+
+
+# ------------------------------------------------------------------ item 10: Ctrl-C
+
+QUIET_TRAIN = textwrap.dedent("""
+    import sys
+    from zfjax import trainer
+    import train
+    trainer._evolution = lambda: None
+    sys.exit(train.main(sys.argv[1:]))
+""")
+
+
+def test_ctrl_c_says_where_the_last_checkpoint_is_and_how_to_resume(folder, tmp_path):
+    run = tmp_path / "run"
+    job = subprocess.Popen([sys.executable, "-c", QUIET_TRAIN, *_args(folder, run, "--epochs",
+                                                                       "100000")],
+                           env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "1").exists() and job.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    job.send_signal(signal.SIGINT)
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    last = max(checkpoints.finished_epochs(run))
+    assert (f"interrupted; the last checkpoint (epoch {last}) is "
+            f"{run / 'checkpoints' / str(last)}; continue with: python train.py --out {run} "
+            f"--resume") in err
+    assert checkpoints.load_run(run)[3]["epoch"] == last
