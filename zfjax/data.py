@@ -246,8 +246,9 @@ def _tfds_items(name: str, split: str, data_dir: str | None, limit: int | None):
         raise FileNotFoundError(
             f"TFDS dataset {name!r} is not prepared in {builder.data_dir_root} and this "
             f"pipeline never downloads{manual}; prepare it on a machine with network "
-            f"(tfds build {name} --data_dir DIR) and pass that data_dir, or use a local "
-            f"image folder laid out {FOLDER_LAYOUT} instead (--data /path/to/folder)") from None
+            f"(tfds build {name} --data_dir DIR) and pass that DIR with --data-dir, or use a "
+            f"local image folder laid out {FOLDER_LAYOUT} instead (--data /path/to/folder)") \
+            from None
 
     total = info.splits[split].num_examples if info.splits else None
     if limit is not None:
