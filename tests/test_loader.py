@@ -63,12 +63,21 @@ def test_streamed_batches_equal_in_memory_batches(prepared):
             np.testing.assert_array_equal(u, v)
 
 
-def test_worker_processes_decode_the_same_batches(prepared):
+def test_worker_processes_decode_the_same_batches_and_serve_every_epoch(prepared):
     memory = loader.InMemory(prepared.load("train"))
     streamed = loader.Streamed(prepared, "train", workers=2, threads=2)
-    for x, y in zip(memory.train(8, 64, seed=0, epoch=1), streamed.train(8, 64, seed=0, epoch=1)):
-        for u, v in zip(x, y):
-            np.testing.assert_array_equal(u, v)
+    runs = []
+    for epoch, start in ((1, 0), (2, 0), (3, 0), (5, 2)):
+        a = list(memory.train(8, 64, seed=0, epoch=epoch, start_step=start))
+        b = list(streamed.train(8, 64, seed=0, epoch=epoch, start_step=start))
+        assert len(a) == len(b) == 4 - start
+        for x, y in zip(a, b):
+            for u, v in zip(x, y):
+                np.testing.assert_array_equal(u, v)
+        runs.append(streamed._run[1])
+    # consecutive epochs continue one iterator (one set of worker processes); a jump
+    # to another (epoch, step) starts a new one
+    assert runs[0] is runs[1] is runs[2] and runs[3] is not runs[2]
 
 
 def test_each_process_reads_its_share_of_every_global_batch():

@@ -155,6 +155,28 @@ def _stack(items):
     return np.stack([i[0] for i in items]), np.array([i[1] for i in items], np.int32)
 
 
+class _TrainBatch:
+    """Grain map: position epoch * steps + step -> this process's (uint8 images, labels)
+    of that step, read and decoded in a worker. Caches one epoch's order at a time, so
+    one iterator serves every epoch of a run."""
+
+    def __init__(self, source, size, n, batch_size, seed, process):
+        self.source, self.size, self.n = source, size, n
+        self.batch_size, self.seed, self.process = batch_size, seed, process
+        self.steps = n // batch_size
+        self._epoch, self._rows = None, None
+
+    def __call__(self, position):
+        epoch, step = divmod(int(position), self.steps)
+        if epoch != self._epoch:
+            self._epoch, self._rows = epoch, train_indices(
+                self.n, self.batch_size, seed=self.seed, epoch=epoch, process=self.process)
+        records = self.source.__getitems__([int(i) for i in self._rows[step]])
+        decoded = [store.decode_record(r, self.size) for r in records]
+        return (np.stack([d[0] for d in decoded]),
+                np.array([d[1] for d in decoded], np.int32))
+
+
 class Streamed:
     """Batches read from a prepared store with Grain (see the module docstring).
 
@@ -169,6 +191,7 @@ class Streamed:
         self.store, self.split = prepared, split
         self.workers = default_workers() if workers is None else workers
         self.threads, self.buffer = threads, buffer
+        self._run = None  # (key, grain iterator, next (epoch, step)) kept across epochs
 
     def __len__(self):
         return self.store.count(self.split)
@@ -189,33 +212,56 @@ class Streamed:
     def stored_size(self) -> int:
         return self.store.stored_size
 
-    def _gather(self, idx: np.ndarray):
-        """Yields (images, labels) of each row of idx, in order."""
+    def _iterate(self, ds, workers, threads):
+        """A Grain iterator over ds: `threads` threads in each of `workers` processes
+        (0: in this process)."""
         import grain
 
-        if not len(idx):
-            return
-        ds = (grain.MapDataset.source(idx.reshape(-1))
-              .map(_ReadDecode(self.store.source(self.split), self.stored_size))
-              .batch(idx.shape[1], batch_fn=_stack))
         it = ds.to_iter_dataset(grain.ReadOptions(
-            num_threads=self.threads, prefetch_buffer_size=max(self.threads, self.buffer)))
-        if self.workers:
+            num_threads=threads, prefetch_buffer_size=max(threads, self.buffer)))
+        if workers:
             from absl import flags  # Grain's workers read absl flags, parsed or not
             if not flags.FLAGS.is_parsed():
                 flags.FLAGS.mark_as_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(
-                num_workers=self.workers, per_worker_buffer_size=self.buffer))
-        yield from it
+                num_workers=workers, per_worker_buffer_size=self.buffer))
+        return iter(it)
 
     def train(self, batch_size, input_size, *, seed, epoch, start_step=0) -> Iterator[HostBatch]:
+        """This process's HostBatch of each step from start_step to the epoch's end.
+
+        One Grain iterator (and its worker processes) serves consecutive epochs: asking
+        for epoch e + 1 from step 0 right after epoch e ended continues it.
+        """
+        import grain
+
         process = _process()
-        idx = train_indices(len(self), batch_size, seed=seed, epoch=epoch, start_step=start_step,
-                            process=process)
-        for step, (images, labels) in enumerate(self._gather(idx), start_step):
+        steps = len(self) // batch_size
+        key = (batch_size, seed, process)
+        if self._run is None or self._run[0] != key or self._run[2] != (epoch, start_step):
+            ds = (grain.MapDataset.range(epoch * steps + start_step, 2**62)
+                  .map(_TrainBatch(self.store.source(self.split), self.stored_size, len(self),
+                                   batch_size, seed, process)))
+            self._run = [key, self._iterate(ds, self.workers, self.threads), (epoch, start_step)]
+        run = self._run
+        for step in range(start_step, steps):
+            images, labels = next(run[1])
+            run[2] = (epoch, step + 1) if step + 1 < steps else (epoch + 1, 0)
             yield HostBatch(images, labels,
                             *_crops(seed, epoch, step, batch_size, self.stored_size, input_size,
                                     process))
+
+    def _gather(self, idx: np.ndarray):
+        """Yields (images, labels) of each row of idx, in order, decoded by threads in
+        this process (no worker processes to start)."""
+        import grain
+
+        if len(idx):
+            yield from self._iterate(
+                grain.MapDataset.source(idx.reshape(-1))
+                .map(_ReadDecode(self.store.source(self.split), self.stored_size))
+                .batch(idx.shape[1], batch_fn=_stack), workers=0,
+                threads=self.threads * max(1, self.workers))
 
     def evaluate(self, batch_size) -> Iterator[EvalBatch]:
         idx, mask = eval_indices(len(self), batch_size)
@@ -325,9 +371,27 @@ def choose(source: str, input_size: int, *, data_dir=None, limits=None, budget=N
     out = Path(store_dir) if store_dir else default_store_dir(source, input_size, limits)
     log.warning("%d training images take %.2f GiB decoded, more than the %.2f GiB budget: "
                 "preparing a store in %s (once)", n, need / 2**30, budget / 2**30, out)
-    prepared = store.prepare(source, out, input_size, data_dir=data_dir, limits=limits,
+    prepared = _prepare_once(source, out, input_size, data_dir=data_dir, limits=limits,
                              progress=progress)
     return _streamed(prepared, workers, need, budget)
+
+
+def _prepare_once(source, out, input_size, **kwargs) -> store.Store:
+    """store.prepare on process 0 only; the other processes wait for it, then open the
+    store (out must be on a file system every host sees)."""
+    p, count = _process()
+    if count == 1:
+        return store.prepare(source, out, input_size, **kwargs)
+    from jax.experimental import multihost_utils
+    prepared = store.prepare(source, out, input_size, **kwargs) if p == 0 else None
+    multihost_utils.sync_global_devices(f"zfjax store {out}")
+    if prepared is None:
+        try:
+            prepared = store.open_store(out)
+        except store.StoreError as e:
+            raise store.StoreError(f"process {p} cannot see the store process 0 prepared ({e}); "
+                                   f"put --store on a file system every host shares") from None
+    return prepared
 
 
 def _streamed(prepared, workers, need, budget):
