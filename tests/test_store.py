@@ -155,3 +155,17 @@ def test_prepare_command_errors(tmp_path, capsys):
     assert exit_.value.code == 2
     assert ("prepare.py: error: argument --size: must be an integer from 64 to 1024, got '0'"
             in capsys.readouterr().err)
+
+
+def test_restart_replaces_only_what_prepare_wrote(folder, tmp_path):
+    out = tmp_path / "s"
+    store.prepare(str(folder), out, 32, shard_size=5, workers=1, progress=False)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(store.StoreError, match="other settings"):
+        store.prepare(str(folder), out, 64, shard_size=5, workers=1, progress=False)
+    again = store.prepare(str(folder), out, 64, shard_size=5, workers=1, progress=False,
+                          restart=True)
+    assert again.stored_size == 73 and again.load("train").images.shape == (12, 73, 73, 3)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.glob("train-*.array_record")) == [
+        "train-00000.array_record", "train-00001.array_record", "train-00002.array_record"]

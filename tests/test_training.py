@@ -1,5 +1,6 @@
 """Tests for zfjax.training: filter renormalisation, the step, learning-rate rules, devices."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -208,3 +209,29 @@ def test_four_devices_give_the_same_steps_as_one(tmp_path):
     np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-5)
     for name in one:
         np.testing.assert_allclose(four[name], one[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32():
+    mesh = training.make_mesh(jax.devices()[:1])
+    images, labels = _batch()
+    stored = np.clip(images * 255 + 128, 0, 255).astype(np.uint8)  # as if stored at 64 px
+    zeros = np.zeros(BATCH, np.int32)
+    batch = training.put_batch(mesh, stored, labels, zeros, zeros, zeros.astype(bool))
+    mean = training.replicate(np.full((64, 64, 3), 128, np.float32), mesh)
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        config = dataclasses.replace(TINY, dtype=dtype)
+        step = training.make_stored_train_step(config, 0.1, mesh)
+        state, metrics = step(_state(mesh), batch, mean, jax.random.key(1))
+        assert {a.dtype for a in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
+        losses[dtype] = float(metrics["loss"])
+    assert losses["bfloat16"] != losses["float32"]  # really computed in bfloat16
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.05)
+
+
+def test_train_py_dtype_defaults_to_float32_on_cpu():
+    sys.path.insert(0, str(ROOT))
+    import train
+    assert train.build_run(train.parse_args(["--preset", "cpu"])).model.dtype == "float32"
+    assert train.build_run(train.parse_args(["--preset", "cpu", "--dtype", "bfloat16"])
+                           ).model.dtype == "bfloat16"

@@ -197,7 +197,7 @@ def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
                 f"pass another store folder, or restart to overwrite it")
         if is_store(out):
             return open_store(out)
-    elif out.is_dir() and any(out.iterdir()):
+    elif not restart and out.is_dir() and any(out.iterdir()):
         raise StoreError(f"{out} is not empty and holds no store; pass an empty or new folder")
     checkpoints.write_json(out / PARAMS, params)
 
