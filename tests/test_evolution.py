@@ -213,7 +213,8 @@ def test_load_snapshots_says_what_is_missing(tmp_path):
 
 
 def test_default_epochs_are_the_papers_or_all():
-    assert evolution.default_epochs({1: 0, 3: 0, 5: 0, 64: 0, 70: 0}) == [1, 5, 64]
+    assert evolution.default_epochs({1: 0, 3: 0, 5: 0, 64: 0, 70: 0}) == [1, 5, 64, 70]
+    assert evolution.default_epochs({1: 0, 2: 0, 3: 0}) == [1, 2, 3]  # the last always shown
     assert evolution.default_epochs({4: 0, 3: 0}) == [3, 4]
 
 

@@ -201,8 +201,12 @@ _HEADER, _FOOTER = 44, 30  # pixels for the title and column heads, and the laye
 
 
 def default_epochs(saved) -> list[int]:
-    """The saved epochs among DEFAULT_EPOCHS, or all saved epochs if none of those is."""
-    return [e for e in DEFAULT_EPOCHS if e in saved] or sorted(saved)
+    """The saved epochs among DEFAULT_EPOCHS and the last saved one, or all saved epochs
+    if none of DEFAULT_EPOCHS is."""
+    chosen = [e for e in DEFAULT_EPOCHS if e in saved]
+    if not chosen:
+        return sorted(saved)
+    return chosen + [max(saved)] if max(saved) not in chosen else chosen
 
 
 def tile_side(layers: int, columns: int, screen: int = _SCREEN_WIDTH) -> int:
@@ -282,7 +286,7 @@ def evolution_figure(snapshots: dict, epochs, *, title: str | None = None):
 def plot_evolution(run_dir, out_png, epochs=None) -> pathlib.Path:
     """Draw the paper's Fig. 4 from a run's snapshots into out_png; returns its path.
 
-    epochs: default those of DEFAULT_EPOCHS that were saved, or all saved if none were.
+    epochs: default those of DEFAULT_EPOCHS that were saved and the last saved one.
     Raises ValueError for an epoch not saved or snapshots that follow other maps.
     """
     snapshots = load_snapshots(run_dir)
@@ -325,7 +329,8 @@ def add_cli(subparsers):
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="output folder (default: <run>/figures)")
     parser.add_argument("--epochs", type=argtypes.positive_int, nargs="+", default=None,
-                        help="epochs to show (default: those of 1,2,5,10,20,30,40,64 present)")
+                        help="epochs to show (default: those of 1,2,5,10,20,30,40,64 present, "
+                             "and the last)")
     parser.set_defaults(run=_run_cli)
     return parser
 
