@@ -43,12 +43,12 @@ def wall(fn):
 
 
 def bench_mining(config, params, batches, repeats, rows):
-    logits = jax.jit(lambda p, x: model.forward(p, x, config)[0])
-    conv5 = jax.jit(lambda p, x: model.forward(p, x, config)[1]["activations"]["conv5"])
+    logits = jax.jit(lambda p, x: model.forward(config, p, x)[0])
+    conv5 = jax.jit(lambda p, x: model.forward(config, p, x)[1]["activations"]["conv5"])
     cases = {
         "bare forward (logits)": lambda: [logits(params, b) for b in batches],
         "forward to conv5 only": lambda: [conv5(params, b) for b in batches],
-        "top-9 mining, conv1..conv5": lambda: topk.mine(params, batches, config),
+        "top-9 mining, conv1..conv5": lambda: topk.mine(config, params, batches),
     }
     compile_s = {name: wall(fn) for name, fn in cases.items()}  # first call compiles
     best = {name: float("inf") for name in cases}
@@ -101,8 +101,8 @@ def bench_occlusion(params, config, batch_sizes, full_batch, repeats, rows):
 
     def zfjax_case(batch, incremental):
         def run():
-            return occlusion.occlusion_maps(params, image, np.int32(0), fill, layer="conv5",
-                                            size=32, stride=8, batch_size=batch, config=config,
+            return occlusion.occlusion_maps(config, params, image, np.int32(0), fill,
+                                            layer="conv5", size=32, stride=8, batch_size=batch,
                                             incremental=incremental)
         return run
 

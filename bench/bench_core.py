@@ -45,11 +45,11 @@ def timed(fn, *args, repeats=3):
 @contextlib.contextmanager
 def plain_xla_pooling():
     """Swap in XLA's own max-pool (no switch machinery) as a baseline."""
-    def pool(x):
-        n = x.shape[1]
-        extra = (model.pool_output_size(n) - 1) * 2 + 3 - n
-        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
-                                 ((0, 0), (0, extra), (0, extra), (0, 0))), None
+    def pool(x, spec=model.ZFNET_POOL):
+        n, k, s, p = x.shape[1], spec.window, spec.stride, spec.padding
+        extra = (model.pool_output_size(n, spec) - 1) * s + k - n - p
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, k, k, 1), (1, s, s, 1),
+                                 ((0, 0), (p, extra), (p, extra), (0, 0))), None
     original = model.max_pool_with_switches
     model.max_pool_with_switches = pool
     try:
@@ -62,13 +62,13 @@ def bench_forward(config, params, images, rows):
     n = images.shape[0]
 
     def loss(p, x):
-        logits, _ = model.forward(p, x, config)
+        logits, _ = model.forward(config, p, x)
         return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[:, 0])
 
     def variants():  # fresh jits, so each traces with the pooling in place at the time
         return {
-            "forward, logits only": jax.jit(lambda p, x: model.forward(p, x, config)[0]),
-            "forward, logits + aux (switches)": jax.jit(lambda p, x: model.forward(p, x, config)),
+            "forward, logits only": jax.jit(lambda p, x: model.forward(config, p, x)[0]),
+            "forward, logits + aux (switches)": jax.jit(lambda p, x: model.forward(config, p, x)),
             "loss + grad": jax.jit(jax.value_and_grad(loss)),
         }
 
@@ -86,7 +86,7 @@ def bench_forward(config, params, images, rows):
 
 
 def bench_projections(config, params, image, units_count, rows):
-    forward = jax.jit(lambda p, x: model.forward(p, x, config)[1])
+    forward = jax.jit(lambda p, x: model.forward(config, p, x)[1])
     aux = forward(params, image)
     t_forward = timed(forward, params, image)
     peaks = aux["activations"]["conv5"][0].max(axis=(0, 1))
@@ -95,9 +95,9 @@ def bench_projections(config, params, image, units_count, rows):
     signals = jax.vmap(lambda c, y, x: deconv.unit_signal(aux, "conv5", c, y, x))(
         units.channel, units.y, units.x)
 
-    dense_one = jax.jit(lambda s: deconv.project(params, aux, "conv5", s, config))
-    window_one = jax.jit(lambda u: deconv.project_units(params, aux, "conv5", u, config))
-    dense_many = jax.jit(jax.vmap(lambda s: deconv.project(params, aux, "conv5", s, config)))
+    dense_one = jax.jit(lambda s: deconv.project(config, params, aux, "conv5", s))
+    window_one = jax.jit(lambda u: deconv.project_units(config, params, aux, "conv5", u))
+    dense_many = jax.jit(jax.vmap(lambda s: deconv.project(config, params, aux, "conv5", s)))
 
     def loop(fn, items, count):
         def run():

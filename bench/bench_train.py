@@ -166,9 +166,9 @@ def snapshot_row(folder, count, train_images_per_s):
     val = data.load_split(folder, "val", 224, limit=count, progress=False)
     probe = evolution.make_probe(val, data.mean_image(val), config, count=count)
     params = model.init_params(config, jax.random.key(0))
-    evolution.take_snapshot(params, config, probe)  # compile
+    evolution.take_snapshot(config, params, probe)  # compile
     start = time.perf_counter()
-    evolution.take_snapshot(params, config, probe)
+    evolution.take_snapshot(config, params, probe)
     t = time.perf_counter() - start
     epoch = IMAGENETTE_TRAIN / train_images_per_s
     return {"work": f"snapshot ({count}-image probe)", "input_size": 224, "batch": 128,

@@ -1,6 +1,8 @@
-"""A hand-written PyTorch deconvnet with zfjax's weights, for side-by-side timings.
+"""A PyTorch deconvnet with zfjax's weights, for side-by-side timings and checks.
 
 Benchmarks only (torch is not a zfjax dependency; install ``torch==2.13.0``).
+The layers come from the network description (any of zfnet, alexnet, vgg16), the
+operations are PyTorch's own (conv2d, max_pool2d with indices, conv_transpose2d).
 Unpooling scatter-adds to PyTorch's max-pool indices, the exact adjoint of max
 selection, so its projections must match zfjax's to float32 rounding.
 """
@@ -15,50 +17,48 @@ from zfjax import model
 
 
 class TorchDeconvnet:
-    """ZFNet conv layers in PyTorch (NCHW) with weights copied from zfjax params."""
+    """The conv/pool part of a network in PyTorch (NCHW) with weights copied from zfjax params."""
 
-    def __init__(self, params, config: model.ZFNetConfig):
-        self.specs = model.conv_specs(config)
-        self.config = config
+    def __init__(self, params, config: model.Network):
+        self.ops = model.spatial_ops(config)
         self.weights = {
-            s.name: torch.from_numpy(np.asarray(params[s.name]["kernel"]).transpose(3, 2, 0, 1).copy())
-            for s in self.specs
+            op.name: torch.from_numpy(np.asarray(params[op.name]["kernel"]).transpose(3, 2, 0, 1).copy())
+            for op in self.ops if op.kind == "conv"
         }
-        self.biases = {s.name: torch.from_numpy(np.asarray(params[s.name]["bias"]).copy())
-                       for s in self.specs}
+        self.biases = {op.name: torch.from_numpy(np.asarray(params[op.name]["bias"]).copy())
+                       for op in self.ops if op.kind == "conv"}
 
     def forward(self, images_nhwc: np.ndarray):
-        """Returns ({layer: NCHW activation}, {pool: flat indices}, {conv input sizes})."""
+        """Returns ({layer: NCHW activation}, {pool: flat indices}, {op input sizes})."""
         x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
         acts, indices, sizes = {}, {}, {}
-        for s in self.specs:
-            sizes[s.name] = x.shape[-1]
-            x = F.relu(F.conv2d(x, self.weights[s.name], self.biases[s.name], s.stride, s.padding))
-            acts[s.name] = x
-            if s.pool:
-                sizes[s.pool] = x.shape[-1]
-                x, indices[s.pool] = F.max_pool2d(x, 3, 2, ceil_mode=True, return_indices=True)
-                acts[s.pool] = x
-            if s.norm and self.config.contrast_norm:
-                x = F.local_response_norm(x, model.NORM_SIZE, model.NORM_ALPHA, model.NORM_BETA,
-                                          model.NORM_K)
+        for op in self.ops:
+            sizes[op.name] = x.shape[-1]
+            if op.kind == "conv":
+                x = F.conv2d(x, self.weights[op.name], self.biases[op.name], op.stride, op.padding)
+            else:
+                x, indices[op.name] = F.max_pool2d(x, op.kernel, op.stride, op.padding,
+                                                   ceil_mode=op.stage.ceil, return_indices=True)
+            if op.relu:
+                x = F.relu(x)
+            acts[op.name] = x
+            if op.norm is not None:
+                x = F.local_response_norm(x, op.norm.size, op.norm.alpha, op.norm.beta, op.norm.k)
         return acts, indices, sizes
 
     def project(self, layer: str, signal: torch.Tensor, indices, sizes) -> torch.Tensor:
         """Project an NCHW signal on ``layer`` down to pixels: (N, 3, H, W)."""
-        order = [n for s in self.specs for n in (s.name, s.pool) if n]
+        names = [op.name for op in self.ops]
         x = signal
-        for name in reversed(order[: order.index(layer) + 1]):
-            if name.startswith("pool"):
+        for op in reversed(self.ops[: names.index(layer) + 1]):
+            size = sizes[op.name]
+            if op.kind == "pool":
                 n, c, h, w = x.shape
-                size = sizes[name]
-                idx = indices[name].expand(n, -1, -1, -1).reshape(n, c, -1)
+                idx = indices[op.name].expand(n, -1, -1, -1).reshape(n, c, -1)
                 out = torch.zeros(n, c, size * size, dtype=x.dtype)
                 x = out.scatter_add_(2, idx, x.reshape(n, c, -1)).reshape(n, c, size, size)
                 continue
-            spec = next(s for s in self.specs if s.name == name)
-            size = sizes[name]
-            extra = size - ((x.shape[-1] - 1) * spec.stride - 2 * spec.padding + spec.kernel)
-            x = F.conv_transpose2d(F.relu(x), self.weights[name], None, spec.stride,
-                                   spec.padding, output_padding=extra)
+            extra = size - ((x.shape[-1] - 1) * op.stride - 2 * op.padding + op.kernel)
+            x = F.conv_transpose2d(F.relu(x) if op.relu else x, self.weights[op.name], None,
+                                   op.stride, op.padding, output_padding=extra)
         return x

@@ -104,7 +104,7 @@ def test_load_run_from_a_run_folder_or_a_checkpoint(tmp_path):
         assert info["metrics"] == {"val_top1": 0.25} and info["class_names"][3] == "3"
         assert info["checkpoint"] == str(tmp_path / "checkpoints" / "1")
     # The parameters are usable as they come.
-    logits, _ = model.forward_jit(params, np.zeros((1, 64, 64, 3), np.float32), config)
+    logits, _ = model.forward_jit(config, params, np.zeros((1, 64, 64, 3), np.float32))
     assert logits.shape == (1, 10)
     with pytest.raises(FileNotFoundError, match="no checkpoint for epoch 4.*available: \\[1\\]"):
         checkpoints.load_run(tmp_path, epoch=4)

@@ -91,7 +91,7 @@ def test_cli_on_a_run_with_two_checkpoints_and_snapshots(tmp_path, monkeypatch, 
     val = data.load_split(str(tmp_path / "images"), "val", 64, progress=False)
     probe = evolution.make_probe(val, mean, TINY, count=8, maps_per_layer=3)
     for epoch, params in ((1, params1), (2, params2)):
-        evolution.save_snapshot(run, epoch, evolution.take_snapshot(params, TINY, probe))
+        evolution.save_snapshot(run, epoch, evolution.take_snapshot(TINY, params, probe))
 
     code, out, err = run_cli(monkeypatch, capsys, ["convergence", str(run), "--batch-size", "4",
                                                       "--top", "3"])
@@ -100,12 +100,12 @@ def test_cli_on_a_run_with_two_checkpoints_and_snapshots(tmp_path, monkeypatch, 
     assert out.splitlines()[-2:] == [str(figures / "convergence.png"), str(figures / "convergence.csv")]
     rows = list(csv.DictReader(open(figures / "convergence.csv")))
     assert [(r["layer"], r["epoch"]) for r in rows] == [
-        (layer, e) for layer in model.CONV_LAYERS for e in ("1", "2")]
+        (layer, e) for layer in model.conv_layers(TINY) for e in ("1", "2")]
     final = [r for r in rows if r["epoch"] == "2"]
     assert all(float(r["projection_corr_median"]) == pytest.approx(1, abs=1e-3) for r in final)
     assert all(r["top9_overlap_mean"] == "1.0000" for r in final)
     # Epoch 1's overlap: the top 3 of the 8 val images at each checkpoint, compared by hand.
-    tops = {e: topk.mine(p, [probe.images], TINY, k=3) for e, p in ((1, params1), (2, params2))}
+    tops = {e: topk.mine(TINY, p, [probe.images], k=3) for e, p in ((1, params1), (2, params2))}
     for layer in ("conv2", "conv5"):
         want = np.mean([len(set(a) & set(b)) / 3 for a, b in zip(tops[1][layer].image,
                                                                   tops[2][layer].image)])

@@ -51,7 +51,7 @@ def matrices():
     boxes = np.array([[[10, 10, 30, 30]] * 3,
                       [[0, 0, 16, 16], [20, 30, 40, 50], [40, 40, 64, 64]],
                       [[0, 0, 0, 0]] * 3])
-    h = corr.hamming_matrices(params(), images(), corr.box_masks(boxes, 64), config=SMALL,
+    h = corr.hamming_matrices(SMALL, params(), images(), corr.box_masks(boxes, 64),
                               layers=("pool5", "fc7", "conv3"))
     return boxes, jax.device_get(h)
 
@@ -61,7 +61,7 @@ def test_identical_images_and_masks_give_delta_zero():
     # Three sets (the shape of matrices(): no new compilation), each one box for all.
     masks = corr.box_masks(np.array([[[5, 5, 20, 25]] * 3, [[0, 0, 64, 64]] * 3,
                                      [[30, 40, 31, 41]] * 3]), 64)
-    h = corr.hamming_matrices(params(), same, masks, config=SMALL, layers=("pool5", "fc7", "conv3"))
+    h = corr.hamming_matrices(SMALL, params(), same, masks, layers=("pool5", "fc7", "conv3"))
     for layer, mats in h.items():
         np.testing.assert_array_equal(mats, 0, err_msg=layer)
         np.testing.assert_array_equal(corr.delta(mats), 0)
@@ -72,10 +72,10 @@ def test_identical_images_and_masks_give_delta_zero():
 def test_hamming_matrices_match_separate_forward_passes():
     boxes, h = matrices()
     x = images()
-    _, ref = model.forward_jit(params(), x, SMALL)
+    _, ref = model.forward_jit(SMALL, params(), x)
     for m in range(2):
         masked = np.where(corr.box_masks(boxes[m], 64)[..., None], 0, x)
-        _, aux = model.forward_jit(params(), masked, SMALL)
+        _, aux = model.forward_jit(SMALL, params(), masked)
         for layer in ("pool5", "fc7", "conv3"):
             eps = (np.asarray(ref["activations"][layer]) - np.asarray(aux["activations"][layer])
                    ).reshape(3, -1)

@@ -21,7 +21,7 @@ def network(config, n_images=2, seed=0):
     params = model.init_params(config, jax.random.key(seed))
     size = config.image_size
     images = jax.random.normal(jax.random.key(seed + 1), (n_images, size, size, 3))
-    _, aux = model.forward_jit(params, images, config)
+    _, aux = model.forward_jit(config, params, images)
     return params, images, aux
 
 
@@ -81,14 +81,14 @@ def rel_err(a, b):
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
-@pytest.mark.parametrize("layer", model.PROJECTABLE_LAYERS)
+@pytest.mark.parametrize("layer", model.projectable_layers(SMALL))
 def test_whole_layer_projection_equals_reference_small(layer):
     params, images, aux = network(SMALL)
     # The reference forward reproduces the recorded activations.
     np.testing.assert_allclose(reference_features(params, images, layer),
                                aux["activations"][layer], rtol=1e-4, atol=1e-5)
     signal = aux["activations"][layer]
-    ours = deconv.project(params, aux, layer, signal, SMALL)
+    ours = deconv.project(SMALL, params, aux, layer, signal)
     ref = reference_projection(params, images, layer, signal)
     assert ours.shape == images.shape
     assert rel_err(ours, ref) <= 1e-5
@@ -99,7 +99,7 @@ def test_projection_equals_reference_at_224(layer):
     params, images, aux = network(FULL, n_images=1)
     for channel in (0, 17):
         signal = deconv.feature_map_signal(aux, layer, channel)
-        ours = deconv.project(params, aux, layer, signal, FULL)
+        ours = deconv.project(FULL, params, aux, layer, signal)
         ref = reference_projection(params, images, layer, signal)
         assert float(jnp.abs(ref).max()) > 0
         assert rel_err(ours, ref) <= 1e-5
@@ -108,7 +108,7 @@ def test_projection_equals_reference_at_224(layer):
 @pytest.mark.parametrize("layer", ["conv1", "conv2", "conv3", "conv4", "conv5"])
 def test_each_transposed_convolution_is_the_adjoint_of_its_convolution(layer):
     params, _, aux = network(SMALL)
-    stage = next(s for s in model.stages(SMALL) if s.name == layer)
+    stage = next(s for s in model.spatial_ops(SMALL) if s.name == layer)
     kernel = params[layer]["kernel"]
     kx, ky = jax.random.split(jax.random.key(7))
     x = jax.random.normal(kx, (2, stage.input_size, stage.input_size, kernel.shape[2]))
@@ -123,17 +123,17 @@ def test_each_transposed_convolution_is_the_adjoint_of_its_convolution(layer):
     np.testing.assert_allclose(jnp.vdot(fx, y), jnp.vdot(x, back), rtol=2e-5)
 
 
-@pytest.mark.parametrize("layer", model.PROJECTABLE_LAYERS)
+@pytest.mark.parametrize("layer", model.projectable_layers(SMALL))
 def test_windowed_unit_projection_equals_dense(layer):
     params, _, aux = network(SMALL)
     n, h, w, c = aux["activations"][layer].shape
     units = deconv.Units(image=np.array([0, 1, 1, 0]), channel=np.array([0, c - 1, 3, 5]),
                          y=np.array([0, h - 1, h // 2, h - 1]), x=np.array([0, w - 1, w // 2, 0]))
-    windowed = deconv.project_units(params, aux, layer, units, SMALL)
+    windowed = deconv.project_units(SMALL, params, aux, layer, units)
     for k in range(4):
         signal = deconv.unit_signal(aux, layer, units.channel[k], units.y[k], units.x[k])
         signal = signal * (jnp.arange(n) == units.image[k])[:, None, None, None]
-        dense = deconv.project(params, aux, layer, signal, SMALL)[units.image[k]]
+        dense = deconv.project(SMALL, params, aux, layer, signal)[units.image[k]]
         np.testing.assert_allclose(windowed[k], dense, rtol=1e-5, atol=1e-6 * float(jnp.abs(dense).max()))
 
 
@@ -141,7 +141,7 @@ def test_windowed_projection_at_224_equals_reference():
     params, images, aux = network(FULL, n_images=1)
     peaks = aux["activations"]["conv5"][0].max(axis=(0, 1))
     units = deconv.strongest_units(aux, "conv5", jnp.argsort(peaks)[-2:])
-    ours = deconv.project_units(params, aux, "conv5", units, FULL)
+    ours = deconv.project_units(FULL, params, aux, "conv5", units)
     for k in range(2):
         signal = deconv.unit_signal(aux, "conv5", units.channel[k], units.y[k], units.x[k])
         ref = reference_projection(params, images, "conv5", signal)[0]
@@ -156,7 +156,7 @@ def test_single_unit_projection_is_zero_outside_its_receptive_field(layer):
     for y, x in [(0, h - 1), (h // 2, h // 2)]:
         channel = int(jnp.argmax(aux["activations"][layer][1, y, x]))
         units = deconv.Units(np.array([1]), np.array([channel]), np.array([y]), np.array([x]))
-        proj = np.asarray(deconv.project_units(params, aux, layer, units, SMALL)[0])
+        proj = np.asarray(deconv.project_units(SMALL, params, aux, layer, units)[0])
         top, left, bottom, right = receptive_field(SMALL, layer, y, x)
         inside = np.zeros(proj.shape[:2], bool)
         inside[top:bottom, left:right] = True
@@ -167,9 +167,9 @@ def test_single_unit_projection_is_zero_outside_its_receptive_field(layer):
 def test_project_is_vmappable_over_selections():
     params, _, aux = network(SMALL)
     signals = jnp.stack([deconv.feature_map_signal(aux, "conv3", c) for c in range(4)])
-    batched = jax.vmap(lambda s: deconv.project(params, aux, "conv3", s, SMALL))(signals)
+    batched = jax.vmap(lambda s: deconv.project(SMALL, params, aux, "conv3", s))(signals)
     for c in range(4):
-        one = deconv.project(params, aux, "conv3", signals[c], SMALL)
+        one = deconv.project(SMALL, params, aux, "conv3", signals[c])
         np.testing.assert_allclose(batched[c], one, rtol=1e-5, atol=1e-7)
 
 
@@ -189,10 +189,10 @@ def test_bad_selections_say_what_was_expected():
     with pytest.raises(ValueError, match=r"channel 64 is out of range for conv5: expected 0..63"):
         deconv.feature_map_signal(aux, "conv5", 64)
     with pytest.raises(ValueError, match=r"y 3 is out of range for conv5: expected 0..2"):
-        deconv.project_units(params, aux, "conv5", deconv.Units([0], [0], [3], [0]), SMALL)
+        deconv.project_units(SMALL, params, aux, "conv5", deconv.Units([0], [0], [3], [0]))
     with pytest.raises(ValueError, match=r"image index 2 is out of range"):
-        deconv.project_units(params, aux, "conv5", deconv.Units([2], [0], [0], [0]), SMALL)
+        deconv.project_units(SMALL, params, aux, "conv5", deconv.Units([2], [0], [0], [0]))
     with pytest.raises(ValueError, match=r"signal for conv3 must have the shape of its map"):
-        deconv.project(params, aux, "conv3", jnp.zeros((2, 3, 3, 3)), SMALL)
+        deconv.project(SMALL, params, aux, "conv3", jnp.zeros((2, 3, 3, 3)))
     with pytest.raises(ValueError, match="unknown layer 'fc6'"):
-        deconv.project(params, aux, "fc6", aux["activations"]["fc6"], SMALL)
+        deconv.project(SMALL, params, aux, "fc6", aux["activations"]["fc6"])

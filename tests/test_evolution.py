@@ -40,16 +40,16 @@ def params(seed=0):
 @functools.lru_cache(maxsize=None)
 def snapshot(seed=0):
     probe, _ = probe_and_mean()
-    return evolution.take_snapshot(params(seed), SMALL, probe, batch_size=16)
+    return evolution.take_snapshot(SMALL, params(seed), probe, batch_size=16)
 
 
 def forward_in_batches(images, batch=20):
     """Activations of every image, in batches of 20: the shape take_snapshot re-runs
     (5 layers x 4 maps), so nothing new is compiled."""
-    out = {layer: [] for layer in model.CONV_LAYERS}
+    out = {layer: [] for layer in model.conv_layers(SMALL)}
     for start in range(0, len(images), batch):
         chunk = np.resize(images[start:start + batch], (batch,) + images.shape[1:])
-        _, aux = model.forward_jit(params(), chunk, SMALL)
+        _, aux = model.forward_jit(SMALL, params(), chunk)
         for layer in out:
             out[layer].append(np.asarray(aux["activations"][layer])[:len(images) - start])
     return {layer: np.concatenate(acts) for layer, acts in out.items()}
@@ -69,7 +69,7 @@ def test_running_max_equals_brute_force_over_the_whole_probe():
     probe, _ = probe_and_mean()
     snap = snapshot()
     activations = forward_in_batches(probe.images)
-    for layer in model.CONV_LAYERS:
+    for layer in model.conv_layers(SMALL):
         acts = activations[layer]  # (P, h, w, C)
         assert len(acts) == PROBE_COUNT
         np.testing.assert_array_equal(snap[f"{layer}/channels"], probe.maps[layer])
@@ -89,7 +89,7 @@ def test_padding_of_the_last_batch_never_wins():
     p["conv1"] = {"kernel": abs(p["conv1"]["kernel"]), "bias": p["conv1"]["bias"] + 1}
     n = 17  # batches of 16: the last holds one image and 15 of padding
     dark = evolution.Probe(-np.ones((n, 64, 64, 3), np.float32), probe.display[:n], probe.maps)
-    best = evolution.strongest_in_probe(p, SMALL, dark, batch_size=16)
+    best = evolution.strongest_in_probe(SMALL, p, dark, batch_size=16)
     value, image, y, x = best["conv1"]
     np.testing.assert_array_equal(value, 0)
     np.testing.assert_array_equal(image, 0)
@@ -98,7 +98,7 @@ def test_padding_of_the_last_batch_never_wins():
 def test_projections_and_patches_are_the_units_crops():
     probe, _ = probe_and_mean()
     snap = snapshot()
-    for layer in model.CONV_LAYERS:
+    for layer in model.conv_layers(SMALL):
         size = receptive_field_size(SMALL, layer)
         assert snap[f"{layer}/projections"].shape == (4, size, size, 3)
         assert snap[f"{layer}/projections"].dtype == np.float32
@@ -108,9 +108,9 @@ def test_projections_and_patches_are_the_units_crops():
         images, (ys, xs) = snap[f"{layer}/images"], snap[f"{layer}/positions"].T
         for k, c in enumerate(probe.maps[layer]):
             i, y, x = images[k], ys[k], xs[k]
-            _, aux = model.forward_jit(params(), np.repeat(probe.images[i:i + 1], 20, 0), SMALL)
+            _, aux = model.forward_jit(SMALL, params(), np.repeat(probe.images[i:i + 1], 20, 0))
             units = deconv.Units(np.arange(4), np.full(4, c), np.full(4, y), np.full(4, x))
-            full = np.asarray(deconv.project_units(params(), aux, layer, units, SMALL)[0])
+            full = np.asarray(deconv.project_units(SMALL, params(), aux, layer, units)[0])
             want = rf_crop(full, layer, y, x)
             np.testing.assert_allclose(snap[f"{layer}/projections"][k], want, rtol=1e-4,
                                        atol=1e-6 * np.abs(want).max())
@@ -144,12 +144,12 @@ def test_make_probe_is_deterministic_and_spread_over_classes():
     picked = [int(np.flatnonzero((crops == d).all(axis=(1, 2, 3)))[0]) for d in one.display]
     assert sorted(picked) == picked and len(set(picked)) == 30
     assert np.bincount(images.labels[picked]).tolist() == [5] * 6
-    for layer in model.CONV_LAYERS:
+    for layer in model.conv_layers(SMALL):
         maps = one.maps[layer]
         assert maps.dtype == np.int32 and maps.shape == (5,)
         assert len(set(maps)) == 5 and 0 <= maps.min() and maps.max() < model.num_channels(SMALL, layer)
         np.testing.assert_array_equal(maps, two.maps[layer])
-    assert any(not np.array_equal(one.maps[l], other.maps[l]) for l in model.CONV_LAYERS)
+    assert any(not np.array_equal(one.maps[l], other.maps[l]) for l in model.conv_layers(SMALL))
     wide = evolution.make_probe(images, mean, SMALL, count=100, maps_per_layer=1000)
     assert len(wide.images) == 60 and len(wide.maps["conv1"]) == model.num_channels(SMALL, "conv1")
 

@@ -72,14 +72,14 @@ def test_comparing_runs_with_other_conv1_shapes_is_a_clear_error():
 @functools.lru_cache(maxsize=None)
 def strongest_features():
     inputs, display = images()
-    maps = filters.strongest_maps(params(), SMALL, inputs, 2)
-    return maps, filters.layer2_features(params(), SMALL, inputs, display, maps)
+    maps = filters.strongest_maps(SMALL, params(), inputs, 2)
+    return maps, filters.layer2_features(SMALL, params(), inputs, display, maps)
 
 
 def test_strongest_maps_and_their_projections():
     inputs, _ = images()
     maps, features = strongest_features()
-    _, aux = model.forward_jit(params(), inputs, SMALL)
+    _, aux = model.forward_jit(SMALL, params(), inputs)
     peak = np.asarray(aux["activations"]["conv2"]).max(axis=(0, 1, 2))
     np.testing.assert_array_equal(maps, np.argsort(-peak, kind="stable")[:2])
     np.testing.assert_array_equal(features["channels"], maps)

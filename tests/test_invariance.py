@@ -34,7 +34,7 @@ def smooth_images(n=2):
 @functools.lru_cache(maxsize=None)
 def sweeps(n=2):
     """All three sweeps of the first n images (one compiled loop)."""
-    return invariance.sweep(params(), smooth_images()[:n], SWEEPS, SMALL)
+    return invariance.sweep(SMALL, params(), smooth_images()[:n], SWEEPS)
 
 
 def test_identity_warp_is_exact_and_warps_move_pixels_the_documented_way():
@@ -77,13 +77,13 @@ def test_sweep_matches_a_direct_forward_and_batched_equals_per_item():
     batched = sweeps()["rotate"]
     for i in range(2):
         # Image i with itself as its batch-mate (the compiled shape of sweeps()).
-        alone = invariance.sweep(params(), images[[i, i]], SWEEPS, SMALL)["rotate"]
+        alone = invariance.sweep(SMALL, params(), images[[i, i]], SWEEPS)["rotate"]
         for key in ("layer1", "layer7", "probs"):
             np.testing.assert_allclose(alone[key][0], batched[key][i], rtol=1e-4, atol=1e-5)
     # Reference: warp, forward and distances by hand, at the large rotation.
     warped = np.asarray(invariance.transform(images, "rotate", amounts[2:]))[0]
-    _, aux0 = model.forward_jit(params(), images, SMALL)
-    logits, aux1 = model.forward_jit(params(), warped, SMALL)
+    _, aux0 = model.forward_jit(SMALL, params(), images)
+    logits, aux1 = model.forward_jit(SMALL, params(), warped)
     f = lambda aux, layer: np.asarray(aux["activations"][layer]).reshape(2, -1)
     np.testing.assert_allclose(batched["layer1"][:, 2],
                                np.linalg.norm(f(aux0, "pool1") - f(aux1, "pool1"), axis=1),

@@ -25,10 +25,11 @@ def params():
 def ascent(tv_weight=0.0, layer="conv3"):
     """Two units, 25 steps; only the (traced) weights change between calls: one compilation."""
     bound = np.ones((64, 64, 3), np.float32)  # shaped like the CLI's pixel bounds
-    return jax.device_get(maximize.maximize(
-        params(), np.array([0, 1], np.int32), jax.random.key(0), layer=layer, config=SMALL,
-        steps=STEPS, learning_rate=0.02, lp_weight=1e-2, p=2.0, tv_weight=tv_weight,
-        init_std=0.1, lower=-bound, upper=bound))
+    return jax.device_get(maximize.maximize(SMALL, params(), np.array([0, 1], np.int32),
+                                            jax.random.key(0), layer=layer, steps=STEPS,
+                                            learning_rate=0.02, lp_weight=1e-2, p=2.0,
+                                            tv_weight=tv_weight, init_std=0.1, lower=-bound,
+                                            upper=bound))
 
 
 def test_objective_and_response_rise_over_the_steps():
@@ -42,7 +43,7 @@ def test_objective_and_response_rise_over_the_steps():
     assert np.mean(np.diff(obj, axis=1) > 0) > 0.9
     assert result["images"].min() >= -1 and result["images"].max() <= 1  # clipped to bounds
     # The recorded response is the unit's: a conv3 map's mean activation.
-    _, aux = model.forward_jit(params(), result["images"], SMALL)
+    _, aux = model.forward_jit(SMALL, params(), result["images"])
     np.testing.assert_allclose(result["final_value"],
                                np.asarray(aux["activations"]["conv3"]).mean(axis=(1, 2))[[0, 1], [0, 1]],
                                rtol=1e-4)
@@ -66,10 +67,10 @@ def test_regularisers_by_hand():
 
 def test_unit_value_of_fc8_is_the_class_logit_before_softmax():
     x = ascent()["images"]  # the batch shape forward_jit already compiled for
-    logits, aux = model.forward_jit(params(), x, SMALL)
+    logits, aux = model.forward_jit(SMALL, params(), x)
     both = jax.jit(lambda p, image: (
-        maximize.unit_value(p, image, 1, layer="fc8", config=SMALL),
-        maximize.unit_value(p, image, 5, layer="fc7", config=SMALL)))
+        maximize.unit_value(SMALL, p, image, 1, layer="fc8"),
+        maximize.unit_value(SMALL, p, image, 5, layer="fc7")))
     fc8, fc7 = both(params(), x[1])
     np.testing.assert_allclose(fc8, logits[1, 1], rtol=1e-5)
     np.testing.assert_allclose(fc7, aux["activations"]["fc7"][1, 5], rtol=1e-5)

@@ -34,10 +34,10 @@ def test_other_input_sizes_build(size, pool5):
 def test_forward_records_every_layer():
     params = model.init_params(SMALL, jax.random.key(0))
     images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
-    logits, aux = model.forward_jit(params, images, SMALL)
+    logits, aux = model.forward_jit(SMALL, params, images)
     assert logits.shape == (2, 7) and logits.dtype == jnp.float32
     sizes = model.layer_sizes(SMALL)
-    for layer in model.PROJECTABLE_LAYERS:
+    for layer in model.projectable_layers(SMALL):
         channels = model.num_channels(SMALL, layer)
         assert aux["activations"][layer].shape == (2, sizes[layer], sizes[layer], channels)
     assert aux["activations"]["fc6"].shape == (2, 1024)
@@ -119,10 +119,10 @@ def test_training_forward_uses_dropout_and_needs_a_key():
     params = model.init_params(SMALL, jax.random.key(0))
     images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
     with pytest.raises(ValueError, match="dropout_key"):
-        model.forward(params, images, SMALL, train=True)
-    a, _ = model.forward(params, images, SMALL, train=True, dropout_key=jax.random.key(1))
-    b, _ = model.forward(params, images, SMALL, train=True, dropout_key=jax.random.key(2))
-    c, _ = model.forward(params, images, SMALL)
+        model.forward(SMALL, params, images, train=True)
+    a, _ = model.forward(SMALL, params, images, train=True, dropout_key=jax.random.key(1))
+    b, _ = model.forward(SMALL, params, images, train=True, dropout_key=jax.random.key(2))
+    c, _ = model.forward(SMALL, params, images)
     assert not np.allclose(a, b) and not np.allclose(a, c)
 
 
@@ -130,7 +130,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     config = model.ZFNetConfig(num_classes=7, image_size=64, width=0.25, dtype="bfloat16")
     params = model.init_params(config, jax.random.key(0))
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
-    logits, aux = model.forward_jit(params, jnp.ones((1, 64, 64, 3)), config)
+    logits, aux = model.forward_jit(config, params, jnp.ones((1, 64, 64, 3)))
     assert logits.dtype == jnp.float32
     assert aux["activations"]["conv3"].dtype == jnp.bfloat16
 
@@ -139,7 +139,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 def test_wrong_image_shape_says_what_was_expected(shape):
     params = jax.eval_shape(lambda: model.init_params(SMALL, jax.random.key(0)))
     with pytest.raises(ValueError, match=r"expects images of shape \(N, 64, 64, 3\)"):
-        jax.eval_shape(lambda p: model.forward(p, jnp.zeros(shape), SMALL), params)
+        jax.eval_shape(lambda p: model.forward(SMALL, p, jnp.zeros(shape)), params)
 
 
 def test_bad_config_values_are_refused():
@@ -159,5 +159,5 @@ def test_unused_switches_are_not_computed_under_jit():
         return jax.jit(fn).lower(params, images).compile().as_text()
 
     # Switches are the only int8 values in the network.
-    assert "s8[" in compiled_hlo(lambda p, x: model.forward(p, x, SMALL))
-    assert "s8[" not in compiled_hlo(lambda p, x: model.forward(p, x, SMALL)[0])
+    assert "s8[" in compiled_hlo(lambda p, x: model.forward(SMALL, p, x))
+    assert "s8[" not in compiled_hlo(lambda p, x: model.forward(SMALL, p, x)[0])

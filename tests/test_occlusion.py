@@ -33,15 +33,15 @@ FILL = occlusion.fill_values("white", MEAN_CROP)  # (128, 128, 3): white minus t
 
 @functools.lru_cache(maxsize=None)
 def maps(label=3, incremental=True):
-    out = occlusion.occlusion_maps(params(), image(), np.int32(label), FILL, layer=LAYER,
-                                   size=SIZE, stride=STRIDE, batch_size=9, config=SMALL,
+    out = occlusion.occlusion_maps(SMALL, params(), image(), np.int32(label), FILL,
+                                   layer=LAYER, size=SIZE, stride=STRIDE, batch_size=9,
                                    incremental=incremental)
     return jax.device_get(out)
 
 
 def readout_one(x, channel, y, xx, label):
     """Reference: one occluded image through the plain forward pass."""
-    logits, aux = model.forward_jit(params(), x[None], SMALL)
+    logits, aux = model.forward_jit(SMALL, params(), x[None])
     acts = np.asarray(aux["activations"][LAYER])[0, ..., channel]
     probs = np.asarray(jax.nn.softmax(logits[0]))
     return {"map_total": acts.sum(), "unit": acts[y, xx], "p_true": probs[label],
@@ -57,7 +57,7 @@ def test_batched_maps_equal_one_position_at_a_time(incremental):
     # Changed windows of conv1, pool1, conv2, pool2, conv3: parts of 62, 31, 14, 7, 7.
     assert occlusion._window_sides(SMALL, SIZE)[:5] == [7, 5, 5, 4, 6]
     # The followed map and unit: the strongest on the unoccluded image.
-    _, aux = model.forward_jit(params(), image()[None], SMALL)
+    _, aux = model.forward_jit(SMALL, params(), image()[None])
     acts = np.asarray(aux["activations"][LAYER])[0]
     channel = acts.max(axis=(0, 1)).argmax()
     y, x = np.unravel_index(acts[..., channel].argmax(), acts.shape[:2])

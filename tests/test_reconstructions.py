@@ -25,12 +25,12 @@ def image():
 
 @functools.lru_cache(maxsize=None)
 def result():
-    return jax.device_get(reconstructions.reconstruct(params(), image(), layers=LAYERS, config=SMALL))
+    return jax.device_get(reconstructions.reconstruct(SMALL, params(), image(), layers=LAYERS))
 
 
 def test_strongest_unit_is_the_layers_largest_activation_and_projects_alone():
     res = result()
-    _, aux = model.forward_jit(params(), image()[None], SMALL)
+    _, aux = model.forward_jit(SMALL, params(), image()[None])
     for k, layer in enumerate(LAYERS):
         acts = np.asarray(aux["activations"][layer])[0]
         y, x, c = np.unravel_index(acts.argmax(), acts.shape)
@@ -38,10 +38,10 @@ def test_strongest_unit_is_the_layers_largest_activation_and_projects_alone():
         assert res["value"][k] == acts.max()
         # B: the projection of that one unit (dense reverse pass as the reference).
         signal = deconv.unit_signal(aux, layer, c, y, x)
-        want = np.asarray(deconv.project(params(), aux, layer, signal, SMALL))[0]
+        want = np.asarray(deconv.project(SMALL, params(), aux, layer, signal))[0]
         np.testing.assert_allclose(res["strongest"][k], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
         # A: the whole layer, which differs from the single unit's projection.
-        whole = np.asarray(deconv.project(params(), aux, layer, aux["activations"][layer], SMALL))[0]
+        whole = np.asarray(deconv.project(SMALL, params(), aux, layer, aux["activations"][layer]))[0]
         np.testing.assert_allclose(res["whole"][k], whole, rtol=1e-4, atol=1e-6 * np.abs(whole).max())
         assert np.abs(res["whole"][k] - res["strongest"][k]).max() > 1e-3 * np.abs(whole).max()
     assert res["whole"].shape == res["strongest"].shape == (2, 64, 64, 3)

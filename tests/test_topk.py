@@ -32,14 +32,14 @@ def images():
 
 @functools.lru_cache(maxsize=None)
 def activations():
-    _, aux = model.forward_jit(params(), images(), SMALL)
-    return {layer: np.asarray(aux["activations"][layer]) for layer in model.CONV_LAYERS}
+    _, aux = model.forward_jit(SMALL, params(), images())
+    return {layer: np.asarray(aux["activations"][layer]) for layer in model.conv_layers(SMALL)}
 
 
 @functools.lru_cache(maxsize=None)
 def streamed():
     x = images()
-    return topk.mine(params(), (x[i:i + 5] for i in range(0, N, 5)), SMALL)
+    return topk.mine(SMALL, params(), (x[i:i + 5] for i in range(0, N, 5)))
 
 
 def test_streamed_topk_equals_topk_over_the_whole_set_at_once():
@@ -70,7 +70,7 @@ def test_strongest_mined_unit_equals_brute_force_search():
 
 
 def test_fewer_images_than_k_leave_unfilled_slots():
-    top = topk.mine(params(), [images()[:5]], SMALL)["conv2"]  # 5 images, 9 slots
+    top = topk.mine(SMALL, params(), [images()[:5]])["conv2"]  # 5 images, 9 slots
     assert (np.sort(top.image[:, :5], axis=1) == np.arange(5)).all()
     assert np.isfinite(top.value[:, :5]).all()
     assert (top.image[:, 5:] == -1).all() and np.isneginf(top.value[:, 5:]).all()
@@ -80,16 +80,16 @@ def test_projections_are_cropped_to_the_receptive_field_and_patches_match():
     layer, channels = "conv2", np.array([3, 40])
     top = streamed()[layer]
     display = np.random.default_rng(1).integers(0, 256, (N, 64, 64, 3), np.uint8)
-    projections, patches = topk.project_top(params(), SMALL, layer, top, channels, images(), display)
+    projections, patches = topk.project_top(SMALL, params(), layer, top, channels, images(), display)
     size = receptive_field_size(SMALL, layer)
     assert projections.shape == patches.shape == (2, topk.TOP, size, size, 3)
-    _, aux = model.forward_jit(params(), images(), SMALL)
+    _, aux = model.forward_jit(SMALL, params(), images())
     edge = 0
     for i, c in enumerate(channels):
         for j in range(topk.TOP):
             image, y, x = top.image[c, j], top.y[c, j], top.x[c, j]
-            full = np.asarray(deconv.project_units(
-                params(), aux, layer, deconv.Units([image], [c], [y], [x]), SMALL))[0]
+            full = np.asarray(deconv.project_units(SMALL, params(), aux, layer,
+                                                   deconv.Units([image], [c], [y], [x])))[0]
             t, l, b, r = receptive_field(SMALL, layer, y, x)  # clipped to the image
             ct, cl, _, _ = receptive_field(SMALL, layer, y, x, clip=False)
             crop = projections[i, j, t - ct:b - ct, l - cl:r - cl]
@@ -114,7 +114,7 @@ def test_choose_maps_and_channel_checks():
                                          r"conv3 has 96 feature maps, 0..95$"):
         topk.check_channels(SMALL, "conv3", [0, 96])
     with pytest.raises(ValueError, match=r"^unknown layer 'conv6'; expected one of conv1, pool1"):
-        topk.check_layers(["conv1", "conv6"])
+        model.check_layers(SMALL, ["conv1", "conv6"])
 
 
 def test_figure_has_one_panel_per_map_with_its_label(tmp_path):

@@ -75,7 +75,7 @@ def test_train_step_updates_params_and_keeps_filters_within_the_radius(step):
     assert not np.allclose(state.params["fc8"]["kernel"], before["fc8"]["kernel"])
     # He-normal conv1 filters start above RMS 0.1; after the step none is.
     assert _rms(before["conv1"]["kernel"]).max() > 0.1
-    for layer in model.CONV_LAYERS:
+    for layer in model.conv_layers(TINY):
         assert _rms(state.params[layer]["kernel"]).max() <= 0.1 * (1 + 1e-5)
 
 

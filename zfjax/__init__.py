@@ -1,5 +1,22 @@
-"""zfjax: Zeiler & Fergus (2014) ZFNet and its deconvnet, in JAX/Flax."""
+"""zfjax: Zeiler & Fergus (2014) convnets and their deconvnet, in JAX/Flax.
 
-from zfjax.model import ZFNet, ZFNetConfig, forward, forward_jit, init_params, layer_sizes
+A network is data (``zfjax.network``: ZFNet, AlexNet, VGG16); the forward pass
+(``zfjax.model``), the deconvnet (``zfjax.deconv``) and receptive fields are
+derived from it. Every function takes the network config first, then params,
+then data.
+"""
 
-__all__ = ["ZFNet", "ZFNetConfig", "forward", "forward_jit", "init_params", "layer_sizes"]
+from zfjax.deconv import Units, project, project_units, strongest_units
+from zfjax.render import to_display
+from zfjax.model import abstract_params, forward, forward_jit, init_params
+from zfjax.network import (
+    Network, ZFNetConfig, conv_layers, fc_layers, layer_sizes, num_channels, projectable_layers,
+)
+from zfjax.receptive_field import receptive_field, receptive_field_size
+
+__all__ = [
+    "Network", "ZFNetConfig", "Units", "abstract_params", "conv_layers", "fc_layers", "forward",
+    "forward_jit", "init_params", "layer_sizes", "num_channels", "project", "project_units",
+    "projectable_layers", "receptive_field", "receptive_field_size", "strongest_units",
+    "to_display",
+]

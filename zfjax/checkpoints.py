@@ -38,8 +38,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from zfjax import artifacts, model
-from zfjax.model import ZFNetConfig
+from zfjax import artifacts, model, network
+from zfjax.network import Network
 
 KEEP_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
 MAX_TO_KEEP = 3
@@ -144,7 +144,7 @@ def _damaged(mgr, epoch: int, error: BaseException) -> CheckpointError:
                            f"({_first_line(error)}); {hint}")
 
 
-def restore(mgr: ocp.CheckpointManager, epoch: int, abstract, config: ZFNetConfig | None = None):
+def restore(mgr: ocp.CheckpointManager, epoch: int, abstract, config: Network | None = None):
     """Returns (state like `abstract`, meta dict) of checkpoint `epoch`.
 
     abstract: training.abstract_state(...) (shapes, dtypes, shardings); config, if
@@ -188,11 +188,10 @@ def _shape_table(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
 
 def _layer_order(key: tuple[str, ...]):
     """Bottom layer first, kernel before bias."""
-    order = model.CONV_LAYERS + model.FC_LAYERS
-    return (order.index(key[0]) if key[0] in order else len(order), key[-1] != "kernel", key)
+    return network.layer_order(key[0]), key[-1] != "kernel", key
 
 
-def check_shapes(found, expected, config: ZFNetConfig | None = None) -> None:
+def check_shapes(found, expected, config: Network | None = None) -> None:
     """Raises a one-line ValueError naming the first parameter whose shape differs.
 
     found, expected: params trees whose leaves have .shape (checkpoint metadata,
@@ -207,24 +206,15 @@ def check_shapes(found, expected, config: ZFNetConfig | None = None) -> None:
                          f"unexpected {unexpected}")
     for key in sorted(want, key=_layer_order):
         if have[key] != want[key]:
-            setting = _setting(key[0], key[-1], config) if config else "the config"
+            setting = network.shape_setting(config, key[0], key[-1]) if config else "the config"
             raise ValueError(f"checkpoint has {' '.join(key)} {_fmt(have[key])} but {setting} "
                              f"expects {_fmt(want[key])}")
 
 
-def _setting(layer: str, name: str, config: ZFNetConfig) -> str:
-    """Which config values decide this parameter's shape, e.g. 'config width 1.0'."""
-    if layer == "fc8":
-        return f"config num_classes {config.num_classes} (width {config.width})"
-    if layer == "fc6" and name == "kernel":
-        return f"config image_size {config.image_size} and width {config.width}"
-    return f"config width {config.width}"
-
-
-def check_checkpoint(path, config: ZFNetConfig) -> None:
+def check_checkpoint(path, config: Network) -> None:
     """Raises ValueError if the checkpoint (a checkpoints/<epoch> folder) does not fit config."""
     path = Path(path)
-    expected = jax.eval_shape(model.init_params, config, jax.random.key(0))
+    expected = model.abstract_params(config)
     with _reading(path.parent) as mgr:
         check_shapes(_params_shapes(mgr, int(path.name)), expected, config)
 
@@ -310,11 +300,12 @@ def read_config(run_dir) -> dict:
     return run_config
 
 
-def model_config(run_config: dict) -> ZFNetConfig:
+def model_config(run_config: dict) -> Network:
+    """The run's network; config.json files written before ``arch`` existed are ZFNet."""
     try:
-        return ZFNetConfig(**run_config["model"])
+        return network.from_dict(run_config["model"])
     except TypeError as e:
-        raise ValueError(f"the 'model' section of {CONFIG_FILE} does not fit ZFNetConfig: {e}") \
+        raise ValueError(f"the 'model' section of {CONFIG_FILE} does not fit zfjax.Network: {e}") \
             from None
 
 
@@ -380,7 +371,7 @@ def _load_params(mgr, run_dir, config, epoch, found_epoch):
                                 f"available: {sorted(steps)}")
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                            jax.eval_shape(model.init_params, config, jax.random.key(0)))
+                            model.abstract_params(config))
     check_shapes(_params_shapes(mgr, epoch), abstract, config)
     try:
         with _quiet_orbax():

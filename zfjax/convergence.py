@@ -91,7 +91,8 @@ def snapshot_convergence(snapshots: dict, epochs=None) -> tuple[np.ndarray, dict
     """
     epochs = evolution.check_epochs(snapshots, sorted(snapshots) if epochs is None else epochs)
     ref = snapshots[epochs[-1]]
-    layers = [layer for layer in model.CONV_LAYERS if f"{layer}/projections" in ref]
+    layers = sorted((key.split("/")[0] for key in ref if key.endswith("/projections")),
+                    key=model.network.layer_order)
     corr, same = {}, {}
     for layer in layers:
         stack = np.stack([snapshots[e][f"{layer}/projections"] for e in epochs])  # (E, K, R, R, 3)
@@ -246,7 +247,7 @@ def mine_checkpoints(run_dir, epochs, stored, batch_size: int, k: int = topk.TOP
     for epoch in epochs:
         params, config, mean, _ = cli.load_model(pathlib.Path(run_dir) / checkpoints.CHECKPOINT_DIR
                                                  / str(epoch))
-        tops[epoch] = topk.mine(params, topk.batches_of(stored, mean, config, batch_size), config,
+        tops[epoch] = topk.mine(config, params, topk.batches_of(stored, mean, config, batch_size),
                                 k=k)
     return tops
 

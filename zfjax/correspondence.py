@@ -52,7 +52,6 @@ from PIL import Image
 from zfjax import argtypes, artifacts, cli, data, model
 
 LAYERS = ("pool5", "fc7")
-FEATURE_LAYERS = model.PROJECTABLE_LAYERS + model.FC_LAYERS
 RANDOM = "random"
 
 
@@ -70,8 +69,8 @@ def box_masks(boxes: np.ndarray, size: int) -> np.ndarray:
 
 
 @partial(jax.jit, static_argnames=("config", "layers"))
-def hamming_matrices(params, images: jax.Array, masks: jax.Array, *,
-                     config: model.ZFNetConfig, layers: tuple[str, ...] = LAYERS) -> dict:
+def hamming_matrices(config: model.Network, params, images: jax.Array, masks: jax.Array, *,
+                     layers: tuple[str, ...] = LAYERS) -> dict:
     """Pairwise sign disagreement of the feature changes under each set of masks.
 
     images: (N, H, W, 3) network inputs; masks: bool (M, N, H, W), one mask per
@@ -84,7 +83,7 @@ def hamming_matrices(params, images: jax.Array, masks: jax.Array, *,
     steps = jnp.concatenate([jnp.zeros_like(masks[:1]), masks])
 
     def features(mask):
-        _, aux = model.forward(params, jnp.where(mask[..., None], 0, images), config)
+        _, aux = model.forward(config, params, jnp.where(mask[..., None], 0, images))
         return {l: aux["activations"][l].reshape(len(images), -1).astype(jnp.float32)
                 for l in layers}
 
@@ -336,18 +335,19 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                         help="random-box draws for the 'random' row (default 10)")
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the random boxes")
     parser.add_argument("--layers", nargs="+", default=list(LAYERS), metavar="LAYER",
-                        help=f"layers to compare (default {' '.join(LAYERS)}; any of "
-                             f"{', '.join(FEATURE_LAYERS)})")
+                        help=f"layers to compare (default {' '.join(LAYERS)}; any conv or "
+                             f"pool map, fc6, fc7)")
     parser.set_defaults(run=run_cli)
     return parser
 
 
 def run_cli(args) -> list[pathlib.Path]:
-    for layer in args.layers:
-        if layer not in FEATURE_LAYERS:
-            raise ValueError(f"unknown layer {layer!r}; expected one of {', '.join(FEATURE_LAYERS)}")
     parts = read_parts(args.parts)
     params, config, mean, info = cli.load_model(args.target)
+    feature_layers = model.projectable_layers(config) + model.fc_layers(config)
+    for layer in args.layers:
+        if layer not in feature_layers:
+            raise ValueError(f"unknown layer {layer!r}; expected one of {', '.join(feature_layers)}")
     size = config.image_size
     boxes = input_boxes(parts, size)
     stored = data.load_image_files([str(p) for p in parts.paths], size)
@@ -355,8 +355,8 @@ def run_cli(args) -> list[pathlib.Path]:
     display = np.ascontiguousarray(data.centre_crop(stored, size))
     random = random_boxes(boxes, size, args.draws, args.seed)
     layers = tuple(dict.fromkeys(args.layers))
-    h = jax.device_get(hamming_matrices(params, inputs, mask_sets(boxes, random, size),
-                                        config=config, layers=layers))
+    h = jax.device_get(hamming_matrices(config, params, inputs, mask_sets(boxes, random, size),
+                                        layers=layers))
     rows = table(h, parts.names, args.draws, layers)
     names = [p.name for p in parts.paths]
     fig = plot_correspondence(display, boxes, random, parts.names, rows, names,

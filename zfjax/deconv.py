@@ -15,9 +15,9 @@ forward pass (see ``model.max_pool_with_switches``).
 
 Two ways to run it, with identical results:
 
-* ``project(params, aux, layer, signal, config)``: dense; any signal shaped
+* ``project(config, params, aux, layer, signal)``: dense; any signal shaped
   like the layer's map (one unit, one map, the whole layer).
-* ``project_units(params, aux, layer, units, config)``: many single units at
+* ``project_units(config, params, aux, layer, units)``: many single units at
   once; each unit's reverse pass only touches the window of its receptive
   field, which is about 2.7x less work than dense for conv5 at 224 px.
 
@@ -36,23 +36,26 @@ import numpy as np
 from jax import lax
 
 from zfjax import model
-from zfjax.model import Stage, ZFNetConfig, grow, stages_below
+from zfjax.network import Network, SpatialOp, grow, layer_order, ops_below
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
-def reverse_stage(stage: Stage, signal: jax.Array, params: dict, switches: jax.Array | None):
-    """Invert one stage on an NHWC window, onto every input position it touches.
+def reverse_stage(op: SpatialOp, signal: jax.Array, params: dict, switches: jax.Array | None):
+    """Invert one conv or pool on an NHWC window, onto every input position it touches.
 
     signal (N, w, w, C_out) -> (N, (w-1)*stride + kernel, ..., C_in); the result's
-    first row/column is input position ``offset * stride - padding``.
+    first row/column is input position ``offset * stride - padding``. A conv
+    followed by a ReLU first rectifies the signal (the deconvnet rule).
     """
-    if stage.kind == "pool":
-        return model.unpool_full(signal, switches)
-    kernel = params[stage.name]["kernel"].astype(signal.dtype)
-    k = stage.kernel
+    if op.kind == "pool":
+        return model.unpool_full(signal, switches, op.stage)
+    kernel = params[op.name]["kernel"].astype(signal.dtype)
+    k = op.kernel
+    if op.relu:
+        signal = jax.nn.relu(signal)
     return lax.conv_transpose(
-        jax.nn.relu(signal), kernel, (stage.stride, stage.stride),
+        signal, kernel, (op.stride, op.stride),
         padding=((k - 1, k - 1), (k - 1, k - 1)), dimension_numbers=_DIMS,
         transpose_kernel=True,
     )
@@ -60,35 +63,34 @@ def reverse_stage(stage: Stage, signal: jax.Array, params: dict, switches: jax.A
 
 def check_layer_signal(aux: dict, layer: str, signal_shape) -> None:
     """Raise ValueError unless ``signal_shape`` matches the layer's recorded map."""
-    if layer not in model.PROJECTABLE_LAYERS:
-        raise model.unknown_layer(layer)
-    want = tuple(aux["activations"][layer].shape)
+    want = tuple(_layer_activations(aux, layer).shape)
     if tuple(signal_shape) != want:
         raise ValueError(f"signal for {layer} must have the shape of its map {want} (NHWC); "
                          f"got {tuple(signal_shape)}")
 
 
-@partial(jax.jit, static_argnames=("layer", "config"))
-def _project_dense(params, aux, signal, layer, config):
+@partial(jax.jit, static_argnames=("config", "layer"))
+def _project_dense(config, params, aux, layer, signal):
     x = signal
-    for stage in stages_below(config, layer):
-        x = reverse_stage(stage, x, params, aux["switches"].get(stage.name))
-        start = stage.padding  # full-grown output starts at input position -padding
-        n = stage.input_size
-        x = x[:, start : start + n, start : start + n]
+    for op in ops_below(config, layer):
+        x = reverse_stage(op, x, params, aux["switches"].get(op.name))
+        # The full-grown output starts at input position -padding.
+        x = model.fit(x, op.padding, op.input_size, op.input_size)
     return x
 
 
-def project(params: dict, aux: dict, layer: str, signal: jax.Array, config: ZFNetConfig) -> jax.Array:
+def project(config: Network, params: dict, aux: dict, layer: str, signal: jax.Array) -> jax.Array:
     """Project a signal on ``layer``'s map down to pixels.
 
     signal: (N, h, w, C), shaped like ``aux['activations'][layer]``; zero
     everywhere except the activations to visualise. Returns (N, H, W, 3) in
-    the signal's dtype. Layers: conv1..conv5 (rectified maps) and
-    pool1/pool2/pool5 (pooled maps).
+    the signal's dtype. Layers: ``network.projectable_layers(config)`` (conv
+    maps, rectified, and pool maps).
     """
+    if layer not in model.projectable_layers(config):
+        raise model.unknown_layer(config, layer)
     check_layer_signal(aux, layer, signal.shape)
-    return _project_dense(params, aux, signal, layer, config)
+    return _project_dense(config, params, aux, layer, signal)
 
 
 # ---- selections of the paper's modes -----------------------------------------------
@@ -143,33 +145,42 @@ def strongest_units(aux: dict, layer: str, channels, image: int = 0) -> Units:
     return Units(jnp.full(channels.shape, image, jnp.int32), channels, ys[0], xs[0])
 
 
-def project_units(params: dict, aux: dict, layer: str, units: Units, config: ZFNetConfig) -> jax.Array:
+def project_units(config: Network, params: dict, aux: dict, layer: str, units: Units) -> jax.Array:
     """Project K single activations, each alone, down to pixels: (K, H, W, 3).
 
     Each unit keeps its recorded activation value; everything else on its layer
     is zero. Equal to ``project`` of ``unit_signal`` for that unit, but each
     reverse pass only computes inside the unit's receptive field window.
     """
+    if layer not in model.projectable_layers(config):
+        raise model.unknown_layer(config, layer)
     acts = _layer_activations(aux, layer)
     units = Units(*(jnp.atleast_1d(jnp.asarray(u, jnp.int32)) for u in units))
     _check_units(layer, acts.shape, units.channel, units.y, units.x, units.image)
-    return _project_units(params, aux, units, layer, config)
+    return _project_units(config, params, aux, layer, units)
 
 
-@partial(jax.jit, static_argnames=("layer", "config"))
-def _project_units(params, aux, units, layer, config):
-    below = stages_below(config, layer)
-    # Static window side at each stage's output, top first. A window that would
-    # outgrow the map below becomes the whole map (offset 0) from there on.
+def window_sizes(config: Network, layer: str) -> list[int]:
+    """Static side of a unit's window at each op's output, top first (``ops_below``).
+
+    A window that would outgrow the map below becomes the whole map from there on.
+    """
     sizes, size = [], 1
-    for stage in below:
+    for op in ops_below(config, layer):
         sizes.append(size)
-        size, _ = grow(stage, size, 0)
-        size = size if size < stage.input_size else stage.input_size
+        size, _ = grow(op, size, 0)
+        size = min(size, op.input_size)
+    return sizes
+
+
+@partial(jax.jit, static_argnames=("config", "layer"))
+def _project_units(config, params, aux, layer, units):
+    below = ops_below(config, layer)
+    sizes = window_sizes(config, layer)
     # Pad each switch map by its window so every dynamic slice stays in bounds.
     padded = {
-        stage.name: jnp.pad(aux["switches"][stage.name], ((0, 0), (w, w), (w, w), (0, 0)))
-        for stage, w in zip(below, sizes) if stage.kind == "pool"
+        op.name: jnp.pad(aux["switches"][op.name], ((0, 0), (w, w), (w, w), (0, 0)))
+        for op, w in zip(below, sizes) if op.kind == "pool"
     }
     acts = aux["activations"][layer]
 
@@ -178,21 +189,21 @@ def _project_units(params, aux, units, layer, config):
         value = acts[unit.image, unit.y, unit.x, unit.channel]
         x = jnp.where(jnp.arange(c) == unit.channel, value, 0).reshape(c)[None, None, None]
         offset = jnp.stack([unit.y, unit.x])
-        for stage, w in zip(below, sizes):
+        for op, w in zip(below, sizes):
             switches = None
-            if stage.kind == "pool":
-                full = padded[stage.name]
+            if op.kind == "pool":
+                full = padded[op.name]
                 switches = lax.dynamic_slice(
                     full, (unit.image, offset[0] + w, offset[1] + w, 0), (1, w, w, full.shape[-1]))
-            x = reverse_stage(stage, x, params, switches)
-            grown, offset = grow(stage, w, offset)
-            if grown < stage.input_size and stage is not below[-1]:
+            x = reverse_stage(op, x, params, switches)
+            grown, offset = grow(op, w, offset)
+            if grown < op.input_size and op is not below[-1]:
                 # Zero what falls outside the map (forward padding positions).
                 pos = offset[:, None] + jnp.arange(grown)
-                inside = (pos >= 0) & (pos < stage.input_size)
+                inside = (pos >= 0) & (pos < op.input_size)
                 x = x * (inside[0][:, None] & inside[1][None, :])[None, :, :, None]
-            else:  # onto the whole map (last stage: the image); the rest is cut off
-                x = _paste(x[0], offset, stage.input_size)[None]
+            else:  # onto the whole map (last op: the image); the rest is cut off
+                x = _paste(x[0], offset, op.input_size)[None]
                 offset = jnp.zeros_like(offset)
         return x[0]
 
@@ -211,9 +222,12 @@ def _paste(window: jax.Array, offset: jax.Array, size: int) -> jax.Array:
 
 
 def _layer_activations(aux: dict, layer: str) -> jax.Array:
-    if layer not in model.PROJECTABLE_LAYERS:
-        raise model.unknown_layer(layer)
-    return aux["activations"][layer]
+    acts = aux["activations"]
+    if layer not in acts or acts[layer].ndim != 4:
+        maps = sorted((name for name, a in acts.items() if a.ndim == 4), key=layer_order)
+        raise ValueError(f"unknown layer {layer!r}; expected one of {', '.join(maps)}")
+    return acts[layer]
+
 
 
 def _concrete(v):

@@ -2,7 +2,7 @@
 
 At the end of every epoch the training loop calls::
 
-    snapshot = take_snapshot(params, config, probe)
+    snapshot = take_snapshot(config, params, probe)
     save_snapshot(run_dir, epoch, snapshot)
 
 For a fixed set of feature maps (``Probe.maps``, a few per conv layer) a
@@ -53,7 +53,7 @@ class Probe:
     maps: dict[str, np.ndarray]  # conv layer -> int32 (K,) channels to follow
 
 
-def make_probe(images: data.ImageSet, mean: np.ndarray, config: model.ZFNetConfig, *,
+def make_probe(images: data.ImageSet, mean: np.ndarray, config: model.Network, *,
                count: int = 1000, maps_per_layer: int = 8, seed: int = 0) -> Probe:
     """Probe of min(count, N) images spread over the classes, and random maps per conv layer.
 
@@ -65,7 +65,7 @@ def make_probe(images: data.ImageSet, mean: np.ndarray, config: model.ZFNetConfi
     size = config.image_size
     rng = np.random.default_rng(seed)
     maps = {}
-    for layer in model.CONV_LAYERS:
+    for layer in model.conv_layers(config):
         channels = model.num_channels(config, layer)
         chosen = rng.choice(channels, min(maps_per_layer, channels), replace=False)
         maps[layer] = np.sort(chosen).astype(np.int32)
@@ -78,14 +78,14 @@ def make_probe(images: data.ImageSet, mean: np.ndarray, config: model.ZFNetConfi
 
 
 @partial(jax.jit, static_argnames="config")
-def _update_running_max(params, best, images, first, count, maps, config):
+def _update_running_max(config, params, best, images, first, count, maps):
     """Fold one batch into the running max of every followed map.
 
     best: layer -> (value f32, image, y, x), each (K,); images (B, H, W, 3) of which the
     first ``count`` are real (the rest pad the last batch); ``first``: probe index of
     images[0]. Ties keep the earlier (image, y, x) in row-major order, as argmax does.
     """
-    _, aux = model.forward(params, images, config)  # logits unused: XLA drops fc6..fc8
+    _, aux = model.forward(config, params, images)  # logits unused: XLA drops fc6..fc8
     real = jnp.arange(images.shape[0]) < count
     out = {}
     for layer, channels in maps.items():
@@ -100,7 +100,7 @@ def _update_running_max(params, best, images, first, count, maps, config):
     return out
 
 
-def strongest_in_probe(params, config: model.ZFNetConfig, probe: Probe, *,
+def strongest_in_probe(config: model.Network, params, probe: Probe, *,
                        batch_size: int = 128) -> dict[str, tuple[np.ndarray, ...]]:
     """Each followed map's strongest activation over the probe.
 
@@ -119,7 +119,7 @@ def strongest_in_probe(params, config: model.ZFNetConfig, probe: Probe, *,
         if count < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - count,) + batch.shape[1:],
                                                     batch.dtype)])
-        best = _update_running_max(params, best, batch, start, count, maps, config)
+        best = _update_running_max(config, params, best, batch, start, count, maps)
     return jax.device_get(best)
 
 
@@ -133,24 +133,24 @@ def crop_boxes(x: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> n
                      for k, (t, l) in enumerate(zip(top, left))])
 
 
-def take_snapshot(params, config: model.ZFNetConfig, probe: Probe, *,
+def take_snapshot(config: model.Network, params, probe: Probe, *,
                   batch_size: int = 128) -> dict[str, np.ndarray]:
     """Strongest activation of each followed map over the probe, projected to pixels.
 
     Returns the '{layer}/{field}' arrays described in the module docstring.
     """
-    best = strongest_in_probe(params, config, probe, batch_size=batch_size)
+    best = strongest_in_probe(config, params, probe, batch_size=batch_size)
     layers = list(best)
     # Re-run the forward on just the winning images, one per unit (a fixed shape, so
     # no recompilation from epoch to epoch), to get the switches to project through.
     winners = np.concatenate([best[layer][1] for layer in layers])
-    _, aux = model.forward_jit(params, probe.images[winners], config)
+    _, aux = model.forward_jit(config, params, probe.images[winners])
     snapshot, first = {}, 0
     for layer in layers:
         value, image, y, x = best[layer]
         k = len(value)
         units = deconv.Units(np.arange(first, first + k, dtype=np.int32), probe.maps[layer], y, x)
-        projections = np.asarray(deconv.project_units(params, aux, layer, units, config),
+        projections = np.asarray(deconv.project_units(config, params, aux, layer, units),
                                  np.float32)
         first += k
         top, left, _, _ = receptive_field(config, layer, y, x, clip=False)
@@ -253,7 +253,8 @@ def evolution_figure(snapshots: dict, epochs, *, title: str | None = None):
 
     epochs = sorted(epochs)
     last = snapshots[epochs[-1]]
-    layers = [layer for layer in model.CONV_LAYERS if f"{layer}/channels" in last]
+    layers = sorted((key.split("/")[0] for key in last if key.endswith("/channels")),
+                    key=model.network.layer_order)
     side = tile_side(len(layers), len(epochs) + 1)
     blocks = [evolution_block(
         np.stack([snapshots[e][f"{layer}/projections"] for e in epochs]),

@@ -73,17 +73,17 @@ def cell_origin(index: int, columns: int, h: int, w: int, pad: int = 1) -> tuple
     return pad + row * (h + pad), pad + col * (w + pad)
 
 
-def strongest_maps(params, config: model.ZFNetConfig, inputs: np.ndarray, count: int,
+def strongest_maps(config: model.Network, params, inputs: np.ndarray, count: int,
                    layer: str = "conv2") -> np.ndarray:
     """The ``count`` maps of ``layer`` whose strongest activation over ``inputs`` is
     largest, strongest first: int32 (count,)."""
     channels = np.arange(model.num_channels(config, layer), dtype=np.int32)
     probe = evolution.Probe(inputs, np.zeros(inputs.shape, np.uint8), {layer: channels})
-    value = evolution.strongest_in_probe(params, config, probe)[layer][0]
+    value = evolution.strongest_in_probe(config, params, probe)[layer][0]
     return channels[np.argsort(-value, kind="stable")[:count]]
 
 
-def layer2_features(params, config: model.ZFNetConfig, inputs: np.ndarray,
+def layer2_features(config: model.Network, params, inputs: np.ndarray,
                     display: np.ndarray, channels, layer: str = "conv2") -> dict:
     """Strongest activation of each given map over the images, projected to pixels.
 
@@ -93,7 +93,7 @@ def layer2_features(params, config: model.ZFNetConfig, inputs: np.ndarray,
     layer's receptive field (see ``evolution.take_snapshot``).
     """
     probe = evolution.Probe(inputs, display, {layer: np.asarray(channels, np.int32)})
-    snapshot = evolution.take_snapshot(params, config, probe)
+    snapshot = evolution.take_snapshot(config, params, probe)
     return {key.split("/", 1)[1]: value for key, value in snapshot.items()}
 
 
@@ -205,9 +205,9 @@ def run_cli(args) -> list[pathlib.Path]:
             _, _, _, _, inputs, display, _, _ = cli.load_analysis_inputs(
                 run_args, args.limit or IMAGES)
             count = len(inputs)
-            maps = strongest_maps(params, config, inputs,
+            maps = strongest_maps(config, params, inputs,
                                   min(args.maps, model.num_channels(config, "conv2")))
-            features = layer2_features(params, config, inputs, display, maps)
+            features = layer2_features(config, params, inputs, display, maps)
         kernel = np.asarray(params["conv1"]["kernel"])
         radius, note = _radius(info)
         panels.append({"name": cli.run_label(target, info) + (f" ({note})" if note else ""),

@@ -109,13 +109,13 @@ def transform(images, kind: str, amounts) -> jax.Array:
 
 
 @partial(jax.jit, static_argnames=("config", "layer1"))
-def _sweep(params, images, matrices, offsets, config, layer1):
+def _sweep(config, params, images, matrices, offsets, layer1):
     # Step 0 is the identity; its features are the reference.
     matrices = jnp.concatenate([jnp.eye(2, dtype=jnp.float32)[None], matrices])
     offsets = jnp.concatenate([jnp.zeros((1, 2), jnp.float32), offsets])
 
     def one(m):
-        logits, aux = model.forward(params, warp(images, *m), config)
+        logits, aux = model.forward(config, params, warp(images, *m))
         acts = aux["activations"]
         return (acts[layer1].reshape(len(images), -1).astype(jnp.float32),
                 acts[LAYER7].astype(jnp.float32), jax.nn.softmax(logits))
@@ -126,7 +126,7 @@ def _sweep(params, images, matrices, offsets, config, layer1):
             "probs": jnp.swapaxes(probs[1:], 0, 1), "reference_probs": probs[0]}
 
 
-def sweep(params, images, sweeps: dict, config: model.ZFNetConfig,
+def sweep(config: model.Network, params, images, sweeps: dict,
           layer1: str = "pool1") -> dict:
     """Feature distances and class probabilities along transformation sweeps.
 
@@ -143,8 +143,9 @@ def sweep(params, images, sweeps: dict, config: model.ZFNetConfig,
         raise ValueError(f"unknown layer-1 features {layer1!r}; expected one of "
                          f"{', '.join(LAYER1_CHOICES)}")
     maps = [affine(kind, amounts) for kind, amounts in sweeps.items()]
-    result = jax.device_get(_sweep(params, images, np.concatenate([m for m, _ in maps]),
-                                   np.concatenate([b for _, b in maps]), config, layer1))
+    result = jax.device_get(_sweep(config, params, images,
+                                   np.concatenate([m for m, _ in maps]),
+                                   np.concatenate([b for _, b in maps]), layer1))
     out, start = {}, 0
     for kind, (m, _) in zip(sweeps, maps):
         part = slice(start, start + len(m))
@@ -248,7 +249,7 @@ def run_cli(args) -> list[pathlib.Path]:
     sweeps = {kind: np.asarray(chosen[kind] if chosen[kind] else
                                default_amounts(kind, config.image_size), np.float32)
               for kind in TRANSFORMS}
-    results = sweep(params, inputs, sweeps, config, args.layer1)
+    results = sweep(config, params, inputs, sweeps, args.layer1)
     curves, examples, arrays = {}, {}, {}
     for kind, amounts in sweeps.items():
         result = results[kind]

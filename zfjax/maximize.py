@@ -34,22 +34,22 @@ from jax import lax
 
 from zfjax import argtypes, artifacts, cli, data, model, render
 
-LAYERS = model.PROJECTABLE_LAYERS + model.FC_LAYERS + ("fc8",)
 UNITS = 8  # units shown by default
 
 
-def num_units(config: model.ZFNetConfig, layer: str) -> int:
+def layers(config: model.Network) -> tuple[str, ...]:
+    """Layers whose units can be maximised: conv/pool maps, hidden dense layers, the logits."""
+    return model.projectable_layers(config) + model.dense_layers(config)
+
+
+def num_units(config: model.Network, layer: str) -> int:
     """Channels (conv/pool), units (fc6/fc7) or classes (fc8) of a layer."""
-    if layer == "fc8":
-        return config.num_classes
-    if layer in model.FC_LAYERS:
-        return model.scaled(model.FC_FEATURES, config.width)
-    if layer in model.PROJECTABLE_LAYERS:
-        return model.num_channels(config, layer)
-    raise ValueError(f"unknown layer {layer!r}; expected one of {', '.join(LAYERS)}")
+    if layer not in layers(config):
+        raise ValueError(f"unknown layer {layer!r}; expected one of {', '.join(layers(config))}")
+    return model.num_channels(config, layer)
 
 
-def check_units(config: model.ZFNetConfig, layer: str, units) -> None:
+def check_units(config: model.Network, layer: str, units) -> None:
     """Raise ValueError for an unknown layer or a unit index out of its range."""
     n = num_units(config, layer)
     for u in np.atleast_1d(units):
@@ -57,13 +57,13 @@ def check_units(config: model.ZFNetConfig, layer: str, units) -> None:
             raise ValueError(f"unit {int(u)} is out of range for {layer}: expected 0..{n - 1}")
 
 
-def unit_value(params, image: jax.Array, unit, *, layer: str, config: model.ZFNetConfig):
+def unit_value(config: model.Network, params, image: jax.Array, unit, *, layer: str):
     """One unit's response to one image (H, W, 3): a scalar (see module docstring)."""
-    logits, aux = model.forward(params, image[None], config)
-    if layer == "fc8":
+    logits, aux = model.forward(config, params, image[None])
+    if layer == model.dense_layers(config)[-1]:
         return logits[0, unit]
     acts = aux["activations"][layer][0].astype(jnp.float32)
-    if layer in model.FC_LAYERS:
+    if acts.ndim == 1:  # a dense layer
         return acts[unit]
     return jnp.mean(acts[..., unit])
 
@@ -80,8 +80,8 @@ def lp_penalty(x: jax.Array, p: float) -> jax.Array:
 
 
 @partial(jax.jit, static_argnames=("layer", "config", "steps"))
-def maximize(params, units: jax.Array, key: jax.Array, *, layer: str,
-             config: model.ZFNetConfig, steps: int = 200, learning_rate: float = 0.01,
+def maximize(config: model.Network, params, units: jax.Array, key: jax.Array, *, layer: str,
+             steps: int = 200, learning_rate: float = 0.01,
              lp_weight: float = 1.0, p: float = 2.0, tv_weight: float = 300.0,
              init_std: float = 0.1, lower=None, upper=None) -> dict:
     """Gradient ascent on the input for K units of one layer at once.
@@ -97,7 +97,7 @@ def maximize(params, units: jax.Array, key: jax.Array, *, layer: str,
     """
     size = config.image_size
     optimizer = optax.adam(learning_rate)
-    value_fn = partial(unit_value, params, layer=layer, config=config)
+    value_fn = partial(unit_value, config, params, layer=layer)
 
     def objective(x, unit):
         value = value_fn(x, unit)
@@ -177,8 +177,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="output folder (default: <run>/figures)")
     parser.add_argument("--layer", default="fc8",
-                        help=f"layer of the units (default fc8, the class logits; one of "
-                             f"{', '.join(LAYERS)})")
+                        help="layer of the units (default fc8, the class logits; any conv or "
+                             "pool map, fc6, fc7)")
     parser.add_argument("--units", type=argtypes.nonnegative_int, nargs="+", default=None, metavar="INDEX",
                         help=f"channels (conv/pool), units (fc6/fc7) or classes (fc8) "
                              f"(default the first {UNITS})")
@@ -198,17 +198,17 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 
 def run_cli(args) -> list[pathlib.Path]:
-    if args.layer not in LAYERS:
-        raise ValueError(f"unknown layer {args.layer!r}; expected one of {', '.join(LAYERS)}")
     params, config, mean, info = cli.load_model(args.target)
+    num_units(config, args.layer)  # raises for an unknown layer
     units = np.asarray(args.units if args.units is not None else
                        range(min(UNITS, num_units(config, args.layer))), np.int32)
     check_units(config, args.layer, units)
     lower, upper = pixel_bounds(mean, config.image_size)
-    result = jax.device_get(maximize(
-        params, units, jax.random.key(args.seed), layer=args.layer, config=config,
-        steps=args.steps, learning_rate=args.lr, lp_weight=args.lp_weight, p=args.p,
-        tv_weight=args.tv_weight, init_std=args.init_std, lower=lower, upper=upper))
+    result = jax.device_get(maximize(config, params, units, jax.random.key(args.seed),
+                                     layer=args.layer, steps=args.steps, learning_rate=args.lr,
+                                     lp_weight=args.lp_weight, p=args.p,
+                                     tv_weight=args.tv_weight, init_std=args.init_std,
+                                     lower=lower, upper=upper))
     pictures = data.to_display(result["images"], data.centre_crop(mean, config.image_size))
     classes = render.class_labels(info.get("class_names")) or []
     labels = [f"{args.layer} #{u}" + (f" {classes[u]}" if args.layer == "fc8" and u < len(classes)

@@ -23,6 +23,7 @@ square can change (same results as whole forwards, a third of the work at
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 from functools import partial
 
@@ -32,7 +33,6 @@ import numpy as np
 from jax import lax
 
 from zfjax import argtypes, artifacts, cli, data, deconv, model, render
-from zfjax.topk import check_layers
 
 IMAGES = 3  # rows of the figure, as in the paper
 
@@ -78,12 +78,11 @@ def _scores(logits, acts, y, x, label):
 # and 11/13 (conv3..conv5) wide: 0.31 of the whole forward's multiply-adds.
 
 
-def _window_sides(config: model.ZFNetConfig, size: int) -> list[int]:
-    """Side of the changed output window of every stage (model.stages order)."""
+def _window_sides(config: model.Network, size: int) -> list[int]:
+    """Side of the changed output window of every spatial op (network.spatial_ops order)."""
     sides, m = [], size
-    sizes = model.layer_sizes(config)
-    for stage in model.stages(config):
-        m = min(sizes[stage.name], (m + stage.kernel - 2) // stage.stride + 1)
+    for op in model.spatial_ops(config):
+        m = min(op.output_size, (m + op.kernel - 2) // op.stride + 1)
         sides.append(m)
     return sides
 
@@ -98,54 +97,55 @@ def _overlay(window, start, patch, at):
     return jnp.where(inside[..., None], taken, window)
 
 
-def _incremental_readout(params, image, fill, clean, top, left, *, size, layer, channel, y, x,
-                         label, config):
+def _post(op, x):
+    """What follows an op's recorded (h, w, C) map before the next op reads it (its LRN, if any)."""
+    return model.contrast_normalize(x[None], op.norm)[0] if op.norm is not None else x
+
+
+def _incremental_readout(config, params, image, fill, clean, top, left, *, size, layer, channel,
+                         y, x, label):
     """The readouts of the image occluded at (top, left), recomputing only changed windows.
 
     clean: layer -> the unoccluded (h, w, C) map (model.forward's activations of image).
+    Every conv and pool of the network description is recomputed on the window the
+    square can change; the stages after the last pool run on the whole map.
     """
     dtype = config.compute_dtype
-    sizes = model.layer_sizes(config)
-    normed = {spec.pool for spec in model.conv_specs(config) if spec.norm and config.contrast_norm}
+    ops = model.spatial_ops(config)
     at = jnp.stack([top, left])
     patch = lax.dynamic_slice(fill, (top, left, 0), (size, size, fill.shape[-1]))
-    below, below_name, followed = image, "input", None
-    for stage, n_out in zip(model.stages(config), _window_sides(config, size)):
-        k, s, p = stage.kernel, stage.stride, stage.padding
+    below, followed = image, None
+    for op, n_out in zip(ops, _window_sides(config, size)):
+        k, s, p = op.kernel, op.stride, op.padding
         # First output window position that reads the changed window, kept inside the map.
         first = -(-(at + p - k + 1) // s)
-        out_at = jnp.clip(first, 0, sizes[stage.name] - n_out)
+        out_at = jnp.clip(first, 0, op.output_size - n_out)
         n_in, in_at = (n_out - 1) * s + k, out_at * s - p
-        pad = 0.0 if stage.kind == "conv" else -jnp.inf  # conv zero padding; ceil-mode pool
+        pad = 0.0 if op.kind == "conv" else -jnp.inf  # conv zero padding; pool -inf padding
         padded = jnp.pad(below, ((k, k), (k, k), (0, 0)), constant_values=pad)
         window = lax.dynamic_slice(padded, (in_at[0] + k, in_at[1] + k, 0),
                                    (n_in, n_in, below.shape[-1]))
         window = _overlay(window, in_at, patch, at)[None].astype(dtype)
-        if stage.kind == "conv":
-            if below_name in normed:
-                window = model.contrast_normalize(window)
-            kernel = params[stage.name]["kernel"].astype(dtype)
-            out = lax.conv_general_dilated(window, kernel, (s, s), "VALID",
-                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
-            patch = jax.nn.relu(out + params[stage.name]["bias"].astype(dtype))[0]
+        if op.kind == "conv":
+            out = model.conv(op.stage, params, window, dtype, padding="VALID")
         else:
-            patch = model.max_pool_with_switches(window)[0][0]
-        at, below, below_name = out_at, clean[stage.name], stage.name
-        if stage.name == layer:
-            followed = _overlay(below, jnp.zeros(2, jnp.int32), patch, at)
-    top_map = _overlay(below, jnp.zeros(2, jnp.int32), patch, at)  # pool5, whole
-    h = top_map.reshape(-1)
-    for name in model.FC_LAYERS:
-        h = jax.nn.relu(h @ params[name]["kernel"].astype(dtype) + params[name]["bias"].astype(dtype))
-    logits = (h @ params["fc8"]["kernel"].astype(dtype) + params["fc8"]["bias"].astype(dtype))
-    return _scores(logits.astype(jnp.float32), followed[..., channel].astype(jnp.float32),
+            exact = dataclasses.replace(op.stage, padding=0, ceil=False)  # padding is in the window
+            out = model.max_pool_with_switches(window, exact)[0]
+        out = jax.nn.relu(out)[0] if op.relu else out[0]
+        if op.name == layer:
+            followed = _overlay(clean[op.name], jnp.zeros(2, jnp.int32), out, out_at)
+        at, below, patch = out_at, _post(op, clean[op.name]), _post(op, out)
+    top_map = _overlay(below, jnp.zeros(2, jnp.int32), patch, at)
+    flatten = next(i for i, st in enumerate(model.stages(config)) if isinstance(st, model.Flatten))
+    logits, _, _ = model.apply_stages(config, params, top_map[None], flatten, record=False)
+    return _scores(logits[0].astype(jnp.float32), followed[..., channel].astype(jnp.float32),
                    y, x, label)
 
 
-@partial(jax.jit, static_argnames=("layer", "size", "stride", "batch_size", "config",
+@partial(jax.jit, static_argnames=("config", "layer", "size", "stride", "batch_size",
                                    "incremental"))
-def occlusion_maps(params, image, label, fill, *, layer: str, size: int, stride: int,
-                   batch_size: int, config: model.ZFNetConfig, incremental: bool = True) -> dict:
+def occlusion_maps(config: model.Network, params, image, label, fill, *, layer: str, size: int,
+                   stride: int, batch_size: int, incremental: bool = True) -> dict:
     """Slide a size x size square over one image (H, W, 3) with the given stride.
 
     label: int, the correct class (negative: use the class predicted on the
@@ -160,7 +160,7 @@ def occlusion_maps(params, image, label, fill, *, layer: str, size: int, stride:
     'clean' (the same five readouts of the unoccluded image, scalars), 'channel',
     'y', 'x', 'label' (int32 scalars).
     """
-    clean_logits, aux = model.forward(params, image[None], config)
+    clean_logits, aux = model.forward(config, params, image[None])
     clean = {name: a[0] for name, a in aux["activations"].items()}
     acts = clean[layer]  # (h, w, C)
     channel = jnp.argmax(acts.max(axis=(0, 1))).astype(jnp.int32)
@@ -171,10 +171,9 @@ def occlusion_maps(params, image, label, fill, *, layer: str, size: int, stride:
     def one(top_left):
         top, left = top_left
         if incremental:
-            return _incremental_readout(params, image, fill, clean, top, left, size=size,
-                                        layer=layer, channel=channel, y=y, x=x, label=label,
-                                        config=config)
-        logits, aux = model.forward(params, occlude(image, fill, top, left, size)[None], config)
+            return _incremental_readout(config, params, image, fill, clean, top, left, size=size,
+                                        layer=layer, channel=channel, y=y, x=x, label=label)
+        logits, aux = model.forward(config, params, occlude(image, fill, top, left, size)[None])
         return _scores(logits[0], aux["activations"][layer][0, ..., channel].astype(jnp.float32),
                        y, x, label)
 
@@ -188,18 +187,18 @@ def occlusion_maps(params, image, label, fill, *, layer: str, size: int, stride:
     return out
 
 
-@partial(jax.jit, static_argnames=("layer", "config"))
-def map_projections(params, images, channel, *, layer: str, config: model.ZFNetConfig):
+@partial(jax.jit, static_argnames=("config", "layer"))
+def map_projections(config: model.Network, params, images, channel, *, layer: str):
     """Project the strongest activation of feature map ``channel`` in each image (K, H, W, 3).
 
     Returns (projections (K, H, W, 3), y (K,), x (K,), value (K,)): paper Fig. 7 column (c).
     """
-    _, aux = model.forward(params, images, config)
+    _, aux = model.forward(config, params, images)
     k = images.shape[0]
     channels = jnp.full((k,), channel, jnp.int32)
     value, ys, xs = deconv.strongest(aux, layer, channel[None])  # (K, 1) each
     units = deconv.Units(jnp.arange(k, dtype=jnp.int32), channels, ys[:, 0], xs[:, 0])
-    return deconv.project_units(params, aux, layer, units, config), ys[:, 0], xs[:, 0], value[:, 0]
+    return deconv.project_units(config, params, aux, layer, units), ys[:, 0], xs[:, 0], value[:, 0]
 
 
 def fill_values(fill: str, mean_crop: np.ndarray) -> np.ndarray:
@@ -236,7 +235,7 @@ def chosen_occluders(result: dict, steps: np.ndarray) -> tuple[list[str], np.nda
     return names, np.array(picks, np.int32)
 
 
-def projections_for(params, config, image, fill, channel, picks, size: int, layer: str):
+def projections_for(config, params, image, fill, channel, picks, size: int, layer: str):
     """Column (c): the map's top projection for the unoccluded image and occluded copies.
 
     picks int (K, 2) occluder (top, left), (-1, -1) meaning none. Returns float32 (K, H, W, 3).
@@ -246,8 +245,8 @@ def projections_for(params, config, image, fill, channel, picks, size: int, laye
     for copy, (t, l) in zip(copies, picks):
         if t >= 0:
             copy[t:t + size, l:l + size] = fill[t:t + size, l:l + size]
-    projections, _, _, _ = map_projections(params, copies, jnp.int32(channel), layer=layer,
-                                           config=config)
+    projections, _, _, _ = map_projections(config, params, copies, jnp.int32(channel),
+                                           layer=layer)
     return np.asarray(projections, np.float32)
 
 
@@ -379,9 +378,9 @@ def class_index(label: str, class_names, num_classes: int) -> int:
 
 def run(args) -> list[pathlib.Path]:
     """Occlusion maps for --limit images (or --images); write occlusion.png and .npz."""
-    (layer,) = check_layers([args.layer])
     params, config, mean, info, inputs, display, labels, names = cli.load_analysis_inputs(
         args, args.limit or IMAGES)
+    (layer,) = model.check_layers(config, [args.layer])
     size = args.size if args.size is not None else max(1, round(config.image_size / 7))
     stride = args.stride if args.stride is not None else max(1, round(config.image_size / 28))
     steps = positions(config.image_size, size, stride)
@@ -394,12 +393,11 @@ def run(args) -> list[pathlib.Path]:
 
     results, projections, picks = [], [], []
     for image, label in zip(inputs, labels):
-        res = jax.device_get(occlusion_maps(params, image, np.int32(label), fill, layer=layer,
-                                            size=size, stride=stride,
-                                            batch_size=args.batch_size or len(steps),
-                                            config=config))
+        res = jax.device_get(occlusion_maps(config, params, image, np.int32(label), fill,
+                                            layer=layer, size=size, stride=stride,
+                                            batch_size=args.batch_size or len(steps)))
         pick_names, pick = chosen_occluders(res, steps)
-        projections.append(projections_for(params, config, image, fill, res["channel"], pick,
+        projections.append(projections_for(config, params, image, fill, res["channel"], pick,
                                            size, layer))
         results.append(res)
         picks.append(pick)

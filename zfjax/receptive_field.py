@@ -11,18 +11,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax.model import ZFNetConfig, grow, stages_below
+from zfjax.network import Network, grow, ops_below
 
 
-def receptive_field_size(config: ZFNetConfig, layer: str) -> int:
+def receptive_field_size(config: Network, layer: str) -> int:
     """Side in input pixels of one unit's receptive field (conv5 at 224 px: 139)."""
     size = 1
-    for stage in stages_below(config, layer):
-        size, _ = grow(stage, size, 0)
+    for op in ops_below(config, layer):
+        size, _ = grow(op, size, 0)
     return size
 
 
-def receptive_field(config: ZFNetConfig, layer: str, y, x, *, clip: bool = True):
+def receptive_field(config: Network, layer: str, y, x, *, clip: bool = True):
     """Box (top, left, bottom, right), half-open, in input pixels, of unit(s) (y, x).
 
     y, x: ints or integer arrays of the same shape (numpy or jax); the result
@@ -30,9 +30,9 @@ def receptive_field(config: ZFNetConfig, layer: str, y, x, *, clip: bool = True)
     may extend past the edges into the forward pass's zero padding.
     """
     size, top, left = 1, y, x
-    for stage in stages_below(config, layer):
-        _, top = grow(stage, size, top)
-        size, left = grow(stage, size, left)
+    for op in ops_below(config, layer):
+        _, top = grow(op, size, top)
+        size, left = grow(op, size, left)
     bottom, right = top + size, left + size
     if clip:
         xp = jnp if isinstance(y, jax.Array) or isinstance(x, jax.Array) else np

@@ -19,20 +19,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from zfjax import artifacts, cli, deconv, model, render
-from zfjax.topk import check_layers
 
 DEFAULT_LAYERS = ("pool1", "pool2", "pool5")
 
 
 @partial(jax.jit, static_argnames=("layers", "config"))
-def reconstruct(params, image, *, layers: tuple[str, ...], config: model.ZFNetConfig) -> dict:
+def reconstruct(config: model.Network, params, image, *, layers: tuple[str, ...]) -> dict:
     """Project one image's layers down to pixels, whole and by their strongest unit.
 
     image: (H, W, 3) network input. Returns {'whole': (L, H, W, 3), 'strongest':
     (L, H, W, 3), 'unit': int32 (L, 3) (channel, y, x) of each layer's strongest
     activation, 'value': (L,) that activation}, layers in the order given.
     """
-    _, aux = model.forward(params, image[None], config)
+    _, aux = model.forward(config, params, image[None])
     whole, strongest, units, values = [], [], [], []
     for layer in layers:
         acts = aux["activations"][layer]  # (1, h, w, C)
@@ -40,8 +39,8 @@ def reconstruct(params, image, *, layers: tuple[str, ...], config: model.ZFNetCo
         flat = jnp.argmax(acts.reshape(-1))  # ties: first in (y, x, channel) order
         y, x, channel = flat // (w * c), flat // c % w, flat % c
         unit = deconv.Units(*(jnp.zeros((1,), jnp.int32) + v for v in (0, channel, y, x)))
-        whole.append(deconv.project(params, aux, layer, acts, config)[0])
-        strongest.append(deconv.project_units(params, aux, layer, unit, config)[0])
+        whole.append(deconv.project(config, params, aux, layer, acts)[0])
+        strongest.append(deconv.project_units(config, params, aux, layer, unit)[0])
         units.append(jnp.stack([channel, y, x]).astype(jnp.int32))
         values.append(acts.reshape(-1)[flat])
     return {"whole": jnp.stack(whole), "strongest": jnp.stack(strongest),
@@ -101,12 +100,12 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> list[pathlib.Path]:
     """Write reconstructions.png and reconstructions.npz."""
-    layers = check_layers(args.layers)
-    # Bottom to top, as the forward pass goes.
-    layers = tuple(sorted(dict.fromkeys(layers), key=model.PROJECTABLE_LAYERS.index))
     params, config, mean, info, inputs, display, labels, names = cli.load_analysis_inputs(
         args, args.limit or 1)
-    results = [jax.device_get(reconstruct(params, image, layers=layers, config=config))
+    # Bottom to top, as the forward pass goes.
+    known = model.projectable_layers(config)
+    layers = tuple(sorted(dict.fromkeys(model.check_layers(config, args.layers)), key=known.index))
+    results = [jax.device_get(reconstruct(config, params, image, layers=layers))
                for image in inputs]
     fig = plot_reconstructions(display, results, layers, names)
     arrays = {key: np.stack([r[key] for r in results]) for key in results[0]}

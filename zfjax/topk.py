@@ -83,13 +83,13 @@ def merge_top(best: TopK, acts: jax.Array, first, count) -> TopK:
 
 
 @partial(jax.jit, static_argnames=("layers", "config"))
-def _mine_batch(params, best, images, first, count, layers, config):
-    _, aux = model.forward(params, images, config)  # logits unused: XLA drops what is above
+def _mine_batch(config, params, best, images, first, count, layers):
+    _, aux = model.forward(config, params, images)  # logits unused: XLA drops what is above
     return {layer: merge_top(best[layer], aux["activations"][layer], first, count)
             for layer in layers}
 
 
-def mine(params, batches, config: model.ZFNetConfig, layers=model.CONV_LAYERS, *,
+def mine(config: model.Network, params, batches, layers=None, *,
          k: int = TOP) -> dict[str, TopK]:
     """Stream batches of network inputs and keep each feature map's k strongest activations.
 
@@ -97,9 +97,7 @@ def mine(params, batches, config: model.ZFNetConfig, layers=model.CONV_LAYERS, *
     is padded to the first one's size, so one compilation serves all. The running
     top-k never leaves the device until the end. Returns layer -> TopK (numpy).
     """
-    layers = tuple(layers)
-    for layer in layers:
-        model.num_channels(config, layer)  # raises for an unknown layer
+    layers = model.check_layers(config, model.conv_layers(config) if layers is None else layers)
     best = {layer: empty_top(model.num_channels(config, layer), k) for layer in layers}
     first, size = 0, None
     for batch in batches:
@@ -111,12 +109,12 @@ def mine(params, batches, config: model.ZFNetConfig, layers=model.CONV_LAYERS, *
                              f"last batch may be smaller")
         if count < size:
             batch = np.concatenate([batch, np.zeros((size - count,) + batch.shape[1:], batch.dtype)])
-        best = _mine_batch(params, best, batch, np.int32(first), np.int32(count), layers, config)
+        best = _mine_batch(config, params, best, batch, np.int32(first), np.int32(count), layers)
         first += count
     return {layer: TopK(*(np.asarray(a) for a in top)) for layer, top in jax.device_get(best).items()}
 
 
-def batches_of(stored: np.ndarray, mean: np.ndarray, config: model.ZFNetConfig, batch_size: int):
+def batches_of(stored: np.ndarray, mean: np.ndarray, config: model.Network, batch_size: int):
     """Network inputs for stored-size uint8 images, preprocessed batch by batch (low memory)."""
     for start in range(0, len(stored), batch_size):
         yield data.preprocess(stored[start:start + batch_size], mean, config.image_size)
@@ -126,14 +124,14 @@ def batches_of(stored: np.ndarray, mean: np.ndarray, config: model.ZFNetConfig, 
 
 
 @partial(jax.jit, static_argnames=("layer", "config"))
-def _project_winners(params, images, channels, ys, xs, layer, config):
+def _project_winners(config, params, images, channels, ys, xs, layer):
     """images (K, H, W, 3), one per unit -> each unit's projection (K, H, W, 3)."""
-    _, aux = model.forward(params, images, config)
+    _, aux = model.forward(config, params, images)
     units = deconv.Units(jnp.arange(images.shape[0], dtype=jnp.int32), channels, ys, xs)
-    return deconv.project_units(params, aux, layer, units, config)
+    return deconv.project_units(config, params, aux, layer, units)
 
 
-def project_top(params, config: model.ZFNetConfig, layer: str, top: TopK, channels,
+def project_top(config: model.Network, params, layer: str, top: TopK, channels,
                 inputs: np.ndarray, display: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Project the top-k units of the given maps and crop them to their receptive fields.
 
@@ -146,8 +144,8 @@ def project_top(params, config: model.ZFNetConfig, layer: str, top: TopK, channe
     projections, patches = [], []
     for c in np.asarray(channels):
         image, ys, xs = (np.maximum(a[c], 0) for a in (top.image, top.y, top.x))
-        full = _project_winners(params, inputs[image], np.full(len(image), c, np.int32),
-                                ys, xs, layer, config)
+        full = _project_winners(config, params, inputs[image],
+                                np.full(len(image), c, np.int32), ys, xs, layer)
         full = np.where(np.isfinite(top.value[c])[:, None, None, None], np.asarray(full), 0)
         t, l, _, _ = receptive_field(config, layer, ys, xs, clip=False)
         projections.append(crop_boxes(full.astype(np.float32), t, l, size))
@@ -209,15 +207,7 @@ def plot_topk(layer: str, channels, values: np.ndarray, projections: np.ndarray,
 # ---- command line ------------------------------------------------------------------
 
 
-def check_layers(layers) -> tuple[str, ...]:
-    """The layer names, or ValueError naming the first unknown one."""
-    for layer in layers:
-        if layer not in model.PROJECTABLE_LAYERS:
-            raise model.unknown_layer(layer)
-    return tuple(layers)
-
-
-def check_channels(config: model.ZFNetConfig, layer: str, channels) -> np.ndarray:
+def check_channels(config: model.Network, layer: str, channels) -> np.ndarray:
     """channels as int32 (M,), or ValueError naming the first one the layer does not have."""
     n = model.num_channels(config, layer)
     for c in channels:
@@ -241,9 +231,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         "topk", help="Fig. 2: the 9 strongest activations of feature maps over a split, "
                      "projected to pixels beside their image patches")
     cli.add_input_arguments(parser, count_help="at most this many images of the split (default: all)")
-    parser.add_argument("--layers", nargs="+", default=list(model.CONV_LAYERS), metavar="LAYER",
-                        help=f"layers to mine (default: conv1..conv5; any of "
-                             f"{', '.join(model.PROJECTABLE_LAYERS)})")
+    parser.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
+                        help="layers to mine (default: every conv layer; any conv or pool map)")
     parser.add_argument("--channels", nargs="+", type=argtypes.nonnegative_int, default=None, metavar="C",
                         help="feature maps to draw, in every layer (default: --count random ones)")
     parser.add_argument("--count", type=argtypes.positive_int, default=9, help="random maps drawn per layer")
@@ -256,13 +245,13 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> list[pathlib.Path]:
     """Mine, project and draw; write topk_<layer>.png per layer and topk.npz."""
-    layers = check_layers(args.layers)
     params, config, mean, info = cli.load_model(args.target)
+    layers = model.check_layers(config, args.layers or model.conv_layers(config))
     for layer in layers:
         check_channels(config, layer, args.channels or [])
     stored, labels, names = cli.load_stored_images(args, config, info, args.limit)
     k = min(args.top, len(stored))
-    tops = mine(params, batches_of(stored, mean, config, args.batch_size), config, layers, k=k)
+    tops = mine(config, params, batches_of(stored, mean, config, args.batch_size), layers, k=k)
 
     arrays, figures = {"names": np.array(names)}, {}
     if labels is not None:
@@ -279,7 +268,7 @@ def run(args) -> list[pathlib.Path]:
         local[channels] = np.where(top.image[channels] >= 0, where.reshape(len(channels), k), -1)
         inputs = data.preprocess(stored[used], mean, config.image_size)
         display = np.ascontiguousarray(data.centre_crop(stored[used], config.image_size))
-        projections, patches = project_top(params, config, layer, top._replace(image=local),
+        projections, patches = project_top(config, params, layer, top._replace(image=local),
                                            channels, inputs, display)
         arrays.update({f"{layer}/{field}": value for field, value in top._asdict().items()})
         arrays.update({f"{layer}/channels": channels, f"{layer}/projections": projections,

@@ -362,7 +362,7 @@ def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed,
                                    mesh)
         eval_seconds = time.perf_counter() - start - train_seconds
         if evolution and _is_main():
-            snapshot = evolution.take_snapshot(_local_copy(state.params), config, probe)
+            snapshot = evolution.take_snapshot(config, _local_copy(state.params), probe)
             evolution.save_snapshot(run_dir, epoch, snapshot)
         snapshot_seconds = time.perf_counter() - start - train_seconds - eval_seconds
         plateau, next_lr = training.next_learning_rate(tcfg, plateau, epoch, 1 - top1, lr)

@@ -118,14 +118,14 @@ def renormalize_filters(params: dict, radius: float) -> dict:
         rms = jnp.sqrt(jnp.mean(jnp.square(kernel), axis=(0, 1, 2), keepdims=True))
         return kernel * jnp.where(rms > radius, radius / rms, 1.0).astype(kernel.dtype)
 
-    return {name: ({**layer, "kernel": fix(layer["kernel"])} if name in model.CONV_LAYERS
+    return {name: ({**layer, "kernel": fix(layer["kernel"])} if layer["kernel"].ndim == 4
                    else layer)
             for name, layer in params.items()}
 
 
 def loss_and_accuracy(params, images, labels, config: ZFNetConfig, dropout_key):
     """Mean softmax cross-entropy and top-1 accuracy of a training-mode forward."""
-    logits, _ = model.forward(params, images, config, train=True, dropout_key=dropout_key)
+    logits, _ = model.forward(config, params, images, train=True, dropout_key=dropout_key)
     logits = logits.astype(jnp.float32)  # bfloat16 compute: the loss in float32
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
@@ -203,7 +203,7 @@ def eval_step(params, images, labels, mask, *, config: ZFNetConfig) -> jax.Array
 
     mask (B,) bool marks the real examples; padding keeps the batch shape fixed.
     """
-    logits, _ = model.forward(params, images, config)
+    logits, _ = model.forward(config, params, images)
     return hit_counts(logits, labels, mask)
 
 

@@ -1,0 +1,413 @@
+"""A network is data: a sequence of stages, from which everything else is derived.
+
+``Network`` is the one config every function takes first (frozen and hashable, so
+it is a static ``jax.jit`` argument). Its ``arch`` picks a stage table:
+
+* ``zfnet``: Zeiler & Fergus 2014, Fig. 3 (7x7/2 conv1, ceil-mode 3x3/2 pools,
+  contrast normalisation after pool1 and pool2);
+* ``alexnet``: AlexNet in torchvision's layout (11x11/4 pad 2 conv1, floor-mode
+  3x3/2 pools, 64-192-384-256-256, classifier 4096-4096-classes, no LRN);
+* ``vgg16``: Simonyan & Zisserman's configuration D (13 3x3/1 pad 1 convs, five
+  2x2/2 pools; conv1_1 ... conv5_3, pool1 ... pool5, fc6, fc7, fc8).
+
+From the stage table this module derives, without touching arrays: layer names
+and kinds, map sizes, channel counts, parameter shapes and the geometry of every
+spatial operation (``spatial_ops``) that the forward pass (``zfjax.model``), the
+deconvnet (``zfjax.deconv``), receptive fields and occlusion's incremental
+forward read. The classifier's input size follows from ``image_size`` (torchvision
+puts an adaptive average pool there; at 224 px it is the identity, and pretrained
+classifiers only fit at 224).
+
+Layout conventions: maps NHWC, conv kernels HWIO, flatten in NHWC order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+from typing import Any, Callable, NamedTuple, Union
+
+
+# ---- the stages ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+    """2-D convolution with bias: ``features`` maps, square kernel, symmetric zero padding."""
+
+    name: str
+    features: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ReLU:
+    """Rectification. A named stage's recorded activation is taken after its ReLU."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxPool:
+    """Max-pooling with switches. ``ceil``: windows may run over the far edge (padded
+    with -inf), as ZFNet's 110 -> 55; otherwise floor mode (PyTorch's default)."""
+
+    name: str
+    window: int
+    stride: int
+    padding: int = 0
+    ceil: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class LRN:
+    """Local response normalisation across feature maps (the paper's "contrast
+    normalisation"): x / (k + alpha/size * sum of x^2 over size maps)^beta."""
+
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Flatten:
+    """(N, h, w, C) -> (N, h*w*C), NHWC order."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense:
+    name: str
+    features: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropout:
+    rate: float = 0.5
+
+
+Stage = Union[Conv, ReLU, MaxPool, LRN, Flatten, Dense, Dropout]
+NAMED = (Conv, MaxPool, Dense)
+
+
+# ---- the config ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """Which network, at which size. Frozen and hashable (a static jit argument).
+
+    num_classes: size of the last dense layer (fc8).
+    image_size: square input side in pixels.
+    width: multiplier on every conv and hidden dense layer's channel count.
+    contrast_norm: ZFNet's normalisation after pool1 and pool2 (zfnet only).
+    dtype: compute dtype ('float32', 'bfloat16', 'float16'); params stay float32.
+    dropout_rate: rate of every dropout stage in training.
+    init_std: std of the zero-mean Gaussian for all weights (paper: 1e-2); None
+        uses He-normal (fan-in) scaling instead. Biases start at 0.
+    arch: 'zfnet', 'alexnet' or 'vgg16' (``ARCHITECTURES``).
+    """
+
+    num_classes: int = 1000
+    image_size: int = 224
+    width: float = 1.0
+    contrast_norm: bool = True
+    dtype: str = "float32"
+    dropout_rate: float = 0.5
+    init_std: float | None = 0.01
+    arch: str = "zfnet"
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown arch {self.arch!r}; expected one of "
+                             f"{', '.join(ARCHITECTURES)}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.width <= 0:
+            raise ValueError(f"width must be > 0, got {self.width}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
+        layer_sizes(self)  # raises for an image size the network cannot take
+
+    @property
+    def compute_dtype(self):
+        import jax.numpy as jnp
+
+        return jnp.dtype(self.dtype)
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return stages(self)
+
+
+ZFNetConfig = Network  # the name the first ZFNet-only code used
+
+
+def from_dict(d: dict) -> Network:
+    """A Network from a run's config.json "model" dict (runs before ``arch`` existed are ZFNet)."""
+    known = {f.name for f in dataclasses.fields(Network)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"model config has unknown keys {', '.join(unknown)}; expected some of "
+                         f"{', '.join(sorted(known))}")
+    return Network(**d)
+
+
+def to_dict(net: Network) -> dict:
+    return dataclasses.asdict(net)
+
+
+def scaled(features: int, width: float) -> int:
+    return max(1, int(round(features * width)))
+
+
+# ---- the architectures -----------------------------------------------------------
+
+
+def _classifier(net: Network, hidden: int, *, dropout_first: bool) -> list[Stage]:
+    h = scaled(hidden, net.width)
+    drop = Dropout(net.dropout_rate)
+    if dropout_first:  # torchvision AlexNet: Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear
+        return [Flatten(), drop, Dense("fc6", h), ReLU(), drop, Dense("fc7", h), ReLU(),
+                Dense("fc8", net.num_classes)]
+    return [Flatten(), Dense("fc6", h), ReLU(), drop, Dense("fc7", h), ReLU(), drop,
+            Dense("fc8", net.num_classes)]
+
+
+def zfnet_stages(net: Network) -> tuple[Stage, ...]:
+    """ZFNet, paper Fig. 3: conv1 7x7/2 pad 1 (96), ceil 3x3/2 pools, LRN after pool1/2."""
+    w = net.width
+    pool = lambda name: MaxPool(name, 3, 2, 0, ceil=True)
+    norm = [LRN()] if net.contrast_norm else []
+    return tuple([
+        Conv("conv1", scaled(96, w), 7, 2, 1), ReLU(), pool("pool1"), *norm,
+        Conv("conv2", scaled(256, w), 5, 2, 0), ReLU(), pool("pool2"), *norm,
+        Conv("conv3", scaled(384, w), 3, 1, 1), ReLU(),
+        Conv("conv4", scaled(384, w), 3, 1, 1), ReLU(),
+        Conv("conv5", scaled(256, w), 3, 1, 1), ReLU(), pool("pool5"),
+        *_classifier(net, 4096, dropout_first=False),
+    ])
+
+
+def alexnet_stages(net: Network) -> tuple[Stage, ...]:
+    """torchvision's AlexNet (features.0 ... features.12, classifier.1/4/6)."""
+    w = net.width
+    pool = lambda name: MaxPool(name, 3, 2, 0, ceil=False)
+    return tuple([
+        Conv("conv1", scaled(64, w), 11, 4, 2), ReLU(), pool("pool1"),
+        Conv("conv2", scaled(192, w), 5, 1, 2), ReLU(), pool("pool2"),
+        Conv("conv3", scaled(384, w), 3, 1, 1), ReLU(),
+        Conv("conv4", scaled(256, w), 3, 1, 1), ReLU(),
+        Conv("conv5", scaled(256, w), 3, 1, 1), ReLU(), pool("pool5"),
+        *_classifier(net, 4096, dropout_first=True),
+    ])
+
+
+VGG16_BLOCKS = (64, 128, 256, 512, 512), (2, 2, 3, 3, 3)
+
+
+def vgg16_stages(net: Network) -> tuple[Stage, ...]:
+    """VGG16 (configuration D), torchvision's / Keras's layer order."""
+    out: list[Stage] = []
+    for b, (features, convs) in enumerate(zip(*VGG16_BLOCKS), start=1):
+        for i in range(1, convs + 1):
+            out += [Conv(f"conv{b}_{i}", scaled(features, net.width), 3, 1, 1), ReLU()]
+        out.append(MaxPool(f"pool{b}", 2, 2, 0, ceil=False))
+    return tuple(out + _classifier(net, 4096, dropout_first=False))
+
+
+ARCHITECTURES: dict[str, Callable[[Network], tuple[Stage, ...]]] = {
+    "zfnet": zfnet_stages, "alexnet": alexnet_stages, "vgg16": vgg16_stages,
+}
+
+
+@functools.lru_cache(maxsize=256)
+def stages(net: Network) -> tuple[Stage, ...]:
+    """The network's stage table, bottom to top."""
+    return ARCHITECTURES[net.arch](net)
+
+
+# ---- derived: geometry, names, sizes, shapes -------------------------------------
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def pool_output_size(size: int, pool: MaxPool) -> int:
+    """PyTorch's rule: floor or ceil, and in ceil mode the last window starts inside."""
+    span = size + 2 * pool.padding - pool.window
+    out = (-(-span // pool.stride) if pool.ceil else span // pool.stride) + 1
+    if pool.ceil and (out - 1) * pool.stride >= size + pool.padding:
+        out -= 1
+    return out
+
+
+class SpatialOp(NamedTuple):
+    """One conv or max-pool as the deconvnet and receptive fields see it.
+
+    relu: a ReLU follows directly (the recorded map is rectified; the reverse pass
+    rectifies the signal before the transposed filter). norm: the LRN applied to
+    the recorded map before the next stage, or None. ``index``: position in stages.
+    """
+
+    name: str
+    kind: str  # 'conv' or 'pool'
+    kernel: int
+    stride: int
+    padding: int  # leading padding of the forward op
+    input_size: int  # spatial side of the map the op reads
+    output_size: int
+    channels: int  # output channels
+    relu: bool
+    norm: LRN | None
+    stage: Any  # the Conv or MaxPool
+    index: int
+
+
+@functools.lru_cache(maxsize=256)
+def spatial_ops(net: Network) -> tuple[SpatialOp, ...]:
+    """Every conv and max-pool in order, with sizes; raises ValueError for a too-small image."""
+    out, size, channels = [], net.image_size, 3
+    table = stages(net)
+    for i, stage in enumerate(table):
+        if isinstance(stage, (Flatten, Dense)):
+            break
+        if not isinstance(stage, (Conv, MaxPool)):
+            continue
+        if isinstance(stage, Conv):
+            if size + 2 * stage.padding < stage.kernel:
+                raise _too_small(net, stage.name)
+            new = conv_output_size(size, stage.kernel, stage.stride, stage.padding)
+            channels = stage.features
+            kind, kernel = "conv", stage.kernel
+        else:
+            if size + 2 * stage.padding < stage.window:
+                raise _too_small(net, stage.name)
+            new = pool_output_size(size, stage)
+            kind, kernel = "pool", stage.window
+        after = table[i + 1:]
+        relu = bool(after) and isinstance(after[0], ReLU)
+        rest = after[1:] if relu else after
+        norm = rest[0] if rest and isinstance(rest[0], LRN) else None
+        out.append(SpatialOp(stage.name, kind, kernel, stage.stride, stage.padding, size, new,
+                             channels, relu, norm, stage, i))
+        size = new
+    return tuple(out)
+
+
+def _too_small(net: Network, layer: str) -> ValueError:
+    return ValueError(
+        f"image_size {net.image_size} is too small for {net.arch}: the map before {layer} is "
+        f"smaller than its window; use a larger image_size (zfnet: >= 64)")
+
+
+def layer_sizes(net: Network) -> dict[str, int]:
+    """Spatial side of every conv/pool map, e.g. {'input': 224, 'conv1': 110, ...}."""
+    return {"input": net.image_size, **{op.name: op.output_size for op in spatial_ops(net)}}
+
+
+def projectable_layers(net: Network) -> tuple[str, ...]:
+    """Layers the deconvnet projects from (conv and pool maps), bottom to top."""
+    return tuple(op.name for op in spatial_ops(net))
+
+
+def conv_layers(net: Network) -> tuple[str, ...]:
+    return tuple(op.name for op in spatial_ops(net) if op.kind == "conv")
+
+
+def pool_layers(net: Network) -> tuple[str, ...]:
+    return tuple(op.name for op in spatial_ops(net) if op.kind == "pool")
+
+
+def dense_layers(net: Network) -> tuple[str, ...]:
+    """Every dense layer, the logits last (fc6, fc7, fc8)."""
+    return tuple(s.name for s in stages(net) if isinstance(s, Dense))
+
+
+def fc_layers(net: Network) -> tuple[str, ...]:
+    """Hidden dense layers whose activations are recorded (fc6, fc7): all but the logits."""
+    return dense_layers(net)[:-1]
+
+
+def num_channels(net: Network, layer: str) -> int:
+    """Channels of a conv/pool map, or units of a dense layer (fc8: num_classes)."""
+    for op in spatial_ops(net):
+        if op.name == layer:
+            return op.channels
+    for s in stages(net):
+        if isinstance(s, Dense) and s.name == layer:
+            return s.features
+    raise unknown_layer(net, layer)
+
+
+def unknown_layer(net: Network, layer: Any) -> ValueError:
+    return ValueError(f"unknown layer {layer!r}; expected one of "
+                      f"{', '.join(projectable_layers(net))}")
+
+
+def layer_order(name: str):
+    """Sort key that puts layer names in network order without the network:
+    conv1 < pool1 < conv2 ... < fc6 < fc8, and conv5_3 < pool5."""
+    numbers = [int(n) for n in re.findall(r"\d+", name)] or [0]
+    return numbers[0], name.startswith("pool"), numbers[1:], name
+
+
+def check_layers(net: Network, layers) -> tuple[str, ...]:
+    """The layer names (conv/pool maps), or ValueError naming the first unknown one."""
+    known = projectable_layers(net)
+    for layer in layers:
+        if layer not in known:
+            raise unknown_layer(net, layer)
+    return tuple(layers)
+
+
+def ops_below(net: Network, layer: str) -> tuple[SpatialOp, ...]:
+    """Spatial ops from ``layer`` down to the input, top first. Raises for an unknown layer."""
+    ops = spatial_ops(net)
+    names = [op.name for op in ops]
+    if layer not in names:
+        raise unknown_layer(net, layer)
+    return tuple(reversed(ops[: names.index(layer) + 1]))
+
+
+def grow(op: SpatialOp, size, offset):
+    """Window (size, offset) on an op's output -> the window its inputs span.
+
+    Works on Python ints and on integer arrays (offsets may be traced).
+    """
+    return (size - 1) * op.stride + op.kernel, offset * op.stride - op.padding
+
+
+def param_shapes(net: Network) -> dict[str, dict[str, tuple[int, ...]]]:
+    """{'conv1': {'kernel': (7, 7, 3, 96) HWIO, 'bias': (96,)}, ..., 'fc8': {'kernel': (in, out), ...}}."""
+    shapes, channels, flat = {}, 3, None
+    ops = {op.index: op for op in spatial_ops(net)}
+    for i, stage in enumerate(stages(net)):
+        if isinstance(stage, Conv):
+            shapes[stage.name] = {"kernel": (stage.kernel, stage.kernel, channels, stage.features),
+                                  "bias": (stage.features,)}
+            channels = stage.features
+        elif isinstance(stage, Flatten):
+            last = [op for j, op in ops.items() if j < i][-1]
+            flat = last.output_size ** 2 * channels
+        elif isinstance(stage, Dense):
+            shapes[stage.name] = {"kernel": (flat, stage.features), "bias": (stage.features,)}
+            flat = stage.features
+    return shapes
+
+
+def param_count(net: Network) -> int:
+    return sum(math.prod(s) for layer in param_shapes(net).values() for s in layer.values())
+
+
+def shape_setting(net: Network, layer: str, name: str) -> str:
+    """Which config values decide a parameter's shape, for error messages."""
+    dense = dense_layers(net)
+    if layer == dense[-1]:
+        return f"config num_classes {net.num_classes} (width {net.width})"
+    if dense and layer == dense[0] and name == "kernel":
+        return f"config image_size {net.image_size} and width {net.width}"
+    return f"config width {net.width}"
