@@ -1,0 +1,236 @@
+"""Pretrained weights: torchvision .safetensors and Keras .h5 files written here with the
+real key names (nothing downloads), converted and checked against PyTorch and by hand."""
+
+import h5py
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from zfjax import model, network, preprocessing, weights
+
+VGG_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+def torchvision_alexnet(nn, width=1.0, classes=1000):
+    """torchvision.models.AlexNet, written out (torchvision is not a dependency)."""
+    c = [max(1, round(f * width)) for f in (64, 192, 384, 256, 256)]
+    h = round(4096 * width)
+    net = nn.Module()
+    net.features = nn.Sequential(
+        nn.Conv2d(3, c[0], 11, 4, 2), nn.ReLU(True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(c[0], c[1], 5, padding=2), nn.ReLU(True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(c[1], c[2], 3, padding=1), nn.ReLU(True),
+        nn.Conv2d(c[2], c[3], 3, padding=1), nn.ReLU(True),
+        nn.Conv2d(c[3], c[4], 3, padding=1), nn.ReLU(True), nn.MaxPool2d(3, 2))
+    net.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+    net.classifier = nn.Sequential(
+        nn.Dropout(), nn.Linear(c[4] * 36, h), nn.ReLU(True), nn.Dropout(), nn.Linear(h, h),
+        nn.ReLU(True), nn.Linear(h, classes))
+    return net
+
+
+def torchvision_vgg16(nn, width=1.0, classes=1000):
+    """torchvision.models.vgg16 (no batch norm), written out."""
+    layers, cin = [], 3
+    for v in VGG_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            cout = round(v * width)
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(True)]
+            cin = cout
+    h = round(4096 * width)
+    net = nn.Module()
+    net.features = nn.Sequential(*layers)
+    net.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+    net.classifier = nn.Sequential(
+        nn.Linear(cin * 49, h), nn.ReLU(True), nn.Dropout(), nn.Linear(h, h), nn.ReLU(True),
+        nn.Dropout(), nn.Linear(h, classes))
+    return net
+
+
+def run_torch(torch, net, x_nhwc):
+    net.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
+        return net.classifier(torch.flatten(net.avgpool(net.features(x)), 1)).numpy()
+
+
+def state_dict(net):
+    return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("arch, build", [("alexnet", torchvision_alexnet), ("vgg16", torchvision_vgg16)])
+def test_full_size_key_table_equals_torchvision(arch, build):
+    torch = pytest.importorskip("torch")
+    with torch.device("meta"):  # shapes only, no memory
+        net = build(torch.nn)
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    assert weights.torchvision_shapes(model.Network(arch=arch)) == want
+
+
+@pytest.mark.parametrize("arch, build, width", [("alexnet", torchvision_alexnet, 0.25),
+                                                ("vgg16", torchvision_vgg16, 0.0625)])
+def test_converted_forward_equals_pytorch(tmp_path, arch, build, width):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = build(torch.nn, width, classes=7)
+    for name, p in net.named_parameters():  # biases non-zero, so their mapping is checked too
+        if name.endswith("bias"):
+            torch.nn.init.normal_(p, 0, 0.05)
+    path = tmp_path / f"{arch}.safetensors"
+    save_file(state_dict(net), str(path))
+
+    loaded = weights.load(path, arch)
+    assert loaded.config == model.Network(arch=arch, num_classes=7, width=width, init_std=None)
+    assert loaded.preprocessing is preprocessing.TORCHVISION
+    x = np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype(np.float32)
+    ours, _ = model.forward_jit(loaded.config, loaded.params, x)
+    ref = run_torch(torch, net, x)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+    # The same weights as a Keras file, in both HDF5 layouts, give the same network.
+    if arch == "vgg16":
+        layers = keras_layers(state_dict(net))
+        for writer in (write_keras_legacy, write_keras3):
+            keras_path = writer(tmp_path, layers)
+            from_keras = weights.load(keras_path, "vgg16")
+            assert from_keras.config == loaded.config
+            assert from_keras.preprocessing is preprocessing.CAFFE
+            got, _ = model.forward_jit(from_keras.config, from_keras.params, x)
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def keras_layers(sd):
+    """Keras applications names -> [kernel, bias] from a torchvision VGG16 state dict."""
+    convs = [k[:-len(".weight")] for k in sd if k.startswith("features") and k.endswith("weight")]
+    names, block, i = [], 1, 0
+    for key in convs:
+        index = int(key.split(".")[1])
+        pools_before = sum(1 for j, v in enumerate(_vgg_stage_kinds()) if v == "M" and j < index)
+        if pools_before + 1 != block:
+            block, i = pools_before + 1, 0
+        i += 1
+        names.append(f"block{block}_conv{i}")
+    out = {n: [sd[k + ".weight"].transpose(2, 3, 1, 0), sd[k + ".bias"]] for n, k in zip(names, convs)}
+    w = sd["classifier.0.weight"]  # (out, C*7*7) in C, y, x order -> rows in y, x, C order
+    c = w.shape[1] // 49
+    fc1 = np.empty((w.shape[1], w.shape[0]), np.float32)
+    for y in range(7):
+        for x in range(7):
+            for ch in range(c):
+                fc1[(y * 7 + x) * c + ch] = w[:, ch * 49 + y * 7 + x]
+    out["fc1"] = [fc1, sd["classifier.0.bias"]]
+    out["fc2"] = [sd["classifier.3.weight"].T, sd["classifier.3.bias"]]
+    out["predictions"] = [sd["classifier.6.weight"].T, sd["classifier.6.bias"]]
+    return out
+
+
+def _vgg_stage_kinds():
+    """torchvision's features indices: conv, relu per number, 'M' per pool."""
+    kinds = []
+    for v in VGG_CFG:
+        kinds += ["M"] if v == "M" else ["C", "R"]
+    return kinds
+
+
+def write_keras_legacy(tmp_path, layers):
+    """The layout of keras-applications' vgg16_weights_tf_dim_ordering_tf_kernels.h5."""
+    path = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
+    names = ["input_1"] + [n for n in layers if n.startswith("block")] + ["flatten", "fc1", "fc2",
+                                                                          "predictions"]
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [n.encode() for n in names]
+        for n in names:
+            g = f.create_group(n)
+            wn = [f"{n}/kernel:0", f"{n}/bias:0"] if n in layers else []
+            g.attrs["weight_names"] = [w.encode() for w in wn]
+            for w, a in zip(wn, layers.get(n, [])):
+                g.create_dataset(w, data=a)
+    return path
+
+
+def write_keras3(tmp_path, layers):
+    """Keras 3 ``model.save_weights('x.weights.h5')``: layers/<name>/vars/<i>."""
+    path = tmp_path / "vgg16.weights.h5"
+    with h5py.File(path, "w") as f:
+        for n, arrays in layers.items():
+            g = f.create_group(f"layers/{n}/vars")
+            for i, a in enumerate(arrays):
+                g.create_dataset(str(i), data=a)
+        f.create_group("layers/flatten/vars")
+    return path
+
+
+def small_vgg_state_dict(width=0.0625, classes=3):
+    """A torchvision-layout VGG16 state dict of zeros (real key names, scaled shapes)."""
+    config = model.Network(arch="vgg16", num_classes=classes, width=width)
+    return {k: np.zeros(s, np.float32) for k, s in weights.torchvision_shapes(config).items()}
+
+
+def test_conversion_by_hand(tmp_path):
+    """One conv weight OIHW -> HWIO, one fc6 weight from (C, y, x) to (y, x, C) order."""
+    sd = small_vgg_state_dict()
+    sd["features.0.weight"][1, 2, 0, 2] = 1.0  # out 1, in 2, row 0, column 2
+    c = sd["features.28.weight"].shape[0]  # conv5_3: 32 maps, pool5 is 7x7
+    sd["classifier.0.weight"][3, 5 * 49 + 2 * 7 + 4] = 2.0  # out 3 <- map 5 at (y 2, x 4)
+    sd["classifier.6.bias"][:] = [0.5, -1, 2]
+    save_file(sd, str(tmp_path / "v.safetensors"))
+    params = weights.load(tmp_path / "v.safetensors", "vgg16").params
+    kernel = params["conv1_1"]["kernel"]
+    assert kernel.shape == (3, 3, 3, 4) and kernel[0, 2, 2, 1] == 1.0 and kernel.sum() == 1.0
+    fc6 = params["fc6"]["kernel"]
+    assert fc6.shape == (49 * c, 256) and fc6[(2 * 7 + 4) * c + 5, 3] == 2.0 and fc6.sum() == 2.0
+    # With every weight zero the logits are fc8's bias.
+    loaded = weights.load(tmp_path / "v.safetensors", "vgg16")
+    logits, _ = model.forward_jit(loaded.config, loaded.params, np.ones((1, 224, 224, 3), np.float32))
+    np.testing.assert_array_equal(logits, [[0.5, -1, 2]])
+
+
+def test_preprocessing_by_hand():
+    pixel = np.array([[[[10, 20, 30]]]], np.uint8)  # one RGB pixel, 1x1 image
+    tv = preprocessing.TORCHVISION(pixel, 1)
+    np.testing.assert_allclose(tv[0, 0, 0], [(10 / 255 - 0.485) / 0.229, (20 / 255 - 0.456) / 0.224,
+                                             (30 / 255 - 0.406) / 0.225], rtol=1e-6)
+    caffe = preprocessing.CAFFE(pixel, 1)
+    np.testing.assert_allclose(caffe[0, 0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-6)
+    for p in (preprocessing.TORCHVISION, preprocessing.CAFFE):
+        np.testing.assert_array_equal(p.to_pixels(p(pixel, 1)), pixel)
+        lower, upper = p.pixel_bounds(1)
+        np.testing.assert_array_equal(p.to_pixels(lower[None, None, None]), [[[[0, 0, 0]]]])
+        np.testing.assert_array_equal(p.to_pixels(upper[None, None, None]), [[[[255, 255, 255]]]])
+
+
+def test_a_file_of_another_architecture_gets_one_line(tmp_path):
+    sd = small_vgg_state_dict()
+    save_file(sd, str(tmp_path / "vgg.safetensors"))
+    with pytest.raises(ValueError) as err:
+        weights.load(tmp_path / "vgg.safetensors", "alexnet")
+    assert str(err.value) == ("vgg.safetensors does not hold alexnet weights: features.0.weight has "
+                              "shape (4, 3, 3, 3) but alexnet expects (4, 3, 11, 11)")
+    del sd["features.28.bias"]
+    save_file(sd, str(tmp_path / "cut.safetensors"))
+    with pytest.raises(ValueError, match=r"^cut.safetensors does not hold vgg16 weights: missing "
+                                         r"key features.28.bias$"):
+        weights.load(tmp_path / "cut.safetensors", "vgg16")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError, match=r"^junk.safetensors is not a readable .safetensors file"):
+        weights.load(tmp_path / "junk.safetensors", "vgg16")
+    with pytest.raises(ValueError, match="Keras applications weights exist for vgg16, not alexnet"):
+        weights.load(write_keras3(tmp_path, {}), "alexnet")
+    with pytest.raises(ValueError, match="^vgg16.weights.h5 does not hold vgg16 weights: missing "
+                                         "key block1_conv1/0$"):
+        weights.load(tmp_path / "vgg16.weights.h5", "vgg16")
+    with pytest.raises(FileNotFoundError, match="weight file .*none.h5 not found"):
+        weights.load(tmp_path / "none.h5", "vgg16")
+
+
+def test_zfnet_layout_round_trips_through_torchvision_keys():
+    config = model.Network(num_classes=4, image_size=224, width=0.25)
+    keys = weights.torchvision_keys(config)
+    # conv, relu, pool, lrn per block: conv2 is features.4; the classifier starts after flatten.
+    assert keys["conv2"] == ("features.4.weight", "features.4.bias")
+    assert keys["fc6"] == ("classifier.0.weight", "classifier.0.bias")
+    assert set(weights.torchvision_shapes(config)) == {k for pair in keys.values() for k in pair}
+    assert network.param_count(config) == sum(
+        int(np.prod(s)) for s in weights.torchvision_shapes(config).values())

@@ -1,0 +1,219 @@
+"""Pretrained weights from files, without torch, TensorFlow or pickle.
+
+Two sources, each bringing its own preprocessing (``zfjax.preprocessing``):
+
+* torchvision state dicts saved as ``.safetensors`` (``features.N.weight``,
+  ``classifier.N.bias``, ...), read with safetensors' numpy loader; e.g.::
+
+      import torchvision, safetensors.torch
+      safetensors.torch.save_file(torchvision.models.vgg16(weights="DEFAULT").state_dict(),
+                                  "vgg16.safetensors")
+
+  Conv kernels OIHW -> HWIO; dense (out, in) -> (in, out); the first dense
+  layer's rows are reordered from PyTorch's NCHW flatten to zfjax's NHWC.
+* Keras applications HDF5 weight files (``block1_conv1`` ... ``fc1``, ``fc2``,
+  ``predictions``), read with h5py: the legacy layout of
+  ``vgg16_weights_tf_dim_ordering_tf_kernels.h5`` and Keras 3 ``.weights.h5``
+  (``layers/<name>/vars/0``). Already HWIO and NHWC.
+
+The torchvision key of a layer is derived from the network description: its
+index among the stages before the flatten (``features``) or after it
+(``classifier``), as torchvision's ``nn.Sequential`` numbers them.
+A file of another architecture fails with one line naming the first missing key
+or mismatched shape.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import NamedTuple
+
+import numpy as np
+
+from zfjax import network, preprocessing
+from zfjax.network import Network
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+BASE_FIRST_CONV = {"zfnet": 96, "alexnet": 64, "vgg16": 64}
+
+
+class Pretrained(NamedTuple):
+    """A network with weights from a file: config, params (HWIO float32), preprocessing."""
+
+    config: Network
+    params: dict
+    preprocessing: preprocessing.Preprocessing
+
+
+# ---- key tables derived from the description --------------------------------------
+
+
+def torchvision_keys(config: Network) -> dict[str, tuple[str, str]]:
+    """zfjax layer -> (weight key, bias key) of torchvision's layout."""
+    table = network.stages(config)
+    flat = next(i for i, s in enumerate(table) if isinstance(s, network.Flatten))
+    keys = {}
+    for i, stage in enumerate(table):
+        if isinstance(stage, (network.Conv, network.Dense)):
+            prefix = f"features.{i}" if i < flat else f"classifier.{i - flat - 1}"
+            keys[stage.name] = (f"{prefix}.weight", f"{prefix}.bias")
+    return keys
+
+
+def torchvision_shapes(config: Network) -> dict[str, tuple[int, ...]]:
+    """Every torchvision key with its shape (OIHW kernels, (out, in) dense weights)."""
+    shapes = network.param_shapes(config)
+    out = {}
+    for layer, (weight, bias) in torchvision_keys(config).items():
+        kernel = shapes[layer]["kernel"]
+        out[weight] = (kernel[3], kernel[2], kernel[0], kernel[1]) if len(kernel) == 4 else kernel[::-1]
+        out[bias] = shapes[layer]["bias"]
+    return out
+
+
+def keras_names(config: Network) -> dict[str, str]:
+    """zfjax layer -> Keras applications layer name (VGG16 only)."""
+    if config.arch != "vgg16":
+        raise ValueError(f"Keras applications weights exist for vgg16, not {config.arch}")
+    names = {"fc6": "fc1", "fc7": "fc2", "fc8": "predictions"}
+    for layer in network.conv_layers(config):
+        block, i = layer[len("conv"):].split("_")
+        names[layer] = f"block{block}_conv{i}"
+    return names
+
+
+# ---- reading files ----------------------------------------------------------------
+
+
+def load(path, arch: str) -> Pretrained:
+    """Read a weight file for ``arch``; the format follows the suffix.
+
+    The width and the number of classes follow from the file (first conv's
+    channels, last layer's outputs); the input size is 224 (the classifier's
+    input is the 224 px map). Raises ValueError with one line for a file that
+    does not hold ``arch`` weights, FileNotFoundError for a missing file.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file {path} not found")
+    if arch not in network.ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(network.ARCHITECTURES)}")
+    if path.suffix in SAFETENSORS_SUFFIXES:
+        tensors = _read_safetensors(path)
+        config = _config_from(arch, path, tensors, "features.0.weight", _last_torch_key(tensors), 0, 0)
+        return Pretrained(config, from_torchvision(config, tensors, path.name), preprocessing.TORCHVISION)
+    if path.suffix in KERAS_SUFFIXES:
+        layers = _read_keras(path)
+        config = Network(arch=arch)
+        names = keras_names(config)
+        first, last = names[network.conv_layers(config)[0]], names[network.dense_layers(config)[-1]]
+        flat = {f"{name}/{i}": arrays[i] for name, arrays in layers.items()
+                for i in range(len(arrays))}
+        config = _config_from(arch, path, flat, f"{first}/0", f"{last}/0", -1, -1)
+        return Pretrained(config, from_keras(config, layers, path.name), preprocessing.CAFFE)
+    raise ValueError(f"{path.name}: unknown weight file type {path.suffix!r}; expected a "
+                     f"torchvision .safetensors file or a Keras .h5 file")
+
+
+def _read_safetensors(path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path.name} is not a readable .safetensors file: {err}") from None
+
+
+def _last_torch_key(tensors) -> str:
+    keys = [k for k in tensors if k.startswith("classifier.") and k.endswith(".weight")]
+    return max(keys, key=lambda k: int(k.split(".")[1])) if keys else "classifier.?.weight"
+
+
+def _config_from(arch, path, arrays, first_key, last_key, first_axis, last_axis) -> Network:
+    """The Network whose width and classes match the file's first and last layers."""
+    for key in (first_key, last_key):
+        if key not in arrays:
+            raise ValueError(f"{path.name} does not hold {arch} weights: missing key {key}")
+    width = arrays[first_key].shape[first_axis] / BASE_FIRST_CONV[arch]
+    return Network(arch=arch, num_classes=int(arrays[last_key].shape[last_axis]),
+                   width=width, init_std=None)
+
+
+def _check(path_name: str, config: Network, arrays: dict, expected: dict) -> None:
+    for key, shape in expected.items():
+        if key not in arrays:
+            raise ValueError(f"{path_name} does not hold {config.arch} weights: missing key {key}")
+        if tuple(arrays[key].shape) != tuple(shape):
+            raise ValueError(f"{path_name} does not hold {config.arch} weights: {key} has shape "
+                             f"{tuple(arrays[key].shape)} but {config.arch} expects {tuple(shape)}")
+    extra = sorted(set(arrays) - set(expected))
+    if extra:
+        raise ValueError(f"{path_name} does not hold {config.arch} weights: unexpected key {extra[0]}")
+
+
+def from_torchvision(config: Network, tensors: dict, path_name: str = "state dict") -> dict:
+    """zfjax params (HWIO, NHWC flatten) from a torchvision state dict of numpy arrays."""
+    tensors = {k: v for k, v in tensors.items() if not k.endswith("num_batches_tracked")}
+    _check(path_name, config, tensors, torchvision_shapes(config))
+    first_dense = network.dense_layers(config)[0]
+    conv_channels = network.param_shapes(config)[network.conv_layers(config)[-1]]["bias"][0]
+    params = {}
+    for layer, (weight, bias) in torchvision_keys(config).items():
+        w = np.asarray(tensors[weight], np.float32)
+        if w.ndim == 4:
+            kernel = w.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+        elif layer == first_dense:
+            out, inputs = w.shape
+            side = int(round((inputs // conv_channels) ** 0.5))
+            # PyTorch flattens (C, h, w); zfjax flattens (h, w, C).
+            kernel = w.reshape(out, conv_channels, side, side).transpose(2, 3, 1, 0).reshape(inputs, out)
+        else:
+            kernel = w.T
+        params[layer] = {"kernel": np.ascontiguousarray(kernel),
+                         "bias": np.asarray(tensors[bias], np.float32)}
+    return params
+
+
+def _read_keras(path) -> dict[str, list[np.ndarray]]:
+    """Keras layer name -> [kernel, bias] from a legacy or Keras 3 HDF5 weight file."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path.name} is not a readable HDF5 file: {err}") from None
+    with f:
+        root = f["model_weights"] if "model_weights" in f else f  # a whole saved model
+        out = {}
+        if "layer_names" in root.attrs:  # Keras 2 / applications layout
+            for name in root.attrs["layer_names"]:
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                group = root[name]
+                weight_names = [w.decode() if isinstance(w, bytes) else str(w)
+                                for w in group.attrs.get("weight_names", [])]
+                if weight_names:
+                    out[name] = [np.asarray(group[w], np.float32) for w in weight_names]
+        elif "layers" in root:  # Keras 3 .weights.h5: layers/<name>/vars/<i>
+            for name, group in root["layers"].items():
+                if "vars" in group and len(group["vars"]):
+                    out[name] = [np.asarray(group["vars"][str(i)], np.float32)
+                                 for i in range(len(group["vars"]))]
+        else:
+            raise ValueError(f"{path.name} is not a Keras weight file (no layer_names, no layers/)")
+    return out
+
+
+def from_keras(config: Network, layers: dict, path_name: str = "weights") -> dict:
+    """zfjax params from Keras layer name -> [kernel (HWIO or (in, out)), bias]."""
+    names = keras_names(config)
+    flat = {f"{name}/{i}": arrays[i] for name, arrays in layers.items() for i in range(len(arrays))}
+    expected = {}
+    for layer, shapes in network.param_shapes(config).items():
+        expected[f"{names[layer]}/0"] = shapes["kernel"]
+        expected[f"{names[layer]}/1"] = shapes["bias"]
+    _check(path_name, config, flat, expected)
+    return {layer: {"kernel": np.ascontiguousarray(layers[names[layer]][0], np.float32),
+                    "bias": np.asarray(layers[names[layer]][1], np.float32)}
+            for layer in network.param_shapes(config)}
