@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import data, model, occlusion
+from zfjax import data, model, occlusion, preprocessing
 from zfjax.receptive_field import receptive_field
 from helpers import random_params
 
@@ -28,7 +28,7 @@ def image():
     return np.random.default_rng(0).normal(0, 0.3, (128, 128, 3)).astype(np.float32)
 
 
-FILL = occlusion.fill_values("white", MEAN_CROP)  # (128, 128, 3): white minus the mean
+FILL = occlusion.fill_values("white", preprocessing.run_mean(MEAN_CROP), 128)  # white minus the mean
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,13 +98,13 @@ def test_positions_fill_and_label_options():
     assert len(occlusion.positions(224, 32, 8)) ** 2 == 625
     with pytest.raises(ValueError, match=r"^occluder size must be 1..64 and stride >= 1; got size 65"):
         occlusion.positions(64, 65, 8)
-    gray = occlusion.fill_values("gray", MEAN_CROP)
+    gray = occlusion.fill_values("gray", preprocessing.run_mean(MEAN_CROP), 128)
     assert gray.shape == (128, 128, 3) and not gray.any()
-    np.testing.assert_allclose(occlusion.fill_values("black", MEAN_CROP), -MEAN_CROP / data.PIXEL_SCALE)
-    np.testing.assert_allclose(occlusion.fill_values("100", MEAN_CROP), (100 - MEAN_CROP) / 255, rtol=1e-6)
+    np.testing.assert_allclose(occlusion.fill_values("black", preprocessing.run_mean(MEAN_CROP), 128), -MEAN_CROP / data.PIXEL_SCALE)
+    np.testing.assert_allclose(occlusion.fill_values("100", preprocessing.run_mean(MEAN_CROP), 128), (100 - MEAN_CROP) / 255, rtol=1e-6)
     for bad in ("pink", "300"):
         with pytest.raises(ValueError, match=r"^--fill must be gray, black, white or a pixel value 0..255; got"):
-            occlusion.fill_values(bad, MEAN_CROP)
+            occlusion.fill_values(bad, preprocessing.run_mean(MEAN_CROP), 128)
     names = ["tench", "springer"]
     assert occlusion.class_index("springer", names, 2) == 1
     assert occlusion.class_index("0", names, 2) == 0

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from safetensors.numpy import save_file
+
+from zfjax import model, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette"
@@ -20,6 +23,13 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     else:  # no real images on this machine: any photo-sized JPEG will do
         noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3), np.uint8)
         Image.fromarray(noise).save(tmp_path / "photo.jpg")
+    # The example loads vgg16.safetensors: real torchvision key names, 1/16 of the widths.
+    config = model.Network(arch="vgg16", num_classes=1000, width=0.0625)
+    rng = np.random.default_rng(0)
+    save_file({key: (rng.normal(size=shape) * np.sqrt(2 / np.prod(shape[1:]))).astype(np.float32)
+               if len(shape) > 1 else np.zeros(shape, np.float32)
+               for key, shape in weights.torchvision_shapes(config).items()},
+              str(tmp_path / "vgg16.safetensors"))
     monkeypatch.chdir(tmp_path)
     exec(compile(blocks[0], "README.md", "exec"), {"__name__": "__readme__"})
     png = Image.open(tmp_path / "projection.png")

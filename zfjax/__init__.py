@@ -8,6 +8,7 @@ then data.
 
 from zfjax.deconv import Units, project, project_units, strongest_units
 from zfjax.render import to_display
+from zfjax.loading import Model, load
 from zfjax.model import abstract_params, forward, forward_jit, init_params
 from zfjax.network import (
     Network, ZFNetConfig, conv_layers, fc_layers, layer_sizes, num_channels, projectable_layers,
@@ -15,7 +16,7 @@ from zfjax.network import (
 from zfjax.receptive_field import receptive_field, receptive_field_size
 
 __all__ = [
-    "Network", "ZFNetConfig", "Units", "abstract_params", "conv_layers", "fc_layers", "forward",
+    "Model", "Network", "ZFNetConfig", "Units", "load", "abstract_params", "conv_layers", "fc_layers", "forward",
     "forward_jit", "init_params", "layer_sizes", "num_channels", "project", "project_units",
     "projectable_layers", "receptive_field", "receptive_field_size", "strongest_units",
     "to_display",

@@ -1,7 +1,7 @@
 """Command-line plumbing shared by every ``visualize.py`` subcommand.
 
-The common options (run, output folder, images), loading a run's model and
-the images an analysis works on, and where its outputs go.
+The common options (run or weights, output folder, images), loading the model
+(``loading.load``) and the images an analysis works on, and where outputs go.
 """
 
 from __future__ import annotations
@@ -12,17 +12,29 @@ import pathlib
 
 import numpy as np
 
-from zfjax import argtypes, data
+from typing import NamedTuple
+
+from zfjax import argtypes, data, loading, network
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The network to analyse: a run folder (positional) or --weights FILE --arch ARCH."""
+    parser.add_argument("target", nargs="?", default=None,
+                        help="run folder or checkpoint written by train.py (or --weights)")
+    parser.add_argument("--weights", default=None, metavar="FILE",
+                        help="pretrained weights instead of a run: torchvision .safetensors or "
+                             "Keras .h5 (with --arch)")
+    parser.add_argument("--arch", default=None, choices=sorted(network.ARCHITECTURES),
+                        help="network held by --weights")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="output folder (default: <run>/figures, or figures/ beside --weights)")
 
 
 def add_input_arguments(parser: argparse.ArgumentParser, *, count_help: str | None = None) -> None:
-    """Add the options every analysis takes: target, --out, --images, --data, --split, --limit.
-
-    ``load_analysis_inputs(args, count)`` reads them back.
+    """Add the options every analysis takes: target or --weights/--arch, --out, --images,
+    --data, --split, --limit. ``load_analysis_inputs(args, count)`` reads them back.
     """
-    parser.add_argument("target", help="run folder or checkpoint written by train.py")
-    parser.add_argument("--out", type=pathlib.Path, default=None,
-                        help="output folder (default: <run>/figures)")
+    add_model_arguments(parser)
     parser.add_argument("--images", nargs="+", metavar="PATH", default=None,
                         help="image files to analyse (default: the run's validation data)")
     parser.add_argument("--data", default=None, metavar="SOURCE",
@@ -34,21 +46,22 @@ def add_input_arguments(parser: argparse.ArgumentParser, *, count_help: str | No
                         help=count_help or "at most this many images of the split")
 
 
-def load_model(target):
-    """``checkpoints.load_run(target)`` (which checks the parameter shapes against the
-    run's config) plus a check of the mean image.
-
-    Returns (params, config, mean float32 (S, S, 3), info dict).
-    """
-    from zfjax import checkpoints
-
-    params, config, mean, info = checkpoints.load_run(target)
-    mean = np.asarray(mean, np.float32)
-    size = data.stored_size(config.image_size)
-    if mean.shape != (size, size, 3):
-        raise ValueError(f"mean image of {target} is {mean.shape}, expected ({size}, {size}, 3) "
-                         f"for image_size {config.image_size}; the run's files do not match")
-    return params, config, mean, info
+def load_model(args_or_target) -> loading.Model:
+    """``loading.load`` of the parsed options (target, or --weights with --arch), or of a
+    run folder / checkpoint path. Raises ValueError with one line on bad options."""
+    if not isinstance(args_or_target, argparse.Namespace):
+        return loading.load(args_or_target)
+    args = args_or_target
+    target, weights, arch = args.target, getattr(args, "weights", None), getattr(args, "arch", None)
+    if (target is None) == (weights is None):
+        raise ValueError("give a run folder or --weights FILE --arch ARCH (exactly one)")
+    if weights is not None:
+        if arch is None:
+            raise ValueError("--weights needs --arch (zfnet, alexnet or vgg16)")
+        return loading.load(weights, arch=arch)
+    if arch is not None:
+        raise ValueError("--arch goes with --weights; a run folder records its own network")
+    return loading.load(target)
 
 
 def run_data_source(info: dict) -> tuple[str | None, str | None]:
@@ -74,7 +87,8 @@ def load_stored_images(args, config, info: dict, count: int | None):
         source, data_dir = args.data, None
     data_dir = getattr(args, "data_dir", None) or data_dir
     if source is None:
-        raise ValueError(f"run {args.target} does not record its data source; pass --data "
+        what = f"run {args.target}" if getattr(args, "target", None) else "--weights"
+        raise ValueError(f"{what} does not record a data source; pass --data "
                          f"SOURCE (TFDS name or image folder) or --images PATH ...")
     split = data.load_split(source, getattr(args, "split", "val"), config.image_size,
                             data_dir=data_dir, limit=count, progress=False,
@@ -83,25 +97,34 @@ def load_stored_images(args, config, info: dict, count: int | None):
     return split.images, split.labels.astype(np.int32), names
 
 
-def load_analysis_inputs(args, count: int | None):
-    """Load the model and the images an analysis works on.
+class Images(NamedTuple):
+    """The images an analysis works on: inputs float32 (N, H, W, 3) network inputs (the
+    model's preprocessing of the centre crops), display uint8 (N, H, W, 3) the same crops
+    for showing, labels int32 (N,) or None (with --images), names list[str] of N names."""
 
-    args: parsed options of ``add_input_arguments`` (target, images, data, split,
-    data_dir). count: how many images of the split to take (None: all; ignored
-    with --images, which takes every file named).
+    inputs: np.ndarray
+    display: np.ndarray
+    labels: np.ndarray | None
+    names: list
 
-    Returns (params, config, mean float32 (S, S, 3), info dict,
-    inputs float32 (N, H, W, 3) network inputs (centre crop minus the run's mean),
-    display uint8 (N, H, W, 3) the same crops for showing,
-    labels int32 (N,) or None (with --images), names list[str] of N image names).
+
+def load_analysis_inputs(args, count: int | None) -> tuple[loading.Model, Images]:
+    """Load the model (``load_model``) and the images an analysis works on.
+
+    args: parsed options of ``add_input_arguments``. count: how many images of the
+    split to take (None: all; ignored with --images, which takes every file named).
     Raises ValueError / FileNotFoundError with a one-line message on bad input.
     """
-    params, config, mean, info = load_model(args.target)
-    stored, labels, names = load_stored_images(args, config, info, count)
-    size = config.image_size
-    inputs = data.preprocess(stored, mean, size)
+    model = load_model(args)
+    stored, labels, names = load_stored_images(args, model.config, model.info, count)
+    return model, images_for(model, stored, labels, names)
+
+
+def images_for(model: loading.Model, stored: np.ndarray, labels=None, names=None) -> Images:
+    """``Images`` of uint8 stored-size images (N, S, S, 3) for ``model``."""
+    size = model.config.image_size
     display = np.ascontiguousarray(data.centre_crop(stored, size))
-    return params, config, mean, info, inputs, display, labels, names
+    return Images(model.preprocessing(stored, size), display, labels, names)
 
 
 def output_folder(args, info: dict) -> pathlib.Path:
@@ -110,6 +133,8 @@ def output_folder(args, info: dict) -> pathlib.Path:
         return pathlib.Path(args.out)
     if info.get("run_dir"):
         return pathlib.Path(info["run_dir"]) / "figures"
+    if info.get("weights"):
+        return pathlib.Path(info["weights"]).parent / "figures"
     target = pathlib.Path(args.target)
     return (target if target.is_dir() else target.parent) / "figures"
 
@@ -142,5 +167,5 @@ def _read_only(path: pathlib.Path) -> bool:
 
 def run_label(target, info: dict) -> str:
     """'<run folder name>, epoch E' for figure titles."""
-    name = pathlib.Path(info.get("run_dir") or target).name
+    name = pathlib.Path(info.get("run_dir") or info.get("weights") or target).name
     return f"{name}, epoch {info['epoch']}" if info.get("epoch") is not None else name

@@ -245,14 +245,17 @@ def mine_checkpoints(run_dir, epochs, stored, batch_size: int, k: int = topk.TOP
     """epoch -> {conv layer: topk.TopK} over the stored-size images, for each checkpoint epoch."""
     tops = {}
     for epoch in epochs:
-        params, config, mean, _ = cli.load_model(pathlib.Path(run_dir) / checkpoints.CHECKPOINT_DIR
-                                                 / str(epoch))
-        tops[epoch] = topk.mine(config, params, topk.batches_of(stored, mean, config, batch_size),
-                                k=k)
+        loaded = cli.load_model(pathlib.Path(run_dir) / checkpoints.CHECKPOINT_DIR / str(epoch))
+        tops[epoch] = topk.mine(loaded.config, loaded.params,
+                                topk.batches_of(stored, loaded.preprocessing, loaded.config,
+                                                batch_size), k=k)
     return tops
 
 
 def run_cli(args) -> list[pathlib.Path]:
+    if args.target is None:
+        raise ValueError("convergence needs a run folder (it reads the run's snapshots and "
+                         "checkpoints), not --weights")
     run_dir = pathlib.Path(args.target)
     if not (run_dir / checkpoints.CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder made by train.py (no "
@@ -264,7 +267,8 @@ def run_cli(args) -> list[pathlib.Path]:
         kept = checkpoints.finished_epochs(run_dir)
         kept = [e for e in kept if e <= epochs[-1]]
         if len(kept) >= 2:
-            _, config, _, info = cli.load_model(run_dir)
+            loaded = cli.load_model(run_dir)
+            config, info = loaded.config, loaded.info
             count = args.limit or (info.get("data") or {}).get("probe_count") or 1000
             stored, _, _ = cli.load_stored_images(args, config, info, count)
             overlap_epochs, overlap = checkpoint_overlap(

@@ -325,12 +325,10 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "correspondence", help="Table 1: consistency of feature changes when the same part "
                                "is masked in several images")
-    parser.add_argument("target", help="run folder or checkpoint written by train.py")
+    cli.add_model_arguments(parser)
     parser.add_argument("--parts", required=True, type=pathlib.Path, metavar="JSON",
                         help='parts file: {"images": [{"path": ..., "parts": {"left_eye": '
                              '[top, left, bottom, right], ...}}, ...]} in image pixels')
-    parser.add_argument("--out", type=pathlib.Path, default=None,
-                        help="output folder (default: <run>/figures)")
     parser.add_argument("--draws", type=argtypes.positive_int, default=10,
                         help="random-box draws for the 'random' row (default 10)")
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the random boxes")
@@ -343,7 +341,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 def run_cli(args) -> list[pathlib.Path]:
     parts = read_parts(args.parts)
-    params, config, mean, info = cli.load_model(args.target)
+    loaded = cli.load_model(args)
+    params, config, info = loaded.params, loaded.config, loaded.info
     feature_layers = model.projectable_layers(config) + model.fc_layers(config)
     for layer in args.layers:
         if layer not in feature_layers:
@@ -351,8 +350,7 @@ def run_cli(args) -> list[pathlib.Path]:
     size = config.image_size
     boxes = input_boxes(parts, size)
     stored = data.load_image_files([str(p) for p in parts.paths], size)
-    inputs = data.preprocess(stored, mean, size)
-    display = np.ascontiguousarray(data.centre_crop(stored, size))
+    inputs, display, _, _ = cli.images_for(loaded, stored)
     random = random_boxes(boxes, size, args.draws, args.seed)
     layers = tuple(dict.fromkeys(args.layers))
     h = jax.device_get(hamming_matrices(config, params, inputs, mask_sets(boxes, random, size),

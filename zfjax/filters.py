@@ -192,23 +192,25 @@ def _radius(info: dict) -> tuple[float | None, str]:
 
 
 def run_cli(args) -> list[pathlib.Path]:
-    targets = [args.target] + ([args.compare] if args.compare else [])
-    models = [cli.load_model(t) for t in targets]
+    models = [cli.load_model(args)] + ([cli.load_model(args.compare)] if args.compare else [])
+    targets = [args.target or args.weights] + ([args.compare] if args.compare else [])
+    first = [model.conv_layers(m.config)[0] for m in models]
     if args.compare:
-        check_comparable(models[0][0]["conv1"]["kernel"], models[1][0]["conv1"]["kernel"],
-                         args.target, args.compare)
+        check_comparable(models[0].params[first[0]]["kernel"], models[1].params[first[1]]["kernel"],
+                         targets[0], args.compare)
     panels, arrays = [], {}
-    for i, (target, (params, config, mean, info)) in enumerate(zip(targets, models)):
+    for i, (target, loaded) in enumerate(zip(targets, models)):
+        params, config, info = loaded.params, loaded.config, loaded.info
+        second = model.conv_layers(config)[1]
         features, count = None, 0
         if args.maps:
-            run_args = argparse.Namespace(**{**vars(args), "target": target})
-            _, _, _, _, inputs, display, _, _ = cli.load_analysis_inputs(
-                run_args, args.limit or IMAGES)
+            stored, _, _ = cli.load_stored_images(args, config, info, args.limit or IMAGES)
+            inputs, display, _, _ = cli.images_for(loaded, stored)
             count = len(inputs)
             maps = strongest_maps(config, params, inputs,
-                                  min(args.maps, model.num_channels(config, "conv2")))
-            features = layer2_features(config, params, inputs, display, maps)
-        kernel = np.asarray(params["conv1"]["kernel"])
+                                  min(args.maps, model.num_channels(config, second)), layer=second)
+            features = layer2_features(config, params, inputs, display, maps, layer=second)
+        kernel = np.asarray(params[model.conv_layers(config)[0]]["kernel"])
         radius, note = _radius(info)
         panels.append({"name": cli.run_label(target, info) + (f" ({note})" if note else ""),
                        "kernel": kernel, "radius": radius, "features": features,
@@ -219,7 +221,7 @@ def run_cli(args) -> list[pathlib.Path]:
         arrays[prefix + "target"] = np.asarray(str(target))
         if features is not None:
             arrays.update({prefix + "conv2/" + k: v for k, v in features.items()})
-    out = cli.output_folder(args, models[0][3])
+    out = cli.output_folder(args, models[0].info)
     name = "filters_compare" if args.compare else "filters"
     fig = plot_filters(panels, title="First-layer filters and second-layer features (Fig. 6)")
     npz = artifacts.save_npz(out / f"{name}.npz", **arrays)

@@ -243,9 +243,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 def run_cli(args) -> list[pathlib.Path]:
     chosen = {"translate": args.translations, "scale": args.scales, "rotate": args.rotations}
-    params, config, mean, info, inputs, display, labels, names = cli.load_analysis_inputs(
-        args, args.limit or IMAGES)
-    mean_crop = data.centre_crop(mean, config.image_size)
+    loaded, (inputs, display, labels, names) = cli.load_analysis_inputs(args, args.limit or IMAGES)
+    params, config, info = loaded.params, loaded.config, loaded.info
     sweeps = {kind: np.asarray(chosen[kind] if chosen[kind] else
                                default_amounts(kind, config.image_size), np.float32)
               for kind in TRANSFORMS}
@@ -257,8 +256,8 @@ def run_cli(args) -> list[pathlib.Path]:
         curves[kind] = {"amounts": amounts, "layer1": result["layer1"],
                         "layer7": result["layer7"], "prob": prob}
         shown = example_amounts(amounts)
-        pictures = data.to_display(np.asarray(transform(inputs[:1], kind, shown))[:, 0],
-                                   mean_crop)
+        pictures = loaded.preprocessing.to_pixels(
+            np.asarray(transform(inputs[:1], kind, shown))[:, 0])
         examples[kind] = (shown, pictures)
         arrays.update({f"{kind}/amounts": amounts, f"{kind}/layer1_distance": result["layer1"],
                        f"{kind}/layer7_distance": result["layer7"],

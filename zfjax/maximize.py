@@ -127,12 +127,6 @@ def maximize(config: model.Network, params, units: jax.Array, key: jax.Array, *,
     return {"images": images, "objective": obj, "value": value, "final_value": final}
 
 
-def pixel_bounds(mean: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper) float32 (H, W, 3): the network inputs of pixels 0 and 255."""
-    crop = data.centre_crop(np.asarray(mean, np.float32), image_size)
-    return (0 - crop) / data.PIXEL_SCALE, (255 - crop) / data.PIXEL_SCALE
-
-
 # ---- the figure --------------------------------------------------------------------
 
 
@@ -173,9 +167,7 @@ def plot_maximize(pictures: np.ndarray, labels, values: np.ndarray, *, title: st
 def add_cli(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "maximize", help="activation maximisation: images that most excite chosen units")
-    parser.add_argument("target", help="run folder or checkpoint written by train.py")
-    parser.add_argument("--out", type=pathlib.Path, default=None,
-                        help="output folder (default: <run>/figures)")
+    cli.add_model_arguments(parser)
     parser.add_argument("--layer", default="fc8",
                         help="layer of the units (default fc8, the class logits; any conv or "
                              "pool map, fc6, fc7)")
@@ -198,20 +190,22 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 
 def run_cli(args) -> list[pathlib.Path]:
-    params, config, mean, info = cli.load_model(args.target)
+    loaded = cli.load_model(args)
+    params, config, info = loaded.params, loaded.config, loaded.info
     num_units(config, args.layer)  # raises for an unknown layer
     units = np.asarray(args.units if args.units is not None else
                        range(min(UNITS, num_units(config, args.layer))), np.int32)
     check_units(config, args.layer, units)
-    lower, upper = pixel_bounds(mean, config.image_size)
+    lower, upper = loaded.preprocessing.pixel_bounds(config.image_size)
     result = jax.device_get(maximize(config, params, units, jax.random.key(args.seed),
                                      layer=args.layer, steps=args.steps, learning_rate=args.lr,
                                      lp_weight=args.lp_weight, p=args.p,
                                      tv_weight=args.tv_weight, init_std=args.init_std,
                                      lower=lower, upper=upper))
-    pictures = data.to_display(result["images"], data.centre_crop(mean, config.image_size))
-    classes = render.class_labels(info.get("class_names")) or []
-    labels = [f"{args.layer} #{u}" + (f" {classes[u]}" if args.layer == "fc8" and u < len(classes)
+    pictures = loaded.preprocessing.to_pixels(result["images"])
+    classes = render.class_labels(loaded.class_names) or []
+    logits = model.dense_layers(config)[-1]
+    labels = [f"{args.layer} #{u}" + (f" {classes[u]}" if args.layer == logits and u < len(classes)
                                       else "") for u in units]
     values = np.concatenate([result["value"], result["final_value"][:, None]], axis=1)
     fig = plot_maximize(pictures, labels, values, title=(

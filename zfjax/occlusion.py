@@ -201,23 +201,24 @@ def map_projections(config: model.Network, params, images, channel, *, layer: st
     return deconv.project_units(config, params, aux, layer, units), ys[:, 0], xs[:, 0], value[:, 0]
 
 
-def fill_values(fill: str, mean_crop: np.ndarray) -> np.ndarray:
+def fill_values(fill: str, preprocess, size: int) -> np.ndarray:
     """Network-input values under the occluder for --fill.
 
-    'gray': the mean image (0 after mean subtraction, the paper's gray square);
-    'black', 'white' or a number 0..255: that pixel value, minus the mean. Returns
+    preprocess: the model's ``preprocessing.Preprocessing``; size: the input side.
+    'gray': the mean (0 after mean subtraction, the paper's gray square);
+    'black', 'white' or a number 0..255: that pixel value, preprocessed. Returns
     float32 (H, W, 3), the same shape for every fill (one compilation serves all).
     """
     named = {"black": 0.0, "white": 255.0}
     if fill == "gray":
-        return np.zeros(mean_crop.shape, np.float32)
+        return np.zeros((size, size, 3), np.float32)
     try:
         value = named[fill] if fill in named else float(fill)
     except ValueError:
         value = None
     if value is None or not 0 <= value <= 255:
         raise ValueError(f"--fill must be gray, black, white or a pixel value 0..255; got {fill!r}")
-    return ((value - mean_crop) / data.PIXEL_SCALE).astype(np.float32)
+    return preprocess(np.full((1, size, size, 3), value, np.float32), size)[0]
 
 
 def chosen_occluders(result: dict, steps: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -378,14 +379,14 @@ def class_index(label: str, class_names, num_classes: int) -> int:
 
 def run(args) -> list[pathlib.Path]:
     """Occlusion maps for --limit images (or --images); write occlusion.png and .npz."""
-    params, config, mean, info, inputs, display, labels, names = cli.load_analysis_inputs(
-        args, args.limit or IMAGES)
+    loaded, (inputs, display, labels, names) = cli.load_analysis_inputs(args, args.limit or IMAGES)
+    params, config, info = loaded.params, loaded.config, loaded.info
     (layer,) = model.check_layers(config, [args.layer])
     size = args.size if args.size is not None else max(1, round(config.image_size / 7))
     stride = args.stride if args.stride is not None else max(1, round(config.image_size / 28))
     steps = positions(config.image_size, size, stride)
-    fill = fill_values(args.fill, data.centre_crop(mean, config.image_size))
-    class_names = info.get("class_names")
+    fill = fill_values(args.fill, loaded.preprocessing, config.image_size)
+    class_names = loaded.class_names
     if args.label is not None:
         labels = np.full(len(inputs), class_index(args.label, class_names, config.num_classes))
     elif labels is None:

@@ -1,8 +1,9 @@
 """Reconstructions as common deconvnet reimplementations show them.
 
-For one image and each chosen layer (pool1, pool2, pool5 by default; conv3 and
-conv4 on request) two deconvnet projections to pixels (Zeiler & Fergus 2014,
-section 2.1):
+For one image and each chosen layer (by default after each pooling stage: pool1,
+pool2, pool5 of ZFNet; pool1 ... pool5 of VGG16, as the PyTorch VGG16 deconvnet
+reimplementations show them) two deconvnet projections to pixels (Zeiler & Fergus
+2014, section 2.1):
 
 * (A) the whole layer: every activation of every feature map sent down at once;
 * (B) only the layer's single strongest activation (the paper's mode, Fig. 2).
@@ -20,7 +21,6 @@ import numpy as np
 
 from zfjax import artifacts, cli, deconv, model, render
 
-DEFAULT_LAYERS = ("pool1", "pool2", "pool5")
 
 
 @partial(jax.jit, static_argnames=("layers", "config"))
@@ -92,21 +92,25 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         "reconstructions", help="project a whole layer and its strongest activation to pixels, "
                                 "after each pooling stage, for one image")
     cli.add_input_arguments(parser, count_help="images taken from the split (default 1)")
-    parser.add_argument("--layers", nargs="+", default=list(DEFAULT_LAYERS), metavar="LAYER",
-                        help=f"layers (default: {' '.join(DEFAULT_LAYERS)}; conv3 conv4 also fit)")
+    parser.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
+                        help="layers (default: after each pooling stage, pool1 ... pool5; any "
+                             "conv or pool map fits)")
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args) -> list[pathlib.Path]:
     """Write reconstructions.png and reconstructions.npz."""
-    params, config, mean, info, inputs, display, labels, names = cli.load_analysis_inputs(
-        args, args.limit or 1)
+    loaded, (inputs, display, labels, names) = cli.load_analysis_inputs(args, args.limit or 1)
+    params, config, info = loaded.params, loaded.config, loaded.info
     # Bottom to top, as the forward pass goes.
     known = model.projectable_layers(config)
-    layers = tuple(sorted(dict.fromkeys(model.check_layers(config, args.layers)), key=known.index))
+    chosen = model.check_layers(config, args.layers or model.pool_layers(config))
+    layers = tuple(sorted(dict.fromkeys(chosen), key=known.index))
     results = [jax.device_get(reconstruct(config, params, image, layers=layers))
                for image in inputs]
+    for r in results:  # projections in RGB for showing (Keras weights take BGR inputs)
+        r["whole"], r["strongest"] = (loaded.preprocessing.rgb(r[k]) for k in ("whole", "strongest"))
     fig = plot_reconstructions(display, results, layers, names)
     arrays = {key: np.stack([r[key] for r in results]) for key in results[0]}
     arrays.update(layers=np.array(layers), names=np.array(names), display=display)

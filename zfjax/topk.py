@@ -114,10 +114,12 @@ def mine(config: model.Network, params, batches, layers=None, *,
     return {layer: TopK(*(np.asarray(a) for a in top)) for layer, top in jax.device_get(best).items()}
 
 
-def batches_of(stored: np.ndarray, mean: np.ndarray, config: model.Network, batch_size: int):
-    """Network inputs for stored-size uint8 images, preprocessed batch by batch (low memory)."""
+def batches_of(stored: np.ndarray, preprocess, config: model.Network, batch_size: int):
+    """Network inputs for stored-size uint8 images, preprocessed batch by batch (low memory).
+
+    preprocess: a ``preprocessing.Preprocessing`` (``loading.Model.preprocessing``)."""
     for start in range(0, len(stored), batch_size):
-        yield data.preprocess(stored[start:start + batch_size], mean, config.image_size)
+        yield preprocess(stored[start:start + batch_size], config.image_size)
 
 
 # ---- projections of the winners ----------------------------------------------------
@@ -245,13 +247,15 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> list[pathlib.Path]:
     """Mine, project and draw; write topk_<layer>.png per layer and topk.npz."""
-    params, config, mean, info = cli.load_model(args.target)
+    loaded = cli.load_model(args)
+    params, config, info = loaded.params, loaded.config, loaded.info
     layers = model.check_layers(config, args.layers or model.conv_layers(config))
     for layer in layers:
         check_channels(config, layer, args.channels or [])
     stored, labels, names = cli.load_stored_images(args, config, info, args.limit)
     k = min(args.top, len(stored))
-    tops = mine(config, params, batches_of(stored, mean, config, args.batch_size), layers, k=k)
+    tops = mine(config, params, batches_of(stored, loaded.preprocessing, config, args.batch_size),
+                layers, k=k)
 
     arrays, figures = {"names": np.array(names)}, {}
     if labels is not None:
@@ -266,10 +270,9 @@ def run(args) -> list[pathlib.Path]:
         used, where = np.unique(np.maximum(top.image[channels], 0), return_inverse=True)
         local = top.image.copy()
         local[channels] = np.where(top.image[channels] >= 0, where.reshape(len(channels), k), -1)
-        inputs = data.preprocess(stored[used], mean, config.image_size)
-        display = np.ascontiguousarray(data.centre_crop(stored[used], config.image_size))
+        chosen = cli.images_for(loaded, stored[used])
         projections, patches = project_top(config, params, layer, top._replace(image=local),
-                                           channels, inputs, display)
+                                           channels, chosen.inputs, chosen.display)
         arrays.update({f"{layer}/{field}": value for field, value in top._asdict().items()})
         arrays.update({f"{layer}/channels": channels, f"{layer}/projections": projections,
                        f"{layer}/patches": patches})
