@@ -62,25 +62,26 @@ def pool_matrix(side: int, g: int) -> np.ndarray:
     return m
 
 
-def feature_grids(config: model.ZFNetConfig, layers, max_features: int) -> tuple:
+def feature_grids(config: model.Network, layers, max_features: int) -> tuple:
     """((layer, g or 0), ...): the pooling grid of each spatial layer, 0 for fc layers."""
     sizes = model.layer_sizes(config)
+    spatial, fc = model.projectable_layers(config), model.fc_layers(config)
     out = []
     for layer in layers:
-        if layer in model.FC_LAYERS:
+        if layer in fc:
             out.append((layer, 0))
-        elif layer in model.PROJECTABLE_LAYERS:
+        elif layer in spatial:
             out.append((layer, grid_side(sizes[layer], model.num_channels(config, layer),
                                          max_features)))
         else:
             raise ValueError(f"unknown layer {layer!r} for features; expected some of "
-                             f"{', '.join(model.PROJECTABLE_LAYERS + model.FC_LAYERS)}")
+                             f"{', '.join(spatial + fc)}")
     return tuple(out)
 
 
 @partial(jax.jit, static_argnames=("config", "grids"))
-def _features_batch(params, images, config, grids):
-    _, aux = model.forward(params, images, config)
+def _features_batch(config, params, images, grids):
+    _, aux = model.forward(config, params, images)
     out = {}
     for layer, g in grids:
         a = aux["activations"][layer].astype(jnp.float32)
@@ -93,7 +94,7 @@ def _features_batch(params, images, config, grids):
     return out
 
 
-def extract_features(config: model.ZFNetConfig, params, batches, *, layers=LAYERS,
+def extract_features(config: model.Network, params, batches, *, layers=LAYERS,
                      max_features: int = MAX_FEATURES) -> dict[str, np.ndarray]:
     """Features of each layer for a stream of network-input batches (float32 (B, H, W, 3)).
 
@@ -109,7 +110,7 @@ def extract_features(config: model.ZFNetConfig, params, batches, *, layers=LAYER
         size = size or count
         if count < size:
             batch = np.concatenate([batch, np.zeros((size - count,) + batch.shape[1:], batch.dtype)])
-        out = jax.device_get(_features_batch(params, batch, config, grids))
+        out = jax.device_get(_features_batch(config, params, batch, grids))
         for layer in layers:
             parts[layer].append(out[layer][:count])
     return {layer: np.concatenate(p) for layer, p in parts.items()}
@@ -361,7 +362,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                     "the frozen network; fit a multinomial logistic regression per layer (L2 "
                     "picked on a held-out part of the training split) and report test accuracy; "
                     "retrain the fc7 softmax on n images per class over random draws.")
-    parser.add_argument("target", help="run folder or checkpoint written by train.py")
+    cli.add_model_arguments(parser)
     parser.add_argument("--data", required=True, metavar="SOURCE",
                         help="TFDS name (e.g. cifar10, caltech101) or image folder "
                              "<root>/<split>/<class>/<image> with a training and a test split")
@@ -388,8 +389,6 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--draws", type=argtypes.positive_int, default=5, help="random draws per point of the curve")
     parser.add_argument("--seed", type=argtypes.seed, default=0)
     parser.add_argument("--batch-size", type=argtypes.positive_int, default=128)
-    parser.add_argument("--out", type=pathlib.Path, default=None,
-                        help="output folder (default: <run>/figures)")
     parser.set_defaults(run=run_cli)
     return parser
 
@@ -419,7 +418,8 @@ def _check_args(args) -> None:
 
 def run_cli(args) -> list[pathlib.Path]:
     _check_args(args)
-    params, config, mean, info = cli.load_model(args.target)
+    loaded = cli.load_model(args)
+    params, config, info = loaded.params, loaded.config, loaded.info
     layers = tuple(args.layers)
     feature_grids(config, layers, args.max_features)  # unknown layers fail before loading data
     size = config.image_size
@@ -433,7 +433,7 @@ def run_cli(args) -> list[pathlib.Path]:
     num_classes = len(train.class_names)
 
     def features(split):
-        return extract_features(config, params, topk.batches_of(split.images, mean, config,
+        return extract_features(config, params, topk.batches_of(split.images, loaded.preprocessing, config,
                                                                  args.batch_size),
                                 layers=layers, max_features=args.max_features)
 
