@@ -1,6 +1,12 @@
-"""Benchmark of the core: forward with/without switches, conv5 projections.
+"""Benchmark of the core: forward with/without switches, single-unit projections.
 
-    python bench/bench_core.py [--size 224] [--batch 32] [--units 256] [--out bench/results/core.json]
+    python bench/bench_core.py [--size 224] [--batch 32] [--units 256] [--vgg-units 16]
+                               [--projections-only] [--out bench/results/core.json]
+
+ZFNet conv5 and VGG16 conv5_3 units of one 224 image, projected by
+``deconv.project_units`` (its default, vmapped, one unit per call), by a
+hand-written PyTorch deconvnet (bench/torch_reference.py) and by Captum's
+NeuronDeconvolution, all in the same run (torch==2.13.0 and captum optional).
 
 Prints a table and writes JSON with the platform. Ratios measured side by side
 in one run are what to compare; absolute numbers move with machine load.
@@ -26,9 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zfjax import deconv, model  # noqa: E402
 
-# PyTorch 2.13 CPU on this 2-core machine (shared/FACTS.md): 256 conv5
-# projections of one 224 image.
-REFERENCE_S = {"captum NeuronDeconvolution loop": 13.1, "hand-written torch deconvnet": 3.75}
 
 
 def timed(fn, *args, repeats=3):
@@ -85,50 +88,53 @@ def bench_forward(config, params, images, rows):
         measure(fns, "XLA reduce_window (baseline)")
 
 
-def bench_projections(config, params, image, units_count, rows):
+def bench_projections(config, params, image, layer, units_count, rows, sample=16):
+    """``units_count`` single-unit projections of one image from ``layer``, every way.
+
+    One-at-a-time loops are timed on ``sample`` units and scaled to ``units_count``.
+    """
     forward = jax.jit(lambda p, x: model.forward(config, p, x)[1])
     aux = forward(params, image)
     t_forward = timed(forward, params, image)
-    peaks = aux["activations"]["conv5"][0].max(axis=(0, 1))
+    peaks = aux["activations"][layer][0].max(axis=(0, 1))
     channels = jnp.argsort(-peaks)[:units_count]
-    units = deconv.strongest_units(aux, "conv5", channels)
-    signals = jax.vmap(lambda c, y, x: deconv.unit_signal(aux, "conv5", c, y, x))(
-        units.channel, units.y, units.x)
+    units = deconv.strongest_units(aux, layer, channels)
+    k = len(units.channel)
+    sample = min(sample, k)
+    tag = f"{k} {config.arch} {layer} projections"
 
-    dense_one = jax.jit(lambda s: deconv.project(config, params, aux, "conv5", s))
-    window_one = jax.jit(lambda u: deconv.project_units(config, params, aux, "conv5", u))
-    dense_many = jax.jit(jax.vmap(lambda s: deconv.project(config, params, aux, "conv5", s)))
-
-    def loop(fn, items, count):
-        def run():
-            return [fn(item) for item in items[:count]]
-        return run
-
-    one_units = [deconv.Units(*(u[k : k + 1] for u in units)) for k in range(units_count)]
-    sample = min(16, units_count)  # one-at-a-time loops are timed on a sample, then scaled
+    window_default = jax.jit(lambda u: deconv.project_units(config, params, aux, layer, u))
+    window_vmap = jax.jit(lambda u: deconv.project_units(config, params, aux, layer, u,
+                                                         batch_size=k))
+    one_units = [deconv.Units(*(u[i : i + 1] for u in units)) for i in range(sample)]
     cases = [
-        ("dense, one at a time", loop(dense_one, list(signals), sample), sample),
-        ("receptive-field window, one at a time", loop(window_one, one_units, sample), sample),
-        ("dense, batched (vmap)", lambda: dense_many(signals), units_count),
-        ("receptive-field window, batched", lambda: window_one(units), units_count),
+        ("zfjax project_units, batched (default)", lambda: window_default(units), k),
+        ("zfjax project_units, vmap over all units", lambda: window_vmap(units), k),
+        ("zfjax project_units, one unit per call", lambda: [window_default(u) for u in one_units],
+         sample),
     ]
+    if config.arch == "zfnet":
+        signals = jax.vmap(lambda c, y, x: deconv.unit_signal(aux, layer, c, y, x))(
+            units.channel, units.y, units.x)
+        dense_many = jax.jit(jax.vmap(lambda s: deconv.project(config, params, aux, layer, s)))
+        cases.append(("zfjax project (dense), vmap", lambda: dense_many(signals), k))
     for name, fn, count in cases:
-        seconds = timed(fn, repeats=2) * units_count / count
-        rows.append({"work": f"{units_count} conv5 projections: {name}", "batch": units_count,
-                     "seconds": seconds, "seconds_with_forward": seconds + t_forward,
-                     "projections_per_s": units_count / seconds})
-    dense = dense_many(signals)[:, 0]  # (K, 1, H, W, 3): one image per signal
-    window = window_one(units)
-    rows.append({"work": "max |dense - window| / max |dense|",
-                 "value": float(jnp.abs(dense - window).max() / jnp.abs(dense).max())})
-    bench_torch(config, params, image, units, np.asarray(window), t_forward, rows)
+        seconds = timed(fn, repeats=2) * k / count
+        rows.append({"work": f"{tag}: {name}", "batch": k, "seconds": seconds,
+                     "seconds_with_forward": seconds + t_forward, "projections_per_s": k / seconds})
+    ours = np.asarray(window_default(units))
+    rows.append({"work": f"{tag}: max |default - vmap| / max",
+                 "value": float(np.abs(ours - np.asarray(window_vmap(units))).max()
+                                / np.abs(ours).max())})
+    bench_torch(config, params, image, layer, units, ours, t_forward, rows, tag, sample)
 
 
-def bench_torch(config, params, image, units, ours, t_forward_jax, rows):
-    """The same projections with a hand-written PyTorch deconvnet, if torch is installed."""
+def bench_torch(config, params, image, layer, units, ours, t_forward_jax, rows, tag, sample):
+    """The same projections with a hand-written PyTorch deconvnet and with Captum's
+    NeuronDeconvolution, where torch (and captum) are installed."""
     try:
         import torch
-        from torch_reference import TorchDeconvnet
+        from torch_reference import TorchDeconvnet, torch_sequential
     except ImportError:
         print("torch not installed: no side-by-side PyTorch rows (pip install torch==2.13.0)")
         return
@@ -138,31 +144,58 @@ def bench_torch(config, params, image, units, ours, t_forward_jax, rows):
         start = time.perf_counter()
         acts, indices, sizes = net.forward(np.asarray(image))
         t_forward = time.perf_counter() - start
-        conv5 = acts["conv5"]
-        signals = torch.zeros((k,) + conv5.shape[1:])
+        top = acts[layer]
+        signals = torch.zeros((k,) + top.shape[1:])
         for i, (c, y, x) in enumerate(zip(units.channel.tolist(), units.y.tolist(), units.x.tolist())):
-            signals[i, c, y, x] = conv5[0, c, y, x]
+            signals[i, c, y, x] = top[0, c, y, x]
 
         def one_at_a_time(count):
-            return [net.project("conv5", signals[i : i + 1], indices, sizes) for i in range(count)]
+            return [net.project(layer, signals[i : i + 1], indices, sizes) for i in range(count)]
 
         def batched(chunk=32):
-            return torch.cat([net.project("conv5", signals[i : i + chunk], indices, sizes)
+            return torch.cat([net.project(layer, signals[i : i + chunk], indices, sizes)
                               for i in range(0, k, chunk)])
 
-        sample = min(16, k)
         for name, fn, count in [("one at a time", lambda: one_at_a_time(sample), sample),
                                 ("batched (chunks of 32)", batched, k)]:
             fn()
             best = min(_wall(fn) for _ in range(2)) * k / count
-            rows.append({"work": f"{k} conv5 projections: PyTorch hand-written, {name}",
+            rows.append({"work": f"{tag}: PyTorch hand-written, {name}",
                          "batch": k, "seconds": best, "seconds_with_forward": best + t_forward,
                          "projections_per_s": k / best})
         theirs = batched().numpy().transpose(0, 2, 3, 1)
-    rows.append({"work": "max |zfjax - PyTorch| / max |PyTorch| (conv5 units)",
+    rows.append({"work": f"{tag}: max |zfjax - PyTorch| / max |PyTorch|",
                  "value": float(np.abs(ours - theirs).max() / np.abs(theirs).max())})
-    rows.append({"work": "forward of 1 image, PyTorch / zfjax seconds",
-                 "value": t_forward / t_forward_jax})
+    try:
+        from captum.attr import NeuronDeconvolution
+    except ImportError:
+        print("captum not installed: no Captum rows (pip install captum)")
+        return
+    seq, modules = torch_sequential(params, config)
+    deconvolution = NeuronDeconvolution(seq, modules[layer])
+    x = torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(0, 3, 1, 2)))
+
+    def captum_loop(count):
+        return [deconvolution.attribute(x, neuron_selector=(int(units.channel[i]), int(units.y[i]),
+                                                            int(units.x[i])))
+                for i in range(count)]
+
+    captum_loop(1)
+    best = min(_wall(lambda: captum_loop(sample)) for _ in range(2)) * k / sample
+    rows.append({"work": f"{tag}: Captum NeuronDeconvolution loop", "batch": k, "seconds": best,
+                 "projections_per_s": k / best})
+    first = captum_loop(1)[0].numpy().transpose(0, 2, 3, 1)[0]
+    rows.append({"work": f"{tag}: max |zfjax - Captum| / max |Captum| (first unit)",
+                 "value": float(np.abs(ours[0] - first).max() / np.abs(first).max())})
+
+
+def ratios(rows, tag):
+    """Speed of the default batched call against the others, measured in the same run."""
+    seconds = {r["work"].split(": ", 1)[1]: r["seconds"] for r in rows
+               if r["work"].startswith(tag + ":") and "seconds" in r}
+    ours = seconds.get("zfjax project_units, batched (default)")
+    return {f"{tag}: {name} / zfjax default": s / ours for name, s in seconds.items()
+            if ours and not name.startswith("zfjax project_units, batched")}
 
 
 def _wall(fn):
@@ -175,33 +208,49 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--units", type=int, default=256)
+    parser.add_argument("--units", type=int, default=256, help="ZFNet conv5 units projected")
+    parser.add_argument("--vgg-units", type=int, default=16,
+                        help="VGG16 conv5_3 units projected (0: skip VGG16)")
+    parser.add_argument("--sample", type=int, default=16,
+                        help="units timed in the one-at-a-time loops (then scaled)")
     parser.add_argument("--out", default="bench/results/core.json")
     parser.add_argument("--projections-only", action="store_true",
                         help="skip the forward/gradient rows")
     args = parser.parse_args()
 
-    config = model.ZFNetConfig(num_classes=1000, image_size=args.size, init_std=None)
+    config = model.Network(num_classes=1000, image_size=args.size, init_std=None)
     params = model.init_params(config, jax.random.key(0))
     images = jax.random.normal(jax.random.key(1), (args.batch, args.size, args.size, 3))
     rows = []
     if not args.projections_only:
         bench_forward(config, params, images, rows)
-    bench_projections(config, params, images[:1], args.units, rows)
+    bench_projections(config, params, images[:1], "conv5", args.units, rows, args.sample)
+    tags = [f"{args.units} zfnet conv5 projections"]
+    if args.vgg_units:
+        vgg = model.Network(arch="vgg16", num_classes=1000, image_size=224, init_std=None)
+        vgg_params = model.init_params(vgg, jax.random.key(0))
+        image = jax.random.normal(jax.random.key(1), (1, 224, 224, 3))
+        bench_projections(vgg, vgg_params, image, "conv5_3", args.vgg_units, rows,
+                          min(args.sample, 4))
+        tags.append(f"{args.vgg_units} vgg16 conv5_3 projections")
+    summary = {}
+    for tag in tags:
+        summary.update(ratios(rows, tag))
 
     print(f"\nzfjax core benchmark, {args.size} px, {jax.devices()[0].platform} "
           f"({jax.device_count()} devices, {os.cpu_count()} CPUs)")
-    print(f"{'work':62s} {'seconds':>9s} {'rate':>14s}")
+    print(f"{'work':78s} {'seconds':>9s} {'rate':>14s}")
     for row in rows:
         if "value" in row:
-            print(f"{row['work']:62s} {row['value']:>9.2g}")
+            print(f"{row['work']:78s} {row['value']:>9.2g}")
             continue
         rate = (f"{row['images_per_s']:.1f} img/s" if "images_per_s" in row
                 else f"{row['projections_per_s']:.1f} proj/s")
         label = row["work"] + (f" [{row['pooling']}]" if "pooling" in row else "")
-        print(f"{label:62s} {row['seconds']:9.3f} {rate:>14s}")
-    for name, seconds in REFERENCE_S.items():
-        print(f"{'reference: ' + name + ' (FACTS.md)':62s} {seconds:9.3f}")
+        print(f"{label:78s} {row['seconds']:9.3f} {rate:>14s}")
+    print("\nspeed-ups of the default batched call, same run:")
+    for name, ratio in summary.items():
+        print(f"{name:88s} {ratio:6.2f}x")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -209,9 +258,11 @@ def main():
         "platform": {"machine": platform.platform(), "processor": platform.processor(),
                      "cpus": os.cpu_count(), "jax": jax.__version__,
                      "backend": jax.devices()[0].platform, "device": str(jax.devices()[0].device_kind),
-                     "device_count": jax.device_count()},
-        "config": {"image_size": args.size, "batch": args.batch, "units": args.units},
-        "rows": rows, "reference_seconds": REFERENCE_S,
+                     "device_count": jax.device_count(),
+                     "load_average": os.getloadavg()},
+        "config": {"image_size": args.size, "batch": args.batch, "units": args.units,
+                   "vgg_units": args.vgg_units, "sample": args.sample},
+        "rows": rows, "speedups": summary,
     }, indent=2))
     print(f"\nwrote {out}")
 

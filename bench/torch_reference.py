@@ -62,3 +62,48 @@ class TorchDeconvnet:
             x = F.conv_transpose2d(F.relu(x) if op.relu else x, self.weights[op.name], None,
                                    op.stride, op.padding, output_padding=extra)
         return x
+
+
+class _NormPassThrough(torch.autograd.Function):
+    """Local response norm forward, identity backward: the deconvnet does not invert it."""
+
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k):
+        return F.local_response_norm(x, size, alpha, beta, k)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None, None
+
+
+class _Norm(torch.nn.Module):
+    def __init__(self, lrn):
+        super().__init__()
+        self.lrn = lrn
+
+    def forward(self, x):
+        n = self.lrn
+        return _NormPassThrough.apply(x, n.size, n.alpha, n.beta, n.k)
+
+
+def torch_sequential(params, config: model.Network):
+    """The conv/pool part as a torch.nn.Sequential (for Captum), and layer -> the module
+    whose output is that layer's recorded map (a conv's ReLU, a pool)."""
+    layers, modules = [], {}
+    for op in model.spatial_ops(config):
+        if op.kind == "conv":
+            conv = torch.nn.Conv2d(params[op.name]["kernel"].shape[2], op.channels, op.kernel,
+                                   op.stride, op.padding)
+            with torch.no_grad():
+                conv.weight.copy_(torch.from_numpy(
+                    np.asarray(params[op.name]["kernel"]).transpose(3, 2, 0, 1).copy()))
+                conv.bias.copy_(torch.from_numpy(np.asarray(params[op.name]["bias"]).copy()))
+            layers.append(conv)
+        else:
+            layers.append(torch.nn.MaxPool2d(op.kernel, op.stride, op.padding, ceil_mode=op.stage.ceil))
+        if op.relu:
+            layers.append(torch.nn.ReLU())
+        modules[op.name] = layers[-1]
+        if op.norm is not None:
+            layers.append(_Norm(op.norm))
+    return torch.nn.Sequential(*layers).eval(), modules

@@ -39,7 +39,7 @@ def test_features_are_the_forward_activations_pooled_batch_by_batch():
     layers = ("pool1", "conv3", "fc7")
     feats = transfer.extract_features(TINY, tiny_params(), (x[i:i + 4] for i in (0, 4)),
                                       layers=layers, max_features=600)
-    _, aux = model.forward_jit(tiny_params(), x, TINY)
+    _, aux = model.forward_jit(TINY, tiny_params(), x)
     acts = {k: np.asarray(v) for k, v in aux["activations"].items()}
     np.testing.assert_allclose(feats["fc7"], acts["fc7"], rtol=1e-4, atol=1e-5)
     # conv3 at 64 px, width 0.25: 3 x 3 x 96 = 864 > 600 -> a 2 x 2 grid (384 features).
