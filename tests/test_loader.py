@@ -104,7 +104,7 @@ def test_eval_step_on_stored_images_equals_the_host_path(prepared):
     assert host == device
     # ten crops: the mean softmax of the ten windows data.eval_batches cuts
     x10, y = next(data.eval_batches(images, mean, 8, 64, ten_crop=True))
-    logits = jax.vmap(lambda x: model.forward(params, x, TINY)[0], 1)(x10)
+    logits = jax.vmap(lambda x: model.forward(TINY, params, x)[0], 1)(x10)
     probs = jax.nn.softmax(logits).mean(0)
     want = training.hit_counts(probs, y, np.ones(8, bool))
     got = training.make_stored_eval_step(TINY, mesh, ten_crop=True)(

@@ -148,6 +148,8 @@ def check_output_folder(args) -> None:
         folder, flag = pathlib.Path(args.out).absolute(), f"--out {args.out}"
     elif getattr(args, "target", None) is not None:
         folder, flag = checkpoints._locate(args.target)[0] / "figures", "output folder"
+    elif getattr(args, "weights", None) is not None:
+        folder, flag = pathlib.Path(args.weights).absolute().parent / "figures", "output folder"
     else:
         return
     existing = folder

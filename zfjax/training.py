@@ -193,7 +193,7 @@ def stored_eval_step(params, images, labels, mask, mean, *, config: ZFNetConfig,
     for y, x, flip in zip(*data._ten_crop_windows(size, config.image_size)):
         crops = augment(images, mean, jnp.full((n,), y), jnp.full((n,), x),
                         jnp.full((n,), bool(flip)), config.image_size)
-        probs = probs + jax.nn.softmax(model.forward(params, crops, config)[0].astype(
+        probs = probs + jax.nn.softmax(model.forward(config, params, crops)[0].astype(
             jnp.float32))
     return hit_counts(probs, labels, mask)
 
