@@ -76,6 +76,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def snapshot_hook():
+    """The per-epoch Fig. 4 snapshots the training loop takes (zfjax.evolution)."""
+    from zfjax import evolution
+
+    return evolution.EpochSnapshots()
+
+
 def build_run(args):
     """The preset with the command line's overrides applied."""
     from zfjax import trainer
@@ -141,7 +148,7 @@ def main(argv=None) -> int:
         budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
         feeding = dict(progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
                        memory_budget=budget, store_dir=args.store, workers=args.workers,
-                       download=not args.offline)
+                       download=not args.offline, snapshots=snapshot_hook())
         if args.resume:
             fixed = {"image_size": args.size, "width": args.width, "batch_size": args.batch,
                      "seed": args.seed, "data": args.data, "data_dir": args.data_dir,

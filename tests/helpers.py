@@ -1,9 +1,13 @@
-"""Shared test helpers."""
+"""Shared test helpers (plain functions; fixtures live in conftest.py)."""
+
+import functools
+from pathlib import Path
 
 import jax
 import numpy as np
+from PIL import Image
 
-from zfjax import model
+from zfjax import data, model
 
 
 def random_params(config, seed=0, bias_std=0.0):
@@ -47,3 +51,44 @@ def write_image_folder(root, classes, per_class, *, splits=("train", "val"), sha
                 pixels[:, :, c % 3] = 25 * c
                 Image.fromarray(pixels).save(root / split / name / f"{i}.{ext}")
     return root
+
+
+# ---- a tiny real run folder, as train.py leaves it -------------------------------------
+
+TINY = model.ZFNetConfig(num_classes=2, image_size=64, width=0.25, init_std=None)
+
+
+def write_tiny_run(root: Path, config=TINY, checkpoint_config=None) -> Path:
+    """A run folder as train.py leaves it (config.json, mean.npy, orbax checkpoint 1),
+    with random weights and its own 2-class image folder <root>/images/{train,val}/...
+
+    checkpoint_config: write the weights of another config (a mismatched checkpoint).
+    """
+    from zfjax import checkpoints, training
+
+    rng = np.random.default_rng(0)
+    folder = root / "images"
+    for split in ("train", "val"):
+        for name in ("alpha", "beta"):
+            (folder / split / name).mkdir(parents=True)
+            for i in range(4):
+                coarse = rng.integers(0, 256, (6, 6, 3), np.uint8)
+                Image.fromarray(coarse).resize((90, 80), Image.BICUBIC).save(
+                    folder / split / name / f"{name}{i}.png")
+    mean = data.mean_image(data.load_split(str(folder), "train", config.image_size, progress=False))
+    run = root / "run"
+    tcfg = training.TrainConfig(epochs=1, batch_size=4)
+    weights = checkpoint_config or config
+    abstract = jax.eval_shape(functools.partial(training.init_state, weights, tcfg),
+                              jax.random.key(0))
+    state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract).replace(
+        params=random_params(weights, bias_std=0.01))
+    mgr = checkpoints.manager(run / checkpoints.CHECKPOINT_DIR)
+    checkpoints.save(mgr, 1, state, {"epoch": 1, "step": 4, "metrics": {}, "plateau": {}})
+    mgr.wait_until_finished()
+    mgr.close()
+    checkpoints.save_mean(run, mean)
+    checkpoints.write_json(run / checkpoints.CONFIG_FILE, {
+        "model": checkpoints.config_dict(config), "train": checkpoints.config_dict(tcfg),
+        "data": {"source": str(folder), "data_dir": None}, "class_names": ["alpha", "beta"]})
+    return run

@@ -8,7 +8,7 @@ import pytest
 
 from zfjax import checkpoints, convergence, data, evolution, model, topk
 from helpers import random_params
-from test_topk import TINY, run_cli, write_tiny_run
+from helpers import TINY, write_tiny_run
 
 
 def test_correlation_equals_numpy_corrcoef_and_broadcasts():
@@ -74,7 +74,7 @@ def test_snapshot_convergence_compares_every_epoch_with_the_last():
     assert len(fig.axes) == 2
 
 
-def test_cli_on_a_run_with_two_checkpoints_and_snapshots(tmp_path, monkeypatch, capsys):
+def test_cli_on_a_run_with_two_checkpoints_and_snapshots(tmp_path, monkeypatch, capsys, run_cli):
     run = write_tiny_run(tmp_path)
     # A second epoch: other weights, saved as checkpoint 2; snapshots of both epochs.
     from zfjax import training
@@ -93,7 +93,7 @@ def test_cli_on_a_run_with_two_checkpoints_and_snapshots(tmp_path, monkeypatch, 
     for epoch, params in ((1, params1), (2, params2)):
         evolution.save_snapshot(run, epoch, evolution.take_snapshot(TINY, params, probe))
 
-    code, out, err = run_cli(monkeypatch, capsys, ["convergence", str(run), "--batch-size", "4",
+    code, out, err = run_cli(["convergence", str(run), "--batch-size", "4",
                                                       "--top", "3"])
     assert code == 0, err
     figures = run / "figures"
@@ -115,7 +115,7 @@ def test_cli_on_a_run_with_two_checkpoints_and_snapshots(tmp_path, monkeypatch, 
     assert "conv1: median projection correlation with epoch 2" in out
 
 
-def test_cli_says_when_the_folder_is_not_a_run(tmp_path, monkeypatch, capsys):
-    code, out, err = run_cli(monkeypatch, capsys, ["convergence", str(tmp_path)])
+def test_cli_says_when_the_folder_is_not_a_run(tmp_path, monkeypatch, capsys, run_cli):
+    code, out, err = run_cli(["convergence", str(tmp_path)])
     assert code == 2 and out == ""
     assert err.startswith("visualize.py convergence: error: ") and "not a run folder" in err

@@ -195,7 +195,7 @@ def test_table_rows_text_and_csv():
 
 # ---- command line, on a tiny real run folder (test_topk.write_tiny_run) ----------------
 
-from test_topk import run_cli, write_tiny_run  # noqa: E402
+from helpers import write_tiny_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -210,9 +210,9 @@ def tiny_parts(run, path, nose=(20, 30, 40, 50)):
                               for name in ("alpha/alpha0.png", "alpha/alpha1.png", "beta/beta0.png")])
 
 
-def test_cli_prints_the_table_and_writes_csv_npz_and_figure(tiny_run, monkeypatch, capsys, tmp_path):
+def test_cli_prints_the_table_and_writes_csv_npz_and_figure(tiny_run, monkeypatch, capsys, tmp_path, run_cli):
     # One part and two draws on three images: the shapes of matrices() (no new compilation).
-    code, out, err = run_cli(monkeypatch, capsys, [
+    code, out, err = run_cli([
         "correspondence", str(tiny_run), "--parts", str(tiny_parts(tiny_run, tmp_path / "p.json")),
         "--draws", "2", "--layers", "pool5", "fc7", "conv3"])
     assert code == 0, err
@@ -234,7 +234,7 @@ def test_cli_prints_the_table_and_writes_csv_npz_and_figure(tiny_run, monkeypatc
     assert png.shape[1] > 900 and png.std() > 20
 
 
-def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_run, monkeypatch, capsys, tmp_path):
+def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_run, monkeypatch, capsys, tmp_path, run_cli):
     image = tiny_run.parent / "images" / "val" / "alpha" / "alpha0.png"
     outside = tiny_parts(tiny_run, tmp_path / "outside.json", nose=(70, 30, 90, 50))
     good = tiny_parts(tiny_run, tmp_path / "good.json")
@@ -251,7 +251,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_run, monkeypatch, cap
                                                       "conv1, pool1, conv2, pool2, conv3, conv4, "
                                                       "conv5, pool5, fc6, fc7"),
     ]:
-        code, out, err = run_cli(monkeypatch, capsys, [
+        code, out, err = run_cli([
             "correspondence", str(tiny_run), "--out", str(tmp_path / "o")] + argv)
         assert (code, out, err) == (2, "", f"visualize.py correspondence: error: {message}\n")
     assert not (tmp_path / "o").exists()

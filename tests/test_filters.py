@@ -106,7 +106,7 @@ def test_figure_side_by_side(tmp_path):
 
 # ---- command line, on tiny real run folders (test_topk.write_tiny_run) -----------------
 
-from test_topk import run_cli, write_tiny_run  # noqa: E402
+from helpers import write_tiny_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +118,9 @@ def tiny_runs(tmp_path_factory):
             write_tiny_run(tmp_path_factory.mktemp("filters_wide"), config=wide))
 
 
-def test_cli_compares_two_runs_side_by_side(tiny_runs, monkeypatch, capsys):
+def test_cli_compares_two_runs_side_by_side(tiny_runs, monkeypatch, capsys, run_cli):
     a, b, _ = tiny_runs
-    code, out, err = run_cli(monkeypatch, capsys, [
+    code, out, err = run_cli([
         "filters", str(a), "--compare", str(b), "--maps", "2", "--limit", "2"])
     assert code == 0, err
     figures = a / "figures"
@@ -133,11 +133,11 @@ def test_cli_compares_two_runs_side_by_side(tiny_runs, monkeypatch, capsys):
     png = np.asarray(Image.open(figures / "filters_compare.png").convert("L"))
     assert png.shape[1] > 1000 and png.std() > 20
     # Filters only: no images needed.
-    code, out, err = run_cli(monkeypatch, capsys, ["filters", str(a), "--maps", "0"])
+    code, out, err = run_cli(["filters", str(a), "--maps", "0"])
     assert code == 0 and out.split()[0] == str(figures / "filters.png")
 
 
-def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_runs, monkeypatch, capsys, tmp_path):
+def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_runs, monkeypatch, capsys, tmp_path, run_cli):
     a, _, wide = tiny_runs
     for argv, message in [
         (["--compare", str(wide)], f"cannot compare filters: {a} has conv1 filters 24 x (7x7x3) "
@@ -148,7 +148,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_runs, monkeypatch, ca
                                                    f"folder made by train.py"),
         (["--images", "/nonexistent/cat.jpg"], "image /nonexistent/cat.jpg does not exist"),
     ]:
-        code, out, err = run_cli(monkeypatch, capsys, [
+        code, out, err = run_cli([
             "filters", str(a), "--out", str(tmp_path / "o")] + argv)
         assert (code, out, err) == (2, "", f"visualize.py filters: error: {message}\n")
     assert not (tmp_path / "o").exists()

@@ -128,7 +128,7 @@ def test_figure_has_three_rows_of_four_panels():
 
 # ---- command line, on a tiny real run folder (test_topk.write_tiny_run) ----------------
 
-from test_topk import run_cli, write_tiny_run  # noqa: E402
+from helpers import write_tiny_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +136,8 @@ def tiny_run(tmp_path_factory):
     return write_tiny_run(tmp_path_factory.mktemp("invariance"))
 
 
-def test_cli_writes_the_figure_and_arrays(tiny_run, monkeypatch, capsys):
-    code, out, err = run_cli(monkeypatch, capsys, [
+def test_cli_writes_the_figure_and_arrays(tiny_run, monkeypatch, capsys, run_cli):
+    code, out, err = run_cli([
         "invariance", str(tiny_run), "--limit", "2", "--translations", "0", "2", "14",
         "--scales", "1", "1.1", "1.6", "--rotations", "0", "4", "60"])
     assert code == 0, err
@@ -160,8 +160,8 @@ def test_cli_writes_the_figure_and_arrays(tiny_run, monkeypatch, capsys):
     (["--images", "/nonexistent/cat.jpg"], "image /nonexistent/cat.jpg does not exist"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_run, monkeypatch, capsys, tmp_path,
-                                                      argv, message):
-    code, out, err = run_cli(monkeypatch, capsys, [
+                                                      argv, message, run_cli):
+    code, out, err = run_cli([
         "invariance", str(tiny_run), "--out", str(tmp_path / "o")] + argv)
     assert (code, out, err) == (2, "", f"visualize.py invariance: error: {message}\n")
     assert not (tmp_path / "o").exists()

@@ -105,7 +105,7 @@ def test_figure_grid_and_curves(tmp_path):
 
 # ---- command line, on a tiny real run folder (test_topk.write_tiny_run) ----------------
 
-from test_topk import run_cli, write_tiny_run  # noqa: E402
+from helpers import write_tiny_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +113,9 @@ def tiny_run(tmp_path_factory):
     return write_tiny_run(tmp_path_factory.mktemp("maximize"))
 
 
-def test_cli_writes_the_grid_and_arrays(tiny_run, monkeypatch, capsys):
+def test_cli_writes_the_grid_and_arrays(tiny_run, monkeypatch, capsys, run_cli):
     # The shapes of ascent() (no new compilation).
-    code, out, err = run_cli(monkeypatch, capsys, [
+    code, out, err = run_cli([
         "maximize", str(tiny_run), "--layer", "conv3", "--units", "0", "1", "--steps",
         str(STEPS), "--lr", "0.02", "--tv-weight", "0"])
     assert code == 0, err
@@ -143,17 +143,17 @@ def test_cli_writes_the_grid_and_arrays(tiny_run, monkeypatch, capsys):
     (["--layer", "fc8", "--units", "2"], "unit 2 is out of range for fc8: expected 0..1"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_run, monkeypatch, capsys, tmp_path,
-                                                      argv, message):
-    code, out, err = run_cli(monkeypatch, capsys, [
+                                                      argv, message, run_cli):
+    code, out, err = run_cli([
         "maximize", str(tiny_run), "--out", str(tmp_path / "o")] + argv)
     assert (code, out, err) == (2, "", f"visualize.py maximize: error: {message}\n")
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_refuses_a_checkpoint_of_another_shape(tmp_path, monkeypatch, capsys):
+def test_cli_refuses_a_checkpoint_of_another_shape(tmp_path, monkeypatch, capsys, run_cli):
     run = write_tiny_run(tmp_path, checkpoint_config=model.ZFNetConfig(
         num_classes=2, image_size=64, width=0.5, init_std=None))
-    code, out, err = run_cli(monkeypatch, capsys, ["maximize", str(run)])
+    code, out, err = run_cli(["maximize", str(run)])
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert "checkpoint has conv1 kernel (7,7,3,48) but config width 0.25 expects (7,7,3,24)" in err
     assert not (run / "figures").exists()

@@ -128,7 +128,7 @@ def test_column_c_occluders_are_where_each_readout_drops_most():
 
 # ---- command line, on a tiny real run folder (helpers shared with test_topk) ----------
 
-from test_topk import run_cli, write_tiny_run  # noqa: E402
+from helpers import write_tiny_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +136,8 @@ def tiny_run(tmp_path_factory):
     return write_tiny_run(tmp_path_factory.mktemp("occlusion"))
 
 
-def test_cli_maps_the_splits_images_or_the_named_ones(tiny_run, monkeypatch, capsys):
-    code, out, err = run_cli(monkeypatch, capsys, [
+def test_cli_maps_the_splits_images_or_the_named_ones(tiny_run, monkeypatch, capsys, run_cli):
+    code, out, err = run_cli([
         "occlusion", str(tiny_run), "--limit", "2", "--size", "16", "--stride", "16"])
     assert code == 0, err
     figures = tiny_run / "figures"
@@ -150,7 +150,7 @@ def test_cli_maps_the_splits_images_or_the_named_ones(tiny_run, monkeypatch, cap
     assert (arrays["projection_occluders"][:, 0] == -1).all()
     assert Image.open(figures / "occlusion.png").size[0] > 1500
     image = tiny_run.parent / "images" / "val" / "beta" / "beta1.png"
-    code, out, err = run_cli(monkeypatch, capsys, [
+    code, out, err = run_cli([
         "occlusion", str(tiny_run), "--images", str(image), "--label", "beta", "--size", "16",
         "--stride", "16", "--batch-size", "4", "--fill", "black", "--out", str(tiny_run / "named")])
     assert code == 0, err
@@ -167,9 +167,8 @@ def test_cli_maps_the_splits_images_or_the_named_ones(tiny_run, monkeypatch, cap
     (["--size", "80"], "occluder size must be 1..64 and stride >= 1; got size 80, stride 2"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_run, monkeypatch, capsys, tmp_path,
-                                                      argv, message):
-    code, out, err = run_cli(monkeypatch, capsys,
-                             ["occlusion", str(tiny_run), "--out", str(tmp_path / "o")] + argv)
+                                                      argv, message, run_cli):
+    code, out, err = run_cli(["occlusion", str(tiny_run), "--out", str(tmp_path / "o")] + argv)
     assert (code, out) == (2, "")
     assert err == f"visualize.py occlusion: error: {message}\n"
     assert not (tmp_path / "o").exists()

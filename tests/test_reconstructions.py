@@ -64,12 +64,12 @@ def test_figure_has_rows_a_and_b_with_the_input_and_each_layer():
 
 # ---- command line, on a tiny real run folder (helpers shared with test_topk) ----------
 
-from test_topk import run_cli, write_tiny_run  # noqa: E402
+from helpers import write_tiny_run  # noqa: E402
 
 
-def test_cli_writes_rows_a_and_b_and_refuses_unknown_layers(tmp_path, monkeypatch, capsys):
+def test_cli_writes_rows_a_and_b_and_refuses_unknown_layers(tmp_path, monkeypatch, capsys, run_cli):
     run = write_tiny_run(tmp_path)
-    code, out, err = run_cli(monkeypatch, capsys, [
+    code, out, err = run_cli([
         "reconstructions", str(run), "--layers", "pool5", "pool1"])
     assert code == 0, err
     figures = run / "figures"
@@ -79,7 +79,7 @@ def test_cli_writes_rows_a_and_b_and_refuses_unknown_layers(tmp_path, monkeypatc
     assert arrays["whole"].shape == arrays["strongest"].shape == (1, 2, 64, 64, 3)
     assert arrays["names"].tolist() == ["alpha/alpha0.png"]
     assert Image.open(figures / "reconstructions.png").size[0] > 500
-    code, out, err = run_cli(monkeypatch, capsys, [
+    code, out, err = run_cli([
         "reconstructions", str(run), "--layers", "pool1", "fc7", "--out", str(tmp_path / "o")])
     assert (code, out) == (2, "")
     assert err == ("visualize.py reconstructions: error: unknown layer 'fc7'; expected one of "

@@ -49,7 +49,7 @@ def finished(folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "done"
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
-        mp.setattr(trainer, "_evolution", lambda: None)
+        mp.setattr(train, "snapshot_hook", lambda: None)
         old = os.umask(0o022)
         try:
             assert train.main(_args(folder, out, "--epochs", "3")) == 0
@@ -110,7 +110,7 @@ def test_unwritable_out_is_one_line(folder, tmp_path, capsys):
 def test_full_disk_at_a_checkpoint_keeps_the_last_good_one(folder, tmp_path, capfd):
     """A 16 MB disk holds the first checkpoint (about 11 MB) but not the second."""
     with _tmpfs(tmp_path / "disk", "16m") as disk, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer, "_evolution", lambda: None)
+        mp.setattr(train, "snapshot_hook", lambda: None)
         assert train.main(_args(folder, disk / "run", "--epochs", "2")) == 1
         line = _one_error_line(capfd.readouterr().err)
         assert "not enough free space in" in line and "for checkpoint 2" in line
@@ -224,7 +224,7 @@ def test_resume_applies_and_records_a_new_learning_rate_and_epochs(finished, fol
     run = _copy(finished[0], tmp_path / "run")
     # The run's own command repeated (same --size, --data, ...) is accepted.
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer, "_evolution", lambda: None)
+        mp.setattr(train, "snapshot_hook", lambda: None)
         assert train.main(_args(folder, run, "--resume", "--epochs", "4", "--lr", "0.00123")) == 0
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
@@ -348,9 +348,8 @@ def test_progress_in_a_log_is_sparse_whole_lines(folder, monkeypatch):
 
 QUIET_TRAIN = textwrap.dedent("""
     import sys
-    from zfjax import trainer
     import train
-    trainer._evolution = lambda: None
+    train.snapshot_hook = lambda: None
     sys.exit(train.main(sys.argv[1:]))
 """)
 

@@ -140,53 +140,7 @@ def test_figure_has_one_panel_per_map_with_its_label(tmp_path):
 
 # ---- command line, on a tiny real run folder -------------------------------------------
 
-TINY = model.ZFNetConfig(num_classes=2, image_size=64, width=0.25, init_std=None)
-
-
-def write_tiny_run(root: Path, config=TINY, checkpoint_config=None) -> Path:
-    """A run folder as train.py leaves it (config.json, mean.npy, orbax checkpoint 1),
-    with random weights and its own 2-class image folder <root>/images/{train,val}/...
-
-    checkpoint_config: write the weights of another config (a mismatched checkpoint).
-    """
-    from zfjax import checkpoints, training
-
-    rng = np.random.default_rng(0)
-    folder = root / "images"
-    for split in ("train", "val"):
-        for name in ("alpha", "beta"):
-            (folder / split / name).mkdir(parents=True)
-            for i in range(4):
-                coarse = rng.integers(0, 256, (6, 6, 3), np.uint8)
-                Image.fromarray(coarse).resize((90, 80), Image.BICUBIC).save(
-                    folder / split / name / f"{name}{i}.png")
-    mean = data.mean_image(data.load_split(str(folder), "train", config.image_size, progress=False))
-    run = root / "run"
-    tcfg = training.TrainConfig(epochs=1, batch_size=4)
-    weights = checkpoint_config or config
-    abstract = jax.eval_shape(functools.partial(training.init_state, weights, tcfg),
-                              jax.random.key(0))
-    state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract).replace(
-        params=random_params(weights, bias_std=0.01))
-    mgr = checkpoints.manager(run / checkpoints.CHECKPOINT_DIR)
-    checkpoints.save(mgr, 1, state, {"epoch": 1, "step": 4, "metrics": {}, "plateau": {}})
-    mgr.wait_until_finished()
-    mgr.close()
-    checkpoints.save_mean(run, mean)
-    checkpoints.write_json(run / checkpoints.CONFIG_FILE, {
-        "model": checkpoints.config_dict(config), "train": checkpoints.config_dict(tcfg),
-        "data": {"source": str(folder), "data_dir": None}, "class_names": ["alpha", "beta"]})
-    return run
-
-
-def run_cli(monkeypatch, capsys, argv):
-    """visualize.main(argv) with only this subcommand registered: (exit code, stdout, stderr)."""
-    import visualize
-
-    monkeypatch.setattr(visualize, "ANALYSES", (argv[0],))
-    code = visualize.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
+from helpers import TINY, write_tiny_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +148,8 @@ def tiny_run(tmp_path_factory):
     return write_tiny_run(tmp_path_factory.mktemp("topk"))
 
 
-def test_cli_writes_a_figure_per_layer_and_the_arrays(tiny_run, monkeypatch, capsys):
-    code, out, err = run_cli(monkeypatch, capsys, [
+def test_cli_writes_a_figure_per_layer_and_the_arrays(tiny_run, monkeypatch, capsys, run_cli):
+    code, out, err = run_cli([
         "topk", str(tiny_run), "--layers", "pool2", "conv1", "--channels", "5", "1", "--top", "4",
         "--batch-size", "3"])
     assert code == 0, err
@@ -221,20 +175,20 @@ def test_cli_writes_a_figure_per_layer_and_the_arrays(tiny_run, monkeypatch, cap
     (["--images", "/nonexistent/cat.jpg"], "image /nonexistent/cat.jpg does not exist"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_run, monkeypatch, capsys, tmp_path,
-                                                      argv, message):
-    code, out, err = run_cli(monkeypatch, capsys, ["topk", str(tiny_run), "--out", str(tmp_path / "o")]
+                                                      argv, message, run_cli):
+    code, out, err = run_cli(["topk", str(tiny_run), "--out", str(tmp_path / "o")]
                              + argv)
     assert code == 2 and out == ""
     assert err == f"visualize.py topk: error: {message}\n"
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_refuses_a_checkpoint_of_another_shape(tmp_path, monkeypatch, capsys):
+def test_cli_refuses_a_checkpoint_of_another_shape(tmp_path, monkeypatch, capsys, run_cli):
     run = write_tiny_run(tmp_path, checkpoint_config=model.ZFNetConfig(
         num_classes=2, image_size=64, width=0.5, init_std=None))
-    code, out, err = run_cli(monkeypatch, capsys, ["topk", str(run)])
+    code, out, err = run_cli(["topk", str(run)])
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert "checkpoint has conv1 kernel (7,7,3,48) but config width 0.25 expects (7,7,3,24)" in err
     assert not (run / "figures").exists()
-    code, _, err = run_cli(monkeypatch, capsys, ["topk", str(tmp_path / "nothing")])
+    code, _, err = run_cli(["topk", str(tmp_path / "nothing")])
     assert code == 2 and len(err.splitlines()) == 1 and "is not a run folder made by train.py" in err

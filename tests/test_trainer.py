@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import checkpoints, model, trainer, training
+from zfjax import checkpoints, evolution, model, trainer, training
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,7 +49,7 @@ def _metrics(run_dir):
 def test_smoke_run_on_real_images_learns_and_writes_everything(tmp_path):
     run = trainer.Run(TINY, training.TrainConfig(epochs=2, batch_size=16, lr_schedule="constant"),
                       str(IMAGENETTE), train_limit=320, val_limit=100, probe_count=40)
-    out = trainer.fit(run, tmp_path / "run", progress=False)
+    out = trainer.fit(run, tmp_path / "run", progress=False, snapshots=evolution.EpochSnapshots())
     metrics = _metrics(out)
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert metrics[1]["train_loss"] < metrics[0]["train_loss"] < 2.4, metrics
@@ -70,7 +70,6 @@ def test_smoke_run_on_real_images_learns_and_writes_everything(tmp_path):
                                   mesh)
     assert (top1, top5) == (metrics[1]["val_top1"], metrics[1]["val_top5"])
 
-    evolution = pytest.importorskip("zfjax.evolution")
     snapshots = evolution.load_snapshots(out)
     assert sorted(snapshots) == [1, 2]
     assert not np.array_equal(snapshots[1]["conv1/projections"], snapshots[2]["conv1/projections"])
@@ -80,9 +79,9 @@ def test_smoke_run_on_real_images_learns_and_writes_everything(tmp_path):
 # resumed in this process (which has them compiled already) writes its own.
 KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
-    from zfjax import trainer, training
+    from zfjax import training
     import train
-    trainer._evolution = lambda: None
+    train.snapshot_hook = lambda: None
     make_step = training.make_stored_train_step
     def dying(*args):  # kill -9 before step 3 of epoch 2 (6 steps an epoch)
         step = make_step(*args)

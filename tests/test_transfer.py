@@ -10,7 +10,7 @@ import pytest
 
 from zfjax import model, transfer
 from helpers import random_params
-from test_topk import TINY, run_cli, write_tiny_run
+from helpers import TINY, write_tiny_run
 
 
 def test_pool_matrix_equals_torch_adaptive_average_pooling():
@@ -115,16 +115,16 @@ def tiny_run(tmp_path_factory):
     return write_tiny_run(tmp_path_factory.mktemp("transfer"))
 
 
-def test_cli_refuses_bad_numbers_at_parse_time(tiny_run, monkeypatch, capsys):
+def test_cli_refuses_bad_numbers_at_parse_time(tiny_run, monkeypatch, capsys, run_cli):
     with pytest.raises(SystemExit) as exit:
-        run_cli(monkeypatch, capsys, ["transfer", str(tiny_run), "--data", "x", "--steps", "0"])
+        run_cli(["transfer", str(tiny_run), "--data", "x", "--steps", "0"])
     assert exit.value.code == 2
     assert "argument --steps: must be an integer >= 1, got '0'" in capsys.readouterr().err
 
 
-def test_cli_on_an_image_folder_takes_val_as_the_test_split(tiny_run, monkeypatch, capsys):
+def test_cli_on_an_image_folder_takes_val_as_the_test_split(tiny_run, monkeypatch, capsys, run_cli):
     folder = tiny_run.parent / "images"  # train/ and val/, 2 classes of 4 images
-    code, out, err = run_cli(monkeypatch, capsys, [
+    code, out, err = run_cli([
         "transfer", str(tiny_run), "--data", str(folder), "--per-class", "1", "2", "--draws", "2",
         "--steps", "20", "--batch-size", "3"])
     assert code == 0, err
@@ -139,10 +139,10 @@ def test_cli_on_an_image_folder_takes_val_as_the_test_split(tiny_run, monkeypatc
     assert [(c["per_class"], c["draws"]) for c in curve] == [("1", "2"), ("2", "2")]
 
 
-def test_cli_on_a_tfds_dataset(tiny_run, monkeypatch, capsys, tmp_path):
+def test_cli_on_a_tfds_dataset(tiny_run, monkeypatch, capsys, tmp_path, run_cli):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=12), tempfile.TemporaryDirectory() as d:
-        code, out, err = run_cli(monkeypatch, capsys, [
+        code, out, err = run_cli([
             "transfer", str(tiny_run), "--data", "cifar10", "--data-dir", d, "--per-class",
             "--layers", "pool5", "fc7", "--steps", "10", "--out", str(tmp_path)])
     assert code == 0, err
@@ -157,9 +157,9 @@ def test_cli_on_a_tfds_dataset(tiny_run, monkeypatch, capsys, tmp_path):
     (["--layers", "pool5"], "the --per-class curve retrains the fc7 softmax"),
     (["--per-class", "9"], "9 training images per class asked, but class 0 has only 4"),
 ])
-def test_cli_bad_input_is_one_line(tiny_run, monkeypatch, capsys, tmp_path, argv, message):
+def test_cli_bad_input_is_one_line(tiny_run, monkeypatch, capsys, tmp_path, argv, message, run_cli):
     folder = tiny_run.parent / "images"
-    code, out, err = run_cli(monkeypatch, capsys, [
+    code, out, err = run_cli([
         "transfer", str(tiny_run), "--data", str(folder), "--steps", "5", "--out",
         str(tmp_path / "o")] + argv)
     assert code == 2 and out == ""

@@ -234,3 +234,32 @@ def test_zfnet_layout_round_trips_through_torchvision_keys():
     assert set(weights.torchvision_shapes(config)) == {k for pair in keys.values() for k in pair}
     assert network.param_count(config) == sum(
         int(np.prod(s)) for s in weights.torchvision_shapes(config).values())
+
+
+def test_visualize_runs_the_two_vgg16_systems_on_a_weight_file(tmp_path, run_cli):
+    """reconstructions (whole map and strongest pixel after pool1..pool5) and maximize
+    (conv5_3 channels) from --arch vgg16 --weights, with no run folder."""
+    from PIL import Image
+
+    config = model.Network(arch="vgg16", num_classes=1000, width=0.0625)
+    rng = np.random.default_rng(0)
+    save_file({k: (rng.normal(size=s) * np.sqrt(2 / np.prod(s[1:]))).astype(np.float32)
+               if len(s) > 1 else np.zeros(s, np.float32)
+               for k, s in weights.torchvision_shapes(config).items()}, str(tmp_path / "vgg16.safetensors"))
+    Image.fromarray(rng.integers(0, 256, (240, 300, 3), np.uint8)).save(tmp_path / "cat.jpg")
+    w = ["--arch", "vgg16", "--weights", str(tmp_path / "vgg16.safetensors")]
+    code, out, err = run_cli(["reconstructions", *w, "--images", str(tmp_path / "cat.jpg")])
+    assert code == 0, err
+    figures = tmp_path / "figures"
+    assert out.split() == [str(figures / "reconstructions.npz"), str(figures / "reconstructions.png")]
+    arrays = np.load(figures / "reconstructions.npz")
+    assert list(arrays["layers"]) == ["pool1", "pool2", "pool3", "pool4", "pool5"]
+    assert arrays["whole"].shape == arrays["strongest"].shape == (1, 5, 224, 224, 3)
+    code, out, err = run_cli(["maximize", *w, "--layer", "conv5_3", "--units", "0", "1", "2",
+                              "--steps", "2", "--out", str(tmp_path / "m")])
+    assert code == 0, err
+    assert np.load(tmp_path / "m" / "maximize_conv5_3.npz")["images"].shape == (3, 224, 224, 3)
+    code, out, err = run_cli(["reconstructions", "--weights", str(tmp_path / "vgg16.safetensors"),
+                              "--images", str(tmp_path / "cat.jpg")])
+    assert (code, err) == (2, "visualize.py reconstructions: error: --weights needs --arch "
+                              "(zfnet, alexnet or vgg16)\n")

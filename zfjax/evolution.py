@@ -123,6 +123,16 @@ def strongest_in_probe(config: model.Network, params, probe: Probe, *,
     return jax.device_get(best)
 
 
+class EpochSnapshots:
+    """The training loop's per-epoch hook for Fig. 4 (``trainer.fit(..., snapshots=)``)."""
+
+    def make_probe(self, images, mean, config, *, seed: int, count: int) -> Probe:
+        return make_probe(images, mean, config, seed=seed, count=count)
+
+    def __call__(self, run_dir, epoch: int, config, params, probe: Probe) -> pathlib.Path:
+        return save_snapshot(run_dir, epoch, take_snapshot(config, params, probe))
+
+
 def crop_boxes(x: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> np.ndarray:
     """Windows x[k, top:top+size, left:left+size] of (K, H, W, C) arrays, zero outside x.
 

@@ -97,17 +97,6 @@ RESUME_FIXED = {"image_size": "--size", "width": "--width", "batch_size": "--bat
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
-def _evolution():
-    """zfjax.evolution, or None while it does not exist yet."""
-    try:
-        from zfjax import evolution
-    except ModuleNotFoundError as e:
-        if e.name != "zfjax.evolution":
-            raise
-        return None
-    return evolution
-
-
 def _is_main() -> bool:
     return jax.process_index() == 0
 
@@ -123,7 +112,7 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
         learning_rate: float | None = None, fixed: dict | None = None,
         progress: bool = True, checkpoint_every: int | None = None,
         memory_budget: int | None = None, store_dir=None, workers: int | None = None,
-        download: bool = False) -> Path:
+        download: bool = False, snapshots=None) -> Path:
     """Trains run into the folder out; returns it.
 
     resume: continue the run in out from its newest checkpoint with out's config.json
@@ -138,6 +127,10 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
       split may take in memory, where a store is prepared when it does not fit, and
       decoding processes when streaming. download: fetch a TFDS dataset that is not
       prepared yet (train.py does, unless --offline).
+    snapshots: the per-epoch hook (train.py passes ``evolution.EpochSnapshots()``, the
+      paper's Fig. 4): ``snapshots.make_probe(val_images, mean, config, seed=, count=)``
+      once, then ``snapshots(run_dir, epoch, config, params, probe)`` after every epoch on
+      process 0. None: no snapshots.
     The run folder is locked while training (checkpoints.lock_run_folder).
     Raises NonFiniteLoss if the loss stops being finite, Interrupted on Ctrl-C, and
     checkpoints.RunFolderError / CheckpointError when the disk refuses a write; the
@@ -147,7 +140,7 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
     options = dict(resume=resume, epochs=epochs, learning_rate=learning_rate, fixed=fixed,
                    progress=progress, checkpoint_every=checkpoint_every,
                    memory_budget=memory_budget, store_dir=store_dir, workers=workers,
-                   download=download)
+                   download=download, snapshots=snapshots)
     try:
         if not _is_main():  # only process 0 writes the run folder
             return _fit(run, run_dir, **options)
@@ -176,7 +169,7 @@ def _last_checkpoint(run_dir: Path) -> str:
 
 
 def _fit(run, run_dir: Path, *, resume, epochs, learning_rate, fixed, progress,
-         checkpoint_every, memory_budget, store_dir, workers, download) -> Path:
+         checkpoint_every, memory_budget, store_dir, workers, download, snapshots) -> Path:
     mgr_dir = run_dir / checkpoints.CHECKPOINT_DIR
     if resume:
         run = _stored_run(run_dir)
@@ -215,11 +208,10 @@ def _fit(run, run_dir: Path, *, resume, epochs, learning_rate, fixed, progress,
          f"{config.num_classes} classes\ninput: {how}")
     mean_file = run_dir / checkpoints.MEAN_FILE
     mean = np.load(mean_file) if resume and mean_file.exists() else data_mean
-    evolution = _evolution()
     probe_count = min(run.probe_count, len(val_feed))
-    probe = (evolution.make_probe(val_feed.subset(probe_count), mean, config, seed=tcfg.seed,
+    probe = (snapshots.make_probe(val_feed.subset(probe_count), mean, config, seed=tcfg.seed,
                                   count=probe_count)
-             if evolution else None)
+             if snapshots else None)
     run_config = _run_config(run, train_feed, val_feed, probe)
 
     mgr = checkpoints.manager(mgr_dir)
@@ -242,13 +234,13 @@ def _fit(run, run_dir: Path, *, resume, epochs, learning_rate, fixed, progress,
         if _is_main():
             checkpoints.write_json(run_dir / checkpoints.CONFIG_FILE, run_config)
         _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
-                mean, probe, evolution, progress, checkpoint_every)
+                mean, probe, snapshots, progress, checkpoint_every)
     finally:
         mgr.close()
         step_mgr.close()
     _say(f"done: {tcfg.epochs} epochs in {run_dir}\n  checkpoints: {mgr_dir}\n"
          f"  metrics: {run_dir / 'metrics.jsonl'}\n  curves: {run_dir / 'curves.png'}"
-         + (f"\n  snapshots: {run_dir / 'snapshots'}" if evolution else ""))
+         + (f"\n  snapshots: {run_dir / 'snapshots'}" if snapshots else ""))
     return run_dir
 
 
@@ -341,7 +333,7 @@ def _banner(run: Run, run_dir, mesh, resume: bool) -> str:
 # --------------------------------------------------------------------------- the loop
 
 def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
-            mean, probe, evolution, progress, checkpoint_every):
+            mean, probe, snapshots, progress, checkpoint_every):
     step_fn = training.make_stored_train_step(config, tcfg.filter_radius, mesh)
     eval_fn = training.make_stored_eval_step(config, mesh)
     mean_dev = training.replicate(np.asarray(mean, np.float32), mesh)
@@ -361,9 +353,8 @@ def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed,
         top1, top5 = evaluate_feed(state.params, eval_fn, val_feed, mean_dev, tcfg.batch_size,
                                    mesh)
         eval_seconds = time.perf_counter() - start - train_seconds
-        if evolution and _is_main():
-            snapshot = evolution.take_snapshot(config, _local_copy(state.params), probe)
-            evolution.save_snapshot(run_dir, epoch, snapshot)
+        if snapshots and _is_main():
+            snapshots(run_dir, epoch, config, _local_copy(state.params), probe)
         snapshot_seconds = time.perf_counter() - start - train_seconds - eval_seconds
         plateau, next_lr = training.next_learning_rate(tcfg, plateau, epoch, 1 - top1, lr)
         state = training.with_learning_rate(state, next_lr)
