@@ -36,6 +36,7 @@ import numpy as np
 from jax import lax
 
 from zfjax import model
+from zfjax import strongest as strongest_activations
 from zfjax.network import Network, SpatialOp, grow, layer_order, ops_below
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -121,11 +122,7 @@ def strongest(aux: dict, layer: str, channels) -> tuple[jax.Array, jax.Array, ja
     """
     acts = _layer_activations(aux, layer)
     _check_channels(channels, acts.shape[-1], layer)
-    n, h, w, c = acts.shape
-    maps = acts[..., jnp.asarray(channels)].reshape(n, h * w, -1)
-    idx = jnp.argmax(maps, axis=1)
-    value = jnp.take_along_axis(maps, idx[:, None], axis=1)[:, 0]
-    return value, idx // w, idx % w
+    return strongest_activations.per_image(acts[..., jnp.asarray(channels)])
 
 
 class Units(NamedTuple):

@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax import argtypes, artifacts, data, deconv, model, render
-from zfjax.receptive_field import receptive_field, receptive_field_size
+from zfjax import argtypes, artifacts, data, deconv, model, render, strongest
+from zfjax.receptive_field import crop_to_receptive_field
 
 DEFAULT_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)  # the epochs of the paper's Fig. 4
 _SNAPSHOT_NAME = re.compile(r"epoch_(\d+)\.npz")
@@ -86,17 +86,11 @@ def _update_running_max(config, params, best, images, first, count, maps):
     images[0]. Ties keep the earlier (image, y, x) in row-major order, as argmax does.
     """
     _, aux = model.forward(config, params, images)  # logits unused: XLA drops fc6..fc8
-    real = jnp.arange(images.shape[0]) < count
     out = {}
     for layer, channels in maps.items():
-        value, ys, xs = deconv.strongest(aux, layer, channels)  # each (B, K)
-        value = jnp.where(real[:, None], value.astype(jnp.float32), -jnp.inf)
-        image = jnp.argmax(value, axis=0)  # (K,)
-        pick = lambda a: jnp.take_along_axis(a, image[None], axis=0)[0]
-        new = (pick(value), first + image, pick(ys), pick(xs))
-        better = new[0] > best[layer][0]
-        out[layer] = tuple(jnp.where(better, n, o).astype(o.dtype)
-                           for n, o in zip(new, best[layer]))
+        running = strongest.TopK(*(a[:, None] for a in best[layer]))  # k = 1
+        acts = aux["activations"][layer][..., channels]
+        out[layer] = tuple(a[:, 0] for a in strongest.merge(running, acts, first, count))
     return out
 
 
@@ -133,16 +127,6 @@ class EpochSnapshots:
         return save_snapshot(run_dir, epoch, take_snapshot(config, params, probe))
 
 
-def crop_boxes(x: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> np.ndarray:
-    """Windows x[k, top:top+size, left:left+size] of (K, H, W, C) arrays, zero outside x.
-
-    top, left: int (K,), may be negative or run past the far edge. Returns (K, size, size, C).
-    """
-    padded = np.pad(x, ((0, 0), (size, size), (size, size), (0, 0)))
-    return np.stack([padded[k, t + size:t + 2 * size, l + size:l + 2 * size]
-                     for k, (t, l) in enumerate(zip(top, left))])
-
-
 def take_snapshot(config: model.Network, params, probe: Probe, *,
                   batch_size: int = 128) -> dict[str, np.ndarray]:
     """Strongest activation of each followed map over the probe, projected to pixels.
@@ -163,15 +147,13 @@ def take_snapshot(config: model.Network, params, probe: Probe, *,
         projections = np.asarray(deconv.project_units(config, params, aux, layer, units),
                                  np.float32)
         first += k
-        top, left, _, _ = receptive_field(config, layer, y, x, clip=False)
-        size = receptive_field_size(config, layer)
         snapshot.update({
             f"{layer}/channels": np.asarray(probe.maps[layer], np.int32),
             f"{layer}/values": value.astype(np.float32),
             f"{layer}/images": image.astype(np.int32),
             f"{layer}/positions": np.stack([y, x], axis=1).astype(np.int32),
-            f"{layer}/projections": crop_boxes(projections, top, left, size),
-            f"{layer}/patches": crop_boxes(probe.display[image], top, left, size),
+            f"{layer}/projections": crop_to_receptive_field(config, layer, projections, y, x),
+            f"{layer}/patches": crop_to_receptive_field(config, layer, probe.display[image], y, x),
         })
     return snapshot
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zfjax import argtypes, artifacts, cli, data, deconv, model, render
+from zfjax import argtypes, artifacts, cli, data, deconv, model, render, strongest
 
 IMAGES = 3  # rows of the figure, as in the paper
 
@@ -163,8 +163,7 @@ def occlusion_maps(config: model.Network, params, image, label, fill, *, layer: 
     clean_logits, aux = model.forward(config, params, image[None])
     clean = {name: a[0] for name, a in aux["activations"].items()}
     acts = clean[layer]  # (h, w, C)
-    channel = jnp.argmax(acts.max(axis=(0, 1))).astype(jnp.int32)
-    y, x = jnp.unravel_index(jnp.argmax(acts[..., channel]), acts.shape[:2])
+    _, channel, y, x = strongest.strongest_map(acts)
     label = jnp.where(label < 0, jnp.argmax(clean_logits[0]), label).astype(jnp.int32)
     fill = jnp.broadcast_to(fill, image.shape).astype(image.dtype)
 

@@ -40,3 +40,21 @@ def receptive_field(config: Network, layer: str, y, x, *, clip: bool = True):
         top, left = xp.maximum(top, 0), xp.maximum(left, 0)
         bottom, right = xp.minimum(bottom, n), xp.minimum(right, n)
     return top, left, bottom, right
+
+
+def crop_boxes(x: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> np.ndarray:
+    """Windows x[k, top:top+size, left:left+size] of (K, H, W, C) arrays, zero outside x.
+
+    top, left: int (K,), may be negative or run past the far edge. Returns (K, size, size, C).
+    """
+    padded = np.pad(x, ((0, 0), (size, size), (size, size), (0, 0)))
+    return np.stack([padded[k, t + size:t + 2 * size, l + size:l + 2 * size]
+                     for k, (t, l) in enumerate(zip(top, left))])
+
+
+def crop_to_receptive_field(config: Network, layer: str, images: np.ndarray, y, x) -> np.ndarray:
+    """Each image's window under its unit's receptive field: (K, R, R, C) from (K, H, W, C)
+    and unit positions y, x (K,); R = ``receptive_field_size``. Boxes running past the
+    image edge are zero-padded to the full R, so every crop of a layer has one shape."""
+    top, left, _, _ = receptive_field(config, layer, np.asarray(y), np.asarray(x), clip=False)
+    return crop_boxes(np.asarray(images), top, left, receptive_field_size(config, layer))

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax import artifacts, cli, deconv, model, render
+from zfjax import artifacts, cli, deconv, model, render, strongest
 
 
 
@@ -32,18 +32,16 @@ def reconstruct(config: model.Network, params, image, *, layers: tuple[str, ...]
     activation, 'value': (L,) that activation}, layers in the order given.
     """
     _, aux = model.forward(config, params, image[None])
-    whole, strongest, units, values = [], [], [], []
+    whole, strongest_units, units, values = [], [], [], []
     for layer in layers:
         acts = aux["activations"][layer]  # (1, h, w, C)
-        _, h, w, c = acts.shape
-        flat = jnp.argmax(acts.reshape(-1))  # ties: first in (y, x, channel) order
-        y, x, channel = flat // (w * c), flat // c % w, flat % c
+        value, channel, y, x = strongest.strongest_map(acts[0])
         unit = deconv.Units(*(jnp.zeros((1,), jnp.int32) + v for v in (0, channel, y, x)))
         whole.append(deconv.project(config, params, aux, layer, acts)[0])
-        strongest.append(deconv.project_units(config, params, aux, layer, unit)[0])
+        strongest_units.append(deconv.project_units(config, params, aux, layer, unit)[0])
         units.append(jnp.stack([channel, y, x]).astype(jnp.int32))
-        values.append(acts.reshape(-1)[flat])
-    return {"whole": jnp.stack(whole), "strongest": jnp.stack(strongest),
+        values.append(value)
+    return {"whole": jnp.stack(whole), "strongest": jnp.stack(strongest_units),
             "unit": jnp.stack(units), "value": jnp.stack(values)}
 
 

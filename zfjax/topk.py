@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import pathlib
 from functools import partial
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax import argtypes, artifacts, cli, data, deconv, model, render
-from zfjax.evolution import crop_boxes
-from zfjax.receptive_field import receptive_field, receptive_field_size
+from zfjax import argtypes, artifacts, cli, data, deconv, model, render, strongest
+from zfjax.receptive_field import crop_to_receptive_field
 
 TOP = 9  # activations kept per feature map (the paper's 3x3 grids)
 
@@ -29,57 +27,15 @@ TOP = 9  # activations kept per feature map (the paper's 3x3 grids)
 # ---- mining (pure, jitted, on device) ----------------------------------------------
 
 
-class TopK(NamedTuple):
-    """The k strongest activations of each feature map, strongest first.
-
-    Each field is (C, k): value float32, image int32 (index into the streamed
-    set), y and x int32 (position on the layer's map). Slots not filled (fewer
-    than k images seen) hold value -inf and image -1.
-    """
-
-    value: jax.Array
-    image: jax.Array
-    y: jax.Array
-    x: jax.Array
+TopK = strongest.TopK
 
 
 def empty_top(channels: int, k: int = TOP) -> TopK:
     """A TopK with every slot unfilled: (C, k) fields."""
-    fill = lambda v: jnp.full((channels, k), v, jnp.int32)
-    return TopK(jnp.full((channels, k), -jnp.inf, jnp.float32), fill(-1), fill(0), fill(0))
+    return strongest.empty_top(channels, k)
 
 
-def _first(mask: jax.Array, axis: int) -> jax.Array:
-    """Index of the first True along ``axis`` (int32; the axis length where there is none)."""
-    n = mask.shape[axis]
-    index = jnp.arange(n, dtype=jnp.int32).reshape((n,) + (1,) * (mask.ndim - axis - 1))
-    return jnp.min(jnp.where(mask, index, n), axis=axis)
-
-
-def merge_top(best: TopK, acts: jax.Array, first, count) -> TopK:
-    """Fold a batch of one layer's activations (B, h, w, C) into the running top-k.
-
-    Each image's map is reduced to its single maximum (one activation per image
-    per map, as the paper does), then ``lax.top_k`` runs over [running k, B
-    candidates] per map. ``first``: set index of acts[0]; only the first
-    ``count`` images are real (the rest pad the last batch). Ties keep the
-    earlier image (top_k keeps the lower index first, and running slots come first).
-    """
-    b, h, w, c = acts.shape
-    acts = acts.astype(jnp.float32)
-    # Each image's max and its first position in row-major order (as argmax), found
-    # with max- and min-reduces: XLA:CPU's argmax is 15x slower than max on conv1.
-    row_max = acts.max(axis=2)  # (B, h, C)
-    value = row_max.max(axis=1)  # (B, C)
-    y = _first(row_max == value[:, None], axis=1)
-    row = jnp.take_along_axis(acts, y[:, None, None, :], axis=1)[:, 0]  # (B, w, C)
-    x = _first(row == value[:, None], axis=1)
-    value = jnp.where(jnp.arange(b)[:, None] < count, value, -jnp.inf)
-    image = jnp.broadcast_to(first + jnp.arange(b, dtype=jnp.int32)[:, None], (b, c))
-    candidates = TopK(value, image, y, x)
-    joined = [jnp.concatenate([old, new.T], axis=1) for old, new in zip(best, candidates)]
-    top_value, pick = jax.lax.top_k(joined[0], best.value.shape[1])
-    return TopK(top_value, *(jnp.take_along_axis(a, pick, axis=1) for a in joined[1:]))
+merge_top = strongest.merge
 
 
 @partial(jax.jit, static_argnames=("layers", "config"))
@@ -142,16 +98,15 @@ def project_top(config: model.Network, params, layer: str, top: TopK, channels,
     (M, k, R, R, 3), patches uint8 (M, k, R, R, 3)), R = receptive_field_size(layer);
     boxes running past the image edge are zero-padded to the full R.
     """
-    size = receptive_field_size(config, layer)
     projections, patches = [], []
     for c in np.asarray(channels):
         image, ys, xs = (np.maximum(a[c], 0) for a in (top.image, top.y, top.x))
         full = _project_winners(config, params, inputs[image],
                                 np.full(len(image), c, np.int32), ys, xs, layer)
         full = np.where(np.isfinite(top.value[c])[:, None, None, None], np.asarray(full), 0)
-        t, l, _, _ = receptive_field(config, layer, ys, xs, clip=False)
-        projections.append(crop_boxes(full.astype(np.float32), t, l, size))
-        patches.append(crop_boxes(display[image], t, l, size))
+        projections.append(crop_to_receptive_field(config, layer, full.astype(np.float32), ys,
+                                                   xs))
+        patches.append(crop_to_receptive_field(config, layer, display[image], ys, xs))
     return np.stack(projections), np.stack(patches)
 
 
