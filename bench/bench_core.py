@@ -164,6 +164,7 @@ def bench_torch(config, params, image, layer, units, ours, t_forward_jax, rows, 
                          "batch": k, "seconds": best, "seconds_with_forward": best + t_forward,
                          "projections_per_s": k / best})
         theirs = batched().numpy().transpose(0, 2, 3, 1)
+        first_value = float(top[0, int(units.channel[0]), int(units.y[0]), int(units.x[0])])
     rows.append({"work": f"{tag}: max |zfjax - PyTorch| / max |PyTorch|",
                  "value": float(np.abs(ours - theirs).max() / np.abs(theirs).max())})
     try:
@@ -184,7 +185,8 @@ def bench_torch(config, params, image, layer, units, ours, t_forward_jax, rows, 
     best = min(_wall(lambda: captum_loop(sample)) for _ in range(2)) * k / sample
     rows.append({"work": f"{tag}: Captum NeuronDeconvolution loop", "batch": k, "seconds": best,
                  "projections_per_s": k / best})
-    first = captum_loop(1)[0].numpy().transpose(0, 2, 3, 1)[0]
+    # Captum sends a gradient of 1 down from the unit; zfjax sends the unit's activation.
+    first = captum_loop(1)[0].numpy().transpose(0, 2, 3, 1)[0] * first_value
     rows.append({"work": f"{tag}: max |zfjax - Captum| / max |Captum| (first unit)",
                  "value": float(np.abs(ours[0] - first).max() / np.abs(first).max())})
 
