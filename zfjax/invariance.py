@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.ndimage import map_coordinates
 
-from zfjax import argtypes, artifacts, cli, data, model
+from zfjax import argtypes, artifacts, cli, model
 
 TRANSFORMS = ("translate", "scale", "rotate")
 AXIS_LABELS = {"translate": "vertical translation (pixels)", "scale": "scale (ratio)",

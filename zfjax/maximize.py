@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from zfjax import argtypes, artifacts, cli, data, model, render
+from zfjax import argtypes, artifacts, cli, model, render
 
 UNITS = 8  # units shown by default
 
