@@ -22,7 +22,7 @@ import time
 
 
 def parse_args(argv=None):
-    from zfjax import argtypes, trainer
+    from zfjax import argtypes, network, trainer
 
     names = list(trainer.presets())
     p = argparse.ArgumentParser(
@@ -45,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--width", type=argtypes.width, help="channel multiplier")
     p.add_argument("--seed", type=argtypes.seed)
     p.add_argument("--limit", type=argtypes.positive_int, help="use at most this many training images")
+    p.add_argument("--variant", choices=list(network.VARIANTS), default=None,
+                   help="an architecture of the paper's Table 3: " + "; ".join(
+                       f"{k}: {v}" for k, v in network.VARIANTS.items()))
     p.add_argument("--no-renorm", action="store_true",
                    help="train without filter renormalisation (the paper's Fig. 6 (a); compare "
                         "with visualize.py filters RUN --compare OTHER_RUN)")
@@ -85,7 +88,7 @@ def snapshot_hook():
 
 def build_run(args):
     """The preset with the command line's overrides applied."""
-    from zfjax import trainer
+    from zfjax import network, trainer
 
     run = trainer.presets()[args.preset]
     model = dataclasses.replace(run.model, **{k: v for k, v in (
@@ -93,6 +96,8 @@ def build_run(args):
     train = dataclasses.replace(run.train, **{k: v for k, v in (
         ("epochs", args.epochs), ("batch_size", args.batch), ("learning_rate", args.lr),
         ("seed", args.seed)) if v is not None})
+    if args.variant:
+        model = network.with_variant(model, args.variant)
     if args.no_renorm:
         train = dataclasses.replace(train, filter_radius=None)
     dtype = args.dtype or _default_dtype()

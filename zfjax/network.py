@@ -108,6 +108,8 @@ class Network:
     init_std: std of the zero-mean Gaussian for all weights (paper: 1e-2); None
         uses He-normal (fan-in) scaling instead. Biases start at 0.
     arch: 'zfnet', 'alexnet' or 'vgg16' (``ARCHITECTURES``).
+    variant: '' or one of ``VARIANT_CHANGES`` (zfnet only): a named change to the
+        stage table, the paper's Table 3 (``with_variant`` sets it by name).
     """
 
     num_classes: int = 1000
@@ -118,8 +120,15 @@ class Network:
     dropout_rate: float = 0.5
     init_std: float | None = 0.01
     arch: str = "zfnet"
+    variant: str = ""
 
     def __post_init__(self):
+        if self.variant and self.variant not in VARIANT_CHANGES:
+            raise ValueError(f"unknown variant {self.variant!r}; expected one of "
+                             f"{', '.join(VARIANT_CHANGES)}")
+        if self.variant and self.arch != "zfnet":
+            raise ValueError(f"variant {self.variant!r} changes ZFNet's stages; arch "
+                             f"{self.arch!r} takes no variant")
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown arch {self.arch!r}; expected one of "
                              f"{', '.join(ARCHITECTURES)}")
@@ -226,7 +235,72 @@ ARCHITECTURES: dict[str, Callable[[Network], tuple[Stage, ...]]] = {
 @functools.lru_cache(maxsize=256)
 def stages(net: Network) -> tuple[Stage, ...]:
     """The network's stage table, bottom to top."""
-    return ARCHITECTURES[net.arch](net)
+    return apply_variant(net, ARCHITECTURES[net.arch](net))
+
+
+# ---- Table 3's variants: named changes to a stage table --------------------------
+
+# Zeiler & Fergus 2014, Table 3 (and Table 2's AlexNet row). Each name is a change to
+# ZFNet's description; ``Network.variant`` holds it (zfnet only), ``with_variant``
+# also maps 'zfnet' (no change) and 'alexnet' (arch alexnet).
+VARIANT_CHANGES = {
+    "no-conv3-4": "without layers 3 and 4 (conv3, conv4)",
+    "no-fc6-7": "without layers 6 and 7 (fc6, fc7): pool5 -> fc8",
+    "no-conv3-4-fc6-7": "without layers 3, 4, 6 and 7",
+    "fc-2048": "layers 6 and 7 with 2048 units",
+    "fc-8192": "layers 6 and 7 with 8192 units",
+    "conv3-5-512-1024-512": "layers 3, 4, 5 with 512, 1024, 512 maps",
+}
+VARIANTS = {"zfnet": "ZFNet as in Fig. 3", **VARIANT_CHANGES,
+            "alexnet": "AlexNet (torchvision's layout)"}
+TABLE3_VARIANTS = tuple(VARIANTS)
+
+
+def _without(table, names) -> tuple[Stage, ...]:
+    """The table without the named stages and the ReLU / Dropout that follow each."""
+    out, dropping = [], False
+    for stage in table:
+        if getattr(stage, "name", None) in names:
+            dropping = True
+            continue
+        if dropping and isinstance(stage, (ReLU, Dropout)):
+            continue
+        dropping = False
+        out.append(stage)
+    return tuple(out)
+
+
+def _resized(table, features: dict, width: float) -> tuple[Stage, ...]:
+    """The table with the named Conv / Dense stages given ``features`` (at width 1)."""
+    return tuple(dataclasses.replace(s, features=scaled(features[s.name], width))
+                 if getattr(s, "name", None) in features else s for s in table)
+
+
+def apply_variant(net: Network, table) -> tuple[Stage, ...]:
+    """``table`` (ZFNet's) changed as ``net.variant`` says; unchanged for ''."""
+    v, w = net.variant, net.width
+    if not v:
+        return tuple(table)
+    if v.startswith("no-"):
+        drop = ({"conv3", "conv4"} if "conv3-4" in v else set()) | (
+            {"fc6", "fc7"} if "fc6-7" in v else set())
+        return _without(table, drop)
+    if v.startswith("fc-"):
+        units = int(v.split("-")[1])
+        return _resized(table, {"fc6": units, "fc7": units}, w)
+    if v == "conv3-5-512-1024-512":
+        return _resized(table, {"conv3": 512, "conv4": 1024, "conv5": 512}, w)
+    raise ValueError(f"unknown variant {v!r}")
+
+
+def with_variant(net: Network, name: str) -> Network:
+    """``net`` as Table 3's variant ``name`` (one of VARIANTS): 'zfnet' is ZFNet
+    unchanged, 'alexnet' the AlexNet arch, the others a change to ZFNet's stages."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; expected one of {', '.join(VARIANTS)}")
+    if name == "alexnet":
+        return dataclasses.replace(net, arch="alexnet", variant="")
+    return dataclasses.replace(net, arch="zfnet", variant="" if name == "zfnet" else name)
 
 
 # ---- derived: geometry, names, sizes, shapes -------------------------------------

@@ -12,11 +12,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from pathlib import Path
 from typing import NamedTuple
-
-import jax
 
 from zfjax import checkpoints
 
@@ -54,11 +51,9 @@ def state(run_dir, epochs: int) -> str:
 
 def parameter_count(run_dir) -> int:
     """Parameters of the run's network, from its config.json (nothing is loaded)."""
-    from zfjax import model
+    from zfjax import network
 
-    config = checkpoints.model_config(checkpoints.read_config(run_dir))
-    shapes = jax.eval_shape(model.init_params, config, jax.random.key(0))
-    return sum(math.prod(s.shape) for s in jax.tree_util.tree_leaves(shapes))
+    return network.param_count(checkpoints.model_config(checkpoints.read_config(run_dir)))
 
 
 def row(run_dir, variant: str) -> Row:
