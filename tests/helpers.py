@@ -92,3 +92,15 @@ def write_tiny_run(root: Path, config=TINY, checkpoint_config=None) -> Path:
         "model": checkpoints.config_dict(config), "train": checkpoints.config_dict(tcfg),
         "data": {"source": str(folder), "data_dir": None}, "class_names": ["alpha", "beta"]})
     return run
+
+
+def hanging_write_shard(out, name, chunk, size):
+    """zfjax.store._write_shard that hangs before every shard after the second, so a test
+    can kill a preparation at a known point (runs in prepare's worker processes)."""
+    import time
+
+    from zfjax import store
+
+    if int(name.rsplit("-", 1)[1]) >= 2:
+        time.sleep(3600)
+    return store._write_shard(out, name, chunk, size)

@@ -103,20 +103,29 @@ def test_killed_preparation_never_looks_complete_and_continues(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     run = lambda *extra: [sys.executable, str(ROOT / "prepare.py"), str(root), str(out),
                           "--size", "64", "--workers", "1", "--no-progress", *extra]
-    # 48 training images in shards of 4: kill the whole process group (the command and
-    # its worker) once the first shards are finished.
-    job = subprocess.Popen([*run(), "--shard-size", "4"], env=env, start_new_session=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # 48 training images in shards of 4; the workers hang before shard 2, so kill the
+    # whole process group (the command and its worker) once shards 0 and 1 are finished.
+    hanging = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import helpers; "
+               "from zfjax import store; store._write_shard = helpers.hanging_write_shard; "
+               "import prepare; sys.exit(prepare.main(sys.argv[1:]))")
+    job = subprocess.Popen([sys.executable, "-c", hanging, str(ROOT / "tests"), *run()[2:],
+                            "--shard-size", "4"],
+                           env={**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"},
+                           start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not (out / "train-00001.json").exists() and job.poll() is None:
+    while not (out / "train-00001.json").exists():
+        assert job.poll() is None, job.stderr.read().decode()[-2000:]
         assert time.time() < deadline
         time.sleep(0.05)
+    time.sleep(0.5)  # nothing more may finish: the worker hangs
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     assert job.returncode == -9, job.stderr.read().decode()[-2000:]
     assert not store.is_store(out)
     with pytest.raises(store.StoreError, match="unfinished store"):
         store.open_store(out)
+    assert sorted(p.name for p in out.glob("*.json")) == [
+        "prepare.json", "train-00000.json", "train-00001.json"]
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("train-0000[01].*")}
 
     done = subprocess.run([*run(), "--shard-size", "4"], env=env, capture_output=True,
