@@ -30,11 +30,21 @@ class _Lines:
         self.stream.flush()
 
 
+class _LogBar(tqdm):
+    """A tqdm whose postfix updates wait for the next line instead of forcing one."""
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_postfix_str(self, s="", refresh=True):
+        super().set_postfix_str(s, refresh=False)
+
+
 def bar(*, disable: bool = False, **kwargs) -> tqdm:
     """tqdm(**kwargs) suited to where stderr goes (see the module docstring)."""
     stream = sys.stderr
     if disable or stream is None or stream.isatty():
         return tqdm(disable=disable, **kwargs)
     kwargs.pop("leave", None)  # in a log, the last line stays
-    return tqdm(file=_Lines(stream), mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL,
-                miniters=1, ascii=True, dynamic_ncols=False, ncols=100, **kwargs)
+    return _LogBar(file=_Lines(stream), mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL,
+                   miniters=1, ascii=True, dynamic_ncols=False, ncols=100, **kwargs)
