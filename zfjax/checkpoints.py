@@ -26,11 +26,15 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import gc
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,6 +89,24 @@ def _quiet_orbax():
         absl.setLevel(level)
 
 
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Holds a Ctrl-C that arrives inside the block until the block ends: a save then
+    finishes (seconds) instead of leaving orbax's writer threads failing noisily."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+    previous = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None
+                      else signal.default_int_handler)
+    if pressed:
+        raise KeyboardInterrupt
+
+
 def _last_good(mgr, before: int | None = None) -> str:
     steps = [s for s in mgr.all_steps() if before is None or s < before]
     if not steps:
@@ -112,7 +134,7 @@ def save(mgr: ocp.CheckpointManager, epoch: int, state, meta: dict) -> None:
             f"{need / 1e6:.1f} MB, {free / 1e6:.1f} MB are free; {_last_good(mgr)}; free some "
             f"space and continue with --resume")
     try:
-        with _quiet_orbax():
+        with _quiet_orbax(), _deferred_interrupt():
             mgr.save(epoch, args=ocp.args.Composite(
                 params=ocp.args.StandardSave(state.params),
                 opt=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
@@ -144,6 +166,27 @@ def _damaged(mgr, epoch: int, error: BaseException) -> CheckpointError:
                            f"({_first_line(error)}); {hint}")
 
 
+def _read(mgr, epoch: int, read):
+    """read() (an orbax read of checkpoint `epoch`), or CheckpointError if it is damaged.
+
+    When one array of a checkpoint cannot be read, orbax abandons the reads of the
+    others; their coroutines, freed later, would each print "Exception ignored ...".
+    They are freed here, quietly, before the one-line error goes on.
+    """
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        try:
+            with _quiet_orbax():
+                return read()
+        except Exception as e:
+            error = _damaged(mgr, epoch, e)
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    raise error
+
+
 def restore(mgr: ocp.CheckpointManager, epoch: int, abstract, config: Network | None = None):
     """Returns (state like `abstract`, meta dict) of checkpoint `epoch`.
 
@@ -151,15 +194,10 @@ def restore(mgr: ocp.CheckpointManager, epoch: int, abstract, config: Network | 
     given, is named in the error when the checkpoint's shapes differ.
     """
     check_shapes(_params_shapes(mgr, epoch), abstract.params, config)
-    try:
-        with _quiet_orbax():
-            out = mgr.restore(epoch, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract.params),
-                opt=ocp.args.StandardRestore({"step": abstract.step,
-                                              "opt_state": abstract.opt_state}),
-                meta=ocp.args.JsonRestore()))
-    except Exception as e:
-        raise _damaged(mgr, epoch, e) from None
+    out = _read(mgr, epoch, lambda: mgr.restore(epoch, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract.params),
+        opt=ocp.args.StandardRestore({"step": abstract.step, "opt_state": abstract.opt_state}),
+        meta=ocp.args.JsonRestore())))
     state = abstract.replace(params=out["params"], step=out["opt"]["step"],
                              opt_state=out["opt"]["opt_state"])
     return state, out["meta"]
@@ -167,11 +205,7 @@ def restore(mgr: ocp.CheckpointManager, epoch: int, abstract, config: Network | 
 
 def _params_shapes(mgr, epoch: int):
     """The saved params tree of checkpoint `epoch`, with leaves that have .shape."""
-    try:
-        with _quiet_orbax():
-            return mgr.item_metadata(epoch)["params"].tree
-    except Exception as e:
-        raise _damaged(mgr, epoch, e) from None
+    return _read(mgr, epoch, lambda: mgr.item_metadata(epoch)["params"].tree)
 
 
 # ---------------------------------------------------------------------- config checks
@@ -373,10 +407,6 @@ def _load_params(mgr, run_dir, config, epoch, found_epoch):
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                             model.abstract_params(config))
     check_shapes(_params_shapes(mgr, epoch), abstract, config)
-    try:
-        with _quiet_orbax():
-            out = mgr.restore(epoch, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    except Exception as e:
-        raise _damaged(mgr, epoch, e) from None
+    out = _read(mgr, epoch, lambda: mgr.restore(epoch, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())))
     return out["params"], out["meta"], epoch
