@@ -1,6 +1,5 @@
 """Tests for zfjax.data: folder and TFDS loading, preprocessing and batches."""
 
-import logging
 import shutil
 import tempfile
 import time
@@ -26,10 +25,6 @@ def real():
         pytest.skip(f"real images not found at {IMAGENETTE}")
     images = data.load_split(str(IMAGENETTE), "train", 224, limit=200, progress=False)
     return images, data.mean_image(images)
-
-
-def _real_jpegs(n):
-    return sorted((IMAGENETTE / "train" / WNIDS[0]).glob("*.JPEG"))[:n]
 
 
 def _synthetic(n=40, size=16, seed=0):
@@ -84,37 +79,6 @@ def test_grayscale_becomes_rgb(tmp_path):
 
 
 @needs_imagenette
-def test_bad_files_skipped_and_modes_converted(tmp_path, caplog):
-    root = tmp_path / "imgs"
-    for cls in "ab":
-        (root / "val" / cls).mkdir(parents=True)
-    for i, src in enumerate(_real_jpegs(3)):
-        shutil.copy(src, root / "val" / "ab"[i % 2] / src.name)
-    good = _real_jpegs(1)[0].read_bytes()
-    (root / "val" / "a" / "truncated.JPEG").write_bytes(good[:len(good) // 2])
-    (root / "val" / "b" / "garbage.JPEG").write_bytes(b"not an image at all" * 50)
-    (root / "val" / "b" / "notes.txt").write_text("not an image file, ignored")
-    Image.new("CMYK", (40, 30), (255, 0, 0, 0)).save(root / "val" / "a" / "cmyk.jpg")
-    Image.new("RGBA", (30, 50), (255, 0, 0, 128)).save(root / "val" / "b" / "rgba.png")
-    palette = Image.new("P", (20, 20))
-    palette.putpalette([0, 0, 255] * 256)
-    palette.save(root / "val" / "b" / "palette.png", transparency=0)
-
-    with caplog.at_level(logging.WARNING):
-        images = data.load_split(str(root), "validation", 112, progress=False)
-    assert images.skipped == 2
-    assert "skipped 2" in caplog.text
-    assert len(images) == 6 and images.images.shape == (6, 128, 128, 3)
-    names = [Path(p).name for p in images.paths]
-    assert "truncated.JPEG" not in names and "garbage.JPEG" not in names
-    by_name = dict(zip(names, images.images))
-    np.testing.assert_allclose(by_name["cmyk.jpg"][64, 64], [0, 255, 255], atol=3)  # cyan
-    np.testing.assert_array_equal(by_name["rgba.png"][64, 64], [255, 0, 0])
-    np.testing.assert_array_equal(by_name["palette.png"][64, 64], [0, 0, 255])
-    assert images.labels[names.index("cmyk.jpg")] == 0
-    assert images.labels[names.index("rgba.png")] == 1
-
-
 def test_resize_shorter_side_then_centre_crop(tmp_path):
     # 60x30 image: left third red, middle third green, right third blue. The shorter
     # side (30) goes to 37 and the centre square keeps only the green middle.

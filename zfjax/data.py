@@ -334,13 +334,21 @@ def _decode_all(items: Iterable[tuple[str | bytes, int, str]], size: int, total:
                 labels.append(label)
                 ids.append(ex_id)
                 n += 1
-    if n == 0:
+    check_decoded(desc, n, failures)
+    return images[:n], np.array(labels, np.int32), tuple(ids), len(failures)
+
+
+def check_decoded(desc: str, count: int, failures: list[str]) -> None:
+    """Raise ValueError when nothing of ``desc`` decoded; warn once about skipped files.
+
+    failures: one 'id: reason' string per file that could not be decoded.
+    """
+    if count == 0:
         raise ValueError(f"no decodable images in {desc}"
                          + (f" ({len(failures)} failed, e.g. {failures[0]})" if failures else ""))
     if failures:
         log.warning("%s: skipped %d unreadable image file(s), e.g. %s",
                     desc, len(failures), failures[0])
-    return images[:n], np.array(labels, np.int32), tuple(ids), len(failures)
 
 
 def load_image_files(paths, input_size: int) -> np.ndarray:

@@ -31,7 +31,6 @@ import concurrent.futures
 import dataclasses
 import io
 import json
-import logging
 import multiprocessing
 import os
 import shutil
@@ -50,8 +49,6 @@ JPEG_QUALITY = 90
 SHARD_SIZE = 1024  # images per shard (and per unit of work handed to a process)
 SPLITS = ("train", "val")
 _HEADER = struct.Struct("<iI")  # label int32, id length uint32; then id bytes, then JPEG
-
-log = logging.getLogger(__name__)
 
 
 class StoreError(ValueError):
@@ -285,12 +282,7 @@ def _write_split(out: Path, split, items, total, size, pool, workers, shard_size
                         "sum_file": f"{name}.sum.npy"})
         count += info["count"]
         failures += info["failures"]
-    if count == 0:
-        raise ValueError(f"no decodable images in {desc}"
-                         + (f" ({len(failures)} failed, e.g. {failures[0]})" if failures else ""))
-    if failures:
-        log.warning("%s: skipped %d unreadable image file(s), e.g. %s",
-                    desc, len(failures), failures[0])
+    data.check_decoded(desc, count, failures)
     labels_file = f"{split}-labels.npy"
     checkpoints.atomic_write(out / labels_file, lambda f: np.save(f, np.array(labels, np.int32)))
     return {"count": count, "skipped": len(failures), "skipped_files": failures[:1000],
