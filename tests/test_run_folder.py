@@ -356,14 +356,16 @@ QUIET_TRAIN = textwrap.dedent("""
 """)
 
 
-def test_ctrl_c_says_where_the_last_checkpoint_is_and_how_to_resume(folder, tmp_path):
-    # In-memory data. Streamed (Grain worker processes), the main process says the same,
-    # but the workers still print KeyboardInterrupt tracebacks (not fixed yet).
+@pytest.mark.parametrize("feed", ["memory", "streamed"])
+def test_ctrl_c_says_where_the_last_checkpoint_is_and_how_to_resume(folder, tmp_path, feed):
+    # Streamed: Grain worker processes get the terminal's SIGINT too and must stay quiet.
     run = tmp_path / "run"
     script = tmp_path / "quiet_train.py"  # a file: spawned processes import __main__
     script.write_text(QUIET_TRAIN)
+    streamed = (["--memory-budget", "0.000001", "--store", str(tmp_path / "store"),
+                 "--workers", "1"] if feed == "streamed" else [])
     job = subprocess.Popen([sys.executable, str(script),
-                            *_args(folder, run, "--epochs", "100000")],
+                            *_args(folder, run, "--epochs", "100000", *streamed)],
                            env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, start_new_session=True)
     deadline = time.time() + 300
