@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     if args.distributed:  # must come before any other JAX call
         import jax
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    from zfjax import trainer
+    from zfjax import checkpoints, trainer
 
     if args.resume and not args.out:
         print("error: --resume needs --out, the run folder to continue", file=sys.stderr)
@@ -167,6 +167,8 @@ def main(argv=None) -> int:
         return 130
     except (OSError, ValueError, trainer.NonFiniteLoss) as e:  # user, data or disk trouble
         print(f"error: {e}", file=sys.stderr)
+        if __name__ == "__main__" and isinstance(e, checkpoints.DamagedCheckpoint):
+            checkpoints.leave_now(1)
         return 1
     return 0
 

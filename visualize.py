@@ -14,7 +14,7 @@ import argparse
 import importlib
 import sys
 
-from zfjax import cli
+from zfjax import checkpoints, cli
 
 # One module per analysis; each defines add_cli(subparsers) -> parser whose
 # defaults hold run(args) -> list of written paths.
@@ -41,6 +41,8 @@ def main(argv=None) -> int:
     except (ValueError, OSError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"visualize.py {args.command}: error: {message}", file=sys.stderr)
+        if __name__ == "__main__" and isinstance(err, checkpoints.DamagedCheckpoint):
+            checkpoints.leave_now(2)
         return 2
     for path in paths:
         print(path)

@@ -75,6 +75,24 @@ class CheckpointError(ValueError):
     which checkpoint is still good."""
 
 
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint whose data could not be read (e.g. a truncated file).
+
+    orbax abandons the other reads of that checkpoint on background threads; at
+    interpreter shutdown they may still print "Event loop is closed" tracebacks.
+    A command reporting this error should end with ``leave_now``.
+    """
+
+
+def leave_now(code: int):
+    """Flush stdout/stderr and end the process with ``code`` at once, skipping the
+    interpreter shutdown in which abandoned orbax reads print tracebacks. For commands
+    after a DamagedCheckpoint: nothing is left to write by then (all writes are atomic)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 @contextlib.contextmanager
 def _quiet_orbax():
     """Keeps orbax's absl log lines (a warning on every read-only load, tracebacks from
@@ -156,13 +174,13 @@ def _first_line(error: BaseException) -> str:
     return (text[0] if text else type(error).__name__)[:300]
 
 
-def _damaged(mgr, epoch: int, error: BaseException) -> CheckpointError:
+def _damaged(mgr, epoch: int, error: BaseException) -> DamagedCheckpoint:
     others = sorted(s for s in mgr.all_steps() if s != epoch)
     path = Path(mgr.directory) / str(epoch)
     hint = (f"load another with {Path(mgr.directory) / str(others[-1])} (epochs "
             f"{', '.join(map(str, others))} exist), or move {path} aside and --resume"
             if others else "no other checkpoint exists")
-    return CheckpointError(f"checkpoint {path} cannot be read, it is damaged or truncated "
+    return DamagedCheckpoint(f"checkpoint {path} cannot be read, it is damaged or truncated "
                            f"({_first_line(error)}); {hint}")
 
 
