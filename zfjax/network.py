@@ -164,10 +164,6 @@ def from_dict(d: dict) -> Network:
     return Network(**d)
 
 
-def to_dict(net: Network) -> dict:
-    return dataclasses.asdict(net)
-
-
 def scaled(features: int, width: float) -> int:
     return max(1, int(round(features * width)))
 
