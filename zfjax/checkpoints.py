@@ -199,10 +199,37 @@ def _read(mgr, epoch: int, read):
                 return read()
         except Exception as e:
             error = _damaged(mgr, epoch, e)
+        _silence_abandoned_reads()
         gc.collect()
     finally:
         sys.unraisablehook = hook
     raise error
+
+
+def _silence_abandoned_reads():
+    """From now on, keeps the noise of orbax's abandoned reads off the terminal: when
+    TensorStore completes them on its own threads after orbax's event loop closed, they
+    print "Event loop is closed" tracebacks (straight to sys.stderr, at any moment up to
+    exit) and log "Task exception was never retrieved". Only the main thread's writes
+    to stderr, which carry the one-line error, still get through."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    if not isinstance(sys.stderr, _MainThreadOnly):
+        sys.stderr = _MainThreadOnly(sys.stderr)
+
+
+class _MainThreadOnly:
+    """A text stream that passes on only what the main thread writes."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if threading.current_thread() is threading.main_thread():
+            return self._stream.write(text)
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def restore(mgr: ocp.CheckpointManager, epoch: int, abstract, config: Network | None = None):
