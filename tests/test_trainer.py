@@ -45,6 +45,20 @@ def _metrics(run_dir):
     return [json.loads(line) for line in lines]
 
 
+@pytest.mark.parametrize("name", list(trainer.presets()))
+def test_every_presets_step_schedule_decays_before_its_last_epoch(name):
+    train_cfg = trainer.presets()[name].train
+    assert all(1 <= step < train_cfg.epochs for step in train_cfg.lr_steps), train_cfg
+
+
+def test_demo_preset_saves_the_paper_fig4_epochs_up_to_its_last():
+    run = train.build_run(train.parse_args(["--preset", "demo"]))
+    assert run.model.image_size > trainer.presets()["cpu"].model.image_size
+    saved = range(1, run.train.epochs + 1)
+    assert evolution.default_epochs(saved) == [1, 2, 5, 10, 20, 25]
+    assert run.data == (str(IMAGENETTE) if IMAGENETTE.is_dir() else "imagenette/320px-v2")
+
+
 @pytest.mark.skipif(not IMAGENETTE.is_dir(), reason=f"real images not found at {IMAGENETTE}")
 def test_smoke_run_on_real_images_learns_and_writes_everything(tmp_path):
     run = trainer.Run(TINY, training.TrainConfig(epochs=2, batch_size=16, lr_schedule="constant"),
