@@ -3,7 +3,7 @@
     python bench/bench_analyses.py [--size 224] [--width 1.0] [--batch 32] [--batches 4]
                                    [--out bench/results/analyses.json]
 
-* Mining (paper Fig. 2, zfjax.topk.mine over conv1..conv5) streams the same
+* Mining (paper Fig. 2, zfjax.strongest.mine over conv1..conv5) streams the same
   batches as a bare forward pass; the two alternate, best of --repeats each, so
   machine load hits both alike. Target: at most 15% more than the forward.
 * Occlusion (paper Fig. 7, zfjax.occlusion.occlusion_maps): 625 positions (32 px
@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # torch_reference
-from zfjax import model, occlusion, topk  # noqa: E402
+from zfjax import model, occlusion, strongest  # noqa: E402
 
 CAPTUM_OCCLUSION_S = 12.4  # 224 px, 32 px window, stride 8, 625 positions (FACTS.md)
 
@@ -48,7 +48,7 @@ def bench_mining(config, params, batches, repeats, rows):
     cases = {
         "bare forward (logits)": lambda: [logits(params, b) for b in batches],
         "forward to conv5 only": lambda: [conv5(params, b) for b in batches],
-        "top-9 mining, conv1..conv5": lambda: topk.mine(config, params, batches),
+        "top-9 mining, conv1..conv5": lambda: strongest.mine(config, params, batches),
     }
     compile_s = {name: wall(fn) for name, fn in cases.items()}  # first call compiles
     best = {name: float("inf") for name in cases}

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from zfjax import checkpoints, convergence, data, evolution, model, topk
+from zfjax import checkpoints, convergence, data, evolution, model, strongest
 from helpers import random_params
 from helpers import TINY, write_tiny_run
 
@@ -105,7 +105,7 @@ def test_cli_on_a_run_with_two_checkpoints_and_snapshots(tmp_path, monkeypatch, 
     assert all(float(r["projection_corr_median"]) == pytest.approx(1, abs=1e-3) for r in final)
     assert all(r["top9_overlap_mean"] == "1.0000" for r in final)
     # Epoch 1's overlap: the top 3 of the 8 val images at each checkpoint, compared by hand.
-    tops = {e: topk.mine(TINY, p, [probe.images], k=3) for e, p in ((1, params1), (2, params2))}
+    tops = {e: strongest.mine(TINY, p, [probe.images], k=3) for e, p in ((1, params1), (2, params2))}
     for layer in ("conv2", "conv5"):
         want = np.mean([len(set(a) & set(b)) / 3 for a, b in zip(tops[1][layer].image,
                                                                   tops[2][layer].image)])

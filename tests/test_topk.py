@@ -1,4 +1,5 @@
-"""Top-9 per feature map (paper Fig. 2): streamed mining, projections, figure, CLI."""
+"""Top-9 per feature map (paper Fig. 2): streamed mining (strongest.mine), projections,
+figure, CLI."""
 
 import functools
 from pathlib import Path
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import data, deconv, model, render, topk
+from zfjax import data, deconv, model, render, strongest, topk
+from zfjax.figures import topk as topk_figure
 from zfjax.receptive_field import receptive_field, receptive_field_size
 from helpers import random_params
 
@@ -39,7 +41,7 @@ def activations():
 @functools.lru_cache(maxsize=None)
 def streamed():
     x = images()
-    return topk.mine(SMALL, params(), (x[i:i + 5] for i in range(0, N, 5)))
+    return strongest.mine(SMALL, params(), (x[i:i + 5] for i in range(0, N, 5)))
 
 
 def test_streamed_topk_equals_topk_over_the_whole_set_at_once():
@@ -49,11 +51,11 @@ def test_streamed_topk_equals_topk_over_the_whole_set_at_once():
         flat = acts.reshape(n, h * w, c)
         per_image, where = flat.max(axis=1), flat.argmax(axis=1)  # (N, C) each
         for ch in range(c):
-            order = np.lexsort((np.arange(n), -per_image[:, ch]))[:topk.TOP]  # ties: earlier image
+            order = np.lexsort((np.arange(n), -per_image[:, ch]))[:strongest.TOP]  # ties: earlier image
             np.testing.assert_array_equal(top.image[ch], order, err_msg=f"{layer} #{ch}")
             np.testing.assert_array_equal(top.value[ch], per_image[order, ch])
             np.testing.assert_array_equal(top.y[ch] * w + top.x[ch], where[order, ch])
-            assert len(set(top.image[ch])) == topk.TOP  # one activation per image
+            assert len(set(top.image[ch])) == strongest.TOP  # one activation per image
         # Image 12 duplicates image 4: where 4 is kept, 12 ranks right after it.
         both = [(list(i).index(4), list(i).index(12)) for i in top.image if 4 in i and 12 in i]
         assert both and all(b == a + 1 for a, b in both)
@@ -70,7 +72,7 @@ def test_strongest_mined_unit_equals_brute_force_search():
 
 
 def test_fewer_images_than_k_leave_unfilled_slots():
-    top = topk.mine(SMALL, params(), [images()[:5]])["conv2"]  # 5 images, 9 slots
+    top = strongest.mine(SMALL, params(), [images()[:5]])["conv2"]  # 5 images, 9 slots
     assert (np.sort(top.image[:, :5], axis=1) == np.arange(5)).all()
     assert np.isfinite(top.value[:, :5]).all()
     assert (top.image[:, 5:] == -1).all() and np.isneginf(top.value[:, 5:]).all()
@@ -82,11 +84,11 @@ def test_projections_are_cropped_to_the_receptive_field_and_patches_match():
     display = np.random.default_rng(1).integers(0, 256, (N, 64, 64, 3), np.uint8)
     projections, patches = topk.project_top(SMALL, params(), layer, top, channels, images(), display)
     size = receptive_field_size(SMALL, layer)
-    assert projections.shape == patches.shape == (2, topk.TOP, size, size, 3)
+    assert projections.shape == patches.shape == (2, strongest.TOP, size, size, 3)
     _, aux = model.forward_jit(SMALL, params(), images())
     edge = 0
     for i, c in enumerate(channels):
-        for j in range(topk.TOP):
+        for j in range(strongest.TOP):
             image, y, x = top.image[c, j], top.y[c, j], top.x[c, j]
             full = np.asarray(deconv.project_units(SMALL, params(), aux, layer,
                                                    deconv.Units([image], [c], [y], [x])))[0]
@@ -123,17 +125,17 @@ def test_figure_has_one_panel_per_map_with_its_label(tmp_path):
     projections = rng.normal(size=(m, k, r, r, 3)).astype(np.float32)
     patches = rng.integers(0, 256, (m, k, r, r, 3), np.uint8)
     values = np.sort(rng.random((m, k)))[:, ::-1]
-    fig = topk.plot_topk("pool1", [2, 5, 7, 11], values, projections, patches, title="T")
+    fig = topk_figure.plot_topk("pool1", [2, 5, 7, 11], values, projections, patches, title="T")
     assert [ax.get_title().split("   ")[0] for ax in fig.axes] == [
         f"pool1 map #{c}" for c in (2, 5, 7, 11)]
     # Each panel: a 3x3 grid of projections, a spacer, a 3x3 grid of patches.
     # Cells are enlarged x5 to 55 px (nearest neighbour: 11 px -> 55 px, blocks of 5x5).
     shown = fig.axes[1].get_images()[0].get_array()
     fitted_projections, fitted_patches = render.fit_pairs(projections[1], patches[1], 55)
-    grid = topk.mosaic(fitted_patches, 3, 2)
+    grid = topk_figure.mosaic(fitted_patches, 3, 2)
     np.testing.assert_array_equal(shown[:, -grid.shape[1]:], grid)
     np.testing.assert_array_equal(shown[:, :grid.shape[1]],
-                                  topk.mosaic(fitted_projections, 3, 2))
+                                  topk_figure.mosaic(fitted_projections, 3, 2))
     np.testing.assert_array_equal(fitted_patches[0],
                                   np.repeat(np.repeat(patches[1, 0], 5, 0), 5, 1))
 

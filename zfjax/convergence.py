@@ -11,7 +11,7 @@ a run, each epoch compared with the run's final one:
   the same probe image;
 * from the kept checkpoints (any map, also those not followed in training): the
   overlap of each map's top-9 probe images with the final checkpoint's top 9
-  (|A & B| / 9), mined over the probe images with zfjax.topk.
+  (|A & B| / 9), mined over the probe images with zfjax.strongest.mine.
 
 ``visualize.py convergence RUN`` draws both against epochs, one line per layer,
 and writes the table (CSV) and a sentence per layer: the first epoch from which
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax import argtypes, artifacts, checkpoints, cli, evolution, model, topk
+from zfjax import argtypes, artifacts, checkpoints, cli, evolution, model, strongest
 
 SETTLED = 0.8  # median projection correlation from which a layer counts as settled
 
@@ -104,7 +104,7 @@ def snapshot_convergence(snapshots: dict, epochs=None) -> tuple[np.ndarray, dict
 
 def checkpoint_overlap(tops: dict) -> tuple[np.ndarray, dict]:
     """(epochs (F,), layer -> (F, C) top-9 overlap with the last epoch) from
-    epoch -> {layer: topk.TopK} mined on one image set."""
+    epoch -> {layer: strongest.TopK} mined on one image set."""
     epochs = sorted(tops)
     ref = tops[epochs[-1]]
     out = {layer: np.asarray(top_overlap(np.stack([tops[e][layer].image for e in epochs]),
@@ -234,21 +234,20 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                         help="snapshots only: skip mining the top-9 images at kept checkpoints")
     parser.add_argument("--threshold", type=argtypes.unit_interval, default=SETTLED,
                         help=f"median correlation that counts as settled (default {SETTLED})")
-    parser.add_argument("--top", type=argtypes.positive_int, default=topk.TOP,
-                        help=f"images kept per map at each checkpoint (default {topk.TOP})")
+    parser.add_argument("--top", type=argtypes.positive_int, default=strongest.TOP,
+                        help=f"images kept per map at each checkpoint (default {strongest.TOP})")
     parser.add_argument("--batch-size", type=argtypes.positive_int, default=128)
     parser.set_defaults(run=run_cli)
     return parser
 
 
-def mine_checkpoints(run_dir, epochs, stored, batch_size: int, k: int = topk.TOP) -> dict:
-    """epoch -> {conv layer: topk.TopK} over the stored-size images, for each checkpoint epoch."""
+def mine_checkpoints(run_dir, epochs, stored, batch_size: int, k: int = strongest.TOP) -> dict:
+    """epoch -> {conv layer: strongest.TopK} over the stored-size images, for each checkpoint epoch."""
     tops = {}
     for epoch in epochs:
         loaded = cli.load_model(pathlib.Path(run_dir) / checkpoints.CHECKPOINT_DIR / str(epoch))
-        tops[epoch] = topk.mine(loaded.config, loaded.params,
-                                topk.batches_of(stored, loaded.preprocessing, loaded.config,
-                                                batch_size), k=k)
+        batches = loaded.preprocessing.batches(stored, loaded.config.image_size, batch_size)
+        tops[epoch] = strongest.mine(loaded.config, loaded.params, batches, k=k)
     return tops
 
 

@@ -45,6 +45,12 @@ class Preprocessing:
         x = (x / np.float32(self.scale) - self._mean_crop(input_size)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x, np.float32)
 
+    def batches(self, stored: np.ndarray, input_size: int, batch_size: int):
+        """Network inputs of uint8 stored-size images (N, S, S, 3), preprocessed batch by
+        batch (low memory): yields float32 (B, input_size, input_size, 3), B <= batch_size."""
+        for start in range(0, len(stored), batch_size):
+            yield self(stored[start:start + batch_size], input_size)
+
     def to_pixels(self, inputs: np.ndarray) -> np.ndarray:
         """Inverse: network inputs (..., H, W, 3) -> uint8 RGB, clipped to 0..255."""
         x = np.asarray(inputs, np.float32)

@@ -1,7 +1,8 @@
 """The one search for strongest activations: per image, and a running top-k over images.
 
 Every analysis that looks for a feature map's strongest activation uses these:
-``deconv.strongest`` (per image), ``topk.mine`` (top 9 over a split, paper Fig. 2),
+``deconv.strongest`` (per image), ``mine`` (top 9 over a split, paper Fig. 2: ``topk``,
+``convergence``),
 ``evolution`` (the strongest over the probe, Fig. 4), ``reconstructions`` and
 ``occlusion`` (the strongest map of one image, Fig. 7).
 
@@ -11,10 +12,16 @@ earlier image across images (as ``jnp.argmax`` would).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from zfjax import model
+
+TOP = 9  # activations kept per feature map by default (the paper's 3x3 grids, Fig. 2)
 
 
 class TopK(NamedTuple):
@@ -84,3 +91,35 @@ def merge(best: TopK, acts: jax.Array, first, count) -> TopK:
     joined = [jnp.concatenate([old, new.T], axis=1) for old, new in zip(best, candidates)]
     top_value, pick = jax.lax.top_k(joined[0], best.value.shape[1])
     return TopK(top_value, *(jnp.take_along_axis(a, pick, axis=1) for a in joined[1:]))
+
+
+@partial(jax.jit, static_argnames=("layers", "config"))
+def _mine_batch(config, params, best, images, first, count, layers):
+    _, aux = model.forward(config, params, images)  # logits unused: XLA drops what is above
+    return {layer: merge(best[layer], aux["activations"][layer], first, count)
+            for layer in layers}
+
+
+def mine(config: model.Network, params, batches, layers=None, *,
+         k: int = TOP) -> dict[str, TopK]:
+    """Stream batches of network inputs and keep each feature map's k strongest activations.
+
+    batches: iterable of float32 (B_i, H, W, 3) arrays, in set order; every batch
+    is padded to the first one's size, so one compilation serves all. The running
+    top-k never leaves the device until the end. Returns layer -> TopK (numpy).
+    """
+    layers = model.check_layers(config, model.conv_layers(config) if layers is None else layers)
+    best = {layer: empty_top(model.num_channels(config, layer), k) for layer in layers}
+    first, size = 0, None
+    for batch in batches:
+        batch = np.asarray(batch, np.float32)
+        count = len(batch)
+        size = size or count
+        if count > size:
+            raise ValueError(f"batch of {count} images after batches of {size}; only the "
+                             f"last batch may be smaller")
+        if count < size:
+            batch = np.concatenate([batch, np.zeros((size - count,) + batch.shape[1:], batch.dtype)])
+        best = _mine_batch(config, params, best, batch, np.int32(first), np.int32(count), layers)
+        first += count
+    return {layer: TopK(*(np.asarray(a) for a in top)) for layer, top in jax.device_get(best).items()}

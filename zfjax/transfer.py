@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from zfjax import argtypes, artifacts, cli, data, model, topk
+from zfjax import argtypes, artifacts, cli, data, model
 
 LAYERS = ("pool1", "pool2", "conv3", "conv4", "pool5", "fc6", "fc7")
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -433,8 +433,8 @@ def run_cli(args) -> list[pathlib.Path]:
     num_classes = len(train.class_names)
 
     def features(split):
-        return extract_features(config, params, topk.batches_of(split.images, loaded.preprocessing, config,
-                                                                 args.batch_size),
+        return extract_features(config, params, loaded.preprocessing.batches(
+                                    split.images, config.image_size, args.batch_size),
                                 layers=layers, max_features=args.max_features)
 
     train_f, test_f = features(train), features(test)
