@@ -53,6 +53,10 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:  # StoreError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # store.Interrupted says what is kept
+        print(f"\n{e if str(e) else 'interrupted; run the same command again to continue'}",
+              file=sys.stderr)
+        return 130
     m = prepared.manifest
     counts = ", ".join(f"{s} {v['count']} images ({v['skipped']} skipped)"
                        for s, v in m["splits"].items())

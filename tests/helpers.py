@@ -1,6 +1,7 @@
 """Shared test helpers (plain functions; fixtures live in conftest.py)."""
 
 import functools
+import os
 from pathlib import Path
 
 import jax
@@ -95,12 +96,13 @@ def write_tiny_run(root: Path, config=TINY, checkpoint_config=None) -> Path:
 
 
 def hanging_write_shard(out, name, chunk, size):
-    """zfjax.store._write_shard that hangs before every shard after the second, so a test
-    can kill a preparation at a known point (runs in prepare's worker processes)."""
+    """zfjax.store._write_shard that waits before every shard after the second (an hour,
+    or $ZFJAX_TEST_SHARD_WAIT seconds), so a test can stop a preparation at a known point
+    (runs in prepare's worker processes)."""
     import time
 
     from zfjax import store
 
     if int(name.rsplit("-", 1)[1]) >= 2:
-        time.sleep(3600)
+        time.sleep(float(os.environ.get("ZFJAX_TEST_SHARD_WAIT", 3600)))
     return store._write_shard(out, name, chunk, size)

@@ -97,30 +97,42 @@ def test_a_complete_store_is_reused_and_other_settings_are_refused(folder, prepa
         store.open_store(tmp_path / "busy")
 
 
+_HANGING = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import helpers; "
+            "from zfjax import store; store._write_shard = helpers.hanging_write_shard; "
+            "import prepare; sys.exit(prepare.main(sys.argv[1:]))")
+
+
+def _start_waiting_preparation(root, out, wait_s: float = 3600):
+    """prepare.py root out (shards of 4, one worker) in its own process group, whose
+    worker waits wait_s before each shard after the second; returns once shards 0 and 1
+    are finished."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+           "JAX_PLATFORMS": "cpu", "ZFJAX_TEST_SHARD_WAIT": str(wait_s)}
+    job = subprocess.Popen([sys.executable, "-c", _HANGING, str(ROOT / "tests"), str(root),
+                            str(out), "--size", "64", "--workers", "1", "--no-progress",
+                            "--shard-size", "4"], env=env, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "train-00001.json").exists():
+        assert job.poll() is None, job.stderr.read()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    return job
+
+
 def test_killed_preparation_never_looks_complete_and_continues(tmp_path):
     root = write_image_folder(tmp_path / "img", "abcd", 12, shape=(60, 60))
     out = tmp_path / "store"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     run = lambda *extra: [sys.executable, str(ROOT / "prepare.py"), str(root), str(out),
                           "--size", "64", "--workers", "1", "--no-progress", *extra]
-    # 48 training images in shards of 4; the workers hang before shard 2, so kill the
+    # 48 training images in shards of 4; the worker hangs before shard 2, so kill the
     # whole process group (the command and its worker) once shards 0 and 1 are finished.
-    hanging = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import helpers; "
-               "from zfjax import store; store._write_shard = helpers.hanging_write_shard; "
-               "import prepare; sys.exit(prepare.main(sys.argv[1:]))")
-    job = subprocess.Popen([sys.executable, "-c", hanging, str(ROOT / "tests"), *run()[2:],
-                            "--shard-size", "4"],
-                           env={**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"},
-                           start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not (out / "train-00001.json").exists():
-        assert job.poll() is None, job.stderr.read().decode()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
+    job = _start_waiting_preparation(root, out)
     time.sleep(0.5)  # nothing more may finish: the worker hangs
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
-    assert job.returncode == -9, job.stderr.read().decode()[-2000:]
+    assert job.returncode == -9, job.stderr.read()[-2000:]
     assert not store.is_store(out)
     with pytest.raises(store.StoreError, match="unfinished store"):
         store.open_store(out)
@@ -142,6 +154,30 @@ def test_killed_preparation_never_looks_complete_and_continues(tmp_path):
         assert a.paths == b.paths and np.array_equal(a.images, b.images)
         assert np.array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(resumed.mean(), fresh.mean())
+
+
+def test_ctrl_c_finishes_the_shards_in_flight_says_so_in_one_line_and_continues(tmp_path):
+    root = write_image_folder(tmp_path / "img", "ab", 12, shape=(60, 60))
+    out = tmp_path / "store"
+    # Ctrl-C in a terminal reaches the whole process group, the worker included, while
+    # the worker spends 2 s on shard 2.
+    job = _start_waiting_preparation(root, out, wait_s=2)
+    time.sleep(0.3)
+    os.killpg(job.pid, signal.SIGINT)
+    stdout, stderr = job.communicate(timeout=120)
+    finished = len(list(out.glob("train-*.json")))
+    assert job.returncode == 130 and stdout == "", stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == [
+        f"interrupted; {finished} finished shard(s) are kept in {out}; run the same command "
+        f"again to continue"]
+    assert finished >= 3  # shard 2 was in flight and finished
+    assert not store.is_store(out)
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("train-*.json")}
+    done = prepare.main([str(root), str(out), "--size", "64", "--workers", "1",
+                         "--no-progress", "--shard-size", "4"])
+    assert done == 0 and store.open_store(out).count("train") == 24
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("train-*.json")
+            if p.name in kept} == kept
 
 
 def test_tfds_source(tmp_path):

@@ -54,18 +54,6 @@ class EvalBatch(NamedTuple):
     mask: np.ndarray  # bool (b,): False on padding
 
 
-def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
-    """Grain worker start-up: leave Ctrl-C to the main process.
-
-    A terminal sends SIGINT to the whole process group; the main process reports where
-    the last checkpoint is and shuts the workers down, which would otherwise each print
-    a KeyboardInterrupt traceback.
-    """
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _process() -> tuple[int, int]:
     import jax
     return jax.process_index(), jax.process_count()
@@ -237,7 +225,7 @@ class Streamed:
                 flags.FLAGS.mark_as_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(
                 num_workers=workers, per_worker_buffer_size=self.buffer),
-                worker_init_fn=_ignore_interrupts)
+                worker_init_fn=store.ignore_interrupts)
         return iter(it)
 
     def train(self, batch_size, input_size, *, seed, epoch, start_step=0) -> Iterator[HostBatch]:

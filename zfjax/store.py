@@ -34,6 +34,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import struct
 from pathlib import Path
 
@@ -202,17 +203,24 @@ def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
     class_names, splits = None, {}
     # spawn: the parent may hold TensorFlow's and JAX's threads, which fork would copy.
     with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for split in SPLITS:
-            items, names, total = (data._folder_items(source, split, limits[split])
-                                   if data._is_folder(source)
-                                   else data._tfds_items(source, split, data_dir, limits[split]))
-            if class_names is None:
-                class_names = names
-            items = _relabel(items, names, class_names, split)
-            splits[split] = _write_split(
-                out, split, items, total, size, pool, workers, shard_size,
-                desc=f"preparing {Path(str(source)).name} [{split}]", progress=progress)
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=ignore_interrupts) as pool:
+        try:
+            for split in SPLITS:
+                items, names, total = (
+                    data._folder_items(source, split, limits[split]) if data._is_folder(source)
+                    else data._tfds_items(source, split, data_dir, limits[split]))
+                if class_names is None:
+                    class_names = names
+                items = _relabel(items, names, class_names, split)
+                splits[split] = _write_split(
+                    out, split, items, total, size, pool, workers, shard_size,
+                    desc=f"preparing {Path(str(source)).name} [{split}]", progress=progress)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)  # shards being written finish
+            finished = sum(1 for _ in out.glob("*-[0-9][0-9][0-9][0-9][0-9].json"))
+            raise Interrupted(f"interrupted; {finished} finished shard(s) are kept in {out}; "
+                              f"run the same command again to continue") from None
     train = splits["train"]
     total = sum((np.load(out / s["sum_file"]) for s in train["shards"] if s["count"]),
                 np.zeros((size, size, 3)))
@@ -223,6 +231,18 @@ def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
                 "class_names": list(class_names), "mean_file": MEAN, "splits": splits}
     checkpoints.write_json(out / MANIFEST, manifest)  # last: now the store is complete
     return Store(out, manifest)
+
+
+class Interrupted(KeyboardInterrupt):
+    """prepare was stopped with Ctrl-C; the message says what is kept and how to go on."""
+
+
+def ignore_interrupts(*_) -> None:
+    """Start-up of a worker process (prepare's decoders, the loader's Grain workers):
+    leave Ctrl-C to the main process. A terminal sends SIGINT to the whole process
+    group; the main process reports what is kept and shuts the workers down, which
+    would otherwise each print a KeyboardInterrupt traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _diff(found: dict, wanted: dict) -> str:
