@@ -268,6 +268,32 @@ def test_second_train_on_the_same_out_fails_at_once_naming_the_holder(folder, tm
     assert "config.json not found" in capsys.readouterr().err
 
 
+def test_a_refused_lock_ends_every_process_of_a_multi_host_run_with_one_line(folder, tmp_path):
+    run = tmp_path / "run"
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    with checkpoints.lock_run_folder(run):
+        start = time.monotonic()
+        processes = [subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *_args(folder, run), "--distributed",
+             "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id",
+             str(i)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+        errors = [p.communicate(timeout=120)[1] for p in processes]
+        # before the fix, process 1 went on alone and failed in its first collective
+        # 30 s later (the coordination service's deadline), with a traceback
+        assert time.monotonic() - start < 25
+    assert [p.returncode for p in processes] == [1, 1]
+    mine = f"pid {os.getpid()} on host {socket.gethostname()}"
+    own = lambda err: [line for line in err.splitlines() if line.startswith("error: ")
+                       or "Traceback" in line]  # JAX's distributed runtime logs too
+    assert [line.split(" (since")[0] for line in own(errors[0])] == [
+        f"error: run folder {run} is in use by {mine}"]
+    assert own(errors[1]) == [
+        f"error: process 0 could not use the run folder {run}; its message says why"]
+
+
 # ------------------------------------------------------------ item 8: the umask
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

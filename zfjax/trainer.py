@@ -16,6 +16,7 @@ coordinates the checkpoint writes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -103,6 +104,31 @@ RESUME_FIXED = {"image_size": "--size", "width": "--width", "batch_size": "--bat
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
+@contextlib.contextmanager
+def _lock_on_process_0(run_dir: Path):
+    """Holds the run folder's lock on process 0 (the only one that writes it) while the
+    block runs. Every process learns whether process 0 got it, so on several hosts a
+    refused lock ends them all with one line, instead of leaving the others to fail in
+    their first collective, minutes later, with a traceback."""
+    if jax.process_count() == 1:
+        with checkpoints.lock_run_folder(run_dir):
+            yield
+        return
+    from jax.experimental import multihost_utils
+
+    with contextlib.ExitStack() as held:
+        refused = None
+        if _is_main():
+            try:
+                held.enter_context(checkpoints.lock_run_folder(run_dir))
+            except checkpoints.RunFolderError as e:
+                refused = e
+        if multihost_utils.broadcast_one_to_all(np.int32(refused is not None)):
+            raise refused or checkpoints.RunFolderError(
+                f"process 0 could not use the run folder {run_dir}; its message says why")
+        yield
+
+
 def _is_main() -> bool:
     return jax.process_index() == 0
 
@@ -148,9 +174,7 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
                    memory_budget=memory_budget, store_dir=store_dir, workers=workers,
                    download=download, snapshots=snapshots)
     try:
-        if not _is_main():  # only process 0 writes the run folder
-            return _fit(run, run_dir, **options)
-        with checkpoints.lock_run_folder(run_dir):
+        with _lock_on_process_0(run_dir):
             return _fit(run, run_dir, **options)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; {_last_checkpoint(run_dir)}; continue with: "
