@@ -119,7 +119,7 @@ def bench_occlusion(params, config, batch_sizes, full_batch, repeats, rows):
             best[name] = min(best[name], wall(fn))
         seconds, torch_p = torch_occlusion(params, config, image, 32, 8, 25)
         torch_best = min(torch_best, seconds)
-    p_true = np.asarray(next(iter(cases.values()))()["p_true"])
+    p_true = np.asarray(next(iter(cases.values()))().p_true)
     agree = float(np.abs(p_true - torch_p).max())
     for name in cases:
         rows.append({"work": name, "seconds": best[name], "first_call_seconds": first[name],

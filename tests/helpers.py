@@ -95,6 +95,21 @@ def write_tiny_run(root: Path, config=TINY, checkpoint_config=None) -> Path:
     return run
 
 
+def write_keras3(tmp_path, layers):
+    """Keras 3 ``model.save_weights('x.weights.h5')``: layers/<name>/vars/<i>; layers:
+    Keras layer name -> [kernel, bias]. Returns the path of tmp_path/vgg16.weights.h5."""
+    import h5py
+
+    path = tmp_path / "vgg16.weights.h5"
+    with h5py.File(path, "w") as f:
+        for n, arrays in layers.items():
+            g = f.create_group(f"layers/{n}/vars")
+            for i, a in enumerate(arrays):
+                g.create_dataset(str(i), data=a)
+        f.create_group("layers/flatten/vars")
+    return path
+
+
 def hanging_write_shard(out, name, chunk, size):
     """zfjax.store._write_shard that waits before every shard after the second (an hour,
     or $ZFJAX_TEST_SHARD_WAIT seconds), so a test can stop a preparation at a known point

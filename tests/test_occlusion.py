@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from zfjax import data, model, occlusion, preprocessing
+from zfjax.commands.occlusion import class_index
 from zfjax.receptive_field import receptive_field
 from helpers import random_params
 
@@ -61,37 +62,37 @@ def test_batched_maps_equal_one_position_at_a_time(incremental):
     acts = np.asarray(aux["activations"][LAYER])[0]
     channel = acts.max(axis=(0, 1)).argmax()
     y, x = np.unravel_index(acts[..., channel].argmax(), acts.shape[:2])
-    assert (res["channel"], res["y"], res["x"], res["label"]) == (channel, y, x, 3)
+    assert (res.channel, res.y, res.x, res.label) == (channel, y, x, 3)
     for i, top in enumerate(steps):
         for j, left in enumerate(steps):
             occluded = image().copy()
             occluded[top:top + SIZE, left:left + SIZE] = FILL[top:top + SIZE, left:left + SIZE]
             want = readout_one(occluded, channel, y, x, 3)
             for key, value in want.items():
-                np.testing.assert_allclose(res[key][i, j], value, rtol=2e-5, atol=1e-6,
+                np.testing.assert_allclose(getattr(res, key)[i, j], value, rtol=2e-5, atol=1e-6,
                                            err_msg=f"{key} at ({top}, {left})")
     clean = readout_one(image(), channel, y, x, 3)
     for key, value in clean.items():
-        np.testing.assert_allclose(res["clean"][key], value, rtol=2e-5, atol=1e-6)
-    assert res["map_total"].std() > 0 and res["p_true"].std() > 0
+        np.testing.assert_allclose(getattr(res.clean, key), value, rtol=2e-5, atol=1e-6)
+    assert res.map_total.std() > 0 and res.p_true.std() > 0
 
 
 def test_occluding_outside_the_receptive_field_leaves_the_unit_unchanged():
     res = maps()
-    top, left, bottom, right = receptive_field(SMALL, LAYER, int(res["y"]), int(res["x"]))
+    top, left, bottom, right = receptive_field(SMALL, LAYER, int(res.y), int(res.x))
     steps = occlusion.positions(128, SIZE, STRIDE)
     outside = ((steps[:, None] + SIZE <= top) | (steps[:, None] >= bottom)
                | (steps[None, :] + SIZE <= left) | (steps[None, :] >= right))
     assert 0 < outside.sum() < outside.size
-    np.testing.assert_allclose(res["unit"][outside], res["clean"]["unit"], rtol=1e-6)
-    assert np.abs(res["unit"][~outside] - res["clean"]["unit"]).max() > 1e-3
+    np.testing.assert_allclose(res.unit[outside], res.clean.unit, rtol=1e-6)
+    assert np.abs(res.unit[~outside] - res.clean.unit).max() > 1e-3
 
 
 def test_negative_label_follows_the_predicted_class():
     res = maps(label=-1)
-    assert res["label"] == res["clean"]["top_class"]
-    assert res["clean"]["p_true"] == res["clean"]["top_prob"]
-    np.testing.assert_array_equal(res["unit"], maps()["unit"])  # same run otherwise
+    assert res.label == res.clean.top_class
+    assert res.clean.p_true == res.clean.top_prob
+    np.testing.assert_array_equal(res.unit, maps().unit)  # same run otherwise
 
 
 def test_positions_fill_and_label_options():
@@ -106,21 +107,21 @@ def test_positions_fill_and_label_options():
         with pytest.raises(ValueError, match=r"^--fill must be gray, black, white or a pixel value 0..255; got"):
             occlusion.fill_values(bad, preprocessing.run_mean(MEAN_CROP), 128)
     names = ["tench", "springer"]
-    assert occlusion.class_index("springer", names, 2) == 1
-    assert occlusion.class_index("0", names, 2) == 0
+    assert class_index("springer", names, 2) == 1
+    assert class_index("0", names, 2) == 0
     with pytest.raises(ValueError, match=r"^--label 'cat' is not a class of this run; give a class "
                                          r"name or an index 0..1$"):
-        occlusion.class_index("cat", names, 2)
+        class_index("cat", names, 2)
     with pytest.raises(ValueError, match="index 0..1"):
-        occlusion.class_index("2", names, 2)
+        class_index("2", names, 2)
 
 
 def test_column_c_occluders_are_where_each_readout_drops_most():
     steps = np.array([0, 8, 16])
-    res = {key: np.ones((3, 3)) for key in ("map_total", "p_true", "unit")}
-    res["map_total"][2, 1] = 0
-    res["p_true"][0, 2] = 0
-    res["unit"][1, 0] = 0
+    res = occlusion.Readouts(*(np.ones((3, 3)) for _ in occlusion.Readouts._fields))
+    res.map_total[2, 1] = 0
+    res.p_true[0, 2] = 0
+    res.unit[1, 0] = 0
     names, picks = occlusion.chosen_occluders(res, steps)
     assert names[0] == "unoccluded"
     np.testing.assert_array_equal(picks, [[-1, -1], [16, 8], [0, 16], [8, 0]])

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 from zfjax import deconv, model, reconstructions, render
+from zfjax.figures.reconstructions import plot_reconstructions
 from helpers import random_params
 
 SMALL = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
@@ -34,32 +35,32 @@ def test_strongest_unit_is_the_layers_largest_activation_and_projects_alone():
     for k, layer in enumerate(LAYERS):
         acts = np.asarray(aux["activations"][layer])[0]
         y, x, c = np.unravel_index(acts.argmax(), acts.shape)
-        np.testing.assert_array_equal(res["unit"][k], [c, y, x], err_msg=layer)
-        assert res["value"][k] == acts.max()
+        np.testing.assert_array_equal(res.unit[k], [c, y, x], err_msg=layer)
+        assert res.value[k] == acts.max()
         # B: the projection of that one unit (dense reverse pass as the reference).
         signal = deconv.unit_signal(aux, layer, c, y, x)
         want = np.asarray(deconv.project(SMALL, params(), aux, layer, signal))[0]
-        np.testing.assert_allclose(res["strongest"][k], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+        np.testing.assert_allclose(res.strongest[k], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
         # A: the whole layer, which differs from the single unit's projection.
         whole = np.asarray(deconv.project(SMALL, params(), aux, layer, aux["activations"][layer]))[0]
-        np.testing.assert_allclose(res["whole"][k], whole, rtol=1e-4, atol=1e-6 * np.abs(whole).max())
-        assert np.abs(res["whole"][k] - res["strongest"][k]).max() > 1e-3 * np.abs(whole).max()
-    assert res["whole"].shape == res["strongest"].shape == (2, 64, 64, 3)
+        np.testing.assert_allclose(res.whole[k], whole, rtol=1e-4, atol=1e-6 * np.abs(whole).max())
+        assert np.abs(res.whole[k] - res.strongest[k]).max() > 1e-3 * np.abs(whole).max()
+    assert res.whole.shape == res.strongest.shape == (2, 64, 64, 3)
 
 
 def test_figure_has_rows_a_and_b_with_the_input_and_each_layer():
     res = result()
     display = np.zeros((1, 64, 64, 3), np.uint8)
-    fig = reconstructions.plot_reconstructions(display, [res], LAYERS, ["dir/img.jpg"])
+    fig = plot_reconstructions(display, [res], LAYERS, ["dir/img.jpg"])
     titles = [ax.get_title() for ax in fig.axes]
     assert len(fig.axes) == 2 * (1 + len(LAYERS))
     assert titles[1:3] == ["pool1: all activations", "conv3: all activations"]
-    c, y, x = res["unit"][1]
-    assert titles[5] == f"conv3 map #{c} at ({y}, {x})\nvalue {res['value'][1]:.3g}"
+    c, y, x = res.unit[1]
+    assert titles[5] == f"conv3 map #{c} at ({y}, {x})\nvalue {res.value[1]:.3g}"
     assert fig.axes[0].get_ylabel() == "A: whole layer"
     assert fig.axes[3].get_ylabel() == "B: strongest activation"
     np.testing.assert_array_equal(fig.axes[5].get_images()[0].get_array(),
-                                  render.to_display(res["strongest"][1]))
+                                  render.to_display(res.strongest[1]))
 
 
 # ---- command line, on a tiny real run folder (helpers shared with test_topk) ----------

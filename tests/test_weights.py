@@ -7,6 +7,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from zfjax import model, network, preprocessing, weights
+from helpers import write_keras3
 
 VGG_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
@@ -147,18 +148,6 @@ def write_keras_legacy(tmp_path, layers):
             g.attrs["weight_names"] = [w.encode() for w in wn]
             for w, a in zip(wn, layers.get(n, [])):
                 g.create_dataset(w, data=a)
-    return path
-
-
-def write_keras3(tmp_path, layers):
-    """Keras 3 ``model.save_weights('x.weights.h5')``: layers/<name>/vars/<i>."""
-    path = tmp_path / "vgg16.weights.h5"
-    with h5py.File(path, "w") as f:
-        for n, arrays in layers.items():
-            g = f.create_group(f"layers/{n}/vars")
-            for i, a in enumerate(arrays):
-                g.create_dataset(str(i), data=a)
-        f.create_group("layers/flatten/vars")
     return path
 
 

@@ -18,23 +18,61 @@ the positions in batches (``lax.map`` with a batch size), not a Python loop.
 By default each position recomputes only the windows of each layer that the
 square can change (same results as whole forwards, a third of the work at
 224 px with a 32 px square; see "incremental forward" below).
+The figure is ``zfjax.figures.occlusion``, the command ``zfjax.commands.occlusion``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import pathlib
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zfjax import argtypes, artifacts, cli, data, deconv, model, render, strongest
+from zfjax import deconv, model, strongest
 
-IMAGES = 3  # rows of the figure, as in the paper
+
+class Readouts(NamedTuple):
+    """What occlusion reads off the network, per occluder position or for the clean image:
+    map_total (the followed map's sum), unit (its strongest unit), p_true (probability of
+    the correct class), top_class int32 and top_prob (the most probable class)."""
+
+    map_total: jax.Array
+    unit: jax.Array
+    p_true: jax.Array
+    top_class: jax.Array
+    top_prob: jax.Array
+
+
+class OcclusionMaps(NamedTuple):
+    """``occlusion_maps`` of one image: the five ``Readouts`` fields, each (P, P) over
+    occluder positions (row: top, column: left; see ``positions``); clean: the Readouts
+    of the unoccluded image (scalars); channel, y, x: the followed map and its strongest
+    unit; label: the correct class (int32 scalars)."""
+
+    map_total: jax.Array
+    unit: jax.Array
+    p_true: jax.Array
+    top_class: jax.Array
+    top_prob: jax.Array
+    clean: Readouts
+    channel: jax.Array
+    y: jax.Array
+    x: jax.Array
+    label: jax.Array
+
+
+class Projections(NamedTuple):
+    """``map_projections``: projections (K, H, W, 3) in the network's input channel order,
+    and the projected unit's y, x and value, each (K,)."""
+
+    projections: jax.Array
+    y: jax.Array
+    x: jax.Array
+    value: jax.Array
 
 
 def positions(image_size: int, size: int, stride: int) -> np.ndarray:
@@ -63,8 +101,8 @@ def occlude(image: jax.Array, fill: jax.Array, top, left, size: int) -> jax.Arra
 def _scores(logits, acts, y, x, label):
     """The readouts of one image from its logits (classes,) and followed map (h, w)."""
     probs = jax.nn.softmax(logits)
-    return {"map_total": acts.sum(), "unit": acts[y, x], "p_true": probs[label],
-            "top_class": jnp.argmax(probs).astype(jnp.int32), "top_prob": probs.max()}
+    return Readouts(acts.sum(), acts[y, x], probs[label], jnp.argmax(probs).astype(jnp.int32),
+                    probs.max())
 
 
 # ---- incremental forward: recompute only what the square can change ------------------
@@ -145,7 +183,7 @@ def _incremental_readout(config, params, image, fill, clean, top, left, *, size,
 @partial(jax.jit, static_argnames=("config", "layer", "size", "stride", "batch_size",
                                    "incremental"))
 def occlusion_maps(config: model.Network, params, image, label, fill, *, layer: str, size: int,
-                   stride: int, batch_size: int, incremental: bool = True) -> dict:
+                   stride: int, batch_size: int, incremental: bool = True) -> OcclusionMaps:
     """Slide a size x size square over one image (H, W, 3) with the given stride.
 
     label: int, the correct class (negative: use the class predicted on the
@@ -155,10 +193,7 @@ def occlusion_maps(config: model.Network, params, image, label, fill, *, layer: 
     incremental: recompute only the windows the square can change (same results;
     False runs the whole network on every occluded copy).
 
-    Returns {'map_total', 'unit', 'p_true', 'top_class', 'top_prob'}: each (P, P)
-    over occluder positions (row: top, column: left; see ``positions``), plus
-    'clean' (the same five readouts of the unoccluded image, scalars), 'channel',
-    'y', 'x', 'label' (int32 scalars).
+    Returns ``OcclusionMaps``.
     """
     clean_logits, aux = model.forward(config, params, image[None])
     clean = {name: a[0] for name, a in aux["activations"].items()}
@@ -180,24 +215,23 @@ def occlusion_maps(config: model.Network, params, image, label, fill, *, layer: 
     tops, lefts = (a.ravel() for a in jnp.meshgrid(steps, steps, indexing="ij"))
     out = jax.lax.map(one, (tops, lefts), batch_size=batch_size)
     p = len(steps)
-    out = {key: value.reshape(p, p) for key, value in out.items()}
-    out["clean"] = _scores(clean_logits[0], acts[..., channel].astype(jnp.float32), y, x, label)
-    out.update(channel=channel, y=y.astype(jnp.int32), x=x.astype(jnp.int32), label=label)
-    return out
+    clean_readouts = _scores(clean_logits[0], acts[..., channel].astype(jnp.float32), y, x, label)
+    return OcclusionMaps(*(value.reshape(p, p) for value in out), clean=clean_readouts,
+                         channel=channel, y=y.astype(jnp.int32), x=x.astype(jnp.int32), label=label)
 
 
 @partial(jax.jit, static_argnames=("config", "layer"))
-def map_projections(config: model.Network, params, images, channel, *, layer: str):
-    """Project the strongest activation of feature map ``channel`` in each image (K, H, W, 3).
-
-    Returns (projections (K, H, W, 3), y (K,), x (K,), value (K,)): paper Fig. 7 column (c).
-    """
+def map_projections(config: model.Network, params, images, channel, *,
+                    layer: str) -> Projections:
+    """Project the strongest activation of feature map ``channel`` in each image (K, H, W, 3):
+    paper Fig. 7 column (c)."""
     _, aux = model.forward(config, params, images)
     k = images.shape[0]
     channels = jnp.full((k,), channel, jnp.int32)
     value, ys, xs = deconv.strongest(aux, layer, channel[None])  # (K, 1) each
     units = deconv.Units(jnp.arange(k, dtype=jnp.int32), channels, ys[:, 0], xs[:, 0])
-    return deconv.project_units(config, params, aux, layer, units), ys[:, 0], xs[:, 0], value[:, 0]
+    return Projections(deconv.project_units(config, params, aux, layer, units), ys[:, 0],
+                       xs[:, 0], value[:, 0])
 
 
 def fill_values(fill: str, preprocess, size: int) -> np.ndarray:
@@ -220,7 +254,8 @@ def fill_values(fill: str, preprocess, size: int) -> np.ndarray:
     return preprocess(np.full((1, size, size, 3), value, np.float32), size)[0]
 
 
-def chosen_occluders(result: dict, steps: np.ndarray) -> tuple[list[str], np.ndarray]:
+def chosen_occluders(result: Readouts | OcclusionMaps,
+                     steps: np.ndarray) -> tuple[list[str], np.ndarray]:
     """The occluder positions whose projections column (c) shows: names, int (4, 2) (top, left).
 
     Unoccluded (-1, -1); where the map's total activation, p(correct class) and the
@@ -229,7 +264,8 @@ def chosen_occluders(result: dict, steps: np.ndarray) -> tuple[list[str], np.nda
     names, picks = ["unoccluded"], [(-1, -1)]
     for key, name in (("map_total", "map total lowest"), ("p_true", "p(class) lowest"),
                       ("unit", "unit lowest")):
-        i, j = np.unravel_index(np.argmin(result[key]), result[key].shape)
+        readout = getattr(result, key)
+        i, j = np.unravel_index(np.argmin(readout), readout.shape)
         names.append(name)
         picks.append((steps[i], steps[j]))
     return names, np.array(picks, np.int32)
@@ -238,182 +274,13 @@ def chosen_occluders(result: dict, steps: np.ndarray) -> tuple[list[str], np.nda
 def projections_for(config, params, image, fill, channel, picks, size: int, layer: str):
     """Column (c): the map's top projection for the unoccluded image and occluded copies.
 
-    picks int (K, 2) occluder (top, left), (-1, -1) meaning none. Returns float32 (K, H, W, 3).
+    picks int (K, 2) occluder (top, left), (-1, -1) meaning none. Returns float32 (K, H, W, 3)
+    in the network's input channel order.
     """
     copies = np.repeat(np.asarray(image, np.float32)[None], len(picks), axis=0)
     fill = np.broadcast_to(fill, image.shape)
     for copy, (t, l) in zip(copies, picks):
         if t >= 0:
             copy[t:t + size, l:l + size] = fill[t:t + size, l:l + size]
-    projections, _, _, _ = map_projections(config, params, copies, jnp.int32(channel),
-                                           layer=layer)
-    return np.asarray(projections, np.float32)
-
-
-# ---- the figure --------------------------------------------------------------------
-
-
-def plot_occlusion(results, displays, projections, picks, pick_names, steps, size: int,
-                   layer: str, class_names, image_names):
-    """Paper Fig. 7: per image (rows), (a) input with occluder, (b) map total, (c)
-    projections, (d) p(correct class), (e) most probable class, over occluder positions.
-
-    results: list of N numpy dicts from ``occlusion_maps``; displays uint8 (N, H, W, 3);
-    projections float32 (N, K, H, W, 3); picks int (N, K, 2). Returns a Figure.
-    """
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch, Rectangle
-    import matplotlib
-
-    n = len(results)
-    h = displays.shape[1]
-    fig = Figure(figsize=(18, 3.6 * n + 0.6))
-    outer = fig.add_gridspec(n, 5, width_ratios=[1, 1.25, 1, 1.25, 1.6], wspace=0.35, hspace=0.45)
-    step = (steps[1] - steps[0]) if len(steps) > 1 else size
-    centres = steps + size / 2
-    extent = (centres[0] - step / 2, centres[-1] + step / 2, centres[-1] + step / 2,
-              centres[0] - step / 2)
-    name_of = lambda c: class_names[c] if class_names is not None and c < len(class_names) else str(c)
-    palette = matplotlib.colormaps["tab20"].colors
-
-    def square(ax, top, left, color):
-        ax.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, lw=1.5,
-                               edgecolor=color))
-
-    def position_axes(ax, title):
-        ax.set_xlim(-0.5, h - 0.5)
-        ax.set_ylim(h - 0.5, -0.5)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("occluder centre x (px)", fontsize=8)
-        ax.set_ylabel("occluder centre y (px)", fontsize=8)
-        ax.tick_params(labelsize=7)
-
-    for r, res in enumerate(results):
-        label, channel = int(res["label"]), int(res["channel"])
-        clean = res["clean"]
-        # (a) the input, with the occluder that hurts the correct class most.
-        ax = fig.add_subplot(outer[r, 0])
-        ax.imshow(displays[r])
-        square(ax, *picks[r][2], "red")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(f"(a) {image_names[r]}\ntrue: {name_of(label)}", fontsize=9)
-        ax.set_xlabel("red: occluder of lowest p(true)", fontsize=8)
-        # (b) total activation of the strongest feature map.
-        ax = fig.add_subplot(outer[r, 1])
-        im = ax.imshow(res["map_total"], extent=extent, cmap="viridis", interpolation="nearest")
-        position_axes(ax, f"(b) {layer} map #{channel}: total activation\n"
-                          f"(unoccluded: {float(clean['map_total']):.3g})")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
-        # (c) projections of the map's top activation, unoccluded and occluded.
-        cells = outer[r, 2].subgridspec(2, 2, wspace=0.08, hspace=0.3)
-        shown = render.to_display(projections[r])
-        for k in range(min(4, len(shown))):
-            ax = fig.add_subplot(cells[k // 2, k % 2])
-            ax.imshow(shown[k])
-            if picks[r][k][0] >= 0:
-                square(ax, *picks[r][k], "black")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(("(c) " if k == 0 else "") + pick_names[k], fontsize=7, pad=2)
-        # (d) probability of the correct class.
-        ax = fig.add_subplot(outer[r, 3])
-        im = ax.imshow(res["p_true"], extent=extent, cmap="magma", vmin=0,
-                       interpolation="nearest")
-        position_axes(ax, f"(d) p({name_of(label)})\n(unoccluded: {float(clean['p_true']):.3f})")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
-        # (e) most probable class, one colour per class present.
-        ax = fig.add_subplot(outer[r, 4])
-        present = np.unique(res["top_class"])
-        index = np.searchsorted(present, res["top_class"])
-        colours = [palette[(2 * i) % 20 + (2 * i) // 20 % 2] for i in range(len(present))]
-        ax.imshow(index, extent=extent, cmap=ListedColormap(colours), vmin=-0.5,
-                  vmax=len(present) - 0.5, interpolation="nearest")
-        position_axes(ax, "(e) most probable class")
-        handles = [Patch(color=colours[i], label=name_of(int(c)) + (" (true)" if c == label else ""))
-                   for i, c in enumerate(present)]
-        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1),
-                  borderaxespad=0, frameon=False)
-    return fig
-
-
-# ---- command line ------------------------------------------------------------------
-
-
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    """The ``occlusion`` subcommand (paper Fig. 7)."""
-    parser = subparsers.add_parser(
-        "occlusion", help="Fig. 7: slide a gray square over images; map the strongest layer-5 "
-                          "feature map, p(correct class) and the top class over its positions")
-    cli.add_input_arguments(parser, count_help=f"images taken from the split (default {IMAGES})")
-    parser.add_argument("--layer", default="conv5", help="layer of the feature map followed")
-    parser.add_argument("--size", type=argtypes.positive_int, default=None,
-                        help="occluder side in px (default image_size / 7: 32 at 224)")
-    parser.add_argument("--stride", type=argtypes.positive_int, default=None,
-                        help="step between positions in px (default image_size / 28: 8 at 224)")
-    parser.add_argument("--fill", default="gray",
-                        help="gray (the mean image, default), black, white or a pixel value 0..255")
-    parser.add_argument("--label", default=None,
-                        help="correct class (name or index) for every image (default: the "
-                             "split's labels; with --images, the predicted class)")
-    parser.add_argument("--batch-size", type=argtypes.positive_int, default=None,
-                        help="positions computed together (default: one row of positions)")
-    parser.set_defaults(run=run)
-    return parser
-
-
-def class_index(label: str, class_names, num_classes: int) -> int:
-    """--label (a class id such as n01440764, its name such as tench, or an index) as a
-    class index, or ValueError saying what the run's classes are."""
-    if class_names is not None:
-        for names in (list(class_names), render.class_labels(class_names)):
-            if label in names:
-                return names.index(label)
-    if label.lstrip("-").isdigit() and 0 <= int(label) < num_classes:
-        return int(label)
-    raise ValueError(f"--label {label!r} is not a class of this run; give a class name or an "
-                     f"index 0..{num_classes - 1}")
-
-
-def run(args) -> list[pathlib.Path]:
-    """Occlusion maps for --limit images (or --images); write occlusion.png and .npz."""
-    loaded, (inputs, display, labels, names) = cli.load_analysis_inputs(args, args.limit or IMAGES)
-    params, config, info = loaded.params, loaded.config, loaded.info
-    (layer,) = model.check_layers(config, [args.layer])
-    size = args.size if args.size is not None else max(1, round(config.image_size / 7))
-    stride = args.stride if args.stride is not None else max(1, round(config.image_size / 28))
-    steps = positions(config.image_size, size, stride)
-    fill = fill_values(args.fill, loaded.preprocessing, config.image_size)
-    class_names = loaded.class_names
-    if args.label is not None:
-        labels = np.full(len(inputs), class_index(args.label, class_names, config.num_classes))
-    elif labels is None:
-        labels = np.full(len(inputs), -1)  # the predicted class
-
-    results, projections, picks = [], [], []
-    for image, label in zip(inputs, labels):
-        res = jax.device_get(occlusion_maps(config, params, image, np.int32(label), fill,
-                                            layer=layer, size=size, stride=stride,
-                                            batch_size=args.batch_size or len(steps)))
-        pick_names, pick = chosen_occluders(res, steps)
-        projections.append(projections_for(config, params, image, fill, res["channel"], pick,
-                                           size, layer))
-        results.append(res)
-        picks.append(pick)
-    picks, projections = np.stack(picks), np.stack(projections)
-    fig = plot_occlusion(results, display, projections, picks, pick_names, steps, size, layer,
-                         render.class_labels(class_names), names)
-    fig.suptitle(f"Occlusion ({size} px {args.fill} square, stride {stride}, "
-                 f"{len(steps) ** 2} positions); {layer} map = the strongest on the unoccluded "
-                 f"image", fontsize=11)
-    arrays = {key: np.stack([r[key] for r in results])
-              for key in ("map_total", "unit", "p_true", "top_class", "top_prob",
-                          "channel", "y", "x", "label")}
-    arrays.update({f"clean_{key}": np.stack([r["clean"][key] for r in results])
-                   for key in results[0]["clean"]})
-    arrays.update(positions=steps, size=np.int32(size), projections=projections,
-                  projection_occluders=picks, names=np.array(names))
-    out = cli.output_folder(args, info)
-    return [artifacts.save_npz(out / "occlusion.npz", **arrays),
-            artifacts.save_png(fig, out / "occlusion.png")]
+    projected = map_projections(config, params, copies, jnp.int32(channel), layer=layer)
+    return np.asarray(projected.projections, np.float32)

@@ -60,6 +60,7 @@ def run(args) -> list[pathlib.Path]:
         chosen = cli.images_for(loaded, stored[used])
         projections, patches = topk.project_top(config, params, layer, top._replace(image=local),
                                                 channels, chosen.inputs, chosen.display)
+        projections = loaded.preprocessing.rgb(projections)  # for showing: Keras weights are BGR
         arrays.update({f"{layer}/{field}": value for field, value in top._asdict().items()})
         arrays.update({f"{layer}/channels": channels, f"{layer}/projections": projections,
                        f"{layer}/patches": patches})
