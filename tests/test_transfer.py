@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from zfjax import model, transfer
+from zfjax import data, model, network, transfer
 from helpers import random_params
 from helpers import TINY, write_tiny_run
 
@@ -110,6 +110,50 @@ def test_layer_table_and_curve_on_separable_features():
     assert curve.mean[1] > 0.9
 
 
+ZFNET_LAYERS = ["pool1", "pool2", "conv3", "conv4", "pool5", "fc6", "fc7"]
+
+
+@pytest.mark.parametrize("arch, variant, layers", [
+    ("zfnet", "", ZFNET_LAYERS),
+    ("zfnet", "no-conv3-4", ["pool1", "pool2", "pool5", "fc6", "fc7"]),
+    ("zfnet", "no-fc6-7", ["pool1", "pool2", "conv3", "conv4", "pool5"]),
+    ("zfnet", "no-conv3-4-fc6-7", ["pool1", "pool2", "pool5"]),
+    ("alexnet", "", ZFNET_LAYERS),
+    ("vgg16", "", ["pool1", "pool2", "pool3", "pool4", "pool5", "fc6", "fc7"]),
+])
+def test_feature_layers_are_table7s_layers_that_the_network_has(arch, variant, layers):
+    config = network.Network(num_classes=3, image_size=64 if arch == "zfnet" else 224,
+                             width=0.25, arch=arch, variant=variant)
+    assert list(transfer.feature_layers(config)) == layers
+    assert transfer.curve_layer(config) == layers[-1]
+
+
+def two_colour_images(per_class, seed):
+    """2 classes at the stored size of 64 px: reddish and bluish noise."""
+    rng = np.random.default_rng(seed)
+    size = data.stored_size(64)
+    labels = np.repeat(np.arange(2, dtype=np.int32), per_class)
+    images = rng.integers(0, 120, (len(labels), size, size, 3))
+    images[labels == 0, ..., 0] += 120
+    images[labels == 1, ..., 2] += 120
+    return data.ImageSet(images.astype(np.uint8), labels, ("red", "blue"), 0,
+                         tuple(f"{i}.png" for i in range(len(labels))))
+
+
+def test_no_pretraining_row_trains_from_random_weights_on_the_curves_first_draw():
+    train, test = two_colour_images(12, seed=0), two_colour_images(10, seed=1)
+    # The row trains on the first draw few_shot_curve makes with the same seed.
+    np.testing.assert_array_equal(transfer.draw_per_class(train.labels, 4, 1, seed=7)[0],
+                                  transfer.draw_per_class(train.labels, 4, 5, seed=7)[0])
+    picked = transfer.subset(train, np.array([3, 14]))
+    assert picked.labels.tolist() == [0, 1] and picked.paths == ("3.png", "14.png")
+    np.testing.assert_array_equal(picked.images[1], train.images[14])
+    # A network that learnt nothing is at chance (0.5) on this balanced test split.
+    row = transfer.scratch_row(TINY, train, test, [1, 12], epochs=12, batch_size=8)
+    assert row.per_class.tolist() == [1, 12] and row.epochs == 12
+    assert row.accuracy[1] >= 0.9, row
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     return write_tiny_run(tmp_path_factory.mktemp("transfer"))
@@ -126,17 +170,37 @@ def test_cli_on_an_image_folder_takes_val_as_the_test_split(tiny_run, monkeypatc
     folder = tiny_run.parent / "images"  # train/ and val/, 2 classes of 4 images
     code, out, err = run_cli([
         "transfer", str(tiny_run), "--data", str(folder), "--per-class", "1", "2", "--draws", "2",
-        "--steps", "20", "--batch-size", "3"])
+        "--steps", "20", "--batch-size", "3", "--scratch-epochs", "2"])
     assert code == 0, err
     figures = tiny_run / "figures"
-    assert out.splitlines()[-3:] == [str(figures / n) for n in (
-        "transfer.png", "transfer_layers.csv", "transfer_curve.csv")]
+    assert out.splitlines()[-4:] == [str(figures / n) for n in (
+        "transfer.png", "transfer_layers.csv", "transfer_curve.csv", "transfer_scratch.csv")]
     assert "8 train / 8 val images, 2 classes" in out
+    assert "no pretraining (2 epochs from scratch, 1 draw), images per class: 1: " in out
     rows = list(csv.DictReader(open(figures / "transfer_layers.csv")))
-    assert [r["layer"] for r in rows] == list(transfer.LAYERS)
+    assert [r["layer"] for r in rows] == ZFNET_LAYERS
     assert all(0 <= float(r["test_accuracy"]) <= 1 for r in rows)
     curve = list(csv.DictReader(open(figures / "transfer_curve.csv")))
     assert [(c["per_class"], c["draws"]) for c in curve] == [("1", "2"), ("2", "2")]
+    scratch = list(csv.DictReader(open(figures / "transfer_scratch.csv")))
+    assert [(c["per_class"], c["epochs"]) for c in scratch] == [("1", "2"), ("2", "2")]
+    assert all(float(c["accuracy"]) in (0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1)
+               for c in scratch)  # a fraction of the 8 val images
+
+
+@pytest.mark.parametrize("variant, layers", [
+    ("no-conv3-4", ["pool1", "pool2", "pool5", "fc6", "fc7"]),
+    ("no-fc6-7", ["pool1", "pool2", "conv3", "conv4", "pool5"]),
+])
+def test_cli_default_layers_on_a_variant_are_those_it_has(tmp_path, run_cli, variant, layers):
+    variant_run = write_tiny_run(tmp_path, config=network.with_variant(TINY, variant))
+    code, out, err = run_cli([
+        "transfer", str(variant_run), "--data", str(tmp_path / "images"), "--per-class", "1",
+        "--draws", "2", "--steps", "10", "--out", str(tmp_path / "o")])
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "o" / "transfer_layers.csv")))
+    assert [r["layer"] for r in rows] == layers
+    assert f"{layers[-1]} softmax, images per class: 1: " in out  # the curve's layer
 
 
 def test_cli_on_a_tfds_dataset(tiny_run, monkeypatch, capsys, tmp_path, run_cli):
@@ -154,7 +218,8 @@ def test_cli_on_a_tfds_dataset(tiny_run, monkeypatch, capsys, tmp_path, run_cli)
 
 @pytest.mark.parametrize("argv, message", [
     (["--layers", "fc8", "fc7"], "unknown layer 'fc8' for features"),
-    (["--layers", "pool5"], "the --per-class curve retrains the fc7 softmax"),
+    (["--layers", "pool5"], "the --per-class curve retrains the softmax on fc7: keep fc7"),
+    (["--per-class", "--scratch-epochs", "3"], "--scratch-epochs trains on the --per-class draws"),
     (["--per-class", "9"], "9 training images per class asked, but class 0 has only 4"),
 ])
 def test_cli_bad_input_is_one_line(tiny_run, monkeypatch, capsys, tmp_path, argv, message, run_cli):

@@ -1,18 +1,22 @@
 """Feature transfer: linear classifiers on a frozen network's layers (Zeiler & Fergus
 2014, section 5.2: Tables 4-5 and 7, Fig. 9).
 
-* ``extract_features``: the features of pool1, pool2, conv3, conv4, pool5, fc6 and
-  fc7 for a set of images, in batched, jitted forward passes of the frozen
-  network. Spatial maps are average-pooled onto a g x g grid so that a layer
+* ``feature_layers``: the layers of Table 7 that a network has: the top map of each
+  conv layer (pool1, pool2, conv3, conv4, pool5 for ZFNet) and the hidden fc layers
+  (fc6, fc7), bottom to top; a Table 3 variant without conv3-4 or fc6-7 lacks those.
+* ``extract_features``: the features of those layers for a set of images, in
+  batched, jitted forward passes of the frozen network. Spatial maps are average-pooled onto a g x g grid so that a layer
   has at most ``max_features`` dimensions (g = the map's side when it fits).
 * ``fit_softmax``: multinomial logistic regression with an L2 penalty, trained
   full-batch with optax (Adam), vmapped over several penalties or draws at once.
 * ``layer_table``: per layer, the L2 penalty picked on a held-out part of the
   training split, then the test accuracy of a classifier retrained on the whole
   training split with it (Table 7's column for one dataset).
-* ``few_shot_curve``: the softmax retrained on fc7 with n training images per
-  class, over several random draws: mean and std test accuracy against n (Fig. 9,
-  Tables 4-5).
+* ``few_shot_curve``: the softmax retrained on the top layer (fc7; ``curve_layer``)
+  with n training images per class, over several random draws: mean and std test
+  accuracy against n (Fig. 9, Tables 4-5).
+* ``scratch_accuracy``: the same network trained from random weights on one draw's
+  few images (Table 4's "no pretraining" row); optional, it trains a whole network.
 
 ``visualize.py transfer RUN --data SOURCE`` runs both on a TFDS dataset or an
 image folder with a training and a test split and writes CSVs and a PNG.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import pathlib
 from functools import partial
@@ -32,9 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from zfjax import argtypes, artifacts, cli, data, model
+from zfjax import argtypes, artifacts, cli, data, model, network, trainer, training
 
-LAYERS = ("pool1", "pool2", "conv3", "conv4", "pool5", "fc6", "fc7")
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 PER_CLASS = (1, 5, 15, 30, 60)
 MAX_FEATURES = 4096
@@ -42,6 +46,27 @@ HELD_OUT = 0.2  # fraction of the training split used to pick the L2 penalty
 
 
 # ---- features ----------------------------------------------------------------------
+
+
+def feature_layers(config: model.Network) -> tuple[str, ...]:
+    """Table 7's layers that config has, bottom to top: the top map of each numbered
+    conv layer (its pool where it has one), then the hidden fc layers.
+
+    ZFNet and AlexNet: pool1, pool2, conv3, conv4, pool5, fc6, fc7; without conv3-4:
+    pool1, pool2, pool5, fc6, fc7; without fc6-7: pool1 ... pool5; VGG16: pool1 ...
+    pool5, fc6, fc7.
+    """
+    tops = {}
+    for name in network.projectable_layers(config):  # bottom to top: a pool overrides its conv
+        tops[network.layer_order(name)[0]] = name
+    return tuple(tops.values()) + network.fc_layers(config)
+
+
+def curve_layer(config: model.Network) -> str:
+    """The layer under the classifier, whose softmax Fig. 9 retrains (fc7 for ZFNet;
+    pool5 without fc6-7)."""
+    return feature_layers(config)[-1]
+
 
 
 def grid_side(side: int, channels: int, max_features: int) -> int:
@@ -94,14 +119,16 @@ def _features_batch(config, params, images, grids):
     return out
 
 
-def extract_features(config: model.Network, params, batches, *, layers=LAYERS,
+def extract_features(config: model.Network, params, batches, *, layers=None,
                      max_features: int = MAX_FEATURES) -> dict[str, np.ndarray]:
-    """Features of each layer for a stream of network-input batches (float32 (B, H, W, 3)).
+    """Features of each layer (default: ``feature_layers(config)``) for a stream of
+    network-input batches (float32 (B, H, W, 3)).
 
     Every batch is padded to the first one's size (one compilation). Returns
     layer -> float32 (N, D): fc layers as they are (rectified, no dropout), spatial
     maps average-pooled onto ``feature_grids`` and flattened (NHWC order).
     """
+    layers = feature_layers(config) if layers is None else tuple(layers)
     grids = feature_grids(config, layers, max_features)
     parts, size = {layer: [] for layer in layers}, None
     for batch in batches:
@@ -286,6 +313,68 @@ def _draw_accuracy(train_x, train_y, test_x, test_y, picks, l2, *, num_classes, 
     return jax.lax.map(one, picks)
 
 
+# ---- no pretraining (Table 4) ------------------------------------------------------
+
+
+class Scratch(NamedTuple):
+    """Table 4's "no pretraining" row: test top-1 of the network trained from random
+    weights on n training images per class. per_class int (P,); accuracy float32 (P,);
+    epochs: training epochs of each."""
+
+    per_class: np.ndarray
+    accuracy: np.ndarray
+    epochs: int
+
+
+def subset(images: data.ImageSet, idx: np.ndarray) -> data.ImageSet:
+    """The images at idx (int (M,)) of a split."""
+    return data.ImageSet(images.images[idx], images.labels[idx], images.class_names, 0,
+                         tuple(images.paths[i] for i in idx))
+
+
+def scratch_accuracy(config: model.Network, train: data.ImageSet, test: data.ImageSet, *,
+                     epochs: int, batch_size: int = 32, learning_rate: float = 0.01,
+                     seed: int = 0) -> float:
+    """Test top-1 (centre crop) of ``config``'s architecture trained from random weights
+    on ``train`` alone for ``epochs`` epochs.
+
+    The paper's recipe at a constant learning rate: SGD with momentum 0.9, dropout,
+    filter renormalisation, random crops and flips (data.train_batches), inputs minus
+    the mean image of ``train``. He-normal init whatever config says: with N(0, 1e-2)
+    a few hundred steps stay at chance (see trainer.presets). The batch is the largest
+    multiple of the device count <= min(batch_size, len(train)).
+    """
+    config = dataclasses.replace(config, num_classes=len(train.class_names), init_std=None)
+    mesh = training.make_mesh()
+    devices = mesh.devices.size
+    batch = min(batch_size, len(train)) // devices * devices
+    if batch < 1:
+        raise ValueError(f"{len(train)} training images are fewer than the {devices} devices")
+    tcfg = training.TrainConfig(epochs=epochs, batch_size=batch, learning_rate=learning_rate,
+                                lr_schedule="constant", seed=seed)
+    mean = data.mean_image(train)
+    state = training.create_state(config, tcfg, mesh)
+    step = training.make_train_step(config, tcfg.filter_radius, mesh)
+    rng = training.dropout_key(tcfg)
+    for epoch in range(1, epochs + 1):
+        for x, y in data.train_batches(train, mean, batch, config.image_size, seed=seed,
+                                       epoch=epoch):
+            state, _ = step(state, training.put_batch(mesh, x, y), rng)
+    top1, _ = trainer.evaluate(state.params, training.make_eval_step(config, mesh), test, mean,
+                               config, batch, mesh)
+    return float(top1)
+
+
+def scratch_row(config: model.Network, train: data.ImageSet, test: data.ImageSet, per_class,
+                *, epochs: int, seed: int = 0, **options) -> Scratch:
+    """``scratch_accuracy`` on the first draw of n images per class that ``few_shot_curve``
+    uses with the same seed, for each n of per_class (one draw each: every point trains
+    a network)."""
+    acc = [scratch_accuracy(config, subset(train, draw_per_class(train.labels, n, 1, seed + n)[0]),
+                            test, epochs=epochs, seed=seed, **options) for n in per_class]
+    return Scratch(np.asarray(per_class, np.int32), np.asarray(acc, np.float32), epochs)
+
+
 # ---- tables and the figure ---------------------------------------------------------
 
 
@@ -308,6 +397,15 @@ def curve_csv(curve: Curve) -> str:
     return out.getvalue()
 
 
+def scratch_csv(scratch: Scratch) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["per_class", "epochs", "accuracy"])
+    for n, acc in zip(scratch.per_class, scratch.accuracy):
+        writer.writerow([int(n), scratch.epochs, f"{acc:.4f}"])
+    return out.getvalue()
+
+
 def format_table(rows: list[LayerResult]) -> str:
     """Table 7's column as text: layer, feature size, L2, held-out and test accuracy (%)."""
     lines = [f"{'layer':<6} {'dims':>6} {'L2':>7} {'held-out %':>10} {'test %':>7}"]
@@ -318,9 +416,12 @@ def format_table(rows: list[LayerResult]) -> str:
 
 
 def plot_transfer(rows: list[LayerResult], curve: Curve | None, *, title: str | None = None,
-                  chance: float | None = None):
-    """Left: test accuracy of a linear classifier per layer (Table 7); right: fc7 softmax
-    test accuracy against training images per class, mean +- std over draws (Fig. 9)."""
+                  chance: float | None = None, layer: str = "fc7",
+                  scratch: Scratch | None = None):
+    """Left: test accuracy of a linear classifier per layer (Table 7); right: the softmax
+    on ``layer`` retrained on n images per class, test accuracy mean +- std over draws
+    (Fig. 9), and with ``scratch`` the network trained from scratch on those images
+    (Table 4's "no pretraining")."""
     from matplotlib.figure import Figure
 
     panels = 1 + (curve is not None)
@@ -338,9 +439,12 @@ def plot_transfer(rows: list[LayerResult], curve: Curve | None, *, title: str | 
                 title="linear classifier on each layer (Table 7)")
     if curve is not None:
         axes[1].errorbar(curve.per_class, 100 * curve.mean, yerr=100 * curve.std, fmt="o-",
-                         capsize=3, label=f"fc7 softmax, {curve.accuracy.shape[1]} draws")
+                         capsize=3, label=f"{layer} softmax, {curve.accuracy.shape[1]} draws")
+        if scratch is not None:
+            axes[1].plot(scratch.per_class, 100 * scratch.accuracy, "s--", color="C3",
+                         label=f"no pretraining ({scratch.epochs} epochs from scratch)")
         axes[1].set(xlabel="training images per class", ylabel="test accuracy (%)",
-                    ylim=(0, 105), title="softmax retrained on fc7 (Fig. 9)")
+                    ylim=(0, 105), title=f"softmax retrained on {layer} (Fig. 9)")
     for ax in axes:
         if chance is not None:
             ax.axhline(100 * chance, color="0.5", ls=":", lw=1, label="chance")
@@ -361,7 +465,9 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         description="Extract pool1..fc7 features of a dataset's training and test splits with "
                     "the frozen network; fit a multinomial logistic regression per layer (L2 "
                     "picked on a held-out part of the training split) and report test accuracy; "
-                    "retrain the fc7 softmax on n images per class over random draws.")
+                    "retrain the fc7 softmax (the top layer's) on n images per class over "
+                    "random draws; with --scratch-epochs, also train the network from scratch "
+                    "on those images (Table 4's 'no pretraining').")
     cli.add_model_arguments(parser)
     parser.add_argument("--data", required=True, metavar="SOURCE",
                         help="TFDS name (e.g. cifar10, caltech101) or image folder "
@@ -374,8 +480,10 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                         help="at most this many training images, spread over the classes")
     parser.add_argument("--test-limit", type=argtypes.positive_int, default=None,
                         help="at most this many test images, spread over the classes")
-    parser.add_argument("--layers", nargs="+", default=list(LAYERS), metavar="LAYER",
-                        help=f"layers whose features are tested (default: {' '.join(LAYERS)})")
+    parser.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
+                        help="layers whose features are tested (default: those of pool1 pool2 "
+                             "conv3 conv4 pool5 fc6 fc7 the network has, e.g. no conv3 conv4 "
+                             "for --variant no-conv3-4)")
     parser.add_argument("--max-features", type=argtypes.positive_int, default=MAX_FEATURES,
                         help=f"spatial maps are average-pooled to at most this many features "
                              f"(default {MAX_FEATURES})")
@@ -384,9 +492,15 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                              f"{' '.join(f'{v:g}' for v in L2_GRID)})")
     parser.add_argument("--steps", type=argtypes.positive_int, default=300, help="Adam steps per classifier")
     parser.add_argument("--per-class", type=argtypes.positive_int, nargs="*", default=list(PER_CLASS),
-                        help="training images per class for the fc7 curve (default: "
+                        help="training images per class for the curve of the softmax on fc7 "
+                             "(pool5 without fc6-7) (default: "
                              f"{' '.join(map(str, PER_CLASS))}; none: skip the curve)")
     parser.add_argument("--draws", type=argtypes.positive_int, default=5, help="random draws per point of the curve")
+    parser.add_argument("--scratch-epochs", type=argtypes.positive_int, default=None,
+                        metavar="E",
+                        help="also train the network from random weights for E epochs on the "
+                             "first draw of each --per-class point and test it (Table 4's 'no "
+                             "pretraining' row; trains one network per point: slow)")
     parser.add_argument("--seed", type=argtypes.seed, default=0)
     parser.add_argument("--batch-size", type=argtypes.positive_int, default=128)
     parser.set_defaults(run=run_cli)
@@ -409,19 +523,24 @@ def load_test_split(source, split, size, *, data_dir, limit):
             raise first from None
 
 
-def _check_args(args) -> None:
-    """What argparse's types cannot check (numbers are checked at parse time)."""
-    if "fc7" not in args.layers and args.per_class:
-        raise ValueError("the --per-class curve retrains the fc7 softmax: keep fc7 in --layers, "
-                         "or pass --per-class with no values to skip the curve")
+def _check_args(args, config) -> tuple[str, ...]:
+    """The layers to test; ValueError for what argparse's types cannot check."""
+    layers = feature_layers(config) if args.layers is None else tuple(args.layers)
+    feature_grids(config, layers, args.max_features)  # unknown layers fail before loading data
+    top = curve_layer(config)
+    if top not in layers and args.per_class:
+        raise ValueError(f"the --per-class curve retrains the softmax on {top}: keep {top} in "
+                         f"--layers, or pass --per-class with no values to skip the curve")
+    if args.scratch_epochs and not args.per_class:
+        raise ValueError("--scratch-epochs trains on the --per-class draws: give --per-class "
+                         "values too")
+    return layers
 
 
 def run_cli(args) -> list[pathlib.Path]:
-    _check_args(args)
     loaded = cli.load_model(args)
     params, config, info = loaded.params, loaded.config, loaded.info
-    layers = tuple(args.layers)
-    feature_grids(config, layers, args.max_features)  # unknown layers fail before loading data
+    layers = _check_args(args, config)
     size = config.image_size
     train = data.load_split(args.data, args.train_split, size, data_dir=args.data_dir,
                             limit=args.limit, progress=False)
@@ -440,29 +559,39 @@ def run_cli(args) -> list[pathlib.Path]:
     train_f, test_f = features(train), features(test)
     rows = layer_table(train_f, train.labels, test_f, test.labels, num_classes,
                        l2_grid=tuple(args.l2), steps=args.steps, seed=args.seed)
-    curve = None
+    curve = scratch = None
+    top = curve_layer(config)
     if args.per_class:
-        fc7 = next(r for r in rows if r.layer == "fc7")
-        curve = few_shot_curve(train_f["fc7"], train.labels, test_f["fc7"], test.labels,
-                               num_classes, args.per_class, draws=args.draws, l2=fc7.l2,
+        l2 = next(r.l2 for r in rows if r.layer == top)
+        curve = few_shot_curve(train_f[top], train.labels, test_f[top], test.labels,
+                               num_classes, args.per_class, draws=args.draws, l2=l2,
                                steps=args.steps, seed=args.seed)
+    if args.scratch_epochs:
+        scratch = scratch_row(config, train, test, args.per_class, epochs=args.scratch_epochs,
+                              seed=args.seed)
     print(f"{args.data}: {len(train)} {args.train_split} / {len(test)} {test_split} images, "
           f"{num_classes} classes; features of {cli.run_label(args.target, info)}")
     print(format_table(rows))
     if curve is not None:
-        print("fc7 softmax, images per class: " + ", ".join(
+        print(f"{top} softmax, images per class: " + ", ".join(
             f"{int(n)}: {100 * m:.1f} +- {100 * s:.1f}%"
             for n, m, s in zip(curve.per_class, curve.mean, curve.std)))
+    if scratch is not None:
+        print(f"no pretraining ({scratch.epochs} epochs from scratch, 1 draw), images per "
+              f"class: " + ", ".join(f"{int(n)}: {100 * a:.1f}%"
+                                     for n, a in zip(scratch.per_class, scratch.accuracy)))
     out = cli.output_folder(args, info)
     paths = []
     for name, text in (("transfer_layers.csv", layers_csv(rows)),
-                       ("transfer_curve.csv", curve_csv(curve) if curve is not None else None)):
+                       ("transfer_curve.csv", curve_csv(curve) if curve is not None else None),
+                       ("transfer_scratch.csv",
+                        scratch_csv(scratch) if scratch is not None else None)):
         if text is None:
             continue
         with artifacts.atomic_path(out / name) as tmp:
             tmp.write_text(text)
         paths.append(out / name)
-    fig = plot_transfer(rows, curve, chance=1 / num_classes, title=(
+    fig = plot_transfer(rows, curve, chance=1 / num_classes, layer=top, scratch=scratch, title=(
         f"Features of {cli.run_label(args.target, info)} on {args.data} ({len(train)} training, "
         f"{len(test)} test images, {num_classes} classes)"))
     return [artifacts.save_png(fig, out / "transfer.png")] + paths
