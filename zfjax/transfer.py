@@ -442,7 +442,7 @@ def plot_transfer(rows: list[LayerResult], curve: Curve | None, *, title: str | 
                          capsize=3, label=f"{layer} softmax, {curve.accuracy.shape[1]} draws")
         if scratch is not None:
             axes[1].plot(scratch.per_class, 100 * scratch.accuracy, "s--", color="C3",
-                         label=f"no pretraining ({scratch.epochs} epochs from scratch)")
+                         label=f"no pretraining (from scratch, {scratch.epochs} epochs)")
         axes[1].set(xlabel="training images per class", ylabel="test accuracy (%)",
                     ylim=(0, 105), title=f"softmax retrained on {layer} (Fig. 9)")
     for ax in axes:
@@ -577,8 +577,8 @@ def run_cli(args) -> list[pathlib.Path]:
             f"{int(n)}: {100 * m:.1f} +- {100 * s:.1f}%"
             for n, m, s in zip(curve.per_class, curve.mean, curve.std)))
     if scratch is not None:
-        print(f"no pretraining ({scratch.epochs} epochs from scratch, 1 draw), images per "
-              f"class: " + ", ".join(f"{int(n)}: {100 * a:.1f}%"
+        print(f"no pretraining (from scratch, {scratch.epochs} epoch"
+              f"{'s' if scratch.epochs > 1 else ''}, 1 draw), images per class: " + ", ".join(f"{int(n)}: {100 * a:.1f}%"
                                      for n, a in zip(scratch.per_class, scratch.accuracy)))
     out = cli.output_folder(args, info)
     paths = []
