@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from zfjax import checkpoints, convergence, data, evolution, model, strongest
+from zfjax.figures.convergence import plot_convergence
 from helpers import random_params
 from helpers import TINY, write_tiny_run
 
@@ -70,7 +71,7 @@ def test_snapshot_convergence_compares_every_epoch_with_the_last():
         "(ep 1 -1.00, ep 2 1.00)"]
     table = convergence.format_table(result).splitlines()
     assert table[1].split() == ["conv1", "-1.00", "[0.42]", "1.00", "1.00", "[1.00]"]
-    fig = convergence.plot_convergence(result)
+    fig = plot_convergence(result)
     assert len(fig.axes) == 2
 
 

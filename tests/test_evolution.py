@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import data, deconv, evolution, model, render
+from zfjax import data, deconv, evolution, model, render, strongest
+from zfjax.commands.evolution import plot_evolution
+from zfjax.figures import evolution as evolution_figure
 from zfjax.receptive_field import receptive_field, receptive_field_size
 
 SMALL = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
@@ -89,7 +91,7 @@ def test_padding_of_the_last_batch_never_wins():
     p["conv1"] = {"kernel": abs(p["conv1"]["kernel"]), "bias": p["conv1"]["bias"] + 1}
     n = 17  # batches of 16: the last holds one image and 15 of padding
     dark = evolution.Probe(-np.ones((n, 64, 64, 3), np.float32), probe.display[:n], probe.maps)
-    best = evolution.strongest_in_probe(SMALL, p, dark, batch_size=16)
+    best = strongest.strongest_over(SMALL, p, dark.images, dark.maps, batch_size=16)
     value, image, y, x = best["conv1"]
     np.testing.assert_array_equal(value, 0)
     np.testing.assert_array_equal(image, 0)
@@ -222,28 +224,28 @@ def test_plot_evolution_draws_one_block_per_layer_side_by_side(tmp_path):
     for epoch, seed in [(1, 0), (5, 1), (10, 2)]:
         evolution.save_snapshot(tmp_path, epoch, snapshot(seed))
     evolution.save_snapshot(tmp_path, 3, snapshot(0))  # not one of the paper's epochs
-    out = evolution.plot_evolution(tmp_path, tmp_path / "fig" / "evolution.png")
+    out = plot_evolution(tmp_path, tmp_path / "fig" / "evolution.png")
     assert out == tmp_path / "fig" / "evolution.png"
     png = np.asarray(Image.open(out).convert("RGB"))
     # 5 blocks of 4 maps x (3 epochs + patch), side by side: wide, not tall; fits a screen.
     assert png.shape[1] > 2 * png.shape[0] and png.shape[1] <= 1900
     assert png.std() > 20
     with pytest.raises(ValueError, match=r"epochs \[2\] cannot be drawn; saved epochs are \[1, 3, 5, 10\]"):
-        evolution.plot_evolution(tmp_path, tmp_path / "x.png", epochs=[1, 2])
+        plot_evolution(tmp_path, tmp_path / "x.png", epochs=[1, 2])
 
 
 def test_evolution_block_places_each_map_epoch_and_patch():
-    side = evolution.tile_side(5, 4)
+    side = evolution_figure.tile_side(5, 4)
     rng = np.random.default_rng(0)
     projections = rng.normal(size=(3, 2, 9, 9, 3)).astype(np.float32)  # 3 epochs, 2 maps
     patches = rng.integers(1, 256, (2, 9, 9, 3), np.uint8)
-    block = evolution.evolution_block(projections, patches, side)
-    step = side + evolution._GAP
-    assert block.shape == (2 * step - evolution._GAP, 4 * step - evolution._GAP + evolution._PATCH_GAP, 3)
+    block = evolution_figure.evolution_block(projections, patches, side)
+    step = side + evolution_figure._GAP
+    assert block.shape == (2 * step - evolution_figure._GAP, 4 * step - evolution_figure._GAP + evolution_figure._PATCH_GAP, 3)
     for i in range(2):
         for j in range(3):
             np.testing.assert_array_equal(block[i * step:i * step + side, j * step:j * step + side],
                                           render.fit(render.to_display(projections[j, i]), side))
-        x = 3 * step + evolution._PATCH_GAP
+        x = 3 * step + evolution_figure._PATCH_GAP
         np.testing.assert_array_equal(block[i * step:i * step + side, x:x + side],
                                       render.fit(patches[i], side))

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from zfjax import artifacts, filters, model
+from zfjax.figures import filters as filters_figure
 from zfjax.receptive_field import receptive_field_size
 from helpers import random_params
 
@@ -30,15 +31,15 @@ def images(n=2):  # batches of 2, as the other analyses' tests: forward_jit is c
 
 def test_grid_puts_patch_k_at_row_k_div_columns_and_column_k_mod_columns():
     patches = np.arange(7)[:, None, None, None] * np.ones((7, 3, 2, 1))  # patch k is all k
-    out = filters.grid(patches, columns=3, pad=1, fill=-1)
+    out = filters_figure.grid(patches, columns=3, pad=1, fill=-1)
     assert out.shape == (3 * 4 + 1, 3 * 3 + 1, 1)
     for k in range(7):
-        top, left = filters.cell_origin(k, 3, 3, 2, 1)
+        top, left = filters_figure.cell_origin(k, 3, 3, 2, 1)
         assert (top, left) == (1 + (k // 3) * 4, 1 + (k % 3) * 3)
         np.testing.assert_array_equal(out[top:top + 3, left:left + 2], k)
     assert (out == -1).sum() == out.size - 7 * 6  # gaps and the two unused cells
     np.testing.assert_array_equal(out[9:12, 4:6], -1)  # cell 7 (row 2, column 1) is empty
-    assert filters.grid(patches).shape[1] == 3 * 3 + 1  # default columns: ceil(sqrt(7))
+    assert filters_figure.grid(patches).shape[1] == 3 * 3 + 1  # default columns: ceil(sqrt(7))
 
 
 def test_a_planted_filter_shows_in_its_cell_contrast_normalised():
@@ -52,8 +53,8 @@ def test_a_planted_filter_shows_in_its_cell_contrast_normalised():
     bar[:, 3, 0] = 1  # stretched min..max however weak it was
     np.testing.assert_array_equal(patches[5], bar)
     np.testing.assert_array_equal(patches[6], 0.5)
-    picture = filters.grid(patches, columns=6)
-    top, left = filters.cell_origin(5, 6, 7, 7)
+    picture = filters_figure.grid(patches, columns=6)
+    top, left = filters_figure.cell_origin(5, 6, 7, 7)
     np.testing.assert_array_equal(picture[top:top + 7, left:left + 7], bar)
     np.testing.assert_allclose(filters.filter_rms(kernel)[5], np.sqrt(7 * 0.01 ** 2 / 147),
                                rtol=1e-6)
@@ -82,12 +83,12 @@ def test_strongest_maps_and_their_projections():
     _, aux = model.forward_jit(SMALL, params(), inputs)
     peak = np.asarray(aux["activations"]["conv2"]).max(axis=(0, 1, 2))
     np.testing.assert_array_equal(maps, np.argsort(-peak, kind="stable")[:2])
-    np.testing.assert_array_equal(features["channels"], maps)
-    np.testing.assert_allclose(features["values"], peak[maps], rtol=1e-5)
+    np.testing.assert_array_equal(features.channels, maps)
+    np.testing.assert_allclose(features.values, peak[maps], rtol=1e-5)
     size = receptive_field_size(SMALL, "conv2")
-    assert features["projections"].shape == (2, size, size, 3)
-    assert features["patches"].shape == (2, size, size, 3)
-    assert np.abs(features["projections"]).max() > 0
+    assert features.projections.shape == (2, size, size, 3)
+    assert features.patches.shape == (2, size, size, 3)
+    assert np.abs(features.projections).max() > 0
 
 
 def test_figure_side_by_side(tmp_path):
@@ -95,7 +96,7 @@ def test_figure_side_by_side(tmp_path):
     panels = [{"name": name, "kernel": np.asarray(random_params(SMALL, seed)["conv1"]["kernel"]),
                "radius": radius, "features": features, "images": 2}
               for name, seed, radius in [("with", 0, 0.1), ("without", 1, None)]]
-    fig = filters.plot_filters(panels, title="t")
+    fig = filters_figure.plot_filters(panels, title="t")
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0].startswith("with\nconv1: 24 filters, 7x7")
     assert any(t.startswith("without\nconv1") for t in titles)

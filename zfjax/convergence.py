@@ -13,24 +13,23 @@ a run, each epoch compared with the run's final one:
   overlap of each map's top-9 probe images with the final checkpoint's top 9
   (|A & B| / 9), mined over the probe images with zfjax.strongest.mine.
 
-``visualize.py convergence RUN`` draws both against epochs, one line per layer,
-and writes the table (CSV) and a sentence per layer: the first epoch from which
-the median projection correlation stays at or above a threshold ("settled").
+``visualize.py convergence RUN`` (``zfjax.commands.convergence``, figure
+``zfjax.figures.convergence``) draws both against epochs, one line per layer, and
+writes the table (CSV) and a sentence per layer: the first epoch from which the
+median projection correlation stays at or above a threshold ("settled").
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import pathlib
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax import argtypes, artifacts, checkpoints, cli, evolution, model, strongest
+from zfjax import model
 
 SETTLED = 0.8  # median projection correlation from which a layer counts as settled
 
@@ -87,9 +86,10 @@ def top_overlap(images: jax.Array, reference: jax.Array) -> jax.Array:
 def snapshot_convergence(snapshots: dict, epochs=None) -> tuple[np.ndarray, dict, dict]:
     """(epochs (E,), projection_corr, same_image) from loaded snapshots (epoch -> arrays).
 
-    epochs: those to compare (default all saved); the last is the reference.
+    epochs: those to compare, sorted, snapshots of one probe (``evolution.check_epochs``;
+    default all saved); the last is the reference.
     """
-    epochs = evolution.check_epochs(snapshots, sorted(snapshots) if epochs is None else epochs)
+    epochs = sorted(snapshots) if epochs is None else list(epochs)
     ref = snapshots[epochs[-1]]
     layers = sorted((key.split("/")[0] for key in ref if key.endswith("/projections")),
                     key=model.network.layer_order)
@@ -179,107 +179,3 @@ def format_table(result: Convergence) -> str:
             cells.append(f"{cell:>13}")
         lines.append(f"{layer:<6}" + "".join(cells))
     return "\n".join(lines)
-
-
-# ---- the figure --------------------------------------------------------------------
-
-
-def plot_convergence(result: Convergence, *, title: str | None = None,
-                     threshold: float = SETTLED):
-    """Left: median (line) and quartiles (band) of the projection correlation with the final
-    epoch, per layer; right: mean top-9 image overlap per kept checkpoint. A Figure."""
-    from matplotlib.figure import Figure
-
-    panels = 2 if len(result.overlap_epochs) else 1
-    fig = Figure(figsize=(6.2 * panels, 4.2), layout="constrained")
-    axes = fig.subplots(1, panels, squeeze=False)[0]
-    for layer, corr in result.projection_corr.items():
-        q1, median, q3 = np.percentile(corr, [25, 50, 75], axis=1)
-        line, = axes[0].plot(result.epochs, median, "o-", ms=3, label=layer)
-        axes[0].fill_between(result.epochs, q1, q3, color=line.get_color(), alpha=0.12)
-    axes[0].axhline(threshold, color="0.5", ls=":", lw=1)
-    axes[0].set(xlabel="epoch", ylabel=f"correlation with epoch {int(result.epochs[-1])}",
-                title="strongest projection of followed maps\n(median, quartile band)",
-                ylim=(-0.1, 1.05))
-    axes[0].legend(fontsize=8)
-    if panels == 2:
-        for layer, overlap in result.top_overlap.items():
-            axes[1].plot(result.overlap_epochs, overlap.mean(axis=1), "s-", ms=4, label=layer)
-        axes[1].set(xlabel="epoch (kept checkpoints)",
-                    ylabel=f"top-9 overlap with epoch {int(result.overlap_epochs[-1])}",
-                    title="top-9 probe images of every map\n(mean over maps)", ylim=(-0.05, 1.05))
-        axes[1].legend(fontsize=8)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig
-
-
-# ---- command line ------------------------------------------------------------------
-
-
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "convergence", help="Fig. 4 quantified: how close each epoch's features are to the "
-                            "final epoch's (projection correlation, top-9 overlap)",
-        description="Compare a run's per-epoch snapshots (and kept checkpoints) with its last "
-                    "epoch. Writes convergence.png, convergence.csv and prints the table.")
-    cli.add_input_arguments(parser, count_help="probe images mined at each kept checkpoint "
-                                               "(default: the run's probe count)")
-    parser.add_argument("--epochs", type=argtypes.positive_int, nargs="+", default=None,
-                        help="snapshot epochs to compare (default: all saved; the last is the "
-                             "reference)")
-    parser.add_argument("--no-checkpoints", action="store_true",
-                        help="snapshots only: skip mining the top-9 images at kept checkpoints")
-    parser.add_argument("--threshold", type=argtypes.unit_interval, default=SETTLED,
-                        help=f"median correlation that counts as settled (default {SETTLED})")
-    parser.add_argument("--top", type=argtypes.positive_int, default=strongest.TOP,
-                        help=f"images kept per map at each checkpoint (default {strongest.TOP})")
-    parser.add_argument("--batch-size", type=argtypes.positive_int, default=128)
-    parser.set_defaults(run=run_cli)
-    return parser
-
-
-def mine_checkpoints(run_dir, epochs, stored, batch_size: int, k: int = strongest.TOP) -> dict:
-    """epoch -> {conv layer: strongest.TopK} over the stored-size images, for each checkpoint epoch."""
-    tops = {}
-    for epoch in epochs:
-        loaded = cli.load_model(pathlib.Path(run_dir) / checkpoints.CHECKPOINT_DIR / str(epoch))
-        batches = loaded.preprocessing.batches(stored, loaded.config.image_size, batch_size)
-        tops[epoch] = strongest.mine(loaded.config, loaded.params, batches, k=k)
-    return tops
-
-
-def run_cli(args) -> list[pathlib.Path]:
-    if args.target is None:
-        raise ValueError("convergence needs a run folder (it reads the run's snapshots and "
-                         "checkpoints), not --weights")
-    run_dir = pathlib.Path(args.target)
-    if not (run_dir / checkpoints.CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder made by train.py (no "
-                                f"{checkpoints.CONFIG_FILE})")
-    snapshots = evolution.load_snapshots(run_dir)
-    epochs, corr, same = snapshot_convergence(snapshots, args.epochs)
-    overlap_epochs, overlap = np.zeros(0, np.int32), {}
-    if not args.no_checkpoints:
-        kept = checkpoints.finished_epochs(run_dir)
-        kept = [e for e in kept if e <= epochs[-1]]
-        if len(kept) >= 2:
-            loaded = cli.load_model(run_dir)
-            config, info = loaded.config, loaded.info
-            count = args.limit or (info.get("data") or {}).get("probe_count") or 1000
-            stored, _, _ = cli.load_stored_images(args, config, info, count)
-            overlap_epochs, overlap = checkpoint_overlap(
-                mine_checkpoints(run_dir, kept, stored, args.batch_size, args.top))
-    result = Convergence(epochs, corr, same, overlap_epochs, overlap)
-    out = args.out if args.out is not None else run_dir / "figures"
-    print(format_table(result))
-    for line in summary(result, args.threshold):
-        print(line)
-    csv_path = out / "convergence.csv"
-    with artifacts.atomic_path(csv_path) as tmp:
-        tmp.write_text(csv_text(table_rows(result)))
-    fig = plot_convergence(result, title=f"{run_dir.name}: features compared with the final "
-                                         f"epoch", threshold=args.threshold)
-    return [artifacts.save_png(fig, out / "convergence.png"), csv_path]

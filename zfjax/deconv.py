@@ -38,6 +38,7 @@ from jax import lax
 from zfjax import model
 from zfjax import strongest as strongest_activations
 from zfjax.network import Network, SpatialOp, grow, layer_order, ops_below
+from zfjax.receptive_field import crop_to_receptive_field
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -261,3 +262,48 @@ def _check_units(layer, shape, channel, y, x, image=None) -> None:
     if image is not None:
         _check_range("image index", image, n, layer)
 
+
+
+class StrongestProjections(NamedTuple):
+    """``strongest_projections`` of one layer, K followed maps, R = receptive_field_size:
+    channels int32 (K,); values float32 (K,) each map's strongest activation over the set;
+    images int32 (K,) the index of the image it is in; positions int32 (K, 2) its (y, x)
+    on the map; projections float32 (K, R, R, 3) its deconvnet projection and patches
+    uint8 (K, R, R, 3) the image patch, both cropped to its receptive field (zero-padded
+    past the image edge)."""
+
+    channels: np.ndarray
+    values: np.ndarray
+    images: np.ndarray
+    positions: np.ndarray
+    projections: np.ndarray
+    patches: np.ndarray
+
+
+def strongest_projections(config: Network, params, inputs: np.ndarray, display: np.ndarray,
+                          maps: dict, *, batch_size: int = 128) -> dict[str, StrongestProjections]:
+    """Each given map's strongest activation over a set, projected to pixels (Fig. 4, Fig. 6).
+
+    inputs float32 and display uint8 (N, H, W, 3); maps: layer -> int (K,) channels.
+    Returns layer -> ``StrongestProjections``.
+    """
+    best = strongest_activations.strongest_over(config, params, inputs, maps,
+                                                batch_size=batch_size)
+    layers = list(best)
+    # Re-run the forward on just the winning images, one per unit (a fixed shape, so
+    # no recompilation from call to call), to get the switches to project through.
+    winners = np.concatenate([best[layer][1] for layer in layers])
+    _, aux = model.forward_jit(config, params, inputs[winners])
+    out, first = {}, 0
+    for layer in layers:
+        value, image, y, x = best[layer]
+        k = len(value)
+        units = Units(np.arange(first, first + k, dtype=np.int32), maps[layer], y, x)
+        projections = np.asarray(project_units(config, params, aux, layer, units), np.float32)
+        first += k
+        out[layer] = StrongestProjections(
+            np.asarray(maps[layer], np.int32), value.astype(np.float32), image.astype(np.int32),
+            np.stack([y, x], axis=1).astype(np.int32),
+            crop_to_receptive_field(config, layer, projections, y, x),
+            crop_to_receptive_field(config, layer, display[image], y, x))
+    return out

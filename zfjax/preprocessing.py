@@ -59,9 +59,10 @@ class Preprocessing:
             x = x[..., ::-1]
         return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
-    def rgb(self, x: np.ndarray) -> np.ndarray:
-        """Arrays in the network's channel order (..., 3), e.g. projections, as RGB."""
-        return np.asarray(x)[..., ::-1] if self.bgr else np.asarray(x)
+    def rgb(self, x: np.ndarray, axis: int = -1) -> np.ndarray:
+        """Arrays in the network's channel order along ``axis`` (projections (..., 3),
+        conv1 kernels HWIO with axis=2) as RGB, for showing."""
+        return np.flip(x, axis) if self.bgr else np.asarray(x)
 
     def pixel_bounds(self, input_size: int) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) float32 broadcastable to (H, W, 3): the inputs of pixels 0 and 255."""

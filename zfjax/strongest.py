@@ -3,7 +3,8 @@
 Every analysis that looks for a feature map's strongest activation uses these:
 ``deconv.strongest`` (per image), ``mine`` (top 9 over a split, paper Fig. 2: ``topk``,
 ``convergence``),
-``evolution`` (the strongest over the probe, Fig. 4), ``reconstructions`` and
+``strongest_over`` (followed maps over a set: ``evolution``'s probe, Fig. 4, and
+``filters``, Fig. 6), ``reconstructions`` and
 ``occlusion`` (the strongest map of one image, Fig. 7).
 
 Ties go to the first position in row-major order within an image, and to the
@@ -123,3 +124,43 @@ def mine(config: model.Network, params, batches, layers=None, *,
         best = _mine_batch(config, params, best, batch, np.int32(first), np.int32(count), layers)
         first += count
     return {layer: TopK(*(np.asarray(a) for a in top)) for layer, top in jax.device_get(best).items()}
+
+
+@partial(jax.jit, static_argnames="config")
+def _update_running_max(config, params, best, images, first, count, maps):
+    """Fold one batch into the running max of every followed map.
+
+    best: layer -> (value f32, image, y, x), each (K,); images (B, H, W, 3) of which the
+    first ``count`` are real (the rest pad the last batch); ``first``: set index of
+    images[0]. Ties keep the earlier (image, y, x) in row-major order, as argmax does.
+    """
+    _, aux = model.forward(config, params, images)  # logits unused: XLA drops fc6..fc8
+    out = {}
+    for layer, channels in maps.items():
+        running = TopK(*(a[:, None] for a in best[layer]))  # k = 1
+        acts = aux["activations"][layer][..., channels]
+        out[layer] = tuple(a[:, 0] for a in merge(running, acts, first, count))
+    return out
+
+
+def strongest_over(config: model.Network, params, inputs: np.ndarray, maps: dict, *,
+                   batch_size: int = 128) -> dict[str, tuple[np.ndarray, ...]]:
+    """Each given map's strongest activation over a set of network inputs (N, H, W, 3).
+
+    maps: layer -> int (K,) channels. Streams the set through the network in batches
+    (the last one padded, so one compilation serves all), keeping only a running max
+    on the device. Returns layer -> (value float32, image int32, y int32, x int32), each (K,).
+    """
+    maps = {layer: jnp.asarray(c, jnp.int32) for layer, c in maps.items()}
+    best = {layer: (jnp.full(c.shape, -jnp.inf, jnp.float32),) + (jnp.zeros(c.shape, jnp.int32),) * 3
+            for layer, c in maps.items()}
+    n = len(inputs)
+    batch_size = min(batch_size, n)
+    for start in range(0, n, batch_size):
+        batch = inputs[start:start + batch_size]
+        count = len(batch)
+        if count < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - count,) + batch.shape[1:],
+                                                    batch.dtype)])
+        best = _update_running_max(config, params, best, batch, start, count, maps)
+    return jax.device_get(best)
