@@ -20,7 +20,8 @@ from zfjax import checkpoints, cli
 # add_cli(subparsers) -> parser whose defaults hold run(args) -> list of written paths.
 ANALYSES = ("topk", "evolution", "invariance", "filters", "occlusion",
             "correspondence", "reconstructions", "maximize", "convergence", "transfer")
-SPLIT = ("topk", "occlusion", "reconstructions", "evolution", "filters", "convergence")  # moved to zfjax.commands so far (issue 8); the rest still hold their command
+SPLIT = ("topk", "occlusion", "reconstructions", "evolution", "filters", "convergence",
+         "invariance", "maximize", "correspondence")  # moved to zfjax.commands so far (issue 8); the rest still hold their command
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 from zfjax import correspondence as corr
+from zfjax.commands.correspondence import read_parts
+from zfjax.figures.correspondence import plot_correspondence
 from zfjax import data, model
 from helpers import random_params
 
@@ -103,7 +105,7 @@ def test_boxes_follow_the_image_to_the_network_input(tmp_path):
     # 146 x 220 (h x w): shorter side 146 -> 73 (x0.5), centre square from x = 37, crop at 4.
     make_image(tmp_path / "a.png", 146, 220, block=(40, 100, 60, 130))
     make_image(tmp_path / "b.png", STORED, STORED, block=(10, 20, 30, 40))
-    parts = corr.read_parts(write_parts(tmp_path / "parts.json", [
+    parts = read_parts(write_parts(tmp_path / "parts.json", [
         {"path": "a.png", "parts": {"eye": [40, 100, 60, 130]}},
         {"path": str(tmp_path / "b.png"), "parts": {"eye": [10, 20, 30, 40]}}]))
     assert parts.names == ("eye",) and parts.sizes.tolist() == [[146, 220], [STORED, STORED]]
@@ -123,7 +125,7 @@ def test_parts_file_errors_name_the_image_and_part(tmp_path):
 
     def error(entries):
         with pytest.raises((ValueError, FileNotFoundError)) as info:
-            corr.read_parts(write_parts(tmp_path / "p.json", entries))
+            read_parts(write_parts(tmp_path / "p.json", entries))
         message = str(info.value)
         assert "\n" not in message
         return message
@@ -141,11 +143,11 @@ def test_parts_file_errors_name_the_image_and_part(tmp_path):
     assert "needs an 'images' list of at least 2 entries" in error([ok])
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="is not valid JSON"):
-        corr.read_parts(tmp_path / "bad.json")
+        read_parts(tmp_path / "bad.json")
     with pytest.raises(FileNotFoundError, match="parts file .*nothing.json does not exist"):
-        corr.read_parts(tmp_path / "nothing.json")
+        read_parts(tmp_path / "nothing.json")
     # Inside the file but outside the centre square the network sees.
-    parts = corr.read_parts(write_parts(tmp_path / "p.json", [
+    parts = read_parts(write_parts(tmp_path / "p.json", [
         ok, {"path": "a.png", "parts": {"nose": [10, 0, 20, 5]}}]))
     with pytest.raises(ValueError, match=r"a.png: part 'nose' box \[10, 0, 20, 5\] lies outside "
                                          r"the centre square the network sees"):

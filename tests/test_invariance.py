@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from zfjax import artifacts, invariance, model
+from zfjax.figures.invariance import plot_invariance
 from helpers import random_params
 
 # The config of test_topk.write_tiny_run, so the CLI tests reuse these compilations.
@@ -62,13 +63,13 @@ def test_identity_warp_is_exact_and_warps_move_pixels_the_documented_way():
 def test_identity_gives_distance_zero_and_distances_grow(kind):
     result = sweeps()[kind]
     for layer in ("layer1", "layer7"):
-        d = result[layer]
+        d = getattr(result, layer)
         assert d.shape == (2, 3)
         np.testing.assert_array_equal(d[:, 0], 0.0)  # exactly
         assert np.all(0 < d[:, 1]) and np.all(d[:, 1] < d[:, 2]), (layer, d)
     # At the identity the probabilities are the originals'.
-    np.testing.assert_array_equal(result["probs"][:, 0], result["reference_probs"])
-    np.testing.assert_allclose(result["probs"].sum(-1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(result.probs[:, 0], result.reference_probs)
+    np.testing.assert_allclose(result.probs.sum(-1), 1, rtol=1e-5)
 
 
 def test_sweep_matches_a_direct_forward_and_batched_equals_per_item():
@@ -79,23 +80,23 @@ def test_sweep_matches_a_direct_forward_and_batched_equals_per_item():
         # Image i with itself as its batch-mate (the compiled shape of sweeps()).
         alone = invariance.sweep(SMALL, params(), images[[i, i]], SWEEPS)["rotate"]
         for key in ("layer1", "layer7", "probs"):
-            np.testing.assert_allclose(alone[key][0], batched[key][i], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(getattr(alone, key)[0], getattr(batched, key)[i], rtol=1e-4, atol=1e-5)
     # Reference: warp, forward and distances by hand, at the large rotation.
     warped = np.asarray(invariance.transform(images, "rotate", amounts[2:]))[0]
     _, aux0 = model.forward_jit(SMALL, params(), images)
     logits, aux1 = model.forward_jit(SMALL, params(), warped)
     f = lambda aux, layer: np.asarray(aux["activations"][layer]).reshape(2, -1)
-    np.testing.assert_allclose(batched["layer1"][:, 2],
+    np.testing.assert_allclose(batched.layer1[:, 2],
                                np.linalg.norm(f(aux0, "pool1") - f(aux1, "pool1"), axis=1),
                                rtol=1e-4)
-    np.testing.assert_allclose(batched["layer7"][:, 2],
+    np.testing.assert_allclose(batched.layer7[:, 2],
                                np.linalg.norm(f(aux0, "fc7") - f(aux1, "fc7"), axis=1), rtol=1e-4)
-    np.testing.assert_allclose(batched["probs"][:, 2], jax.nn.softmax(logits), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(batched.probs[:, 2], jax.nn.softmax(logits), rtol=1e-4, atol=1e-6)
 
 
 def test_true_class_probability_uses_labels_or_the_predicted_class():
-    result = {"probs": np.array([[[0.1, 0.9], [0.6, 0.4]], [[0.3, 0.7], [0.8, 0.2]]]),
-              "reference_probs": np.array([[0.2, 0.8], [0.9, 0.1]])}
+    result = invariance.Sweep(None, None, np.array([[[0.1, 0.9], [0.6, 0.4]], [[0.3, 0.7], [0.8, 0.2]]]),
+                              np.array([[0.2, 0.8], [0.9, 0.1]]))
     np.testing.assert_array_equal(invariance.true_class_probability(result, [0, 1]),
                                   [[0.1, 0.6], [0.7, 0.2]])
     np.testing.assert_array_equal(invariance.true_class_probability(result, None),
@@ -118,7 +119,7 @@ def test_figure_has_three_rows_of_four_panels():
                         "layer7": np.outer([2, 1], amounts), "prob": np.full((2, 3), 0.5)}
         examples[kind] = (amounts, np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3),
                                                                       np.uint8))
-    fig = invariance.plot_invariance(curves, examples, ["a.jpg", "b.jpg"], title="t")
+    fig = plot_invariance(curves, examples, ["a.jpg", "b.jpg"], title="t")
     assert len(fig.axes) == 12
     assert [ax.get_ylabel() for ax in fig.axes[1:4]] == [
         "distance, layer 1 (pool1)", "distance, layer 7 (fc7)", "P(true class)"]

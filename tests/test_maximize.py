@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from zfjax import artifacts, maximize, model
+from zfjax.figures.maximize import plot_maximize
 from helpers import random_params
 
 # The config of test_topk.write_tiny_run, so the CLI tests reuse these compilations.
@@ -34,26 +35,26 @@ def ascent(tv_weight=0.0, layer="conv3"):
 
 def test_objective_and_response_rise_over_the_steps():
     result = ascent()
-    assert result["images"].shape == (2, 64, 64, 3)
-    assert result["objective"].shape == result["value"].shape == (2, STEPS)
-    obj, value = result["objective"], result["value"]
+    assert result.images.shape == (2, 64, 64, 3)
+    assert result.objective.shape == result.value.shape == (2, STEPS)
+    obj, value = result.objective, result.value
     assert np.all(obj[:, -1] > obj[:, 0] + 1), obj[:, [0, -1]]
-    assert np.all(result["final_value"] > value[:, 0])
+    assert np.all(result.final_value > value[:, 0])
     # Mostly monotone: Adam with a small step.
     assert np.mean(np.diff(obj, axis=1) > 0) > 0.9
-    assert result["images"].min() >= -1 and result["images"].max() <= 1  # clipped to bounds
+    assert result.images.min() >= -1 and result.images.max() <= 1  # clipped to bounds
     # The recorded response is the unit's: a conv3 map's mean activation.
-    _, aux = model.forward_jit(SMALL, params(), result["images"])
-    np.testing.assert_allclose(result["final_value"],
+    _, aux = model.forward_jit(SMALL, params(), result.images)
+    np.testing.assert_allclose(result.final_value,
                                np.asarray(aux["activations"]["conv3"]).mean(axis=(1, 2))[[0, 1], [0, 1]],
                                rtol=1e-4)
 
 
 def test_a_huge_tv_weight_gives_a_smoother_image():
     rough, smooth = ascent(0.0), ascent(1e3)
-    tv = lambda r: np.asarray(maximize.total_variation(r["images"]))
+    tv = lambda r: np.asarray(maximize.total_variation(r.images))
     assert np.all(tv(smooth) < 0.5 * tv(rough)), (tv(smooth), tv(rough))
-    assert np.all(rough["final_value"] > smooth["final_value"])
+    assert np.all(rough.final_value > smooth.final_value)
 
 
 def test_regularisers_by_hand():
@@ -66,7 +67,7 @@ def test_regularisers_by_hand():
 
 
 def test_unit_value_of_fc8_is_the_class_logit_before_softmax():
-    x = ascent()["images"]  # the batch shape forward_jit already compiled for
+    x = ascent().images  # the batch shape forward_jit already compiled for
     logits, aux = model.forward_jit(SMALL, params(), x)
     both = jax.jit(lambda p, image: (
         maximize.unit_value(SMALL, p, image, 1, layer="fc8"),
@@ -92,9 +93,9 @@ def test_unknown_layers_and_units_out_of_range_are_one_line_errors():
 def test_figure_grid_and_curves(tmp_path):
     result = ascent()
     pictures = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), np.uint8)
-    values = np.concatenate([result["value"], result["final_value"][:, None]], axis=1)
+    values = np.concatenate([result.value, result.final_value[:, None]], axis=1)
     values[1] = 0
-    fig = maximize.plot_maximize(pictures, ["conv3 #0", "conv3 #1"], values, title="t")
+    fig = plot_maximize(pictures, ["conv3 #0", "conv3 #1"], values, title="t")
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0].startswith("conv3 #0\nresponse ")
     assert titles[1] == "conv3 #1\nresponse 0 (inactive: no gradient)"

@@ -29,16 +29,15 @@ original image file, half-open; paths relative to the JSON file's folder::
     {"images": [{"path": "dog1.jpg",
                  "parts": {"left_eye": [40, 60, 58, 80], "nose": [...]}}, ...]}
 
-Every image needs the same parts. The boxes are mapped onto the network's
-input the way the image is (shorter side resized, centre crop) and cut to it.
+Every image needs the same parts (``zfjax.commands.correspondence.read_parts``). The
+boxes are mapped onto the network's input the way the image is (shorter side resized,
+centre crop) and cut to it. The figure is ``zfjax.figures.correspondence``.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
 import pathlib
 from functools import partial
 from typing import NamedTuple
@@ -47,9 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from PIL import Image
 
-from zfjax import argtypes, artifacts, cli, data, model
+from zfjax import data, model
 
 LAYERS = ("pool5", "fc7")
 RANDOM = "random"
@@ -119,67 +117,12 @@ def pair_values(h: np.ndarray) -> np.ndarray:
 
 
 class Parts(NamedTuple):
-    """A validated parts file."""
+    """A validated parts file (``zfjax.commands.correspondence.read_parts``)."""
 
     paths: list[pathlib.Path]  # image files
     names: tuple[str, ...]  # part names, in file order
     boxes: np.ndarray  # int (N, P, 4) in the original images' pixels
     sizes: np.ndarray  # int (N, 2) original (height, width)
-
-
-def read_parts(path) -> Parts:
-    """Read and check a parts file; one-line ValueError / FileNotFoundError otherwise."""
-    path = pathlib.Path(path)
-    example = '{"images": [{"path": "dog.jpg", "parts": {"left_eye": [top, left, bottom, right]}}]}'
-    if not path.is_file():
-        raise FileNotFoundError(f"parts file {path} does not exist; write one like {example}")
-    try:
-        spec = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"parts file {path} is not valid JSON ({err}); expected {example}") from None
-    entries = spec.get("images") if isinstance(spec, dict) else None
-    if not isinstance(entries, list) or len(entries) < 2:
-        raise ValueError(f"parts file {path} needs an 'images' list of at least 2 entries; "
-                         f"expected {example}")
-    paths, boxes, sizes, names = [], [], [], None
-    for k, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) \
-                or not isinstance(entry.get("parts"), dict) or not entry["parts"]:
-            raise ValueError(f"parts file {path}: entry {k} needs a 'path' string and a "
-                             f"non-empty 'parts' object; expected {example}")
-        image = pathlib.Path(entry["path"]).expanduser()
-        image = image if image.is_absolute() else path.parent / image
-        if not image.is_file():
-            raise FileNotFoundError(f"image {image} (entry {k} of parts file {path}) does not exist")
-        try:
-            with Image.open(image) as im:
-                width, height = im.size
-        except Exception as err:
-            raise ValueError(f"cannot read image {image} (entry {k} of {path}): {err}") from None
-        parts = entry["parts"]
-        if names is None:
-            names = tuple(parts)
-        elif set(parts) != set(names):
-            raise ValueError(f"image {image} has parts {sorted(parts)} but {paths[0]} has "
-                             f"{sorted(names)}; every image needs the same parts")
-        row = []
-        for name in names:
-            box = parts[name]
-            if (not isinstance(box, list) or len(box) != 4
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
-                raise ValueError(f"image {image}: part {name!r} box {box!r} is not "
-                                 f"[top, left, bottom, right] (4 numbers)")
-            top, left, bottom, right = box
-            if not (0 <= top < bottom <= height and 0 <= left < right <= width):
-                raise ValueError(
-                    f"image {image}: part {name!r} box [top, left, bottom, right] = {box} lies "
-                    f"outside the {height}x{width} (height x width) image or is empty; need "
-                    f"0 <= top < bottom <= {height} and 0 <= left < right <= {width}")
-            row.append(box)
-        paths.append(image)
-        boxes.append(row)
-        sizes.append((height, width))
-    return Parts(paths, names, np.asarray(boxes, np.float64), np.asarray(sizes, np.int64))
 
 
 def input_boxes(parts: Parts, image_size: int) -> np.ndarray:
@@ -270,103 +213,3 @@ def table_csv(rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows({**r, "delta": f"{r['delta']:.6f}", "std": f"{r['std']:.6f}"} for r in rows)
     return out.getvalue()
-
-
-# ---- the figure --------------------------------------------------------------------
-
-
-def plot_correspondence(display: np.ndarray, boxes: np.ndarray, random: np.ndarray,
-                        part_names, rows: list[dict], names, title: str | None = None):
-    """Images with their part boxes (solid) and the first random draw (dashed),
-    and Delta per part and layer with error bars. Returns a matplotlib Figure."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
-    n = len(display)
-    fig = Figure(figsize=(max(2.4 * n, 8), 6.6), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.3])
-    axes = np.atleast_1d(top.subplots(1, n))
-    for i, ax in enumerate(axes):
-        ax.imshow(display[i], interpolation="nearest")
-        for p, name in enumerate(part_names):
-            for box, style in ((boxes[i, p], "-"), (random[0, i, p], ":")):
-                t, l, b, r = box
-                ax.add_patch(Rectangle((l - 0.5, t - 0.5), r - l, b - t, fill=False, lw=1.5,
-                                       ls=style, color=f"C{p}",
-                                       label=name if style == "-" and i == 0 else None))
-        ax.set_title(names[i], fontsize=8)
-        ax.axis("off")
-    top.legend(loc="outside right center", fontsize=8,
-               title="parts (dotted: a random box\nof the same size)", title_fontsize=7)
-    ax = bottom.subplots()
-    layers = list(dict.fromkeys(r["layer"] for r in rows))
-    parts = list(dict.fromkeys(r["part"] for r in rows))
-    width = 0.8 / len(layers)
-    for k, layer in enumerate(layers):
-        sel = [next(r for r in rows if r["layer"] == layer and r["part"] == p) for p in parts]
-        ax.bar(np.arange(len(parts)) + (k - (len(layers) - 1) / 2) * width,
-               [r["delta"] for r in sel], width, yerr=[r["std"] for r in sel], capsize=3,
-               label=f"layer {layer}", color=f"C{k}")
-    ax.set_xticks(np.arange(len(parts)), parts)
-    ax.set_ylabel("Delta: mean sign disagreement\nof feature changes over image pairs")
-    ax.set_title("Part correspondence (Table 1): lower = more consistent; error bars: std "
-                 "over image pairs (parts) or draws (random)", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    return fig
-
-
-# ---- command line ------------------------------------------------------------------
-
-
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "correspondence", help="Table 1: consistency of feature changes when the same part "
-                               "is masked in several images")
-    cli.add_model_arguments(parser)
-    parser.add_argument("--parts", required=True, type=pathlib.Path, metavar="JSON",
-                        help='parts file: {"images": [{"path": ..., "parts": {"left_eye": '
-                             '[top, left, bottom, right], ...}}, ...]} in image pixels')
-    parser.add_argument("--draws", type=argtypes.positive_int, default=10,
-                        help="random-box draws for the 'random' row (default 10)")
-    parser.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the random boxes")
-    parser.add_argument("--layers", nargs="+", default=list(LAYERS), metavar="LAYER",
-                        help=f"layers to compare (default {' '.join(LAYERS)}; any conv or "
-                             f"pool map, fc6, fc7)")
-    parser.set_defaults(run=run_cli)
-    return parser
-
-
-def run_cli(args) -> list[pathlib.Path]:
-    parts = read_parts(args.parts)
-    loaded = cli.load_model(args)
-    params, config, info = loaded.params, loaded.config, loaded.info
-    feature_layers = model.projectable_layers(config) + model.fc_layers(config)
-    for layer in args.layers:
-        if layer not in feature_layers:
-            raise ValueError(f"unknown layer {layer!r}; expected one of {', '.join(feature_layers)}")
-    size = config.image_size
-    boxes = input_boxes(parts, size)
-    stored = data.load_image_files([str(p) for p in parts.paths], size)
-    inputs, display, _, _ = cli.images_for(loaded, stored)
-    random = random_boxes(boxes, size, args.draws, args.seed)
-    layers = tuple(dict.fromkeys(args.layers))
-    h = jax.device_get(hamming_matrices(config, params, inputs, mask_sets(boxes, random, size),
-                                        layers=layers))
-    rows = table(h, parts.names, args.draws, layers)
-    names = [p.name for p in parts.paths]
-    fig = plot_correspondence(display, boxes, random, parts.names, rows, names,
-                              title=f"{cli.run_label(args.target, info)}: {len(names)} images")
-    out = cli.output_folder(args, info)
-    csv_path = out / "correspondence.csv"
-    with artifacts.atomic_path(csv_path) as tmp:
-        tmp.write_text(table_csv(rows))
-    npz = artifacts.save_npz(
-        out / "correspondence.npz", part_names=np.asarray(parts.names, dtype=str),
-        images=np.asarray(names, dtype=str), boxes=boxes, random_boxes=random,
-        **{f"{layer}/hamming": h[layer] for layer in layers})
-    png = artifacts.save_png(fig, out / "correspondence.png")
-    print(format_table(rows))
-    return [png, npz, csv_path]

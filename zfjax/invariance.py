@@ -20,13 +20,13 @@ Edges: pixels that come from outside the image are 0, i.e. the mean image
 The identity (0 px, ratio 1, 0 degrees) returns the input exactly, and the
 reference features are computed by the same compiled loop at the identity,
 so an identity amount gives distance 0 exactly.
+The figure is ``zfjax.figures.invariance``, the command ``zfjax.commands.invariance``.
 """
 
 from __future__ import annotations
 
-import argparse
-import pathlib
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,14 +34,23 @@ import numpy as np
 from jax import lax
 from jax.scipy.ndimage import map_coordinates
 
-from zfjax import argtypes, artifacts, cli, model
+from zfjax import model
 
 TRANSFORMS = ("translate", "scale", "rotate")
-AXIS_LABELS = {"translate": "vertical translation (pixels)", "scale": "scale (ratio)",
-               "rotate": "rotation (degrees)"}
 LAYER1_CHOICES = ("pool1", "conv1")
 LAYER7 = "fc7"
-IMAGES = 5  # the paper's five example images
+
+
+class Sweep(NamedTuple):
+    """One transformation's sweep over N images and T amounts: layer1 and layer7 float32
+    (N, T) ||f(x) - f(warp(x, a))|| (f1 = layer1 flattened, f7 = fc7); probs float32
+    (N, T, classes) softmax of the transformed images; reference_probs float32 (N, classes)
+    softmax of the originals."""
+
+    layer1: jax.Array
+    layer7: jax.Array
+    probs: jax.Array
+    reference_probs: jax.Array
 
 
 def default_amounts(kind: str, image_size: int) -> np.ndarray:
@@ -122,20 +131,15 @@ def _sweep(config, params, images, matrices, offsets, layer1):
 
     f1, f7, probs = lax.map(one, (matrices, offsets))  # (T + 1, N, ...)
     distance = lambda f: jnp.sqrt(jnp.sum(jnp.square(f[1:] - f[:1]), axis=-1)).T
-    return {"layer1": distance(f1), "layer7": distance(f7),
-            "probs": jnp.swapaxes(probs[1:], 0, 1), "reference_probs": probs[0]}
+    return Sweep(distance(f1), distance(f7), jnp.swapaxes(probs[1:], 0, 1), probs[0])
 
 
 def sweep(config: model.Network, params, images, sweeps: dict,
-          layer1: str = "pool1") -> dict:
+          layer1: str = "pool1") -> dict[str, Sweep]:
     """Feature distances and class probabilities along transformation sweeps.
 
     images: (N, H, W, 3) network inputs; sweeps: kind -> amounts (T_kind,).
-    Returns kind -> {
-      'layer1' float32 (N, T)  ||f1(x) - f1(warp(x, a))||, f1 = layer1 flattened,
-      'layer7' float32 (N, T)  the same for fc7,
-      'probs'  float32 (N, T, classes)  softmax of the transformed images,
-      'reference_probs' float32 (N, classes)  softmax of the originals}.
+    Returns kind -> ``Sweep`` (numpy).
     All sweeps run in one compiled loop over the amounts (one forward of the
     N images per amount; the first step is the identity, the reference).
     """
@@ -149,128 +153,23 @@ def sweep(config: model.Network, params, images, sweeps: dict,
     out, start = {}, 0
     for kind, (m, _) in zip(sweeps, maps):
         part = slice(start, start + len(m))
-        out[kind] = {"layer1": result["layer1"][:, part], "layer7": result["layer7"][:, part],
-                     "probs": result["probs"][:, part],
-                     "reference_probs": result["reference_probs"]}
+        out[kind] = Sweep(result.layer1[:, part], result.layer7[:, part],
+                          result.probs[:, part], result.reference_probs)
         start += len(m)
     return out
 
 
-def true_class_probability(result: dict, labels) -> np.ndarray:
+def true_class_probability(result: Sweep, labels) -> np.ndarray:
     """P(true class) per image and amount (N, T); labels None: the class predicted
     for the original image stands in for the true one."""
-    probs = np.asarray(result["probs"])
+    probs = np.asarray(result.probs)
     if labels is None:
-        labels = np.asarray(result["reference_probs"]).argmax(-1)
+        labels = np.asarray(result.reference_probs).argmax(-1)
     labels = np.asarray(labels)
     return probs[np.arange(len(labels)), :, labels]
-
-
-# ---- the figure --------------------------------------------------------------------
-
-
-def plot_invariance(curves: dict, examples: dict, names, *, layer1: str = "pool1",
-                    title: str | None = None):
-    """The paper's Fig. 5 layout: rows translate / scale / rotate; columns: example
-    transformed images, layer-1 distance, layer-7 distance, P(true class).
-
-    curves: kind -> {'amounts' (T,), 'layer1' (N, T), 'layer7' (N, T), 'prob' (N, T)};
-    examples: kind -> (amounts (E,), uint8 images (E, H, W, 3)) of the first image.
-    Returns a matplotlib Figure.
-    """
-    from matplotlib.figure import Figure
-
-    kinds = [k for k in TRANSFORMS if k in curves]
-    fig = Figure(figsize=(17, 3.6 * len(kinds)), layout="constrained")
-    axes = fig.subplots(len(kinds), 4, squeeze=False, width_ratios=[1.5, 1, 1, 1])
-    colours = [f"C{i}" for i in range(len(names))]
-    for row, kind in zip(axes, kinds):
-        c = curves[kind]
-        amounts, pictures = examples[kind]
-        row[0].imshow(np.concatenate(list(pictures), axis=1), interpolation="nearest")
-        row[0].set_xticks([(i + 0.5) * pictures.shape[2] for i in range(len(amounts))],
-                          [_amount_label(kind, a) for a in amounts], fontsize=8)
-        row[0].set_yticks([])
-        row[0].set_title(f"{kind}: {names[0]}", fontsize=9)
-        for ax, key, label in ((row[1], "layer1", f"distance, layer 1 ({layer1})"),
-                               (row[2], "layer7", f"distance, layer 7 ({LAYER7})"),
-                               (row[3], "prob", "P(true class)")):
-            for i, name in enumerate(names):
-                ax.plot(c["amounts"], c[key][i], "-o", ms=3, color=colours[i], label=name)
-            ax.set_xlabel(AXIS_LABELS[kind], fontsize=9)
-            ax.set_ylabel(label, fontsize=9)
-            ax.grid(alpha=0.3)
-            ax.tick_params(labelsize=8)
-        row[3].set_ylim(-0.02, 1.02)
-    fig.legend(*axes[0, 1].get_legend_handles_labels(), loc="outside lower center",
-               ncol=min(len(names), 5), fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    return fig
-
-
-def _amount_label(kind: str, amount: float) -> str:
-    return {"translate": f"{amount:+.0f} px", "scale": f"x{amount:.2f}",
-            "rotate": f"{amount:.0f}°"}[kind]
 
 
 def example_amounts(amounts: np.ndarray, count: int = 4) -> np.ndarray:
     """``count`` amounts spread over a sweep (ends included), for the example column."""
     idx = np.unique(np.linspace(0, len(amounts) - 1, count).round().astype(int))
     return np.asarray(amounts)[idx]
-
-
-# ---- command line ------------------------------------------------------------------
-
-
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "invariance", help="Fig. 5: feature distance and P(true class) under translation, "
-                           "scale and rotation")
-    cli.add_input_arguments(parser, count_help=f"images to analyse (default {IMAGES})")
-    parser.add_argument("--layer1", default="pool1", choices=LAYER1_CHOICES,
-                        help="layer-1 features to compare (default pool1)")
-    parser.add_argument("--translations", type=argtypes.finite_float, nargs="+", metavar="PX",
-                        help="vertical shifts in pixels (default -60..60 step 10, scaled to "
-                             "the image size from 224)")
-    parser.add_argument("--scales", type=argtypes.positive_float, nargs="+", metavar="RATIO",
-                        help="zoom ratios (default 1.0..1.8 step 0.1)")
-    parser.add_argument("--rotations", type=argtypes.finite_float, nargs="+", metavar="DEG",
-                        help="rotations in degrees (default 0..350 step 10)")
-    parser.set_defaults(run=run_cli)
-    return parser
-
-
-def run_cli(args) -> list[pathlib.Path]:
-    chosen = {"translate": args.translations, "scale": args.scales, "rotate": args.rotations}
-    loaded, (inputs, display, labels, names) = cli.load_analysis_inputs(args, args.limit or IMAGES)
-    params, config, info = loaded.params, loaded.config, loaded.info
-    sweeps = {kind: np.asarray(chosen[kind] if chosen[kind] else
-                               default_amounts(kind, config.image_size), np.float32)
-              for kind in TRANSFORMS}
-    results = sweep(config, params, inputs, sweeps, args.layer1)
-    curves, examples, arrays = {}, {}, {}
-    for kind, amounts in sweeps.items():
-        result = results[kind]
-        prob = true_class_probability(result, labels)
-        curves[kind] = {"amounts": amounts, "layer1": result["layer1"],
-                        "layer7": result["layer7"], "prob": prob}
-        shown = example_amounts(amounts)
-        pictures = loaded.preprocessing.to_pixels(
-            np.asarray(transform(inputs[:1], kind, shown))[:, 0])
-        examples[kind] = (shown, pictures)
-        arrays.update({f"{kind}/amounts": amounts, f"{kind}/layer1_distance": result["layer1"],
-                       f"{kind}/layer7_distance": result["layer7"],
-                       f"{kind}/true_class_probability": prob,
-                       f"{kind}/example_amounts": shown, f"{kind}/examples": pictures})
-    out = cli.output_folder(args, info)
-    label_note = "true class" if labels is not None else "class predicted for the original"
-    fig = plot_invariance(curves, examples, names, layer1=args.layer1,
-                          title=f"Invariance (Fig. 5): {cli.run_label(args.target, info)}, "
-                                f"{len(names)} images; probability of the {label_note}")
-    arrays.update(names=np.asarray(names, dtype=str), display=display,
-                  labels=np.asarray(labels if labels is not None else [], np.int32),
-                  layer1=np.asarray(args.layer1))
-    npz = artifacts.save_npz(out / "invariance.npz", **arrays)
-    png = artifacts.save_png(fig, out / "invariance.png")
-    return [png, npz]

@@ -18,13 +18,13 @@ After each step the image is clipped to ``[lower, upper]`` (by default the
 range of valid pixels: (0 - mean) / 255 .. (255 - mean) / 255), so it can be
 shown as a photo. All units of one layer are optimised at once (vmap), each
 from its own noise; the steps run in one ``lax.scan``.
+The figure is ``zfjax.figures.maximize``, the command ``zfjax.commands.maximize``.
 """
 
 from __future__ import annotations
 
-import argparse
-import pathlib
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,9 +32,19 @@ import numpy as np
 import optax
 from jax import lax
 
-from zfjax import argtypes, artifacts, cli, model, render
+from zfjax import model
 
-UNITS = 8  # units shown by default
+
+class Ascent(NamedTuple):
+    """``maximize`` of K units: images float32 (K, H, W, 3) network inputs; objective
+    float32 (K, steps) the regularised objective before each step; value float32 (K,
+    steps) the unit's response before each step; final_value float32 (K,) the response
+    of the returned image."""
+
+    images: jax.Array
+    objective: jax.Array
+    value: jax.Array
+    final_value: jax.Array
 
 
 def layers(config: model.Network) -> tuple[str, ...]:
@@ -83,17 +93,13 @@ def lp_penalty(x: jax.Array, p: float) -> jax.Array:
 def maximize(config: model.Network, params, units: jax.Array, key: jax.Array, *, layer: str,
              steps: int = 200, learning_rate: float = 0.01,
              lp_weight: float = 1.0, p: float = 2.0, tv_weight: float = 300.0,
-             init_std: float = 0.1, lower=None, upper=None) -> dict:
+             init_std: float = 0.1, lower=None, upper=None) -> Ascent:
     """Gradient ascent on the input for K units of one layer at once.
 
     units: int (K,); lower/upper: bounds broadcastable to (H, W, 3), or None.
     The start is Gaussian noise of std ``init_std`` (0.1: about the contrast of
     photos), one draw per unit from ``key``. A unit that is 0 (after its ReLU)
-    for that start has no gradient and stays there.
-    Returns {'images' float32 (K, H, W, 3) network inputs,
-    'objective' float32 (K, steps) regularised objective before each step,
-    'value' float32 (K, steps) the unit's response before each step,
-    'final_value' float32 (K,) the response of the returned image}.
+    for that start has no gradient and stays there. Returns an ``Ascent``.
     """
     size = config.image_size
     optimizer = optax.adam(learning_rate)
@@ -124,97 +130,4 @@ def maximize(config: model.Network, params, units: jax.Array, key: jax.Array, *,
     units = jnp.asarray(units, jnp.int32)
     keys = jax.random.split(key, len(units))
     images, obj, value, final = jax.vmap(one)(units, keys)
-    return {"images": images, "objective": obj, "value": value, "final_value": final}
-
-
-# ---- the figure --------------------------------------------------------------------
-
-
-def plot_maximize(pictures: np.ndarray, labels, values: np.ndarray, *, title: str | None = None,
-                  columns: int = 4):
-    """Grid of the optimised images (uint8 (K, H, W, 3)) titled with their labels and
-    final responses, and the response of each unit over the steps. Returns a Figure."""
-    from matplotlib.figure import Figure
-
-    k = len(pictures)
-    columns = min(columns, k)
-    rows = -(-k // columns)
-    fig = Figure(figsize=(2.6 * columns, 2.8 * rows + 2.6), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[2.8 * rows, 2.4])
-    axes = np.atleast_1d(top.subplots(rows, columns)).ravel()
-    for i, ax in enumerate(axes):
-        ax.axis("off")
-        if i < k:
-            ax.imshow(pictures[i], interpolation="nearest")
-            stuck = " (inactive: no gradient)" if not np.any(values[i]) else ""
-            ax.set_title(f"{labels[i]}\nresponse {values[i, -1]:.3g}{stuck}", fontsize=8)
-    ax = bottom.subplots()
-    for i in range(k):
-        ax.plot(values[i], color=f"C{i % 10}", label=labels[i], lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("unit response")
-    ax.set_title("response during gradient ascent", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=max(1, k // 10), loc="center left", bbox_to_anchor=(1.01, 0.5))
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig
-
-
-# ---- command line ------------------------------------------------------------------
-
-
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "maximize", help="activation maximisation: images that most excite chosen units")
-    cli.add_model_arguments(parser)
-    parser.add_argument("--layer", default="fc8",
-                        help="layer of the units (default fc8, the class logits; any conv or "
-                             "pool map, fc6, fc7)")
-    parser.add_argument("--units", type=argtypes.nonnegative_int, nargs="+", default=None, metavar="INDEX",
-                        help=f"channels (conv/pool), units (fc6/fc7) or classes (fc8) "
-                             f"(default the first {UNITS})")
-    parser.add_argument("--steps", type=argtypes.positive_int, default=200, help="ascent steps (default 200)")
-    parser.add_argument("--lr", type=argtypes.positive_float, default=0.01, help="Adam learning rate (default 0.01)")
-    parser.add_argument("--lp-weight", type=argtypes.nonnegative_float, default=1.0,
-                        help="weight of the mean(|x|^p) penalty (default 1)")
-    parser.add_argument("--p", type=argtypes.positive_float, default=2.0, help="p of the Lp penalty (default 2)")
-    parser.add_argument("--tv-weight", type=argtypes.nonnegative_float, default=300.0,
-                        help="weight of the squared total-variation penalty (default 300, for "
-                             "class logits; try 10x-100x less for conv maps)")
-    parser.add_argument("--init-std", type=argtypes.nonnegative_float, default=0.1,
-                        help="std of the starting noise, in network-input units (default 0.1)")
-    parser.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the starting noise")
-    parser.set_defaults(run=run_cli)
-    return parser
-
-
-def run_cli(args) -> list[pathlib.Path]:
-    loaded = cli.load_model(args)
-    params, config, info = loaded.params, loaded.config, loaded.info
-    num_units(config, args.layer)  # raises for an unknown layer
-    units = np.asarray(args.units if args.units is not None else
-                       range(min(UNITS, num_units(config, args.layer))), np.int32)
-    check_units(config, args.layer, units)
-    lower, upper = loaded.preprocessing.pixel_bounds(config.image_size)
-    result = jax.device_get(maximize(config, params, units, jax.random.key(args.seed),
-                                     layer=args.layer, steps=args.steps, learning_rate=args.lr,
-                                     lp_weight=args.lp_weight, p=args.p,
-                                     tv_weight=args.tv_weight, init_std=args.init_std,
-                                     lower=lower, upper=upper))
-    pictures = loaded.preprocessing.to_pixels(result["images"])
-    classes = render.class_labels(loaded.class_names) or []
-    logits = model.dense_layers(config)[-1]
-    labels = [f"{args.layer} #{u}" + (f" {classes[u]}" if args.layer == logits and u < len(classes)
-                                      else "") for u in units]
-    values = np.concatenate([result["value"], result["final_value"][:, None]], axis=1)
-    fig = plot_maximize(pictures, labels, values, title=(
-        f"Activation maximisation, {cli.run_label(args.target, info)}: {args.steps} Adam steps "
-        f"(lr {args.lr:g}), L{args.p:g} weight {args.lp_weight:g}, TV weight {args.tv_weight:g}"))
-    out = cli.output_folder(args, info)
-    stem = f"maximize_{args.layer}"
-    npz = artifacts.save_npz(out / f"{stem}.npz", units=units, layer=np.asarray(args.layer),
-                             images=result["images"], pictures=pictures,
-                             objective=result["objective"], value=values)
-    png = artifacts.save_png(fig, out / f"{stem}.png")
-    return [png, npz]
+    return Ascent(images, obj, value, final)
