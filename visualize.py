@@ -19,9 +19,9 @@ from zfjax import checkpoints, cli
 # One command module per analysis, zfjax.commands.<name>; each defines
 # add_cli(subparsers) -> parser whose defaults hold run(args) -> list of written paths.
 ANALYSES = ("topk", "evolution", "invariance", "filters", "occlusion",
-            "correspondence", "reconstructions", "maximize", "convergence", "transfer")
+            "correspondence", "reconstructions", "maximize", "convergence", "transfer", "atlas")
 SPLIT = ("topk", "occlusion", "reconstructions", "evolution", "filters", "convergence",
-         "invariance", "maximize", "correspondence")  # moved to zfjax.commands so far (issue 8); the rest still hold their command
+         "invariance", "maximize", "correspondence", "atlas")  # moved to zfjax.commands so far (issue 8); the rest still hold their command
 
 
 def build_parser() -> argparse.ArgumentParser:

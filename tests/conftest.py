@@ -16,3 +16,25 @@ def run_cli(monkeypatch, capsys):
         return code, out, err
 
     return call
+
+
+@pytest.fixture(scope="session")
+def atlas_site(tmp_path_factory):
+    """A tiny run (tests/helpers.py write_tiny_run) with two epochs of conv1/conv2
+    snapshots, and its atlas of conv1 and conv2 built by ``visualize.py atlas``:
+    (run folder, site folder, the command's stdout)."""
+    import contextlib
+    import io
+
+    import visualize
+    from helpers import write_snapshots, write_tiny_run
+
+    root = tmp_path_factory.mktemp("atlas")
+    run = write_tiny_run(root)
+    write_snapshots(run, epochs=(1, 2), layers=("conv1", "conv2"))
+    site = root / "site"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = visualize.main(["atlas", str(run), "--out", str(site), "--layers", "conv1", "conv2"])
+    assert code == 0, err.getvalue()
+    return run, site, out.getvalue()

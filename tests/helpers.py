@@ -121,3 +121,25 @@ def hanging_write_shard(out, name, chunk, size):
     if int(name.rsplit("-", 1)[1]) >= 2:
         time.sleep(float(os.environ.get("ZFJAX_TEST_SHARD_WAIT", 3600)))
     return store._write_shard(out, name, chunk, size)
+
+
+def write_snapshots(run_dir, *, epochs, layers, maps=3, seed=0):
+    """Per-epoch Fig. 4 snapshots (zfjax.evolution's layout) for ``maps`` maps of each layer
+    of the run, with random projections and patches: what a page of evolution needs."""
+    from zfjax import checkpoints, evolution
+    from zfjax.receptive_field import receptive_field_size
+
+    config = checkpoints.model_config(checkpoints.read_config(run_dir))
+    rng = np.random.default_rng(seed)
+    for epoch in epochs:
+        snapshot = {}
+        for layer in layers:
+            r = receptive_field_size(config, layer)
+            snapshot.update({
+                f"{layer}/channels": np.arange(maps, dtype=np.int32) * 2,
+                f"{layer}/values": rng.random(maps).astype(np.float32),
+                f"{layer}/images": np.zeros(maps, np.int32),
+                f"{layer}/positions": np.zeros((maps, 2), np.int32),
+                f"{layer}/projections": rng.normal(size=(maps, r, r, 3)).astype(np.float32),
+                f"{layer}/patches": rng.integers(0, 256, (maps, r, r, 3), np.uint8)})
+        evolution.save_snapshot(run_dir, epoch, snapshot)

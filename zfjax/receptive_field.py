@@ -46,10 +46,16 @@ def crop_boxes(x: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> n
     """Windows x[k, top:top+size, left:left+size] of (K, H, W, C) arrays, zero outside x.
 
     top, left: int (K,), may be negative or run past the far edge. Returns (K, size, size, C).
+    Only the part of each window inside x is copied (no padded copy of x is made).
     """
-    padded = np.pad(x, ((0, 0), (size, size), (size, size), (0, 0)))
-    return np.stack([padded[k, t + size:t + 2 * size, l + size:l + 2 * size]
-                     for k, (t, l) in enumerate(zip(top, left))])
+    x = np.asarray(x)
+    k, h, w, c = x.shape
+    out = np.zeros((k, size, size, c), x.dtype)
+    for i, (t, l) in enumerate(zip(np.asarray(top).tolist(), np.asarray(left).tolist())):
+        y0, y1, x0, x1 = max(t, 0), min(t + size, h), max(l, 0), min(l + size, w)
+        if y0 < y1 and x0 < x1:
+            out[i, y0 - t:y1 - t, x0 - l:x1 - l] = x[i, y0:y1, x0:x1]
+    return out
 
 
 def crop_to_receptive_field(config: Network, layer: str, images: np.ndarray, y, x) -> np.ndarray:

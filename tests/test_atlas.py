@@ -1,0 +1,215 @@
+"""The atlas: its one-pass core against brute force, and the static site it writes."""
+
+import functools
+import html.parser
+import json
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pytest
+
+from zfjax import atlas, deconv, model
+from zfjax.figures import atlas_site as site_writer
+from zfjax.receptive_field import crop_to_receptive_field
+from helpers import TINY, random_params
+
+N = 11  # streamed in batches of 4: two full batches and a padded one of 3
+LABELS = np.array([0, 2, 1, 0, 0, 2, 1, 2, 0, 0, 2], np.int32)  # 3 classes; class 3 has none
+
+
+@functools.lru_cache(maxsize=None)
+def params():
+    return random_params(TINY, bias_std=0.01)
+
+
+@functools.lru_cache(maxsize=None)
+def images():
+    x = np.random.default_rng(1).normal(0, 0.3, (N, 64, 64, 3)).astype(np.float32)
+    x[7] = x[2]  # a tie between two images in every map
+    return x
+
+
+@functools.lru_cache(maxsize=None)
+def activations():
+    _, aux = model.forward_jit(TINY, params(), images())
+    return {layer: np.asarray(aux["activations"][layer]) for layer in model.conv_layers(TINY)}
+
+
+@functools.lru_cache(maxsize=None)
+def built():
+    return atlas.build(TINY, params(), images(), LABELS, layers=("conv1", "conv2"), k=5,
+                       num_classes=4, batch_size=4)
+
+
+@functools.lru_cache(maxsize=None)
+def mined():
+    return atlas.mine(TINY, params(), images(), LABELS, num_classes=4, batch_size=4)
+
+
+def test_one_pass_top_k_of_every_layer_equals_a_brute_force_sort():
+    tops, _, _ = mined()
+    assert list(tops) == list(model.conv_layers(TINY))
+    for layer, acts in activations().items():
+        n, h, w, c = acts.shape
+        flat = acts.reshape(n, h * w, c)
+        per_image, where = flat.max(axis=1), flat.argmax(axis=1)  # (N, C)
+        top = tops[layer]
+        for ch in range(c):
+            order = np.lexsort((np.arange(n), -per_image[:, ch]))[:atlas.TOP]  # ties: earlier
+            np.testing.assert_array_equal(top.image[ch], order, err_msg=f"{layer} #{ch}")
+            np.testing.assert_array_equal(top.value[ch], per_image[order, ch])
+            np.testing.assert_array_equal(top.y[ch] * w + top.x[ch], where[order, ch])
+
+
+def test_class_means_equal_numpy_means_of_each_maps_spatial_mean():
+    _, sums, counts = mined()
+    np.testing.assert_array_equal(counts, [5, 2, 4, 0])
+    for layer, acts in activations().items():
+        spatial = acts.mean(axis=(1, 2))  # (N, C)
+        for k in range(4):
+            want = spatial[LABELS == k].sum(axis=0)
+            np.testing.assert_allclose(sums[layer][k], want, rtol=1e-5, atol=1e-6)
+    class_mean = built().layers["conv2"].class_mean  # (C, classes)
+    spatial = activations()["conv2"].mean(axis=(1, 2))
+    for k in (0, 1, 2):
+        np.testing.assert_allclose(class_mean[:, k], spatial[LABELS == k].mean(axis=0),
+                                   rtol=1e-5, atol=1e-6)
+    assert np.isnan(class_mean[:, 3]).all()  # no image of class 3
+
+
+def test_projections_equal_the_dense_reverse_pass_of_each_winner():
+    """Chunked, image-sorted unit projections == deconv.project of a one-unit signal."""
+    for layer in ("conv1", "conv2"):
+        layer_atlas = built().layers[layer]
+        top = layer_atlas.top
+        live = np.flatnonzero(top.value[:, 4] > 0)  # a map silent on every image projects zeros
+        assert len(live) >= 3
+        for ch in live[[0, len(live) // 2, -1]]:
+            for j in (0, 4):
+                i, y, x = int(top.image[ch, j]), int(top.y[ch, j]), int(top.x[ch, j])
+                _, aux = model.forward_jit(TINY, params(), images()[i:i + 1])
+                signal = deconv.unit_signal(aux, layer, ch, y, x)
+                dense = np.asarray(deconv.project(TINY, params(), aux, layer, signal))
+                want = crop_to_receptive_field(TINY, layer, dense, [y], [x])[0]
+                np.testing.assert_allclose(layer_atlas.projections[ch, j], want, rtol=1e-4,
+                                           atol=1e-5 * np.abs(want).max())
+                assert np.abs(want).max() > 0
+
+
+def test_fewer_images_than_k_leave_unfilled_slots_with_zero_projections():
+    few = atlas.build(TINY, params(), images()[:3], layers=("conv1",), k=5)
+    layer = few.layers["conv1"]
+    assert (layer.top.image[:, 3:] == -1).all() and np.isneginf(layer.top.value[:, 3:]).all()
+    assert not layer.projections[:, 3:].any() and layer.projections[:, :3].any()
+    assert layer.class_mean is None and few.class_count is None and few.count == 3
+
+
+# ---- the site ----------------------------------------------------------------------
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links, self.ids, self.lazy_images, self.images = [], set(), 0, 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for key in ("href", "src"):
+            if key in attrs:
+                self.links.append(attrs[key])
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "img":
+            self.images += 1
+            self.lazy_images += attrs.get("loading") == "lazy"
+
+
+def parse(page: Path) -> _Links:
+    parser = _Links()
+    parser.feed(page.read_text())
+    return parser
+
+
+def test_every_link_of_every_page_resolves_inside_the_site(atlas_site):
+    _, site, _ = atlas_site
+    pages = sorted(site.glob("*.html"))
+    assert [p.name for p in pages] == ["conv1.html", "conv2.html", "index.html"]
+    parsed = {p.name: parse(p) for p in pages}
+    checked = 0
+    for name, links in parsed.items():
+        assert links.images and links.lazy_images == links.images
+        for link in links.links:
+            if link == "data:,":  # the empty favicon (no favicon.ico request)
+                continue
+            parts = urlsplit(link)
+            assert not parts.scheme and not parts.netloc, f"{name}: external link {link}"
+            target = (site / unquote(parts.path)) if parts.path else site / name
+            assert target.is_file(), f"{name}: {link} -> {target} missing"
+            assert target.resolve().is_relative_to(site.resolve())
+            if parts.fragment:
+                assert parts.fragment in parsed[target.name].ids, f"{name}: {link}"
+            checked += 1
+    assert checked > 100
+    for path in site.rglob("*"):
+        if path.suffix in (".html", ".css", ".json"):
+            assert not re.search(r"(https?:)?//[a-z]", path.read_text()), path
+
+
+def test_layer_pages_show_every_map_with_a_stable_anchor_and_its_pictures(atlas_site):
+    run, site, out = atlas_site
+    assert out.strip() == str(site / "index.html")
+    for layer, maps in (("conv1", 24), ("conv2", 64)):
+        links = parse(site / f"{layer}.html")
+        assert {f"map-{c}" for c in range(maps)} <= links.ids
+        assert len(list((site / layer).glob("map-???.jpg"))) == maps
+        assert len(list((site / layer).glob("map-???-full.jpg"))) == maps
+        # the snapshots follow maps 0, 2 and 4: their evolution strips, nothing else
+        assert sorted(p.name for p in (site / layer).glob("*-evolution.jpg")) == [
+            "map-000-evolution.jpg", "map-002-evolution.jpg", "map-004-evolution.jpg"]
+    index = (site / "index.html").read_text()
+    assert "Configuration" in index and "alpha" in (site / "conv2.html").read_text()
+    manifest = json.loads((site / site_writer.MANIFEST).read_text())
+    assert manifest["layers"] == {"conv1": 24, "conv2": 64} and manifest["images"] == 8
+    from PIL import Image
+
+    with Image.open(site / "conv2" / "map-007.jpg") as im:
+        assert im.format == "JPEG" and np.asarray(im).std() > 10  # pictures, not blanks
+
+
+def test_rerun_replaces_the_site_and_writes_nothing_beside_it(atlas_site, run_cli, tmp_path):
+    run, _, _ = atlas_site
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "stale.txt").write_text("not ours")
+    code, _, err = run_cli(["atlas", str(run), "--out", str(out), "--layers", "conv1"])
+    assert code == 2 and "holds other files" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["stale.txt"]  # nothing lost
+    (out / "stale.txt").unlink()
+    code, _, err = run_cli(["atlas", str(run), "--out", str(out), "--layers", "conv2"])
+    assert code == 0, err  # an empty folder is used
+    (out / "extra.txt").write_text("left in an atlas")
+    code, stdout, err = run_cli(["atlas", str(run), "--out", str(out), "--layers", "conv1"])
+    assert code == 0, err  # an atlas is replaced as a whole
+    assert stdout.strip() == str(out / "index.html")
+    assert (out / "conv1.html").is_file() and not (out / "conv2.html").exists()
+    assert not (out / "extra.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no temporary folders
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layers", "fc9"], "fc9"),
+    (["--top", "0"], "--top"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(atlas_site, run_cli, tmp_path, argv, message):
+    run, _, _ = atlas_site
+    out = tmp_path / "site"
+    try:
+        code, _, err = run_cli(["atlas", str(run), "--out", str(out)] + argv)
+    except SystemExit as stop:  # argparse's own errors
+        code, err = stop.code, ""
+    assert code == 2
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    if err:
+        assert message in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,117 @@
+"""``visualize.py atlas RUN_OR_WEIGHTS --out DIR``: a browsable static site of a network.
+
+Mines every conv layer in one pass over the split (``zfjax.atlas``), then writes the
+site (``zfjax.figures.atlas_site``) into a temporary folder beside DIR and swaps it in,
+so DIR is always a whole atlas; a re-run replaces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+import numpy as np
+
+from zfjax import argtypes, artifacts, atlas, checkpoints, cli, data, model, progress
+from zfjax.figures import atlas_site
+
+
+def add_cli(subparsers) -> argparse.ArgumentParser:
+    """The ``atlas`` subcommand."""
+    parser = subparsers.add_parser(
+        "atlas", help="a static HTML site of every feature map: top-9 projections (Fig. 2), "
+                      "classes, evolution (Fig. 4); opens offline in a browser",
+        description="Write a self-contained HTML atlas of the network into --out "
+                    "(default <run>/figures/atlas): open its index.html in a browser.")
+    cli.add_input_arguments(parser, count_help="at most this many images of the split "
+                                               "(default: all)")
+    parser.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
+                        help="layers to show (default: every conv layer)")
+    parser.add_argument("--top", type=argtypes.positive_int, default=atlas.TOP,
+                        help="activations kept per feature map")
+    parser.add_argument("--batch-size", type=argtypes.positive_int, default=64)
+    parser.set_defaults(run=run)
+    return parser
+
+
+class _Lazy:
+    """Stored uint8 images made into arrays only when indexed: ``fn(stored[index])``."""
+
+    def __init__(self, stored: np.ndarray, fn):
+        self.stored, self.fn = stored, fn
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    def __getitem__(self, index):
+        return self.fn(self.stored[index])
+
+
+def _bar(desc: str, total: int):
+    return progress.bar(total=total, desc=f"atlas: {desc}", unit="img" if desc == "mining" else "it",
+                        leave=False)
+
+
+def run_files(run_dir) -> dict:
+    """What the index shows of a run folder: its config.json, metrics.jsonl lines and
+    curves.png (each where present)."""
+    run_dir = pathlib.Path(run_dir)
+    found = {"config": checkpoints.read_config(run_dir)}
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        found["metrics"] = [json.loads(line) for line in metrics.read_text().splitlines()
+                            if line.strip()]
+    if (run_dir / "curves.png").is_file():
+        found["curves"] = run_dir / "curves.png"
+    return found
+
+
+def run(args) -> list[pathlib.Path]:
+    """Build the atlas and write the site; returns [DIR/index.html]."""
+    start = time.perf_counter()
+    loaded = cli.load_model(args)
+    config, info = loaded.config, loaded.info
+    layers = model.check_layers(config, args.layers or model.conv_layers(config))
+    out = (pathlib.Path(args.out) if args.out is not None
+           else cli.output_folder(args, info) / "atlas")
+    stored, labels, names = cli.load_stored_images(args, config, info, args.limit)
+    size = config.image_size
+    inputs = _Lazy(stored, lambda x: loaded.preprocessing(x, size))
+    display = _Lazy(stored, lambda x: np.ascontiguousarray(data.centre_crop(x, size)))
+    source = ("the given images" if args.images
+              else f"{args.data or cli.run_data_source(info)[0]} [{args.split}]")
+
+    run_info = {"title": f"zfjax atlas: {cli.run_label(args.target or args.weights, info)}"}
+    facts = {"network": f"{config.arch}, {size} px"
+                        + (f", width {config.width}" if getattr(config, "width", 1.0) != 1.0 else "")}
+    if info.get("run_dir"):
+        run_info.update(run_files(info["run_dir"]))
+        facts["run folder"] = info["run_dir"]
+        facts["epoch"] = info.get("epoch")
+    else:
+        facts["weights"] = info.get("weights")
+    metrics = info.get("metrics") or {}
+    for key, label in (("val_top1", "validation top-1"), ("val_top5", "validation top-5")):
+        if isinstance(metrics.get(key), (int, float)):
+            facts[label] = f"{metrics[key]:.3f}"
+    facts["images analysed"] = f"{len(stored)} ({source})"
+    run_info["facts"] = facts
+    snapshots = None
+    if info.get("run_dir"):
+        from zfjax import evolution
+
+        if evolution.snapshot_dir(info["run_dir"]).is_dir():
+            snapshots = evolution.load_snapshots(info["run_dir"])
+            evolution.check_epochs(snapshots, sorted(snapshots))  # one probe, before the work
+
+    with artifacts.atomic_folder(out, replaceable=lambda f: (f / atlas_site.MANIFEST).is_file()) as tmp:
+        result = atlas.build(config, loaded.params, inputs, labels, layers=layers,
+                             k=min(args.top, len(stored)), batch_size=args.batch_size,
+                             num_classes=len(loaded.class_names or []) or None, progress=_bar)
+        facts["build time"] = f"{time.perf_counter() - start:.1f} s (mining and projections)"
+        atlas_site.write_site(tmp, config, result, display, names=names,
+                              class_names=loaded.class_names, rgb=loaded.preprocessing.rgb,
+                              snapshots=snapshots, run=run_info, source=source, progress=_bar)
+    return [out / "index.html"]
