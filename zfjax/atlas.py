@@ -3,7 +3,7 @@
 One batched, jitted stream over a set of images yields, for every layer at once,
 
 * each feature map's k strongest activations (one per image, as in the paper's
-  Fig. 2; ``strongest.merge``, the search ``topk`` uses), and
+  Fig. 2; ``strongest.merge`` over ``strongest.padded`` batches, as ``strongest.mine``), and
 * each map's mean activation per class: the map's spatial mean on an image,
   averaged over the images of each class.
 
@@ -25,7 +25,7 @@ import numpy as np
 from zfjax import deconv, model, strongest
 from zfjax.receptive_field import crop_to_receptive_field, receptive_field_size
 
-TOP = 9  # activations kept per feature map (the paper's 3x3 grids)
+TOP = strongest.TOP  # activations kept per feature map (the paper's 3x3 grids)
 PROJECTION_CHUNK = 128  # units projected per compiled call (one forward of their images)
 
 
@@ -95,19 +95,17 @@ def mine(config: model.Network, params, inputs, labels=None, *, layers=None, k: 
     state = ({layer: strongest.empty_top(model.num_channels(config, layer), k) for layer in layers},
              {layer: jnp.zeros((max(classes, 1), model.num_channels(config, layer)), jnp.float32)
               for layer in layers})
-    size = min(batch_size, n)
-    for start in range(0, n, size):
-        batch = np.asarray(inputs[start:start + size], np.float32)
-        count = len(batch)
-        batch_labels = (labels[start:start + count] if labels is not None
-                        else np.full(count, -1, np.int32))
-        if count < size:
-            batch = np.concatenate([batch, np.zeros((size - count,) + batch.shape[1:], batch.dtype)])
-            batch_labels = np.concatenate([batch_labels, np.full(size - count, -1, np.int32)])
-        state = _atlas_batch(config, params, state, batch, batch_labels, np.int32(start),
-                             np.int32(count), layers, max(classes, 1))
+    if labels is None:
+        labels_padded = np.full(n + batch_size, -1, np.int32)
+    else:
+        labels_padded = np.concatenate([labels, np.full(batch_size, -1, np.int32)])
+    stream = (inputs[start:start + batch_size] for start in range(0, n, batch_size))
+    for batch, first, count in strongest.padded(stream):
+        batch_labels = labels_padded[first:first + len(batch)]  # -1 past the real images
+        state = _atlas_batch(config, params, state, batch, batch_labels, first, count, layers,
+                             max(classes, 1))
         if progress is not None:
-            progress.update(count)
+            progress.update(int(count))
     tops, sums = jax.device_get(state)
     tops = {layer: strongest.TopK(*(np.asarray(a) for a in top)) for layer, top in tops.items()}
     if labels is None:

@@ -111,6 +111,15 @@ def mine(config: model.Network, params, batches, layers=None, *,
     """
     layers = model.check_layers(config, model.conv_layers(config) if layers is None else layers)
     best = {layer: empty_top(model.num_channels(config, layer), k) for layer in layers}
+    for batch, first, count in padded(batches):
+        best = _mine_batch(config, params, best, batch, first, count, layers)
+    return {layer: TopK(*(np.asarray(a) for a in top)) for layer, top in jax.device_get(best).items()}
+
+
+def padded(batches):
+    """Batches of a stream, each padded to the first one's size so one compilation serves
+    all: yields (float32 (B, ...) batch, first: int32 set index of batch[0], count: int32
+    real images in it). Raises ValueError when a batch but the last is smaller."""
     first, size = 0, None
     for batch in batches:
         batch = np.asarray(batch, np.float32)
@@ -121,9 +130,8 @@ def mine(config: model.Network, params, batches, layers=None, *,
                              f"last batch may be smaller")
         if count < size:
             batch = np.concatenate([batch, np.zeros((size - count,) + batch.shape[1:], batch.dtype)])
-        best = _mine_batch(config, params, best, batch, np.int32(first), np.int32(count), layers)
+        yield batch, np.int32(first), np.int32(count)
         first += count
-    return {layer: TopK(*(np.asarray(a) for a in top)) for layer, top in jax.device_get(best).items()}
 
 
 @partial(jax.jit, static_argnames="config")

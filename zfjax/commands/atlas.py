@@ -111,7 +111,7 @@ def run(args) -> list[pathlib.Path]:
                              k=min(args.top, len(stored)), batch_size=args.batch_size,
                              num_classes=len(loaded.class_names or []) or None, progress=_bar)
         facts["build time"] = f"{time.perf_counter() - start:.1f} s (mining and projections)"
-        atlas_site.write_site(tmp, config, result, display, names=names,
+        atlas_site.write_site(config, result, display, tmp, names=names,
                               class_names=loaded.class_names, rgb=loaded.preprocessing.rgb,
                               snapshots=snapshots, run=run_info, source=source, progress=_bar)
     return [out / "index.html"]

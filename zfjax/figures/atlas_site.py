@@ -26,9 +26,9 @@ import numpy as np
 from PIL import Image
 
 from zfjax import model, render
-from zfjax.evolution import evolution_block
+from zfjax.figures.evolution import evolution_block
 from zfjax.receptive_field import crop_to_receptive_field, receptive_field, receptive_field_size
-from zfjax.topk import mosaic
+from zfjax.figures.topk import mosaic
 
 MANIFEST = "atlas.json"  # marks a folder as an atlas (a re-run may replace it)
 CARD_SIDE = 48  # at least this many px per tile on the layer pages
@@ -173,15 +173,17 @@ def _cell(value) -> str:
 # ---- the site ----------------------------------------------------------------------
 
 
-def write_site(folder, config: model.Network, atlas, display, *, names=None, class_names=None,
-               rgb=None, snapshots=None, run=None, source: str = "", progress=None) -> list[pathlib.Path]:
+def write_site(config: model.Network, atlas, display, folder, *, names=None, class_names=None,
+               rgb=None, snapshots=None, run=None, source: str = "",
+               progress=None) -> list[pathlib.Path]:
     """Write the atlas site into ``folder`` (made if missing; existing files are overwritten).
 
     atlas: ``zfjax.atlas.Atlas``; display: uint8 (N, H, W, 3) images as shown (or lazily
     made: indexable by an int array), indexed by the atlas's image indices; names: N image
     names or None; class_names: the run's class names (WordNet ids become ImageNet names);
     rgb: the model's ``Preprocessing.rgb`` (projections of BGR networks become RGB);
-    snapshots: ``evolution.load_snapshots`` of the run, or None; run: dict with 'title',
+    snapshots: ``evolution.load_snapshots`` of the run (passed through
+    ``evolution.check_epochs``), or None; run: dict with 'title',
     'facts' (shown on the index), 'config' (JSON-able), 'metrics' (list of dicts),
     'curves' (path of curves.png); source: where the images came from, in words.
     progress(desc, total), if given, returns a tqdm-like bar advanced per map written.
@@ -235,9 +237,7 @@ def _followed_maps(snapshots, layers) -> dict:
     """layer -> {channel: (epochs, projections (E, R, R, 3), patch (R, R, 3))} from snapshots."""
     if not snapshots:
         return {}
-    from zfjax.evolution import check_epochs
-
-    epochs = check_epochs(snapshots, sorted(snapshots))
+    epochs = sorted(snapshots)  # checked to follow one probe (evolution.check_epochs)
     last = snapshots[epochs[-1]]
     out = {}
     for layer in layers:
