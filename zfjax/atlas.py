@@ -130,8 +130,9 @@ def project_top(config: model.Network, params, layer: str, top: strongest.TopK, 
     top: the layer's TopK (C, k) with image indices into ``inputs`` (array or lazily
     preprocessed, indexable by an int array). Units are sorted by image and projected
     ``chunk`` at a time: one forward of the chunk's distinct images, then one reverse
-    pass per unit (``deconv.project_units``); every call has the same shapes (at most
-    ``chunk`` units and images), so one compilation per layer. Returns float32 (C, k, R, R, 3); unfilled slots are zero.
+    pass per unit (``deconv.project_units``); every call has the same shapes (``chunk``
+    units; as many images as the chunk with the most distinct ones), so one compilation
+    per layer. Returns float32 (C, k, R, R, 3); unfilled slots are zero.
     """
     c, k = top.value.shape
     size = config.image_size
@@ -140,9 +141,9 @@ def project_top(config: model.Network, params, layer: str, top: strongest.TopK, 
     filled = np.flatnonzero(np.isfinite(np.asarray(top.value)).reshape(-1))
     order = filled[np.argsort(np.asarray(top.image).reshape(-1)[filled], kind="stable")]
     image, ys, xs = (np.asarray(a).reshape(-1) for a in (top.image, top.y, top.x))
-    batch = min(chunk, len(np.unique(image[filled])))  # images run forward per call
-    for start in range(0, len(order), chunk):
-        slots = order[start:start + chunk]
+    chunks = [order[start:start + chunk] for start in range(0, len(order), chunk)]
+    batch = max((len(np.unique(image[slots])) for slots in chunks), default=1)  # images per call
+    for slots in chunks:
         used, local = np.unique(image[slots], return_inverse=True)
         images = np.zeros((batch, size, size, 3), np.float32)
         images[:len(used)] = inputs[used]

@@ -31,7 +31,8 @@ from zfjax.receptive_field import crop_to_receptive_field, receptive_field, rece
 from zfjax.figures.topk import mosaic
 
 MANIFEST = "atlas.json"  # marks a folder as an atlas (a re-run may replace it)
-CARD_SIDE = 48  # at least this many px per tile on the layer pages
+CARD_SIDE = 48  # at least this many px per tile on the layer pages (whole multiples of
+CARD_MAX = 64   # the receptive field's pixels), at most this many (thumbnails)
 FULL_SIDE = 64  # at least this many px per tile in a map's full view (native size above)
 SOURCE_SIDE = 160  # px a source image is shown at (stored once, at its own size)
 JPEG_QUALITY = 85
@@ -78,18 +79,29 @@ def save_jpeg(pixels: np.ndarray, path: pathlib.Path) -> tuple[int, int]:
     return pixels.shape[1], pixels.shape[0]
 
 
-def pairs_picture(projections: np.ndarray, patches: np.ndarray, side: int) -> np.ndarray:
-    """Paper Fig. 2 for one map: its top-k projections (3x3) beside their image patches.
+def pairs_pictures(projections: np.ndarray, patches: np.ndarray, sides) -> list[np.ndarray]:
+    """Paper Fig. 2 for one map, once per tile side: its top-k projections (3x3) beside
+    their image patches.
 
-    projections float32 (k, R, R, 3) in RGB, patches uint8 (k, R, R, 3); each pair cut to the
-    image and scaled to ``side`` px (``render.fit_pairs``). Returns uint8 (H, W, 3).
+    projections float32 (k, R, R, 3) in RGB, patches uint8 (k, R, R, 3); each pair is cut
+    to the image and scaled to the largest side (``render.fit_pairs``: the costly part,
+    done once), smaller sides are scaled down from it (``render.fit``). Returns one
+    uint8 (H, W, 3) picture per side.
     """
-    shown, patches = render.fit_pairs(projections, patches, side)
-    grid = int(np.ceil(np.sqrt(len(shown))))
-    gap = max(1, side // 24)
-    left, right = mosaic(shown, grid, gap), mosaic(patches, grid, gap)
-    spacer = np.full((left.shape[0], 4 * gap, 3), 255, np.uint8)
-    return np.concatenate([left, spacer, right], axis=1)
+    sides = list(sides)
+    shown, patches = render.fit_pairs(projections, patches, max(sides))
+    pictures = []
+    for side in sides:
+        if side != max(sides):
+            shown_s, patches_s = ([render.fit(t, side) for t in tiles] for tiles in (shown, patches))
+        else:
+            shown_s, patches_s = shown, patches
+        grid = int(np.ceil(np.sqrt(len(shown))))
+        gap = max(1, side // 24)
+        left, right = mosaic(np.stack(shown_s), grid, gap), mosaic(np.stack(patches_s), grid, gap)
+        spacer = np.full((left.shape[0], 4 * gap, 3), 255, np.uint8)
+        pictures.append(np.concatenate([left, spacer, right], axis=1))
+    return pictures
 
 
 # ---- pages -------------------------------------------------------------------------
@@ -256,7 +268,7 @@ def _layer_page(folder, config, layer, layer_atlas, display, names, labels, coun
     c, k = top.value.shape
     r = receptive_field_size(config, layer)
     inside = min(r, config.image_size)  # the most of a receptive field inside the image
-    card_side = render.display_side(inside, CARD_SIDE)
+    card_side = min(render.display_side(inside, CARD_SIDE), CARD_MAX)
     full_side = render.display_side(inside, FULL_SIDE)
     sections = []
     strongest = int(np.argmax(top.value[:, 0]))
@@ -266,13 +278,15 @@ def _layer_page(folder, config, layer, layer_atlas, display, names, labels, coun
         image, ys, xs, values = (top.image[ch][filled], top.y[ch][filled], top.x[ch][filled],
                                  top.value[ch][filled])
         stem = f"{layer}/map-{ch:03d}"
+        full_name = f"{stem}-full.jpg" if full_side != card_side else f"{stem}.jpg"
         alt = f"{layer} map {ch}"
         if len(filled):
             sources = np.asarray(display[image])
             patches = crop_to_receptive_field(config, layer, sources, ys, xs)
             shown = rgb(projections[ch][filled])
-            card = save_jpeg(pairs_picture(shown, patches, card_side), folder / f"{stem}.jpg")
-            full = save_jpeg(pairs_picture(shown, patches, full_side), folder / f"{stem}-full.jpg")
+            pictures = pairs_pictures(shown, patches, sorted({card_side, full_side}))
+            card = save_jpeg(pictures[0], folder / f"{stem}.jpg")
+            full = save_jpeg(pictures[-1], folder / f"{full_name}") if len(pictures) > 1 else card
             for i, picture in zip(image.tolist(), sources):
                 if i not in written:  # each source image once for the whole site
                     written[i] = save_jpeg(picture, folder / _source_path(i))
@@ -304,7 +318,7 @@ def _layer_page(folder, config, layer, layer_atlas, display, names, labels, coun
         parts.append(f'<h3>{layer} map {ch} <a href="#">(close)</a></h3>')
         if len(filled):
             zoom = max(1, -(-2 * FULL_SIDE // full_side))  # tiles shown at >= 128 px
-            parts.append(f"<figure>{_img(f'{stem}-full.jpg', (full[0] * zoom, full[1] * zoom), f'{alt}: top projections, full size')}"
+            parts.append(f"<figure>{_img(full_name, (full[0] * zoom, full[1] * zoom), f'{alt}: top projections, full size')}"
                          f"<figcaption>The {len(filled)} strongest activations over {count} "
                          f"images, strongest first: deconvnet projections (left) and the image "
                          f"patches under their {r}&times;{r} px receptive fields "
