@@ -20,8 +20,6 @@ from zfjax import checkpoints, cli
 # add_cli(subparsers) -> parser whose defaults hold run(args) -> list of written paths.
 ANALYSES = ("topk", "evolution", "invariance", "filters", "occlusion",
             "correspondence", "reconstructions", "maximize", "convergence", "transfer", "atlas")
-SPLIT = ("topk", "occlusion", "reconstructions", "evolution", "filters", "convergence",
-         "invariance", "maximize", "correspondence", "atlas")  # moved to zfjax.commands so far (issue 8); the rest still hold their command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     for name in ANALYSES:
-        package = "zfjax.commands" if name in SPLIT else "zfjax"
-        importlib.import_module(f"{package}.{name}").add_cli(sub)
+        importlib.import_module(f"zfjax.commands.{name}").add_cli(sub)
     return parser
 
 

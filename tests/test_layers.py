@@ -1,0 +1,92 @@
+"""The library's layering, read from the source (every import, also inside functions).
+
+data -> network -> deconv / receptive field -> training -> analyses -> figures -> commands:
+each analysis is a pure core (zfjax/<analysis>.py), a figure module
+(zfjax/figures/<analysis>.py) and a command (zfjax/commands/<analysis>.py); argparse
+lives only in the commands, zfjax/cli.py, zfjax/argtypes.py and the top-level scripts.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import visualize
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "zfjax"
+ANALYSES = visualize.ANALYSES
+ARGPARSE_ALLOWED = {"zfjax.cli", "zfjax.argtypes"}  # besides zfjax.commands.* and scripts
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every module a file imports, anywhere in it; ``from zfjax import a`` counts as
+    zfjax.a (and zfjax), ``from zfjax.b import c`` as zfjax.b and zfjax.b.c."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def under(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+MODULES = {module_name(p): imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
+CORES = [f"zfjax.{name}" for name in ANALYSES]
+
+
+def test_the_import_reader_sees_imports_inside_functions():
+    """The checks below are only as good as this reader: matplotlib is imported inside
+    the figure function, zfjax.model at the top of the core."""
+    assert "matplotlib.figure" in MODULES["zfjax.figures.topk"]
+    assert "zfjax.model" in MODULES["zfjax.topk"]
+    assert under("zfjax.figures.topk", "zfjax.figures") and not under("zfjax.topkx", "zfjax.topk")
+
+
+@pytest.mark.parametrize("name", ANALYSES)
+def test_each_analysis_is_a_core_a_figure_and_a_command(name):
+    missing = [f"zfjax/{where}{name}.py" for where in ("", "figures/", "commands/")
+               if f"zfjax.{where.replace('/', '.')}{name}" not in MODULES]
+    assert not missing, f"missing {missing}"
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_cores_import_no_plotting_options_cli_or_other_analyses(core):
+    forbidden = ["matplotlib", "argparse", "zfjax.cli", "zfjax.argtypes", "zfjax.commands",
+                 "zfjax.figures"] + [other for other in CORES if other != core]
+    bad = sorted(n for n in MODULES[core] if any(under(n, f) for f in forbidden))
+    assert not bad, f"{core} imports {bad}"
+
+
+def test_figures_import_no_commands_or_options():
+    for module, names in MODULES.items():
+        if under(module, "zfjax.figures"):
+            bad = sorted(n for n in names if any(under(n, f) for f in (
+                "argparse", "zfjax.cli", "zfjax.argtypes", "zfjax.commands")))
+            assert not bad, f"{module} imports {bad}"
+
+
+def test_argparse_lives_only_in_commands_cli_and_scripts():
+    users = sorted(m for m, names in MODULES.items() if "argparse" in names
+                   and not under(m, "zfjax.commands") and m not in ARGPARSE_ALLOWED)
+    assert not users, f"argparse imported by {users}"
+
+
+def test_nothing_below_the_commands_imports_them_and_training_imports_no_analysis():
+    for module, names in MODULES.items():
+        if not under(module, "zfjax.commands"):
+            assert not any(under(n, "zfjax.commands") for n in names), module
+    for module in ("zfjax.trainer", "zfjax.training"):
+        bad = sorted(n for n in MODULES[module] if under(n, "zfjax.figures")
+                     or any(under(n, core) for core in CORES))
+        assert not bad, f"{module} imports {bad}"
