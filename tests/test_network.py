@@ -192,5 +192,6 @@ def test_incremental_occlusion_forward_equals_whole_forwards(config, layer):
         layer=layer, size=size, stride=size // 2, batch_size=4, incremental=incremental))
     fast, slow = run(True), run(False)
     for key in ("map_total", "unit", "p_true", "top_prob"):
-        np.testing.assert_allclose(fast[key], slow[key], rtol=2e-4, atol=1e-5, err_msg=key)
-    np.testing.assert_array_equal(fast["top_class"], slow["top_class"])
+        np.testing.assert_allclose(getattr(fast, key), getattr(slow, key), rtol=2e-4, atol=1e-5,
+                                   err_msg=key)
+    np.testing.assert_array_equal(fast.top_class, slow.top_class)
