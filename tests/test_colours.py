@@ -1,11 +1,12 @@
 """Keras VGG16 weights take BGR inputs (caffe preprocessing); every figure shows their
-projections in RGB: a pure red image stays red in topk, occlusion and reconstructions."""
+projections in RGB: a pure red image stays red in topk, occlusion, reconstructions and
+filters (whose conv1 filters are shown in RGB too)."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import model, render, weights
+from zfjax import filters, model, render, weights
 from helpers import random_params, write_keras3
 
 
@@ -40,8 +41,16 @@ def assert_red(projections):
     (["topk", "--layers", "conv1_1", "--channels", "0", "3", "--top", "1"], "conv1_1/projections"),
     (["occlusion", "--layer", "conv1_1", "--size", "112", "--stride", "112"], "projections"),
     (["reconstructions", "--layers", "conv1_1"], "strongest"),
+    (["filters", "--maps", "2"], "run0/conv2/projections"),  # VGG16's second conv: conv1_2
 ])
-def test_projections_of_bgr_weights_are_shown_in_rgb(red_on_bgr_weights, run_cli, argv, key):
+def test_projections_of_bgr_weights_are_shown_in_rgb(red_on_bgr_weights, run_cli, monkeypatch,
+                                                     argv, key):
+    from zfjax.commands import filters as filters_command
+
+    panels = []  # what the filters figure is given
+    plot = filters_command.plot_filters
+    monkeypatch.setattr(filters_command, "plot_filters",
+                        lambda given, **kw: panels.extend(given) or plot(given, **kw))
     tmp, options = red_on_bgr_weights
     out = tmp / argv[0]
     code, _, err = run_cli(argv + options + ["--out", str(out)])
@@ -53,3 +62,6 @@ def test_projections_of_bgr_weights_are_shown_in_rgb(red_on_bgr_weights, run_cli
         assert {tuple(p) for p in patches} <= {(255, 0, 0), (0, 0, 0)}
     if argv[0] == "reconstructions":
         assert_red(arrays["whole"])
+    if argv[0] == "filters":  # conv1_1 reads only red: its filters are drawn red
+        patches = np.asarray(filters.filter_patches(panels[0]["kernel"]))
+        assert patches[..., 0].max() == 1 and not patches[..., 1:].any()

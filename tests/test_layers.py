@@ -55,9 +55,13 @@ def test_the_import_reader_sees_imports_inside_functions():
 
 @pytest.mark.parametrize("name", ANALYSES)
 def test_each_analysis_is_a_core_a_figure_and_a_command(name):
-    missing = [f"zfjax/{where}{name}.py" for where in ("", "figures/", "commands/")
+    missing = [f"zfjax/{where}{name}.py" for where in ("", "commands/")
                if f"zfjax.{where.replace('/', '.')}{name}" not in MODULES]
     assert not missing, f"missing {missing}"
+    # The command draws through a figure module (zfjax/figures/<name>.py or another one).
+    drawn = [n for n in MODULES[f"zfjax.commands.{name}"]
+             if under(n, "zfjax.figures") and n.count(".") == 2 and n in MODULES]
+    assert drawn, f"zfjax.commands.{name} imports no zfjax.figures module"
 
 
 @pytest.mark.parametrize("core", CORES)
