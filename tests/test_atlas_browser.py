@@ -101,7 +101,13 @@ def test_browse_index_layer_map_and_back(browser, atlas_site, how, request, tmp_
     full.wait_for(state="visible")
     page.wait_for_function("() => [...document.querySelectorAll('#map-5 .full img')]"
                            ".every(i => i.complete && i.naturalWidth > 0)")
-    assert full.locator(".src span").count() == 8  # a box on each source image
+    assert full.locator(".src span").count() == 8  # a box on each source image ...
+    outside = page.evaluate("""() => [...document.querySelectorAll('#map-5 .src')].filter(f => {
+        const box = f.querySelector('span').getBoundingClientRect();
+        const img = f.querySelector('img').getBoundingClientRect();
+        return box.width < 2 || box.left < img.left - 1 || box.top < img.top - 1
+            || box.right > img.right + 1 || box.bottom > img.bottom + 1; }).length""")
+    assert outside == 0  # ... drawn on the image, not over its caption
     shot = page.screenshot()
     assert not_blank(shot) > 200, "the map view looks blank"
     (tmp_path / "map.png").write_bytes(shot)

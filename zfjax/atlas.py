@@ -130,9 +130,9 @@ def project_top(config: model.Network, params, layer: str, top: strongest.TopK, 
     top: the layer's TopK (C, k) with image indices into ``inputs`` (array or lazily
     preprocessed, indexable by an int array). Units are sorted by image and projected
     ``chunk`` at a time: one forward of the chunk's distinct images, then one reverse
-    pass per unit (``deconv.project_units``); every call has the same shapes (``chunk``
-    units; as many images as the chunk with the most distinct ones), so one compilation
-    per layer. Returns float32 (C, k, R, R, 3); unfilled slots are zero.
+    pass per unit (``deconv.project_units``); every call has the same shapes (at most
+    ``chunk`` units, split evenly; as many images as the chunk with the most distinct
+    ones), so one compilation per layer. Returns float32 (C, k, R, R, 3); unfilled slots are zero.
     """
     c, k = top.value.shape
     size = config.image_size
@@ -141,6 +141,9 @@ def project_top(config: model.Network, params, layer: str, top: strongest.TopK, 
     filled = np.flatnonzero(np.isfinite(np.asarray(top.value)).reshape(-1))
     order = filled[np.argsort(np.asarray(top.image).reshape(-1)[filled], kind="stable")]
     image, ys, xs = (np.asarray(a).reshape(-1) for a in (top.image, top.y, top.x))
+    if not len(order):
+        return out
+    chunk = -(-len(order) // -(-len(order) // chunk))  # even chunks: little padding
     chunks = [order[start:start + chunk] for start in range(0, len(order), chunk)]
     batch = max((len(np.unique(image[slots])) for slots in chunks), default=1)  # images per call
     for slots in chunks:

@@ -61,7 +61,7 @@ margin:10px 0 40px}
 .full{display:none}.map:target .full{display:block}
 .full figure{margin:10px 0}.full figcaption{font-size:12px;color:#444;max-width:60em}
 .sources{display:flex;flex-wrap:wrap;gap:6px}
-.src{position:relative;margin:0;width:160px}.src img{width:100%;margin:0}
+.src{margin:0;width:160px}.src div{position:relative}.src img{width:100%;margin:0}
 .src span{position:absolute;box-sizing:border-box;border:2px solid #ffd200;outline:1px solid #000}
 .src figcaption{font-size:11px;overflow-wrap:anywhere}
 .bars td{padding:1px 6px;font-size:12px}.bar{background:#c65d00;height:10px}
@@ -365,8 +365,8 @@ def _sources(config, layer, image, values, ys, xs, names) -> str:
                f"width:{100 * (right[j] - left[j]) / n:.2f}%;"
                f"height:{100 * (bottom[j] - top[j]) / n:.2f}%")
         name = _name(names, i)
-        cells.append(f'<figure class="src">{_img(_source_path(i), (n, n), name)}'
-                     f'<span style="{box}"></span><figcaption>{j + 1}. {html.escape(name)}: '
+        cells.append(f'<figure class="src"><div>{_img(_source_path(i), (n, n), name)}'
+                     f'<span style="{box}"></span></div><figcaption>{j + 1}. {html.escape(name)}: '
                      f"{_fmt(values[j])} at (y {int(ys[j])}, x {int(xs[j])})</figcaption></figure>")
     return '<div class="sources">' + "".join(cells) + "</div>"
 
