@@ -2,7 +2,7 @@
 
 Examples:
   python train.py --preset cpu --out runs/cpu          # 10 epochs of imagenette on a CPU
-  python train.py --preset demo --out runs/demo        # 25 epochs at 112 px (README's figures)
+  python train.py --preset demo --out runs/demo        # 20 epochs at 112 px (README's figures)
   python train.py --preset imagenette --out runs/nette # full ZFNet, 224 px, 64 epochs
   python train.py --out runs/nette --resume            # continue a stopped run exactly
   python train.py --preset paper --data-dir ~/tensorflow_datasets
@@ -32,7 +32,7 @@ def parse_args(argv=None):
     p.add_argument("--preset", choices=names, default="imagenette",
                    help="paper: ImageNet, 224 px, 70 epochs, N(0, 1e-2) init; imagenette: full "
                         "ZFNet at 224 px, 64 epochs, He init; cpu: 64 px, width 0.5, 10 epochs, "
-                        "He init; demo: 112 px, width 0.5, 25 epochs, He init (the README's "
+                        "He init; demo: 112 px, width 0.5, 20 epochs, He init (the README's "
                         "figures) (default: imagenette)")
     p.add_argument("--data", help="TFDS name (e.g. imagenet2012) or image folder "
                                   "<root>/<split>/<class>/<image>")

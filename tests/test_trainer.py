@@ -55,7 +55,7 @@ def test_demo_preset_saves_the_paper_fig4_epochs_up_to_its_last():
     run = train.build_run(train.parse_args(["--preset", "demo"]))
     assert run.model.image_size > trainer.presets()["cpu"].model.image_size
     saved = range(1, run.train.epochs + 1)
-    assert evolution.default_epochs(saved) == [1, 2, 5, 10, 20, 25]
+    assert evolution.default_epochs(saved) == [1, 2, 5, 10, 20]
     assert run.data == (str(IMAGENETTE) if IMAGENETTE.is_dir() else "imagenette/320px-v2")
 
 

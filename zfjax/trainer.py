@@ -78,11 +78,12 @@ def presets() -> dict[str, Run]:
         "cpu": Run(ZFNetConfig(num_classes=10, image_size=64, width=0.5, init_std=None),
                    TrainConfig(epochs=10, batch_size=64, lr_schedule="step", lr_steps=(8,)),
                    _imagenette()),
-        # The README's figures (docs/): 112 px, half width, 25 epochs of imagenette, so
-        # Fig. 4 has epochs 1, 2, 5, 10, 20 and 25. A train step costs about 3x the cpu
-        # preset's (measured side by side): about 35-40 minutes on 2 quiet CPU cores.
+        # The README's figures (docs/): 112 px, half width, 20 epochs of imagenette, so
+        # Fig. 4 has epochs 1, 2, 5, 10 and 20. A train step costs about 3x the cpu
+        # preset's (measured side by side), so about 30 minutes on 2 quiet CPU cores;
+        # on 2 cores shared with two other jobs an epoch took 150-260 s.
         "demo": Run(ZFNetConfig(num_classes=10, image_size=112, width=0.5, init_std=None),
-                    TrainConfig(epochs=25, batch_size=64, lr_schedule="step", lr_steps=(20,)),
+                    TrainConfig(epochs=20, batch_size=64, lr_schedule="step", lr_steps=(15,)),
                     _imagenette()),
     }
 
