@@ -154,9 +154,17 @@ def test_plateau_rule_decays_after_patience_epochs_without_improvement():
 
 def test_step_schedule_and_constant():
     tcfg = training.TrainConfig(lr_schedule="step", lr_steps=(2, 4), learning_rate=0.1)
-    rates = [training.next_learning_rate(tcfg, training.Plateau(), e, 0.5, 0.1)[1]
-             for e in range(1, 6)]
-    np.testing.assert_allclose(rates, [0.1, 0.01, 0.01, 0.001, 0.001])
+
+    def rates(lr, epochs):  # the rate each epoch hands to the next, as trainer does
+        out = []
+        for e in epochs:
+            lr = training.next_learning_rate(tcfg, training.Plateau(), e, 0.5, lr)[1]
+            out.append(lr)
+        return out
+
+    np.testing.assert_allclose(rates(0.1, range(1, 6)), [0.1, 0.01, 0.01, 0.001, 0.001])
+    # Resumed after epoch 2 with --lr 0.05: that rate holds until the next step (4).
+    np.testing.assert_allclose(rates(0.05, range(3, 6)), [0.05, 0.005, 0.005])
     const = training.TrainConfig(lr_schedule="constant")
     assert training.next_learning_rate(const, training.Plateau(), 3, 0.9, 0.02)[1] == 0.02
     with pytest.raises(ValueError, match="lr_schedule"):

@@ -335,8 +335,9 @@ def next_learning_rate(tcfg: TrainConfig, plateau: Plateau, epoch: int, val_erro
                        lr: float) -> tuple[Plateau, float]:
     """The learning rate for epoch + 1, given epoch's validation top-1 error and rate."""
     if tcfg.lr_schedule == "step":
-        drops = sum(epoch >= s for s in tcfg.lr_steps)
-        return plateau, tcfg.learning_rate * tcfg.lr_decay ** drops
+        # x lr_decay from the current rate (not recomputed from the initial one), so a
+        # rate given on --resume holds until the next step.
+        return plateau, lr * tcfg.lr_decay if epoch in tcfg.lr_steps else lr
     if tcfg.lr_schedule == "constant":
         return plateau, lr
     if val_error < plateau.best_error - tcfg.plateau_threshold:
