@@ -213,3 +213,17 @@ def test_bad_input_is_one_line_and_writes_nothing(atlas_site, run_cli, tmp_path,
     assert not out.exists() and list(tmp_path.iterdir()) == []
     if err:
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_given_image_files_make_an_atlas_without_classes(atlas_site, run_cli, tmp_path):
+    run, _, _ = atlas_site
+    files = sorted((run.parent / "images" / "val").glob("*/*.png"))[:5]
+    out = tmp_path / "site"
+    code, _, err = run_cli(["atlas", str(run), "--out", str(out), "--layers", "conv1",
+                            "--images"] + [str(f) for f in files])
+    assert code == 0, err
+    page = (out / "conv1.html").read_text()
+    assert "strongest classes" not in page and "Mean activation per class" not in page
+    assert files[0].name in page  # sources are named by their files
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i:05d}.jpg" for i in range(5)]
+    assert json.loads((out / site_writer.MANIFEST).read_text())["images"] == 5
