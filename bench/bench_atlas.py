@@ -10,7 +10,8 @@ over the same images plus the projections. Side by side, alternating, best of
 * bare forward: the jitted forward to the logits over the N images, in batches;
 * projections: for each layer, one forward of the distinct images holding its
   winners (their pooling switches), then ``deconv.project_units`` of every winner
-  (the same units the atlas projects), all in one call per layer;
+  (the same units the atlas projects), 512 units per call (full-size projections of
+  a 224 px layer's 3,456 winners would need 7 GB at once);
 * atlas core: ``zfjax.atlas.build``: the one mining pass (top-9 and per-class sums
   of every conv layer), then the projections chunked by image, cropped to receptive
   fields;
@@ -97,11 +98,12 @@ def main():
         return [logits(params, inputs[s:s + args.batch]) for s in range(0, n, args.batch)]
 
     def projections():
-        out = []
         for layer, (used, unit) in winners.items():
             _, aux = model.forward_jit(config, params, inputs[used])
-            out.append(deconv.project_units(config, params, aux, layer, unit))
-        return out
+            for start in range(0, len(unit.channel), 512):  # bounded memory at 224 px
+                jax.block_until_ready(deconv.project_units(
+                    config, params, aux, layer, deconv.Units(*(a[start:start + 512] for a in unit))))
+        return 0
 
     built = {}
 
