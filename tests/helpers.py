@@ -143,3 +143,12 @@ def write_snapshots(run_dir, *, epochs, layers, maps=3, seed=0):
                 f"{layer}/projections": rng.normal(size=(maps, r, r, 3)).astype(np.float32),
                 f"{layer}/patches": rng.integers(0, 256, (maps, r, r, 3), np.uint8)})
         evolution.save_snapshot(run_dir, epoch, snapshot)
+
+
+def interruptible():
+    """preexec_fn for a child that a test stops with SIGINT: a shell starts background
+    jobs with SIGINT ignored, and children inherit that, so Ctrl-C would not reach them
+    when the suite itself runs in the background."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import write_image_folder
+from helpers import interruptible, write_image_folder
 from zfjax import artifacts, checkpoints, data, progress, trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -393,7 +393,7 @@ def test_ctrl_c_says_where_the_last_checkpoint_is_and_how_to_resume(folder, tmp_
     job = subprocess.Popen([sys.executable, str(script),
                             *_args(folder, run, "--epochs", "100000", *streamed)],
                            env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, start_new_session=True)
+                           text=True, start_new_session=True, preexec_fn=interruptible)
     deadline = time.time() + 300
     while not (run / "checkpoints" / "1").exists() and job.poll() is None:
         assert time.time() < deadline

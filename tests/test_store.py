@@ -15,7 +15,7 @@ import pytest
 
 from zfjax import data, store
 
-from helpers import write_image_folder
+from helpers import interruptible, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -111,7 +111,8 @@ def _start_waiting_preparation(root, out, wait_s: float = 3600):
     job = subprocess.Popen([sys.executable, "-c", _HANGING, str(ROOT / "tests"), str(root),
                             str(out), "--size", "64", "--workers", "1", "--no-progress",
                             "--shard-size", "4"], env=env, start_new_session=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=interruptible)
     deadline = time.time() + 120
     while not (out / "train-00001.json").exists():
         assert job.poll() is None, job.stderr.read()[-2000:]
