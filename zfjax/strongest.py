@@ -162,13 +162,7 @@ def strongest_over(config: model.Network, params, inputs: np.ndarray, maps: dict
     maps = {layer: jnp.asarray(c, jnp.int32) for layer, c in maps.items()}
     best = {layer: (jnp.full(c.shape, -jnp.inf, jnp.float32),) + (jnp.zeros(c.shape, jnp.int32),) * 3
             for layer, c in maps.items()}
-    n = len(inputs)
-    batch_size = min(batch_size, n)
-    for start in range(0, n, batch_size):
-        batch = inputs[start:start + batch_size]
-        count = len(batch)
-        if count < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - count,) + batch.shape[1:],
-                                                    batch.dtype)])
-        best = _update_running_max(config, params, best, batch, start, count, maps)
+    slices = (inputs[start:start + batch_size] for start in range(0, len(inputs), batch_size))
+    for batch, first, count in padded(slices):
+        best = _update_running_max(config, params, best, batch, first, count, maps)
     return jax.device_get(best)
