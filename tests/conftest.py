@@ -18,6 +18,17 @@ def run_cli(monkeypatch, capsys):
     return call
 
 
+@pytest.fixture
+def unraisable(monkeypatch):
+    """The exception types Python reports to sys.unraisablehook during the test (those it
+    dropped in finalizers; reported nowhere else)."""
+    import sys
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda report: reported.append(report.exc_type))
+    return reported
+
+
 @pytest.fixture(scope="session")
 def atlas_site(tmp_path_factory):
     """A tiny run (tests/helpers.py write_tiny_run) with two epochs of conv1/conv2

@@ -145,10 +145,31 @@ def write_snapshots(run_dir, *, epochs, layers, maps=3, seed=0):
         evolution.save_snapshot(run_dir, epoch, snapshot)
 
 
-def interruptible():
-    """preexec_fn for a child that a test stops with SIGINT: a shell starts background
-    jobs with SIGINT ignored, and children inherit that, so Ctrl-C would not reach them
-    when the suite itself runs in the background."""
-    import signal
+def interruptible(argv: list[str]) -> list[str]:
+    """The command line that runs ``python *argv`` with Ctrl-C working, for a child a test
+    stops with SIGINT: a shell starts background jobs with SIGINT ignored and children
+    inherit that, so Ctrl-C would not reach them when the suite runs in the background.
+    A small Python resets SIGINT and execs the real one (a preexec_fn would run Python
+    between fork and exec in a multi-threaded pytest, which can deadlock)."""
+    import sys
 
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    reset = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+             "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+    return [sys.executable, "-c", reset, *argv]
+
+
+def press_ctrl_c_inside_a_finalizer() -> None:
+    """Sends this process SIGINT while Python runs a weakref callback, as Ctrl-C can land
+    while JAX's caches are being collected. Python drops an exception raised there and
+    reports it to sys.unraisablehook."""
+    import signal
+    import weakref
+
+    class Collected:
+        pass
+
+    thing = Collected()
+    # raise_signal runs Python's handler before it returns: inside the callback.
+    ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGINT))
+    del thing
+    assert ref() is None

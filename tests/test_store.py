@@ -108,11 +108,11 @@ def _start_waiting_preparation(root, out, wait_s: float = 3600):
     are finished."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
            "JAX_PLATFORMS": "cpu", "ZFJAX_TEST_SHARD_WAIT": str(wait_s)}
-    job = subprocess.Popen([sys.executable, "-c", _HANGING, str(ROOT / "tests"), str(root),
-                            str(out), "--size", "64", "--workers", "1", "--no-progress",
-                            "--shard-size", "4"], env=env, start_new_session=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           preexec_fn=interruptible)
+    job = subprocess.Popen(interruptible(["-c", _HANGING, str(ROOT / "tests"), str(root),
+                                          str(out), "--size", "64", "--workers", "1",
+                                          "--no-progress", "--shard-size", "4"]),
+                           env=env, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "train-00001.json").exists():
         assert job.poll() is None, job.stderr.read()[-2000:]

@@ -18,6 +18,7 @@ from zfjax import checkpoints, evolution, model, trainer, training
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402  (the CLI at the repo root)
+from helpers import press_ctrl_c_inside_a_finalizer  # noqa: E402
 
 IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette"
 # The tiny network all training tests share (one compilation per process); it is
@@ -134,6 +135,29 @@ def test_resume_after_kill_mid_epoch_ends_where_an_uninterrupted_run_ends(folder
                         for m in ms]
     assert strip(_metrics(tmp_path / "killed")) == strip(_metrics(tmp_path / "whole"))
     assert not list((tmp_path / "killed" / "checkpoints-steps").iterdir())  # superseded
+
+
+class _PressAfterEpoch:
+    """A snapshots hook that presses Ctrl-C where Python drops it, after epoch 1."""
+
+    def make_probe(self, images, mean, config, *, seed, count):
+        return None
+
+    def __call__(self, run_dir, epoch, config, params, probe):
+        if epoch == 1:
+            press_ctrl_c_inside_a_finalizer()
+
+
+def test_ctrl_c_that_python_drops_in_a_finalizer_still_stops_training(folder, tmp_path,
+                                                                      unraisable):
+    """CI once saw train.py train on for 300 s after Ctrl-C: the KeyboardInterrupt was
+    raised inside a weakref callback, where Python drops it."""
+    run = trainer.Run(TINY, training.TrainConfig(epochs=3, batch_size=16), str(folder))
+    with pytest.raises(trainer.Interrupted, match=r"the last checkpoint \(epoch 1\) is .*"
+                                                  r"continue with: python train.py --out"):
+        trainer.fit(run, tmp_path, progress=False, snapshots=_PressAfterEpoch())
+    assert checkpoints.finished_epochs(tmp_path) == [1]
+    assert unraisable == []  # and quietly: no "Exception ignored" traceback
 
 
 def test_existing_run_needs_resume(folder, tmp_path):

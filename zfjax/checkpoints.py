@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import sys
 import threading
@@ -42,7 +41,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from zfjax import artifacts, model, network
+from zfjax import artifacts, interrupts, model, network
 from zfjax.network import Network
 
 KEEP_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
@@ -107,24 +106,6 @@ def _quiet_orbax():
         absl.setLevel(level)
 
 
-@contextlib.contextmanager
-def _deferred_interrupt():
-    """Holds a Ctrl-C that arrives inside the block until the block ends: a save then
-    finishes (seconds) instead of leaving orbax's writer threads failing noisily."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pressed = []
-    previous = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None
-                      else signal.default_int_handler)
-    if pressed:
-        raise KeyboardInterrupt
-
-
 def _last_good(mgr, before: int | None = None) -> str:
     steps = [s for s in mgr.all_steps() if before is None or s < before]
     if not steps:
@@ -152,7 +133,7 @@ def save(mgr: ocp.CheckpointManager, epoch: int, state, meta: dict) -> None:
             f"{need / 1e6:.1f} MB, {free / 1e6:.1f} MB are free; {_last_good(mgr)}; free some "
             f"space and continue with --resume")
     try:
-        with _quiet_orbax(), _deferred_interrupt():
+        with _quiet_orbax(), interrupts.deferred():
             mgr.save(epoch, args=ocp.args.Composite(
                 params=ocp.args.StandardSave(state.params),
                 opt=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),

@@ -32,7 +32,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from zfjax import data, store
+from zfjax import data, interrupts, store
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class Streamed:
                 flags.FLAGS.mark_as_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(
                 num_workers=workers, per_worker_buffer_size=self.buffer),
-                worker_init_fn=store.ignore_interrupts)
+                worker_init_fn=interrupts.ignore)
         return iter(it)
 
     def train(self, batch_size, input_size, *, seed, epoch, start_step=0) -> Iterator[HostBatch]:

@@ -34,14 +34,13 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 import struct
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from zfjax import checkpoints, data
+from zfjax import checkpoints, data, interrupts
 from zfjax.progress import bar as progress_bar
 
 FORMAT = "zfjax-store-1"
@@ -202,9 +201,9 @@ def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
     workers = workers or os.cpu_count() or 1
     class_names, splits = None, {}
     # spawn: the parent may hold TensorFlow's and JAX's threads, which fork would copy.
-    with concurrent.futures.ProcessPoolExecutor(
+    with interrupts.watched() as watch, concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=ignore_interrupts) as pool:
+            initializer=interrupts.ignore) as pool:
         try:
             for split in SPLITS:
                 items, names, total = (
@@ -215,7 +214,8 @@ def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
                 items = _relabel(items, names, class_names, split)
                 splits[split] = _write_split(
                     out, split, items, total, size, pool, workers, shard_size,
-                    desc=f"preparing {Path(str(source)).name} [{split}]", progress=progress)
+                    desc=f"preparing {Path(str(source)).name} [{split}]", progress=progress,
+                    watch=watch)
         except KeyboardInterrupt:
             pool.shutdown(wait=True, cancel_futures=True)  # shards being written finish
             finished = sum(1 for _ in out.glob("*-[0-9][0-9][0-9][0-9][0-9].json"))
@@ -235,14 +235,6 @@ def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
 
 class Interrupted(KeyboardInterrupt):
     """prepare was stopped with Ctrl-C; the message says what is kept and how to go on."""
-
-
-def ignore_interrupts(*_) -> None:
-    """Start-up of a worker process (prepare's decoders, the loader's Grain workers):
-    leave Ctrl-C to the main process. A terminal sends SIGINT to the whole process
-    group; the main process reports what is kept and shuts the workers down, which
-    would otherwise each print a KeyboardInterrupt traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _diff(found: dict, wanted: dict) -> str:
@@ -267,8 +259,9 @@ def _relabel(items, names, train_names, split):
 
 
 def _write_split(out: Path, split, items, total, size, pool, workers, shard_size, desc,
-                 progress):
-    """Writes the split's shards in the process pool; returns its manifest entry."""
+                 progress, watch):
+    """Writes the split's shards in the process pool; returns its manifest entry.
+    Raises KeyboardInterrupt between shards once watch (interrupts.Watch) saw Ctrl-C."""
     shards, failures = [], []
     with progress_bar(total=total, desc=desc, unit="img", disable=not progress,
                       smoothing=0.1) as bar:
@@ -282,6 +275,7 @@ def _write_split(out: Path, split, items, total, size, pool, workers, shard_size
                     pending.discard(f)
                     info = f.result()
                     bar.update(info["count"] + len(info["failures"]))
+                watch.check()
 
         items, index = iter(items), 0
         while chunk := _take(items, shard_size):

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from zfjax import checkpoints, data, loader, training
+from zfjax import checkpoints, data, interrupts, loader, training
 from zfjax.progress import bar as progress_bar
 from zfjax.model import ZFNetConfig
 from zfjax.training import TrainConfig
@@ -175,8 +175,8 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
                    memory_budget=memory_budget, store_dir=store_dir, workers=workers,
                    download=download, snapshots=snapshots)
     try:
-        with _lock_on_process_0(run_dir):
-            return _fit(run, run_dir, **options)
+        with interrupts.watched() as watch, _lock_on_process_0(run_dir):
+            return _fit(run, run_dir, watch=watch, **options)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; {_last_checkpoint(run_dir)}; continue with: "
                           f"python train.py --out {shlex.quote(str(run_dir))} --resume") from None
@@ -199,7 +199,7 @@ def _last_checkpoint(run_dir: Path) -> str:
             f"{run_dir / checkpoints.CHECKPOINT_DIR / str(done[-1])}")
 
 
-def _fit(run, run_dir: Path, *, resume, epochs, learning_rate, fixed, progress,
+def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, progress,
          checkpoint_every, memory_budget, store_dir, workers, download, snapshots) -> Path:
     mgr_dir = run_dir / checkpoints.CHECKPOINT_DIR
     if resume:
@@ -265,7 +265,7 @@ def _fit(run, run_dir: Path, *, resume, epochs, learning_rate, fixed, progress,
         if _is_main():
             checkpoints.write_json(run_dir / checkpoints.CONFIG_FILE, run_config)
         _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
-                mean, probe, snapshots, progress, checkpoint_every)
+                mean, probe, snapshots, progress, checkpoint_every, watch)
     finally:
         mgr.close()
         step_mgr.close()
@@ -364,7 +364,7 @@ def _banner(run: Run, run_dir, mesh, resume: bool) -> str:
 # --------------------------------------------------------------------------- the loop
 
 def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
-            mean, probe, snapshots, progress, checkpoint_every):
+            mean, probe, snapshots, progress, checkpoint_every, watch):
     step_fn = training.make_stored_train_step(config, tcfg.filter_radius, mesh)
     eval_fn = training.make_stored_eval_step(config, mesh)
     mean_dev = training.replicate(np.asarray(mean, np.float32), mesh)
@@ -378,11 +378,11 @@ def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed,
         start = time.perf_counter()
         state, train_metrics = _train_epoch(
             state, step_fn, rng, mean_dev, mgr, step_mgr, epoch, tcfg, mesh, train_feed, config,
-            progress, checkpoint_every, plateau, partial)
+            progress, checkpoint_every, plateau, partial, watch)
         partial = None
         train_seconds = time.perf_counter() - start
         top1, top5 = evaluate_feed(state.params, eval_fn, val_feed, mean_dev, tcfg.batch_size,
-                                   mesh)
+                                   mesh, watch)
         eval_seconds = time.perf_counter() - start - train_seconds
         if snapshots and _is_main():
             snapshots(run_dir, epoch, config, _local_copy(state.params), probe)
@@ -417,9 +417,9 @@ TIMING_KEYS = ("images_per_s", "seconds", "train_seconds", "eval_seconds", "snap
 
 
 def _train_epoch(state, step_fn, rng, mean_dev, mgr, step_mgr, epoch, tcfg, mesh, feed, config,
-                 progress, checkpoint_every, plateau, partial):
+                 progress, checkpoint_every, plateau, partial, watch):
     """One pass over the training batches (from partial['next_step'] when resuming inside
-    the epoch). Returns (state, {'train_loss', 'train_top1', 'input_wait_seconds',
+    the epoch); stops with KeyboardInterrupt between steps once watch saw Ctrl-C. Returns (state, {'train_loss', 'train_top1', 'input_wait_seconds',
     'steps_run'})."""
     steps = len(feed) // tcfg.batch_size
     first = partial["next_step"] if partial else 0
@@ -433,6 +433,7 @@ def _train_epoch(state, step_fn, rng, mean_dev, mgr, step_mgr, epoch, tcfg, mesh
     pending, start, wait = None, time.perf_counter(), 0.0
     with bar:
         for i in range(first, steps):
+            watch.check()
             t = time.perf_counter()
             batch = next(batches)
             wait += time.perf_counter() - t
@@ -470,12 +471,16 @@ def _check(metrics, loss_sum, acc_sum, index, epoch, mgr):
     return loss_sum + loss, acc_sum + float(training.local_value(metrics["accuracy"]))
 
 
-def evaluate_feed(params, eval_fn, feed, mean_dev, batch_size, mesh):
+def evaluate_feed(params, eval_fn, feed, mean_dev, batch_size, mesh, watch=None):
     """Centre-crop (top-1, top-5) accuracy of params on a loader feed (InMemory or
-    Streamed); eval_fn is training.make_stored_eval_step, mean_dev the replicated mean."""
+    Streamed); eval_fn is training.make_stored_eval_step, mean_dev the replicated mean.
+    watch (interrupts.Watch): stop with KeyboardInterrupt between batches once it saw
+    Ctrl-C."""
     counts = 0
     for b in loader.prefetch(training.put_local_batch(mesh, *b)
                              for b in feed.evaluate(batch_size)):
+        if watch is not None:
+            watch.check()
         counts = counts + eval_fn(params, *b, mean_dev)
     top1, top5, n = training.local_value(counts).tolist()
     return top1 / n, top5 / n
