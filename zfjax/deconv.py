@@ -181,7 +181,7 @@ def window_sizes(config: Network, layer: str) -> list[int]:
 
 
 @partial(jax.jit, static_argnames=("config", "layer", "batch_size"))
-def _project_units(config, params, aux, layer, units, batch_size=1):
+def _project_units(config, params, aux, layer, units, batch_size):
     below = ops_below(config, layer)
     sizes = window_sizes(config, layer)
     # Pad each switch map by its window so every dynamic slice stays in bounds.
@@ -190,31 +190,44 @@ def _project_units(config, params, aux, layer, units, batch_size=1):
         for op, w in zip(below, sizes) if op.kind == "pool"
     }
     acts = aux["activations"][layer]
+    count = units.channel.shape[0]
+    batch_size = max(1, min(batch_size, count))
+    groups = -(-count // batch_size)
+    # The last group is filled up with copies of the last unit, dropped at the end.
+    fill = groups * batch_size - count
+    grouped = Units(*(jnp.concatenate([u, jnp.repeat(u[-1:], fill)]).reshape(groups, batch_size)
+                      for u in units))
 
-    def one(unit):
-        c = acts.shape[-1]
+    def group(unit: Units) -> jax.Array:
+        """batch_size units side by side: (B, H, W, 3). Switch windows are sliced and
+        results pasted one unit at a time: vmapped, each slice would become a gather and
+        each paste a scatter, which made the whole pass 1.2-1.3x slower on CPU."""
+        channels = acts.shape[-1]
         value = acts[unit.image, unit.y, unit.x, unit.channel]
-        x = jnp.where(jnp.arange(c) == unit.channel, value, 0).reshape(c)[None, None, None]
-        offset = jnp.stack([unit.y, unit.x])
+        x = jnp.where(jnp.arange(channels) == unit.channel[:, None], value[:, None], 0)
+        x = x[:, None, None, :]
+        offset = jnp.stack([unit.y, unit.x], axis=1)  # (B, 2): the window's top-left
         for op, w in zip(below, sizes):
             switches = None
             if op.kind == "pool":
                 full = padded[op.name]
-                switches = lax.dynamic_slice(
-                    full, (unit.image, offset[0] + w, offset[1] + w, 0), (1, w, w, full.shape[-1]))
+                switches = jnp.concatenate([
+                    lax.dynamic_slice(full, (unit.image[i], offset[i, 0] + w, offset[i, 1] + w, 0),
+                                      (1, w, w, full.shape[-1])) for i in range(batch_size)])
             x = reverse_stage(op, x, params, switches)
             grown, offset = grow(op, w, offset)
             if grown < op.input_size and op is not below[-1]:
                 # Zero what falls outside the map (forward padding positions).
-                pos = offset[:, None] + jnp.arange(grown)
+                pos = offset[:, :, None] + jnp.arange(grown)
                 inside = (pos >= 0) & (pos < op.input_size)
-                x = x * (inside[0][:, None] & inside[1][None, :])[None, :, :, None]
+                x = x * (inside[:, 0, :, None] & inside[:, 1, None, :])[..., None]
             else:  # onto the whole map (last op: the image); the rest is cut off
-                x = _paste(x[0], offset, op.input_size)[None]
+                x = jnp.stack([_paste(x[i], offset[i], op.input_size) for i in range(batch_size)])
                 offset = jnp.zeros_like(offset)
-        return x[0]
+        return x
 
-    return lax.map(one, units) if batch_size == 1 else lax.map(one, units, batch_size=batch_size)
+    out = lax.map(group, grouped)
+    return out.reshape(groups * batch_size, *out.shape[2:])[:count]
 
 
 def _paste(window: jax.Array, offset: jax.Array, size: int) -> jax.Array:
