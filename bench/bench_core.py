@@ -4,7 +4,7 @@
                                [--projections-only] [--out bench/results/core.json]
 
 ZFNet conv5 and VGG16 conv5_3 units of one 224 image, projected by
-``deconv.project_units`` (its default, vmapped, one unit per call), by a
+``deconv.project_units`` (its default: 8 units per step on CPU), by a
 hand-written PyTorch deconvnet (bench/torch_reference.py) and by Captum's
 NeuronDeconvolution, all in the same run (torch==2.13.0 and captum optional).
 

@@ -154,8 +154,8 @@ def project_units(config: Network, params: dict, aux: dict, layer: str, units: U
     The K reverse passes run inside one compiled call, ``batch_size`` at a time
     (``lax.map``). Default: 8 at a time on CPU, the best or within 25% of the best
     of 1/4/8/16/64 for ZFNet conv3 and conv5 at 64, 112 and 224 px on a quiet
-    2-core machine (1.2-1.8x faster than one at a time; all K at once is slower);
-    64 at a time on accelerators (not measured here).
+    2-core machine (1.2-2.4x faster than one at a time; bench/bench_chunk.py); 64 at
+    a time on accelerators (not measured here).
     """
     if layer not in model.projectable_layers(config):
         raise model.unknown_layer(config, layer)
