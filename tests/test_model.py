@@ -1,5 +1,7 @@
 """ZFNet forward: sizes, parameter count, switches, pooling gradient, input checks."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +31,21 @@ def test_other_input_sizes_build(size, pool5):
     assert model.layer_sizes(config)["pool5"] == pool5
     params = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
     assert params["fc6"]["kernel"].shape[0] == pool5 * pool5 * 64
+
+
+@pytest.mark.parametrize("arch", ["zfnet", "vgg16"])
+def test_first_init_std_sets_only_the_first_conv_layer(arch):
+    config = model.Network(arch=arch, num_classes=7, image_size=64, width=0.25, init_std=None)
+    he = model.init_params(config, jax.random.key(0))
+    mixed = model.init_params(dataclasses.replace(config, first_init_std=0.01), jax.random.key(0))
+    first = "conv1" if arch == "zfnet" else "conv1_1"
+    fan_in = np.prod(he[first]["kernel"].shape[:3])
+    assert abs(float(jnp.std(he[first]["kernel"])) - np.sqrt(2 / fan_in)) < 0.15 * np.sqrt(2 / fan_in)
+    assert abs(float(jnp.std(mixed[first]["kernel"])) - 0.01) < 0.0015
+    others = [name for name in he if name != first]
+    assert len(others) == len(he) - 1
+    for name in others:  # the same draws as He-normal throughout
+        np.testing.assert_array_equal(mixed[name]["kernel"], he[name]["kernel"])
 
 
 def test_forward_records_every_layer():

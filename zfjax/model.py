@@ -252,13 +252,21 @@ def check_images(config: Network, images: jax.Array) -> None:
 def init_params(config: Network, key: jax.Array) -> dict:
     """Fresh float32 parameters: {'conv1': {'kernel': HWIO, 'bias'}, ..., 'fc8': ...}.
 
-    Weights from N(0, init_std^2), or He-normal (fan-in) when init_std is None; biases 0.
+    Weights from N(0, init_std^2), or He-normal (fan-in) when init_std is None; the
+    first conv layer's from N(0, first_init_std^2) when that is set; biases 0.
     """
     init = (nn.initializers.normal(config.init_std) if config.init_std is not None
             else nn.initializers.he_normal())
     shapes = param_shapes(config)
+    first = next(iter(shapes))  # the first conv layer
     keys = jax.random.split(key, len(shapes))
-    return {name: {"kernel": init(k, s["kernel"], jnp.float32),
+
+    def kernel_init(name):
+        if name == first and config.first_init_std is not None:
+            return nn.initializers.normal(config.first_init_std)
+        return init
+
+    return {name: {"kernel": kernel_init(name)(k, s["kernel"], jnp.float32),
                    "bias": jnp.zeros(s["bias"], jnp.float32)}
             for k, (name, s) in zip(keys, shapes.items())}
 

@@ -107,6 +107,11 @@ class Network:
     dropout_rate: rate of every dropout stage in training.
     init_std: std of the zero-mean Gaussian for all weights (paper: 1e-2); None
         uses He-normal (fan-in) scaling instead. Biases start at 0.
+    first_init_std: when set, the first conv layer's weights start from N(0, this^2)
+        whatever init_std says. The presets that train with He-normal set it to the
+        paper's 1e-2: a He-normal conv1 (ZFNet: std 0.117) starts above the filter
+        renormalisation radius of 0.1, is clamped from the first step and stays
+        noise; from 1e-2 its filters grow into edges and colour blobs (Fig. 6).
     arch: 'zfnet', 'alexnet' or 'vgg16' (``ARCHITECTURES``).
     variant: '' or one of ``VARIANT_CHANGES`` (zfnet only): a named change to the
         stage table, the paper's Table 3 (``with_variant`` sets it by name).
@@ -121,6 +126,7 @@ class Network:
     init_std: float | None = 0.01
     arch: str = "zfnet"
     variant: str = ""
+    first_init_std: float | None = None
 
     def __post_init__(self):
         if self.variant and self.variant not in VARIANT_CHANGES:

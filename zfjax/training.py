@@ -2,7 +2,8 @@
 
 * Weights ~ N(0, 1e-2^2), biases 0: we read "initialized to 10^-2" as the std of a
   zero-mean Gaussian (ZFNetConfig.init_std=0.01). init_std=None gives He-normal,
-  which small, short CPU runs need to leave the initial plateau quickly.
+  which small, short CPU runs need to leave the initial plateau quickly; their
+  presets keep conv1 at 1e-2 (first_init_std), or its filters stay noise.
 * SGD, momentum 0.9, learning rate 1e-2, batch 128, dropout 0.5 (in the model).
 * The learning rate drops (x0.1) when the validation error plateaus (``plateau``),
   or at fixed epochs (``step``). It lives in the optimizer state
