@@ -26,6 +26,29 @@ def test_to_display_stretches_each_tile_by_its_own_robust_percentile():
     assert peak[0, 5, 5, 0] == round(127.5 + 127.5 / 100)
 
 
+@pytest.mark.parametrize("percentile", [50.0, 99.0, 100.0, 0.5])
+def test_to_display_scale_is_numpys_percentile_of_the_nonzero_values(percentile):
+    """Against np.nanpercentile with zeros as NaN, tile by tile: dense, sparse, one
+    nonzero value, two, none."""
+    import warnings
+
+    rng = np.random.default_rng(1)
+    tiles = rng.normal(size=(12, 9, 7, 3)).astype(np.float32)
+    tiles[rng.random(tiles.shape) < 0.7] = 0
+    tiles[3] = 0
+    tiles[4] = 0
+    tiles[4, 2, 5, 1] = -3.0
+    tiles[5] = 0
+    tiles[5, 0, 0, 0], tiles[5, 8, 6, 2] = 1.0, 5.0
+    magnitudes = np.abs(tiles.reshape(len(tiles), -1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the all-zero tile
+        want = np.nanpercentile(np.where(magnitudes > 0, magnitudes, np.nan), percentile, axis=1)
+    want = np.where(np.isfinite(want), want, 1.0).astype(np.float32)[:, None, None, None]
+    expected = np.clip(np.round(127.5 + 127.5 * tiles / want), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(render.to_display(tiles, percentile), expected)
+
+
 def test_to_display_of_an_all_zero_tile_is_gray_and_bad_percentile_raises():
     assert (render.to_display(np.zeros((4, 4, 3))) == 128).all()
     with pytest.raises(ValueError, match=r"percentile must be in \(0, 100\]"):
