@@ -12,16 +12,14 @@
   Occlusion's work (batched full forwards, bench/torch_reference.py) in the same
   run, and Captum's own time on this machine (shared/FACTS.md: 12.4 s, unloaded).
 
-Prints a table and writes JSON with the platform. Ratios measured side by side
+Prints a table and writes JSON with the command, machine and load (bench/common.py). Ratios measured side by side
 in one run are what to compare; absolute numbers move with machine load.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # torch_reference
 from zfjax import model, occlusion, strongest  # noqa: E402
+from common import write_results  # noqa: E402  (bench/common.py)
 
 CAPTUM_OCCLUSION_S = 12.4  # 224 px, 32 px window, stride 8, 625 positions (FACTS.md)
 
@@ -181,19 +180,10 @@ def main():
               f"in this run ({torch_s / best:.2f}x); Captum on an unloaded machine: "
               f"{CAPTUM_OCCLUSION_S} s; max |p difference| {agree:.1e}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "platform": {"machine": platform.platform(), "processor": platform.processor(),
-                     "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-                     "jax": jax.__version__, "backend": jax.devices()[0].platform,
-                     "device": str(jax.devices()[0].device_kind),
-                     "device_count": jax.device_count()},
+    write_results(args.out, {
         "config": vars(args), "rows": rows, "mining_overhead": overhead,
         "occlusion_seconds": occ, "torch_occlusion_seconds": torch_s,
-        "reference_seconds": {"captum Occlusion": CAPTUM_OCCLUSION_S},
-    }, indent=2))
-    print(f"\nwrote {out}")
+        "reference_seconds": {"captum Occlusion": CAPTUM_OCCLUSION_S}})
 
 
 if __name__ == "__main__":

@@ -19,15 +19,13 @@ over the same images plus the projections. Side by side, alternating, best of
 
 Default network: the cpu preset's (64 px, width 0.5, 10 classes) with random weights
 and random images; --run uses a trained run and its own validation images.
-Prints a table and writes JSON with the platform.
+Prints a table and writes JSON with the command, machine and load (bench/common.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from zfjax import atlas, cli, data, deconv, loading, model  # noqa: E402
 from zfjax.figures import atlas_site  # noqa: E402
+from common import write_results  # noqa: E402  (bench/common.py)
 
 
 def wall(fn):
@@ -145,17 +144,12 @@ def main():
           f"with the site: {total_ratio:.2f}x; site {built['bytes'] / 2**20:.1f} MiB in "
           f"{built['files']} files")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "platform": {"machine": platform.platform(), "processor": platform.processor(),
-                     "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-                     "jax": jax.__version__, "backend": jax.devices()[0].platform},
+    print()
+    write_results(args.out, {
         "config": vars(args), "images": n, "projections": units, "rows": rows,
         "core_vs_forward_plus_projections": core_ratio,
         "with_site_vs_forward_plus_projections": total_ratio,
-        "site_bytes": built["bytes"], "site_files": built["files"]}, indent=2))
-    print(f"\nwrote {out}")
+        "site_bytes": built["bytes"], "site_files": built["files"]})
 
 
 if __name__ == "__main__":

@@ -11,9 +11,6 @@ a compiling one. The CPU default (8) was chosen from this table.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,6 +20,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from zfjax import deconv, model  # noqa: E402
+from common import write_results  # noqa: E402  (bench/common.py)
 
 SETTINGS = ((64, 0.5), (112, 0.5), (224, 1.0))
 LAYERS = ("conv5", "conv3")
@@ -67,14 +65,7 @@ def main() -> None:
             print(f"{size:4d} px w{width} {layer} {rows[-1]['units']:4d} units: "
                   + "  ".join(f"b{b} {s:.2f} s" for b, s in seconds.items())
                   + f"  best b{best}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "platform": {"machine": platform.platform(), "cpus": os.cpu_count(),
-                     "load_average": os.getloadavg(), "jax": jax.__version__,
-                     "backend": jax.devices()[0].platform},
-        "rows": rows}, indent=1))
-    print(f"wrote {out}")
+    write_results(args.out, {"rows": rows})
 
 
 if __name__ == "__main__":

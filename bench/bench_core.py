@@ -8,7 +8,7 @@ ZFNet conv5 and VGG16 conv5_3 units of one 224 image, projected by
 hand-written PyTorch deconvnet (bench/torch_reference.py) and by Captum's
 NeuronDeconvolution, all in the same run (torch==2.13.0 and captum optional).
 
-Prints a table and writes JSON with the platform. Ratios measured side by side
+Prints a table and writes JSON with the command, machine and load (bench/common.py). Ratios measured side by side
 in one run are what to compare; absolute numbers move with machine load.
 """
 
@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ from jax import lax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zfjax import deconv, model  # noqa: E402
+from common import write_results  # noqa: E402  (bench/common.py)
 
 
 
@@ -254,19 +253,11 @@ def main():
     for name, ratio in summary.items():
         print(f"{name:88s} {ratio:6.2f}x")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "platform": {"machine": platform.platform(), "processor": platform.processor(),
-                     "cpus": os.cpu_count(), "jax": jax.__version__,
-                     "backend": jax.devices()[0].platform, "device": str(jax.devices()[0].device_kind),
-                     "device_count": jax.device_count(),
-                     "load_average": os.getloadavg()},
+    print()
+    write_results(args.out, {
         "config": {"image_size": args.size, "batch": args.batch, "units": args.units,
                    "vgg_units": args.vgg_units, "sample": args.sample},
-        "rows": rows, "speedups": summary,
-    }, indent=2))
-    print(f"\nwrote {out}")
+        "rows": rows, "speedups": summary})
 
 
 if __name__ == "__main__":

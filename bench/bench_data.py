@@ -14,10 +14,7 @@ under bench/results/.
 """
 
 import argparse
-import importlib.metadata
-import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -28,21 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 
 from zfjax import data, loader, store  # noqa: E402
+from common import write_results  # noqa: E402  (bench/common.py)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imagenette"
-
-
-def versions():
-    out = {}
-    for name in ("numpy", "pillow", "grain", "array-record", "jax"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _tree_rss(pid: int) -> int:
@@ -181,13 +168,7 @@ def main():
               f"{cell('peak_rss_tree_mb', '>7.0f'):>7}")
     name = f"data-{args.tag}.json" if args.tag else "data.json"
     path = ROOT / "bench" / "results" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "command": " ".join(sys.argv), "platform": platform.platform(),
-        "python": platform.python_version(), "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg(), "versions": versions(), "data": args.data,
-        "stored_size": prepared.stored_size, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_results(path, {"data": args.data, "stored_size": prepared.stored_size, "rows": rows})
     if tmp:
         tmp.cleanup()
 

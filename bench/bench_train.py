@@ -16,10 +16,6 @@
 """
 
 import argparse
-import importlib.metadata
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -32,19 +28,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from zfjax import data, model, training  # noqa: E402
+from common import write_results  # noqa: E402  (bench/common.py)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imagenette"
 IMAGENETTE_TRAIN = 9469
-
-
-def versions():
-    out = {}
-    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "torch"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 # -------------------------------------------------------------------------------- JAX
@@ -265,12 +252,7 @@ def main():
             print(f"(no peak known for {r['device']}: pass --peak-tflops for MFU)")
         out = Path(args.out or ROOT / "bench" / "results" /
                    f"train-synthetic{'-' + args.tag if args.tag else ''}.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"command": " ".join(sys.argv), "platform": platform.platform(),
-                                   "devices": [str(d) for d in jax.devices()],
-                                   "load_average": os.getloadavg(), "versions": versions(),
-                                   "rows": rows}, indent=2))
-        print(f"wrote {out}")
+        write_results(out, {"rows": rows})
         return
 
     rows = train_rows(args.sizes, args.batch, args.rounds, args.steps, not args.no_torch,
@@ -298,14 +280,7 @@ def main():
 
     name = f"train-{args.tag}.json" if args.tag else "train.json"
     out = Path(args.out or ROOT / "bench" / "results" / name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "platform": platform.platform(), "python": platform.python_version(),
-        "cpu_count": os.cpu_count(), "devices": [str(d) for d in jax.devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": versions(),
-        "load_average": os.getloadavg(), "data": args.data if have_data else None,
-        "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    write_results(out, {"data": args.data if have_data else None, "rows": rows})
 
 
 if __name__ == "__main__":
