@@ -12,8 +12,9 @@
   Occlusion's work (batched full forwards, bench/torch_reference.py) in the same
   run, and Captum's own time on this machine (shared/FACTS.md: 12.4 s, unloaded).
 
-Prints a table and writes JSON with the command, machine and load (bench/common.py). Ratios measured side by side
-in one run are what to compare; absolute numbers move with machine load.
+Prints a table and writes JSON with the command, machine and load
+(bench/common.py). Ratios measured side by side in one run are what to
+compare; absolute numbers move with machine load.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ ZFNet conv5 and VGG16 conv5_3 units of one 224 image, projected by
 hand-written PyTorch deconvnet (bench/torch_reference.py) and by Captum's
 NeuronDeconvolution, all in the same run (torch==2.13.0 and captum optional).
 
-Prints a table and writes JSON with the command, machine and load (bench/common.py). Ratios measured side by side
-in one run are what to compare; absolute numbers move with machine load.
+Prints a table and writes JSON with the command, machine and load
+(bench/common.py). Ratios measured side by side in one run are what to
+compare; absolute numbers move with machine load.
 """
 
 from __future__ import annotations
