@@ -13,6 +13,7 @@ def plot_convergence(result: Convergence, *, title: str | None = None,
     """Left: median (line) and quartiles (band) of the projection correlation with the final
     epoch, per layer; right: mean top-9 image overlap per kept checkpoint. A Figure."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     panels = 2 if len(result.overlap_epochs) else 1
     fig = Figure(figsize=(6.2 * panels, 4.2), layout="constrained")
@@ -35,6 +36,7 @@ def plot_convergence(result: Convergence, *, title: str | None = None,
         axes[1].legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 2.5
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
