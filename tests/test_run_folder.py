@@ -122,8 +122,11 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_good_one(folder, tmp_path, cap
 def test_a_write_that_fails_on_a_full_disk_names_the_last_good_checkpoint(tmp_path, capfd,
                                                                           monkeypatch):
     """Past the free-space check (disk_usage lies), orbax's own ENOSPC failure."""
+    import threading
+
     from test_checkpoints import _abstract, _state
 
+    monkeypatch.setattr(sys, "stderr", sys.stderr)  # the failure wraps it; put back after
     state = _state()  # 5 MB on disk (its zero momentum compresses)
     monkeypatch.setattr(checkpoints.shutil, "disk_usage",
                         lambda _: shutil._ntuple_diskusage(1 << 40, 0, 1 << 40))
@@ -136,6 +139,13 @@ def test_a_write_that_fails_on_a_full_disk_names_the_last_good_checkpoint(tmp_pa
         assert (f"writing checkpoint 2 into {disk / 'checkpoints'} failed: the disk is full; "
                 f"the last good checkpoint is {disk / 'checkpoints' / '1'}") in str(err.value)
         assert "Traceback" not in capfd.readouterr().err  # orbax's thread logs kept quiet
+        # TensorStore finishes the abandoned writes later, on its own threads, printing
+        # "Event loop is closed" tracebacks (3 runs in 10 of a script did): kept off too.
+        late = threading.Thread(target=lambda: print("Traceback (abandoned write)",
+                                                     file=sys.stderr))
+        late.start()
+        late.join()
+        assert "Traceback" not in capfd.readouterr().err
         mgr = checkpoints.manager(disk / "checkpoints", read_only=True)
         assert mgr.all_steps() == [1]
         restored, _ = checkpoints.restore(mgr, 1, _abstract(state))

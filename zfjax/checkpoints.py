@@ -132,19 +132,23 @@ def save(mgr: ocp.CheckpointManager, epoch: int, state, meta: dict) -> None:
             f"not enough free space in {directory} for checkpoint {epoch}: it needs about "
             f"{need / 1e6:.1f} MB, {free / 1e6:.1f} MB are free; {_last_good(mgr)}; free some "
             f"space and continue with --resume")
-    try:
-        with _quiet_orbax(), interrupts.deferred():
+
+    def write():
+        with interrupts.deferred():
             mgr.save(epoch, args=ocp.args.Composite(
                 params=ocp.args.StandardSave(state.params),
                 opt=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
                 meta=ocp.args.JsonSave(meta)))
-    except Exception as e:
+
+    def failed(e: Exception) -> CheckpointError:
         full = "No space left on device" in str(e) or getattr(e, "errno", None) == errno.ENOSPC
-        raise CheckpointError(
+        return CheckpointError(
             f"writing checkpoint {epoch} into {directory} failed"
             + (": the disk is full" if full else f": {_first_line(e)}")
             + f"; {_last_good(mgr, epoch)}; "
-            + ("free some space and " if full else "") + "continue with --resume") from None
+            + ("free some space and " if full else "") + "continue with --resume")
+
+    _quietly(write, failed)
 
 
 def _first_line(error: BaseException) -> str:
@@ -166,30 +170,36 @@ def _damaged(mgr, epoch: int, error: BaseException) -> DamagedCheckpoint:
 
 
 def _read(mgr, epoch: int, read):
-    """read() (an orbax read of checkpoint `epoch`), or CheckpointError if it is damaged.
+    """read() (an orbax read of checkpoint `epoch`), or CheckpointError if it is damaged."""
+    return _quietly(read, lambda e: _damaged(mgr, epoch, e))
 
-    When one array of a checkpoint cannot be read, orbax abandons the reads of the
-    others; their coroutines, freed later, would each print "Exception ignored ...".
-    They are freed here, quietly, before the one-line error goes on.
+
+def _quietly(io, failure):
+    """io() (an orbax read or write); if it raises, raises failure(its exception) instead.
+
+    When one array fails, orbax abandons the reads or writes of the others; their
+    coroutines, freed later, would each print "Exception ignored ...", and TensorStore
+    finishing them prints "Event loop is closed" tracebacks (a full disk did, 1 run in
+    3). They are freed here and silenced, before the one-line error goes on.
     """
     hook = sys.unraisablehook
     sys.unraisablehook = lambda unraisable: None
     try:
         try:
             with _quiet_orbax():
-                return read()
+                return io()
         except Exception as e:
-            error = _damaged(mgr, epoch, e)
-        _silence_abandoned_reads()
+            error = failure(e)
+        _silence_abandoned_io()
         gc.collect()
     finally:
         sys.unraisablehook = hook
     raise error
 
 
-def _silence_abandoned_reads():
-    """From now on, keeps the noise of orbax's abandoned reads off the terminal: when
-    TensorStore completes them on its own threads after orbax's event loop closed, they
+def _silence_abandoned_io():
+    """From now on, keeps the noise of orbax's abandoned reads and writes off the
+    terminal: when TensorStore completes them on its own threads after orbax's event loop closed, they
     print "Event loop is closed" tracebacks (straight to sys.stderr, at any moment up to
     exit) and log "Task exception was never retrieved". Only the main thread's writes
     to stderr, which carry the one-line error, still get through."""
