@@ -39,8 +39,8 @@ def test_first_init_std_sets_only_the_first_conv_layer(arch):
     he = model.init_params(config, jax.random.key(0))
     mixed = model.init_params(dataclasses.replace(config, first_init_std=0.01), jax.random.key(0))
     first = "conv1" if arch == "zfnet" else "conv1_1"
-    fan_in = np.prod(he[first]["kernel"].shape[:3])
-    assert abs(float(jnp.std(he[first]["kernel"])) - np.sqrt(2 / fan_in)) < 0.15 * np.sqrt(2 / fan_in)
+    he_std = np.sqrt(2 / np.prod(he[first]["kernel"].shape[:3]))  # fan-in
+    assert abs(float(jnp.std(he[first]["kernel"])) - he_std) < 0.15 * he_std
     assert abs(float(jnp.std(mixed[first]["kernel"])) - 0.01) < 0.0015
     others = [name for name in he if name != first]
     assert len(others) == len(he) - 1

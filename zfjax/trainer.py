@@ -80,8 +80,8 @@ def presets() -> dict[str, Run]:
         # radius from the start, and they stayed noise (Fig. 6); from 1e-2 the cpu preset's
         # conv1 learnt edges and colour blobs, for 1.9 points less val top-1 (0.677 vs
         # 0.696 after 10 epochs).
-        "imagenette": Run(_he_with_paper_conv1(ZFNetConfig(num_classes=10)), TrainConfig(epochs=64),
-                          _imagenette()),
+        "imagenette": Run(_he_with_paper_conv1(ZFNetConfig(num_classes=10)),
+                          TrainConfig(epochs=64), _imagenette()),
         # 10 epochs of imagenette on 2 CPU cores: 64 px, half width (XLA:CPU runs
         # convolutions with few output channels slowly, so width 0.25 is no faster).
         "cpu": Run(_he_with_paper_conv1(ZFNetConfig(num_classes=10, image_size=64, width=0.5)),
@@ -428,8 +428,8 @@ TIMING_KEYS = ("images_per_s", "seconds", "train_seconds", "eval_seconds", "snap
 def _train_epoch(state, step_fn, rng, mean_dev, mgr, step_mgr, epoch, tcfg, mesh, feed, config,
                  progress, checkpoint_every, plateau, partial, watch):
     """One pass over the training batches (from partial['next_step'] when resuming inside
-    the epoch); stops with KeyboardInterrupt between steps once watch saw Ctrl-C. Returns (state, {'train_loss', 'train_top1', 'input_wait_seconds',
-    'steps_run'})."""
+    the epoch); stops with KeyboardInterrupt between steps once watch saw Ctrl-C.
+    Returns (state, {'train_loss', 'train_top1', 'input_wait_seconds', 'steps_run'})."""
     steps = len(feed) // tcfg.batch_size
     first = partial["next_step"] if partial else 0
     loss_sum, acc_sum = (partial["loss_sum"], partial["acc_sum"]) if partial else (0.0, 0.0)
