@@ -1,12 +1,14 @@
 """Benchmark of the core: forward with/without switches, single-unit projections.
 
     python bench/bench_core.py [--size 224] [--batch 32] [--units 256] [--vgg-units 16]
-                               [--projections-only] [--out bench/results/core.json]
+                               [--sample 16] [--rounds 5] [--projections-only]
+                               [--out bench/results/core.json]
 
 ZFNet conv5 and VGG16 conv5_3 units of one 224 image, projected by
 ``deconv.project_units`` (its default: 8 units per step on CPU), by a
 hand-written PyTorch deconvnet (bench/torch_reference.py) and by Captum's
-NeuronDeconvolution, all in the same run (torch==2.13.0 and captum optional).
+NeuronDeconvolution, all in the same run (torch==2.13.0 and captum optional),
+taking turns round by round.
 
 Prints a table and writes JSON with the command, machine and load
 (bench/common.py). Ratios measured side by side in one run are what to
@@ -88,10 +90,12 @@ def bench_forward(config, params, images, rows):
         measure(fns, "XLA reduce_window (baseline)")
 
 
-def bench_projections(config, params, image, layer, units_count, rows, sample=16):
+def bench_projections(config, params, image, layer, units_count, rows, sample=16, rounds=5):
     """``units_count`` single-unit projections of one image from ``layer``, every way.
 
-    One-at-a-time loops are timed on ``sample`` units and scaled to ``units_count``.
+    Every way runs once per round, all ways in turn, so each sees the same stretches of
+    machine noise; a row keeps its best round (and the median). One-at-a-time loops are
+    timed on ``sample`` units and scaled to ``units_count``.
     """
     forward = jax.jit(lambda p, x: model.forward(config, p, x)[1])
     aux = forward(params, image)
@@ -108,38 +112,52 @@ def bench_projections(config, params, image, layer, units_count, rows, sample=16
                                                          batch_size=k))
     one_units = [deconv.Units(*(u[i : i + 1] for u in units)) for i in range(sample)]
     cases = [
-        ("zfjax project_units, batched (default)", lambda: window_default(units), k),
-        ("zfjax project_units, vmap over all units", lambda: window_vmap(units), k),
+        ("zfjax project_units, batched (default)", lambda: window_default(units), k, t_forward),
+        ("zfjax project_units, vmap over all units", lambda: window_vmap(units), k, t_forward),
         ("zfjax project_units, one unit per call", lambda: [window_default(u) for u in one_units],
-         sample),
+         sample, t_forward),
     ]
     if config.arch == "zfnet":
         signals = jax.vmap(lambda c, y, x: deconv.unit_signal(aux, layer, c, y, x))(
             units.channel, units.y, units.x)
         dense_many = jax.jit(jax.vmap(lambda s: deconv.project(config, params, aux, layer, s)))
-        cases.append(("zfjax project (dense), vmap", lambda: dense_many(signals), k))
-    for name, fn, count in cases:
-        seconds = timed(fn, repeats=2) * k / count
-        rows.append({"work": f"{tag}: {name}", "batch": k, "seconds": seconds,
-                     "seconds_with_forward": seconds + t_forward, "projections_per_s": k / seconds})
+        cases.append(("zfjax project (dense), vmap", lambda: dense_many(signals), k, t_forward))
     ours = np.asarray(window_default(units))
-    rows.append({"work": f"{tag}: max |default - vmap| / max",
-                 "value": float(np.abs(ours - np.asarray(window_vmap(units))).max()
-                                / np.abs(ours).max())})
-    bench_torch(config, params, image, layer, units, ours, t_forward, rows, tag, sample)
+    checks = [(f"{tag}: max |default - vmap| / max",
+               float(np.abs(ours - np.asarray(window_vmap(units))).max() / np.abs(ours).max()))]
+    extra_cases, extra_checks = torch_cases(config, params, image, layer, units, ours, sample)
+    cases += extra_cases
+    checks += extra_checks
+
+    times = {name: [] for name, *_ in cases}
+    for _, fn, _, _ in cases:  # warm-up: compilation, first-call allocations
+        jax.block_until_ready(fn())
+    for _ in range(rounds):
+        for name, fn, count, _ in cases:
+            times[name].append(_wall(lambda: jax.block_until_ready(fn())) * k / count)
+    for name, _, _, forward_seconds in cases:
+        best = min(times[name])
+        row = {"work": f"{tag}: {name}", "batch": k, "seconds": best,
+               "median_seconds": float(np.median(times[name])), "projections_per_s": k / best}
+        if forward_seconds is not None:
+            row["seconds_with_forward"] = best + forward_seconds
+        rows.append(row)
+    rows.extend({"work": work, "value": value} for work, value in checks)
 
 
-def bench_torch(config, params, image, layer, units, ours, t_forward_jax, rows, tag, sample):
+def torch_cases(config, params, image, layer, units, ours, sample):
     """The same projections with a hand-written PyTorch deconvnet and with Captum's
-    NeuronDeconvolution, where torch (and captum) are installed."""
+    NeuronDeconvolution, where torch (and captum) are installed: ([(name, fn, count,
+    forward seconds)], [(check name, max relative difference to zfjax)])."""
     try:
         import torch
         from torch_reference import TorchDeconvnet, torch_sequential
     except ImportError:
         print("torch not installed: no side-by-side PyTorch rows (pip install torch==2.13.0)")
-        return
+        return [], []
     net = TorchDeconvnet(params, config)
     k = len(units.channel)
+    tag = f"{k} {config.arch} {layer} projections"
     with torch.no_grad():
         start = time.perf_counter()
         acts, indices, sizes = net.forward(np.asarray(image))
@@ -148,47 +166,43 @@ def bench_torch(config, params, image, layer, units, ours, t_forward_jax, rows, 
         signals = torch.zeros((k,) + top.shape[1:])
         for i, (c, y, x) in enumerate(zip(units.channel.tolist(), units.y.tolist(), units.x.tolist())):
             signals[i, c, y, x] = top[0, c, y, x]
+        first_value = float(top[0, int(units.channel[0]), int(units.y[0]), int(units.x[0])])
 
-        def one_at_a_time(count):
-            return [net.project(layer, signals[i : i + 1], indices, sizes) for i in range(count)]
+    def one_at_a_time():
+        with torch.no_grad():
+            return [net.project(layer, signals[i : i + 1], indices, sizes) for i in range(sample)]
 
-        def batched(chunk=32):
+    def batched(chunk=32):
+        with torch.no_grad():
             return torch.cat([net.project(layer, signals[i : i + chunk], indices, sizes)
                               for i in range(0, k, chunk)])
 
-        for name, fn, count in [("one at a time", lambda: one_at_a_time(sample), sample),
-                                ("batched (chunks of 32)", batched, k)]:
-            fn()
-            best = min(_wall(fn) for _ in range(2)) * k / count
-            rows.append({"work": f"{tag}: PyTorch hand-written, {name}",
-                         "batch": k, "seconds": best, "seconds_with_forward": best + t_forward,
-                         "projections_per_s": k / best})
-        theirs = batched().numpy().transpose(0, 2, 3, 1)
-        first_value = float(top[0, int(units.channel[0]), int(units.y[0]), int(units.x[0])])
-    rows.append({"work": f"{tag}: max |zfjax - PyTorch| / max |PyTorch|",
-                 "value": float(np.abs(ours - theirs).max() / np.abs(theirs).max())})
+    cases = [("PyTorch hand-written, one at a time", one_at_a_time, sample, t_forward),
+             ("PyTorch hand-written, batched (chunks of 32)", batched, k, t_forward)]
+    theirs = batched().numpy().transpose(0, 2, 3, 1)
+    checks = [(f"{tag}: max |zfjax - PyTorch| / max |PyTorch|",
+               float(np.abs(ours - theirs).max() / np.abs(theirs).max()))]
     try:
         from captum.attr import NeuronDeconvolution
     except ImportError:
         print("captum not installed: no Captum rows (pip install captum)")
-        return
+        return cases, checks
     seq, modules = torch_sequential(params, config)
     deconvolution = NeuronDeconvolution(seq, modules[layer])
     x = torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(0, 3, 1, 2)))
 
-    def captum_loop(count):
+    def captum_loop(count=sample):
         return [deconvolution.attribute(x, neuron_selector=(int(units.channel[i]), int(units.y[i]),
                                                             int(units.x[i])))
                 for i in range(count)]
 
-    captum_loop(1)
-    best = min(_wall(lambda: captum_loop(sample)) for _ in range(2)) * k / sample
-    rows.append({"work": f"{tag}: Captum NeuronDeconvolution loop", "batch": k, "seconds": best,
-                 "projections_per_s": k / best})
+    # Captum runs the forward inside every call: no separate forward time.
+    cases.append(("Captum NeuronDeconvolution loop", captum_loop, sample, None))
     # Captum sends a gradient of 1 down from the unit; zfjax sends the unit's activation.
     first = captum_loop(1)[0].numpy().transpose(0, 2, 3, 1)[0] * first_value
-    rows.append({"work": f"{tag}: max |zfjax - Captum| / max |Captum| (first unit)",
-                 "value": float(np.abs(ours[0] - first).max() / np.abs(first).max())})
+    checks.append((f"{tag}: max |zfjax - Captum| / max |Captum| (first unit)",
+                   float(np.abs(ours[0] - first).max() / np.abs(first).max())))
+    return cases, checks
 
 
 def ratios(rows, tag):
@@ -215,6 +229,8 @@ def main():
                         help="VGG16 conv5_3 units projected (0: skip VGG16)")
     parser.add_argument("--sample", type=int, default=16,
                         help="units timed in the one-at-a-time loops (then scaled)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="projection rounds (every way once per round; best kept)")
     parser.add_argument("--out", default="bench/results/core.json")
     parser.add_argument("--projections-only", action="store_true",
                         help="skip the forward/gradient rows")
@@ -226,14 +242,15 @@ def main():
     rows = []
     if not args.projections_only:
         bench_forward(config, params, images, rows)
-    bench_projections(config, params, images[:1], "conv5", args.units, rows, args.sample)
+    bench_projections(config, params, images[:1], "conv5", args.units, rows, args.sample,
+                      args.rounds)
     tags = [f"{args.units} zfnet conv5 projections"]
     if args.vgg_units:
         vgg = model.Network(arch="vgg16", num_classes=1000, image_size=224, init_std=None)
         vgg_params = model.init_params(vgg, jax.random.key(0))
         image = jax.random.normal(jax.random.key(1), (1, 224, 224, 3))
         bench_projections(vgg, vgg_params, image, "conv5_3", args.vgg_units, rows,
-                          min(args.sample, 4))
+                          min(args.sample, 4), args.rounds)
         tags.append(f"{args.vgg_units} vgg16 conv5_3 projections")
     summary = {}
     for tag in tags:
@@ -241,7 +258,7 @@ def main():
 
     print(f"\nzfjax core benchmark, {args.size} px, {jax.devices()[0].platform} "
           f"({jax.device_count()} devices, {os.cpu_count()} CPUs)")
-    print(f"{'work':78s} {'seconds':>9s} {'rate':>14s}")
+    print(f"{'work':78s} {'seconds':>9s} {'median':>9s} {'rate':>14s}")
     for row in rows:
         if "value" in row:
             print(f"{row['work']:78s} {row['value']:>9.2g}")
@@ -249,7 +266,8 @@ def main():
         rate = (f"{row['images_per_s']:.1f} img/s" if "images_per_s" in row
                 else f"{row['projections_per_s']:.1f} proj/s")
         label = row["work"] + (f" [{row['pooling']}]" if "pooling" in row else "")
-        print(f"{label:78s} {row['seconds']:9.3f} {rate:>14s}")
+        median = f"{row['median_seconds']:9.3f}" if "median_seconds" in row else " " * 9
+        print(f"{label:78s} {row['seconds']:9.3f} {median} {rate:>14s}")
     print("\nspeed-ups of the default batched call, same run:")
     for name, ratio in summary.items():
         print(f"{name:88s} {ratio:6.2f}x")
@@ -257,7 +275,7 @@ def main():
     print()
     write_results(args.out, {
         "config": {"image_size": args.size, "batch": args.batch, "units": args.units,
-                   "vgg_units": args.vgg_units, "sample": args.sample},
+                   "vgg_units": args.vgg_units, "sample": args.sample, "rounds": args.rounds},
         "rows": rows, "speedups": summary})
 
 
