@@ -78,6 +78,22 @@ def test_content_box_and_trim_cut_the_zero_padding():
     assert render.content_box(np.zeros((5, 6, 3))) == (0, 0, 5, 6)
 
 
+def test_content_boxes_equal_content_box_tile_by_tile():
+    rng = np.random.default_rng(0)
+    a = np.where(rng.random((6, 2, 9, 7, 3)) < 0.01, 1.0, 0.0)
+    b = np.where(rng.random((6, 9, 7, 3)) < 0.01, 5, 0).astype(np.uint8)
+    a[3], b[3] = 0, 0  # an empty pair: the whole tile
+    a[4, :, :, :, 1:], b[4] = 0, 0  # content in one channel only
+    boxes = render.content_boxes(a, b)
+    assert boxes.shape == (6, 4)
+    assert tuple(boxes[3]) == (0, 0, 9, 7)
+    for k in range(6):
+        hit = (a[k] != 0).any(axis=(0, 3)) | (b[k] != 0).any(axis=2)
+        rows, cols = np.flatnonzero(hit.any(1)), np.flatnonzero(hit.any(0))
+        want = (0, 0, 9, 7) if not len(rows) else (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
+        assert tuple(boxes[k]) == want == render.content_box(a[k], b[k])
+
+
 def test_display_side_is_a_whole_multiple():
     assert [render.display_side(r) for r in (7, 11, 27, 48, 139)] == [49, 55, 54, 48, 139]
 

@@ -5,7 +5,7 @@
   figures), so one bright pixel no longer leaves the rest of the tile faint.
 * ``upscale``: integer nearest-neighbour enlargement, so the small receptive
   fields of a 64 px run stay sharp blocks instead of resampled blur.
-* ``content_box`` / ``trim``: cut tiles to the part that lies inside the image
+* ``content_box(es)`` / ``trim``: cut tiles to the part that lies inside the image
   (receptive-field crops are zero-padded where they run past the image edge).
 * ``class_label`` / ``class_labels``: WordNet ids (n01440764) -> ImageNet names
   (tench), from the table bundled in zfjax/resources/imagenet_classes.tsv.
@@ -75,15 +75,29 @@ def content_box(*stacks) -> tuple[int, int, int, int]:
     Each stack is (..., H, W, C) with one H, W. The box covers every position
     where any leading index or channel is nonzero; the whole tile if none is.
     """
+    return tuple(int(v) for v in content_boxes(*(np.asarray(s)[None] for s in stacks))[0])
+
+
+def content_boxes(*stacks) -> np.ndarray:
+    """``content_box`` of each of K tiles at once: int (K, 4) (top, left, bottom, right).
+
+    Each stack is (K, ..., H, W, C) with one K, H, W; box k covers the positions
+    nonzero in any stack's k-th entry (any further index or channel).
+    """
     hit = None
     for stack in stacks:
         a = np.asarray(stack)
-        any_ = np.any(a.reshape((-1,) + a.shape[-3:]) != 0, axis=(0, 3))
+        a = a.reshape(a.shape[:1] + (-1,) + a.shape[-3:])
+        any_ = np.any(a != 0, axis=(1, 4))
         hit = any_ if hit is None else hit | any_
-    rows, cols = np.flatnonzero(hit.any(axis=1)), np.flatnonzero(hit.any(axis=0))
-    if not len(rows):
-        return 0, 0, hit.shape[0], hit.shape[1]
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+    k, h, w = hit.shape
+    rows, cols = hit.any(axis=2), hit.any(axis=1)
+    empty = ~rows.any(axis=1)
+    top, left = rows.argmax(axis=1), cols.argmax(axis=1)
+    bottom, right = h - rows[:, ::-1].argmax(axis=1), w - cols[:, ::-1].argmax(axis=1)
+    boxes = np.stack([top, left, bottom, right], axis=1)
+    boxes[empty] = (0, 0, h, w)
+    return boxes
 
 
 def trim(tiles: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -160,8 +174,7 @@ def fit_pairs(projections, patches, side: int) -> tuple[np.ndarray, np.ndarray]:
     flat_q = patches.reshape(shown.shape)
     out_p = np.empty((len(shown), side, side, 3), np.uint8)
     out_q = np.empty_like(out_p)
-    for i in range(len(shown)):
-        box = content_box(flat_p[i], flat_q[i])
+    for i, box in enumerate(content_boxes(flat_p, flat_q).tolist()):
         out_p[i] = fit(trim(shown[i], box), side)
         out_q[i] = fit(trim(flat_q[i], box), side)
     return out_p.reshape(lead + out_p.shape[1:]), out_q.reshape(lead + out_q.shape[1:])
