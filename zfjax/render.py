@@ -137,17 +137,16 @@ def fit(tile: np.ndarray, side: int, fill: int = 255) -> np.ndarray:
     from PIL import Image
 
     tile = np.asarray(tile, np.uint8)
-    h, w = tile.shape[:2]
+    h, w, channels = tile.shape
     if side >= max(h, w):  # an integer factor: every pixel an equal square block
         factor = side // max(h, w)
-        nh, nw, method = h * factor, w * factor, Image.Resampling.NEAREST
+        nh, nw = h * factor, w * factor
+        resized = np.repeat(np.repeat(tile, factor, axis=0), factor, axis=1)
     else:
         scale = side / max(h, w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        method = Image.Resampling.BOX
-    channels = tile.shape[2]
-    img = Image.fromarray(tile if channels > 1 else tile[..., 0])
-    resized = np.asarray(img.resize((nw, nh), method)).reshape(nh, nw, channels)
+        img = Image.fromarray(tile if channels > 1 else tile[..., 0])
+        resized = np.asarray(img.resize((nw, nh), Image.Resampling.BOX)).reshape(nh, nw, channels)
     out = np.full((side, side, channels), fill, np.uint8)
     top, left = (side - nh) // 2, (side - nw) // 2
     out[top:top + nh, left:left + nw] = resized
