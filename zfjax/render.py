@@ -87,9 +87,10 @@ def content_boxes(*stacks) -> np.ndarray:
     hit = None
     for stack in stacks:
         a = np.asarray(stack)
-        a = a.reshape(a.shape[:1] + (-1,) + a.shape[-3:])
-        any_ = np.any(a != 0, axis=(1, 4))
-        hit = any_ if hit is None else hit | any_
+        nonzero = (a.reshape(a.shape[:1] + (-1,) + a.shape[-3:]) != 0).any(axis=1)
+        # Channels one by one: numpy's any over a short last axis is ~10x slower.
+        for c in range(nonzero.shape[-1]):
+            hit = nonzero[..., c] if hit is None else hit | nonzero[..., c]
     k, h, w = hit.shape
     rows, cols = hit.any(axis=2), hit.any(axis=1)
     empty = ~rows.any(axis=1)
