@@ -218,19 +218,19 @@ def _project_units(config, params, aux, layer, units, batch_size):
                                       (1, w, w, full.shape[-1])) for i in range(batch_size)])
             x = reverse_stage(op, x, params, switches)
             grown, offset = grow(op, w, offset)
-            if next_op is not None and grown < op.input_size:
-                if next_op.kind == "conv":
-                    # Zero what falls outside the map (the forward conv's zero padding). An
-                    # unpooling below needs no mask: outside the map its switches are the
-                    # pad value, and unpooled values only land on switch positions, inside.
-                    # (Masking there too made the whole pass 1.4x slower on CPU: XLA fused
-                    # the mask into the unpooling once per window position.)
-                    pos = offset[:, :, None] + jnp.arange(grown)
-                    inside = (pos >= 0) & (pos < op.input_size)
-                    x = x * (inside[:, 0, :, None] & inside[:, 1, None, :])[..., None]
-            else:  # onto the whole map (last op: the image); the rest is cut off
+            if next_op is None or grown >= op.input_size:
+                # Onto the whole map (last op: the image); the rest is cut off.
                 x = jnp.stack([_paste(x[i], offset[i], op.input_size) for i in range(batch_size)])
                 offset = jnp.zeros_like(offset)
+            elif next_op.kind == "conv":
+                # Zero what falls outside the map (the forward conv's zero padding). An
+                # unpooling below needs no mask: outside the map its switches are the pad
+                # value, and unpooled values only land on switch positions, inside.
+                # (Masking there too made the whole pass 1.4x slower on CPU: XLA fused the
+                # mask into the unpooling once per window position.)
+                pos = offset[:, :, None] + jnp.arange(grown)
+                inside = (pos >= 0) & (pos < op.input_size)
+                x = x * (inside[:, 0, :, None] & inside[:, 1, None, :])[..., None]
         return x
 
     out = lax.map(group, grouped)
