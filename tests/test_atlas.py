@@ -198,6 +198,49 @@ def test_rerun_replaces_the_site_and_writes_nothing_beside_it(atlas_site, run_cl
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no temporary folders
 
 
+def test_an_atlas_json_that_zfjax_did_not_write_is_refused_and_left_untouched(
+        atlas_site, run_cli, tmp_path):
+    """atlas.json is a common name (sprite atlases): only zfjax's marker makes an atlas."""
+    run, _, _ = atlas_site
+    for i, manifest in enumerate([{"frames": {"hero.png": {"x": 0, "y": 0}}},
+                                  {"zfjax_atlas": 1, "layers": {"conv1": 24}}]):
+        out = tmp_path / f"sprites{i}"
+        out.mkdir()
+        (out / site_writer.MANIFEST).write_text(json.dumps(manifest))
+        (out / "sprites.png").write_bytes(b"\x89PNG not really")
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        code, _, err = run_cli(["atlas", str(run), "--out", str(out), "--layers", "conv1"])
+        assert code == 2 and "holds other files" in err and len(err.strip().splitlines()) == 1
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sprites0", "sprites1"]
+
+
+def test_atlases_are_recognised_by_their_marker_and_old_ones_by_their_exact_content(
+        atlas_site, tmp_path):
+    _, site, _ = atlas_site
+    manifest = site_writer.read_manifest(site)
+    assert manifest.version == site_writer.VERSION and manifest.layers == {"conv1": 24, "conv2": 64}
+    assert "index.html" in manifest.files and "conv2/map-063-full.jpg" in manifest.files
+    assert manifest.files == {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()}
+    old = tmp_path / "old"  # as the code before the marker wrote it
+    for name in ("index.html", "style.css", "conv1.html", "conv2.html"):
+        (old / name).parent.mkdir(exist_ok=True)
+        (old / name).write_text("")
+    v1 = {"zfjax_atlas": 1, "layers": {"conv1": 24, "conv2": 64}, "images": 8,
+          "source": "images [val]", "k": 5}
+    (old / site_writer.MANIFEST).write_text(json.dumps(v1))
+    assert site_writer.read_manifest(old) == (1, v1["layers"], None)
+    for changed in ({**v1, "extra": 1}, {**v1, "zfjax_atlas": True}, {**v1, "layers": {}},
+                    {k: v for k, v in v1.items() if k != "k"}, [v1]):
+        (old / site_writer.MANIFEST).write_text(json.dumps(changed))
+        assert site_writer.read_manifest(old) is None, changed
+    (old / site_writer.MANIFEST).write_text(json.dumps(v1))
+    (old / "conv2.html").unlink()  # a page of a layer it lists is missing
+    assert site_writer.read_manifest(old) is None
+    (old / site_writer.MANIFEST).write_text("{not json")
+    assert site_writer.read_manifest(old) is None
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--layers", "fc9"], "fc9"),
     (["--top", "0"], "--top"),

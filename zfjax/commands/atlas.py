@@ -106,7 +106,8 @@ def run(args) -> list[pathlib.Path]:
             snapshots = evolution.load_snapshots(info["run_dir"])
             evolution.check_epochs(snapshots, sorted(snapshots))  # one probe, before the work
 
-    with artifacts.atomic_folder(out, replaceable=lambda f: (f / atlas_site.MANIFEST).is_file()) as tmp:
+    is_atlas = lambda folder: atlas_site.read_manifest(folder) is not None  # noqa: E731
+    with artifacts.atomic_folder(out, replaceable=is_atlas) as tmp:
         result = atlas.build(config, loaded.params, inputs, labels, layers=layers,
                              k=min(args.top, len(stored)), batch_size=args.batch_size,
                              num_classes=len(loaded.class_names or []) or None, progress=_bar)

@@ -9,7 +9,8 @@
                         per class (shown with the CSS :target rule, no script needed)
     <layer>/map-CCC*.jpg  the pictures, compressed JPEG, loaded lazily
     images/NNNNN.jpg    each source image once, at its own size (boxes are drawn over it)
-    style.css, atlas.json (what was built: layers, images, sizes)
+    style.css, atlas.json (what was built: layers, images, every file written; its
+                        "format": "zfjax-atlas" marks the folder as zfjax's, see read_manifest)
 
 Everything is local and relative: no external URLs, fonts or scripts, so the site
 works from file:// and from any static server.
@@ -19,8 +20,11 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import pathlib
+import re
 import shutil
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -30,7 +34,9 @@ from zfjax.figures.evolution import evolution_block
 from zfjax.receptive_field import crop_to_receptive_field, receptive_field, receptive_field_size
 from zfjax.figures.topk import mosaic
 
-MANIFEST = "atlas.json"  # marks a folder as an atlas (a re-run may replace it)
+MANIFEST = "atlas.json"  # what was built; its format marker makes the folder a zfjax atlas
+FORMAT, VERSION = "zfjax-atlas", 2  # version 1 (no marker, no file list): see read_manifest
+MANIFEST_MAX_BYTES = 64 << 20  # a larger atlas.json is not one zfjax wrote
 CARD_SIDE = 48  # at least this many px per tile on the layer pages (whole multiples of
 CARD_MAX = 64   # the receptive field's pixels), at most this many (thumbnails)
 FULL_SIDE = 64  # at least this many px per tile in a map's full view (native size above)
@@ -238,11 +244,94 @@ def write_site(config: model.Network, atlas, display, folder, *, names=None, cla
                "images": int(atlas.count), "source": source}
     index = folder / "index.html"
     index.write_text(_index_page(layers, summary, run, entries))
-    manifest = {"zfjax_atlas": 1, "layers": {layer: int(len(a.top.value))
-                                             for layer, a in atlas.layers.items()},
-                "images": int(atlas.count), "source": source, "k": summary["k"]}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    files = sorted({MANIFEST} | {name for name in _walk_files(folder)
+                                 if written_by_atlas(name, layers)})
+    manifest = {"format": FORMAT, "version": VERSION,
+                "layers": {layer: int(len(a.top.value)) for layer, a in atlas.layers.items()},
+                "images": int(atlas.count), "source": source, "k": summary["k"], "files": files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return [index] + pages
+
+
+# ---- recognising an atlas ----------------------------------------------------------
+
+
+class Manifest(NamedTuple):
+    """The atlas.json of a zfjax atlas. version: its format version; layers: layer -> maps;
+    files: the relative paths ('conv1/map-007.jpg') of every file the atlas wrote, or None
+    for version 1, which did not list them (``written_by_atlas`` names them then)."""
+
+    version: int
+    layers: dict
+    files: frozenset | None
+
+
+_V1_KEYS = {"zfjax_atlas", "layers", "images", "source", "k"}
+
+
+def read_manifest(folder) -> Manifest | None:
+    """The manifest of the zfjax atlas in ``folder``, or None when it is not one.
+
+    An atlas is recognised by what zfjax wrote into its atlas.json, never by the file
+    name alone (atlas.json is a common name: sprite atlases): {"format": "zfjax-atlas",
+    "version": N, "layers": {...}, ...}. Atlases made before that marker (version 1)
+    are recognised strictly by their known content: exactly the keys zfjax_atlas (= 1),
+    layers (layer -> maps), images, source and k, beside index.html, style.css and a
+    <layer>.html per layer.
+    """
+    folder = pathlib.Path(folder)
+    path = folder / MANIFEST
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MANIFEST_MAX_BYTES:
+            return None
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not _layer_counts(data.get("layers")):
+        return None
+    version = data.get("version")
+    if data.get("format") == FORMAT and type(version) is int and version >= 2:
+        files = data.get("files")
+        if isinstance(files, list) and all(isinstance(f, str) for f in files):
+            return Manifest(version, data["layers"], frozenset(files))
+        return Manifest(version, data["layers"], None) if version > VERSION else None
+    if (set(data) == _V1_KEYS and type(data["zfjax_atlas"]) is int and data["zfjax_atlas"] == 1
+            and type(data["images"]) is int and type(data["k"]) is int
+            and isinstance(data["source"], str)
+            and all((folder / name).is_file() for name in
+                    ["index.html", "style.css"] + [f"{layer}.html" for layer in data["layers"]])):
+        return Manifest(1, data["layers"], None)
+    return None
+
+
+def _layer_counts(layers) -> bool:
+    return (isinstance(layers, dict) and bool(layers)
+            and all(isinstance(k, str) and re.fullmatch(r"[A-Za-z0-9_]+", k)
+                    and type(v) is int and v > 0 for k, v in layers.items()))
+
+
+_TOP_FILES = {"index.html", "style.css", MANIFEST, "curves.png"}
+
+
+def written_by_atlas(name: str, layers) -> bool:
+    """Whether an atlas of ``layers`` writes the file at relative path ``name`` (the
+    layout in this module's docstring)."""
+    parts = name.split("/")
+    if len(parts) == 1:
+        return name in _TOP_FILES or name in {f"{layer}.html" for layer in layers}
+    if len(parts) == 2 and parts[0] == "images":
+        return re.fullmatch(r"\d{5,}\.jpg", parts[1]) is not None
+    if len(parts) == 2 and parts[0] in layers:
+        return re.fullmatch(r"map-\d{3,}(-full|-evolution)?\.jpg", parts[1]) is not None
+    return False
+
+
+def _walk_files(folder: pathlib.Path):
+    """Relative posix paths of every non-folder entry under ``folder`` (links not followed)."""
+    for root, dirs, files in os.walk(folder):
+        base = pathlib.Path(root).relative_to(folder)
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            yield (base / name).as_posix()
 
 
 def _followed_maps(snapshots, layers) -> dict:
