@@ -178,7 +178,8 @@ def test_layer_pages_show_every_map_with_a_stable_anchor_and_its_pictures(atlas_
         assert im.format == "JPEG" and np.asarray(im).std() > 10  # pictures, not blanks
 
 
-def test_rerun_replaces_the_site_and_writes_nothing_beside_it(atlas_site, run_cli, tmp_path):
+def test_rerun_replaces_the_site_keeps_the_users_files_and_writes_nothing_beside_it(
+        atlas_site, run_cli, tmp_path):
     run, _, _ = atlas_site
     out = tmp_path / "site"
     out.mkdir()
@@ -189,13 +190,89 @@ def test_rerun_replaces_the_site_and_writes_nothing_beside_it(atlas_site, run_cl
     (out / "stale.txt").unlink()
     code, _, err = run_cli(["atlas", str(run), "--out", str(out), "--layers", "conv2"])
     assert code == 0, err  # an empty folder is used
-    (out / "extra.txt").write_text("left in an atlas")
+    mine = {"extra.txt": "left in an atlas", "notes/todo.md": "look at map 7",
+            "conv2/my-crop.png": "a picture of mine", "images/README": "about the images"}
+    for name, text in mine.items():
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_text(text)
+    (out / "empty-folder").mkdir()
+    (out / "index.html").write_text("edited")  # zfjax's: replaced
     code, stdout, err = run_cli(["atlas", str(run), "--out", str(out), "--layers", "conv1"])
-    assert code == 0, err  # an atlas is replaced as a whole
+    assert code == 0, err  # the atlas is replaced, the user's files are kept
     assert stdout.strip() == str(out / "index.html")
     assert (out / "conv1.html").is_file() and not (out / "conv2.html").exists()
-    assert not (out / "extra.txt").exists()
+    assert not list((out / "conv2").glob("*.jpg")) and "edited" not in (out / "index.html").read_text()
+    assert {name: (out / name).read_text() for name in mine} == mine
+    assert (out / "empty-folder").is_dir()
+    said = [line for line in err.splitlines() if line.startswith("visualize.py atlas:")]
+    assert len(said) == 1 and "kept 5 files" in said[0] and "conv2/my-crop.png" in said[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no temporary folders
+    (out / "conv1.html").rename(out / "conv1-mine.html")  # ours, renamed by the user: kept
+    (out / "conv2.html").write_text("mine")  # a name the new atlas writes: refused
+    code, _, err = run_cli(["atlas", str(run), "--out", str(out), "--layers", "conv2"])
+    assert code == 2 and "conv2.html" in err and len(err.strip().splitlines()) == 1
+    assert (out / "conv2.html").read_text() == "mine" and (out / "conv1-mine.html").is_file()
+
+
+def _kill_inside_atomic_folder(path: Path, leave_file: bool) -> None:
+    """A process that starts an atomic folder for ``path`` and is killed by SIGKILL in it."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal, sys; from zfjax import artifacts\n"
+            "with artifacts.atomic_folder(sys.argv[1]) as tmp:\n"
+            "    if sys.argv[2] == '1': (tmp / 'style.css').write_text('body{}')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path), str(int(leave_file))])
+    assert done.returncode == -9
+
+
+def test_leftovers_of_killed_runs_are_removed_and_nothing_else(atlas_site, tmp_path):
+    """kill -9 leaves .NAME.*.tmp (and .NAME.*.old) folders: the next run removes those that
+    zfjax made (name AND content: its unlocked marker, or a pre-marker partial site), never
+    one a live writer holds, never a user's."""
+    import fcntl
+    import shutil
+
+    from zfjax import artifacts
+
+    _, site, _ = atlas_site
+    out = tmp_path / "site"
+    _kill_inside_atomic_folder(out, leave_file=True)
+    killed = [p.name for p in tmp_path.iterdir()]
+    assert len(killed) == 1 and re.fullmatch(r"\.site\.\w{8}\.tmp", killed[0])
+    made = {".site.aaaaaaa1.tmp": {}, ".site.aaaaaaa2.tmp": {"style.css": "", "conv1/map-000.jpg": ""},
+            ".site.aaaaaaa3.tmp": {"style.css": "", "thesis.tex": "mine"},  # not an atlas's
+            ".site.aaaaaaa4.tmp": {artifacts.PARTIAL_MARKER: "zfjax: site being written"},
+            ".site.aaaaaaa5.tmp": {artifacts.PARTIAL_MARKER: "a file of mine"},
+            ".site.aaaaaaa6.old": {}, ".site.toolong99.tmp": {}, ".other.aaaaaaa7.tmp": {},
+            ".site.aaaaaaa8.old": {"old/thesis.tex": "mine"}}
+    for folder, files in made.items():
+        (tmp_path / folder).mkdir()
+        for name, text in files.items():
+            (tmp_path / folder / name).parent.mkdir(exist_ok=True)
+            (tmp_path / folder / name).write_text(text)
+    live = tmp_path / ".site.aaaaaaa9.tmp"  # a writer that is still running
+    live.mkdir()
+    (live / artifacts.PARTIAL_MARKER).write_text("zfjax: site being written")
+    shutil.copytree(site, tmp_path / ".site.aaaaaa10.old" / "old")  # an old atlas, swapped out
+    shutil.copytree(site, out)
+    with open(live / artifacts.PARTIAL_MARKER) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        removed = artifacts.remove_leftovers(out, replaceable=site_writer.read_manifest,
+                                             carry=site_writer.user_files,
+                                             leftover=site_writer.is_partial_site)
+    assert sorted(p.name for p in removed) == sorted(killed + [
+        ".site.aaaaaaa1.tmp", ".site.aaaaaaa2.tmp", ".site.aaaaaaa4.tmp", ".site.aaaaaaa6.old",
+        ".site.aaaaaa10.old"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".site.aaaaaaa3.tmp", ".site.aaaaaaa5.tmp", ".site.toolong99.tmp", ".other.aaaaaaa7.tmp",
+         ".site.aaaaaaa8.old", ".site.aaaaaaa9.tmp", "site"])
+    shutil.rmtree(out)  # killed between the two renames: the old atlas is put back
+    shutil.copytree(site, tmp_path / ".site.aaaaaa11.old" / "old")
+    artifacts.remove_leftovers(out, replaceable=site_writer.read_manifest)
+    assert site_writer.read_manifest(out) is not None
+    assert not (tmp_path / ".site.aaaaaa11.old").exists()
 
 
 def test_an_atlas_json_that_zfjax_did_not_write_is_refused_and_left_untouched(

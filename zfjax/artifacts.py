@@ -2,14 +2,17 @@
 
 Every writer goes through a temporary file in the target folder and an atomic
 ``os.replace``, so an interrupted run never leaves a half-written file. Whole
-folders (``atomic_folder``) are written beside their target and swapped in.
+folders (``atomic_folder``) are written beside their target and swapped in; what an
+interrupted swap left behind is cleaned up by the next one (``remove_leftovers``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -45,30 +48,160 @@ def atomic_path(path):
             os.remove(tmp)
 
 
+PARTIAL_MARKER = ".zfjax-partial"  # inside a folder being written; its writer holds an flock
+_TEMPORARY = r"[a-z0-9_]{8}"  # tempfile.mkdtemp's random part
+
+
 @contextlib.contextmanager
-def atomic_folder(path, *, replaceable=lambda folder: False):
+def atomic_folder(path, *, replaceable=lambda folder: False, carry=lambda folder: (),
+                  leftover=lambda folder: False):
     """Yield a fresh temporary folder beside ``path``; on success it becomes ``path``.
 
     An existing ``path`` is replaced only if it is empty or ``replaceable(path)`` says
     so (e.g. it holds what an earlier run wrote); otherwise FileExistsError, before
-    anything is written. The swap is one atomic exchange where the kernel offers it
-    (Linux renameat2), else two renames; the old folder is then deleted. On error the
-    temporary folder is removed and ``path`` is left as it was.
+    anything is written. ``carry(path)`` names (relative posix paths) what of the
+    existing folder to keep: those entries are hard-linked (copied where links fail) into
+    the new folder just before the swap, so they survive it and a failure loses nothing.
+    The swap is one atomic exchange where the kernel offers it (Linux renameat2), else
+    two renames; the old folder is then deleted. On error the temporary folder is
+    removed and ``path`` is left as it was.
+
+    Leftovers of earlier interrupted runs (kill -9) beside ``path`` are removed first:
+    see ``remove_leftovers``.
     """
     path = Path(path).absolute()
     _check_replaceable(path, replaceable)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    remove_leftovers(path, replaceable=replaceable, carry=carry, leftover=leftover)
+    tmp, marker = _marked_temporary(path)
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         _check_replaceable(path, replaceable)  # still true after the work?
+        os.unlink(tmp / PARTIAL_MARKER)
         if path.exists():
+            _carry(path, tmp, carry(path))
             _exchange(tmp, path)  # tmp now holds the old folder
         else:
             os.rename(tmp, path)
     finally:
+        os.close(marker)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _marked_temporary(path: Path) -> tuple[Path, int]:
+    """A new folder .NAME.XXXXXXXX.tmp beside ``path`` holding PARTIAL_MARKER, flocked by
+    this process (the kernel drops the lock when it ends, even by kill -9); returns the
+    folder and the marker's open descriptor. It is made under a .new name and renamed,
+    so no .tmp folder of a live writer is ever without its locked marker."""
+    new = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new"))
+    try:
+        os.chmod(new, 0o777 & ~_umask())
+        fd = os.open(new / PARTIAL_MARKER, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"zfjax: {path.name} being written by pid {os.getpid()}\n".encode())
+        tmp = new.with_suffix(".tmp")
+        os.rename(new, tmp)
+    except BaseException:
+        os.close(fd)
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    return tmp, fd
+
+
+def remove_leftovers(path, *, replaceable=lambda folder: False, carry=lambda folder: (),
+                     leftover=lambda folder: False) -> list[Path]:
+    """Remove what interrupted ``atomic_folder`` runs for ``path`` left beside it; returns
+    what was removed (or put back). Only folders named as atomic_folder names them, and
+    only by their content:
+
+    * .NAME.XXXXXXXX.tmp / .new: when they hold PARTIAL_MARKER and no live process holds
+      its lock, or (made before the marker) are empty or ``leftover(folder)`` says so;
+    * .NAME.XXXXXXXX.old (the two-rename swap): when empty; when its old/ is
+      ``replaceable`` and ``path`` is missing, old/ is put back as ``path``; when ``path``
+      exists, it is deleted only if everything ``carry(old)`` names is in ``path``.
+    Anything else is left alone.
+    """
+    path = Path(path).absolute()
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_TEMPORARY}\.(tmp|new|old)")
+    done = []
+    try:
+        entries = sorted(path.parent.iterdir())
+    except OSError:
+        return done
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if not match or entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            if match.group(1) != "old":
+                if _abandoned(entry, leftover):
+                    shutil.rmtree(entry)
+                    done.append(entry)
+            elif _settle_aside(entry, path, replaceable, carry):
+                done.append(entry)
+        except OSError:
+            continue  # someone else's, or gone meanwhile: leave it
+    return done
+
+
+def _abandoned(folder: Path, leftover) -> bool:
+    marker = folder / PARTIAL_MARKER
+    if marker.is_symlink() or not marker.exists():
+        return not any(folder.iterdir()) or bool(leftover(folder))
+    fd = os.open(marker, os.O_RDONLY)
+    try:
+        if not os.pread(fd, 64, 0).startswith(b"zfjax: "):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its writer lives
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _settle_aside(aside: Path, path: Path, replaceable, carry) -> bool:
+    inside = list(aside.iterdir())
+    if not inside:
+        aside.rmdir()
+        return True
+    old = aside / "old"
+    if inside != [old] or old.is_symlink() or not old.is_dir() or not replaceable(old):
+        return False
+    if not os.path.lexists(path):
+        os.rename(old, path)  # killed between the two renames: put the old folder back
+    elif all(os.path.lexists(path / name) for name in carry(old)):
+        shutil.rmtree(old)
+    else:
+        return False
+    aside.rmdir()
+    return True
+
+
+def _carry(old: Path, new: Path, names) -> None:
+    """Hard-link (or copy) each relative ``name`` of ``old`` to the same place in ``new``."""
+    for name in names:
+        source, target = old / name, new / name
+        if os.path.lexists(target):
+            raise FileExistsError(f"{source} is not part of what was written before, but the "
+                                  f"new output has a file of that name; move it away and run "
+                                  f"again (nothing was changed)")
+        missing = [p for p in Path(name).parents if p != Path(".") and not (new / p).exists()]
+        for folder in reversed(missing):
+            (new / folder).mkdir()
+            shutil.copymode(old / folder, new / folder)
+        if source.is_dir() and not source.is_symlink():
+            target.mkdir()
+            shutil.copymode(source, target)
+            continue
+        try:
+            os.link(source, target, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(source, target, follow_symlinks=False)
 
 
 def _check_replaceable(path: Path, replaceable) -> None:

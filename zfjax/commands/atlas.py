@@ -2,7 +2,8 @@
 
 Mines every conv layer in one pass over the split (``zfjax.atlas``), then writes the
 site (``zfjax.figures.atlas_site``) into a temporary folder beside DIR and swaps it in,
-so DIR is always a whole atlas; a re-run replaces it.
+so DIR is always a whole atlas. A re-run replaces what the earlier atlas wrote and keeps
+everything else in DIR (files the user added), saying so in one line.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import sys
 import time
 
 import numpy as np
@@ -24,7 +26,10 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         "atlas", help="a static HTML site of every feature map: top-9 projections (Fig. 2), "
                       "classes, evolution (Fig. 4); opens offline in a browser",
         description="Write a self-contained HTML atlas of the network into --out "
-                    "(default <run>/figures/atlas): open its index.html in a browser.")
+                    "(default <run>/figures/atlas): open its index.html in a browser. --out "
+                    "must be new, empty or an earlier atlas; a re-run replaces the files the "
+                    "earlier atlas wrote and keeps any others you added there (carried into "
+                    "the new atlas, and said so in one line).")
     cli.add_input_arguments(parser, count_help="at most this many images of the split "
                                                "(default: all)")
     parser.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
@@ -68,6 +73,19 @@ def run_files(run_dir) -> dict:
     return found
 
 
+def _is_atlas(folder) -> bool:
+    return atlas_site.read_manifest(folder) is not None
+
+
+def _check_names_free(out: pathlib.Path, layers) -> None:
+    """Raises FileExistsError when a file the user added to the atlas in ``out`` has a name
+    the new atlas writes (it could not be kept beside it)."""
+    taken = [name for name in atlas_site.user_files(out) if atlas_site.written_by_atlas(name, layers)]
+    if taken:
+        raise FileExistsError(f"{out / taken[0]} was not written by the earlier atlas, but the "
+                              f"new one writes that name; move it away (nothing was written)")
+
+
 def run(args) -> list[pathlib.Path]:
     """Build the atlas and write the site; returns [DIR/index.html]."""
     start = time.perf_counter()
@@ -106,8 +124,18 @@ def run(args) -> list[pathlib.Path]:
             snapshots = evolution.load_snapshots(info["run_dir"])
             evolution.check_epochs(snapshots, sorted(snapshots))  # one probe, before the work
 
-    is_atlas = lambda folder: atlas_site.read_manifest(folder) is not None  # noqa: E731
-    with artifacts.atomic_folder(out, replaceable=is_atlas) as tmp:
+    if out.is_dir():
+        _check_names_free(out, layers)  # before the work, not after
+    kept: list[str] = []
+
+    def keep(folder) -> list[str]:
+        names = atlas_site.user_files(folder)
+        if pathlib.Path(folder).absolute() == out.absolute():  # not a leftover's old folder
+            kept[:] = names
+        return names
+
+    with artifacts.atomic_folder(out, replaceable=_is_atlas, carry=keep,
+                                 leftover=atlas_site.is_partial_site) as tmp:
         result = atlas.build(config, loaded.params, inputs, labels, layers=layers,
                              k=min(args.top, len(stored)), batch_size=args.batch_size,
                              num_classes=len(loaded.class_names or []) or None, progress=_bar)
@@ -115,4 +143,8 @@ def run(args) -> list[pathlib.Path]:
         atlas_site.write_site(config, result, display, tmp, names=names,
                               class_names=loaded.class_names, rgb=loaded.preprocessing.rgb,
                               snapshots=snapshots, run=run_info, source=source, progress=_bar)
+    if kept:
+        shown = ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
+        print(f"visualize.py atlas: kept {len(kept)} file{'s' * (len(kept) != 1)} that the "
+              f"earlier atlas in {out} did not write: {shown}", file=sys.stderr)
     return [out / "index.html"]

@@ -326,6 +326,35 @@ def written_by_atlas(name: str, layers) -> bool:
     return False
 
 
+def user_files(folder) -> list[str]:
+    """What of the atlas in ``folder`` zfjax did not write: relative paths of the files,
+    links and empty folders not in its manifest's list (version 1: not named by
+    ``written_by_atlas`` for its layers). Empty for a folder that is not an atlas."""
+    folder = pathlib.Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return []
+    ours = ((lambda name: name in manifest.files) if manifest.files is not None
+            else (lambda name: written_by_atlas(name, manifest.layers)))
+    found = [name for name in _walk_files(folder) if not ours(name)]
+    for root, dirs, files in os.walk(folder):
+        base = pathlib.Path(root).relative_to(folder)
+        if root != str(folder) and not dirs and not files and not (
+                len(base.parts) == 1 and (base.name == "images" or base.name in manifest.layers)):
+            found.append(base.as_posix())  # an empty folder of the user's
+    return sorted(found)
+
+
+def is_partial_site(folder) -> bool:
+    """Whether ``folder`` holds only what an interrupted ``write_site`` had written (it
+    writes style.css first, then pictures and pages by the layout above)."""
+    folder = pathlib.Path(folder)
+    if not (folder / "style.css").is_file():
+        return False
+    layers = {p.name for p in folder.iterdir() if p.is_dir() and not p.is_symlink()} - {"images"}
+    return all(written_by_atlas(name, layers) for name in _walk_files(folder))
+
+
 def _walk_files(folder: pathlib.Path):
     """Relative posix paths of every non-folder entry under ``folder`` (links not followed)."""
     for root, dirs, files in os.walk(folder):
