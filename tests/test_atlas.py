@@ -318,6 +318,60 @@ def test_atlases_are_recognised_by_their_marker_and_old_ones_by_their_exact_cont
     assert site_writer.read_manifest(old) is None
 
 
+def test_a_mount_point_is_refused_before_the_work(atlas_site, run_cli, tmp_path, monkeypatch):
+    """A mount point cannot be renamed: refuse it at once, not with 'Device or resource
+    busy' after the whole build (which also left a .NAME.*.old folder)."""
+    import os
+
+    run, _, _ = atlas_site
+    out = tmp_path / "mounted"
+    out.mkdir()
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(out) or real_ismount(p))
+    monkeypatch.setattr(atlas, "build", lambda *a, **k: pytest.fail("built before refusing"))
+    code, _, err = run_cli(["atlas", str(run), "--out", str(out), "--layers", "conv1"])
+    assert code == 2 and "mount point" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mounted"] and not any(out.iterdir())
+
+
+def test_a_swap_that_fails_at_the_end_leaves_both_folders_as_they_were(tmp_path, monkeypatch):
+    import ctypes
+    import errno
+    import os
+
+    from zfjax import artifacts
+
+    new, old = tmp_path / "new", tmp_path / "old"
+    for folder in (new, old):
+        folder.mkdir()
+        (folder / "file").write_text(folder.name)
+
+    class Libc:
+        def __init__(self, code):
+            self.code = code
+
+        def renameat2(self, *args):
+            ctypes.set_errno(self.code)
+            return -1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: Libc(errno.EBUSY))
+    with pytest.raises(OSError, match="Device or resource busy"):
+        artifacts._exchange(new, old)  # busy: no two-rename fallback, no .old left
+    real_rename = os.rename
+
+    def rename(a, b):
+        if Path(a) == new:
+            raise OSError(errno.EBUSY, "busy")
+        real_rename(a, b)
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: Libc(errno.EINVAL))  # no exchange here
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError):
+        artifacts._exchange(new, old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "old"]
+    assert [(f / "file").read_text() for f in (new, old)] == ["new", "old"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--layers", "fc9"], "fc9"),
     (["--top", "0"], "--top"),

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -71,6 +73,7 @@ def atomic_folder(path, *, replaceable=lambda folder: False, carry=lambda folder
     """
     path = Path(path).absolute()
     _check_replaceable(path, replaceable)
+    _check_swappable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(path, replaceable=replaceable, carry=carry, leftover=leftover)
     tmp, marker = _marked_temporary(path)
@@ -214,7 +217,27 @@ def _check_replaceable(path: Path, replaceable) -> None:
                               f"output folder (nothing was written)")
 
 
+def _check_swappable(path: Path) -> None:
+    """Raises OSError, before any work, where ``path`` could not be swapped for a new
+    folder at the end: a mount point, a parent folder this process cannot write, or a
+    sticky parent (like /tmp) where ``path`` belongs to another user."""
+    if os.path.ismount(path):
+        raise OSError(f"{path} is a mount point, which cannot be swapped for a new folder; "
+                      f"give a folder inside it (nothing was written)")
+    parent = path.parent
+    if not parent.is_dir():
+        return  # made later; cli.check_output_folder names an ancestor that cannot be written
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OSError(f"cannot write to {parent}, where the new {path.name} is made and swapped "
+                      f"in; choose an output folder in a writable place (nothing was written)")
+    if path.exists() and parent.stat().st_mode & stat.S_ISVTX and os.geteuid() not in (
+            0, path.stat().st_uid, parent.stat().st_uid):
+        raise OSError(f"{path} belongs to another user in the sticky folder {parent}, so it "
+                      f"cannot be replaced; choose another output folder (nothing was written)")
+
+
 _RENAME_EXCHANGE = 2
+_NO_EXCHANGE = (errno.ENOSYS, errno.EINVAL)  # renameat2 or RENAME_EXCHANGE unsupported here
 
 
 def _exchange(a: Path, b: Path) -> None:
@@ -229,9 +252,22 @@ def _exchange(a: Path, b: Path) -> None:
         at_fdcwd = -100
         if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
             return
+        code = ctypes.get_errno()
+        if code not in _NO_EXCHANGE:
+            raise OSError(f"cannot swap the new folder into {b}: {os.strerror(code)}; "
+                          f"{b} is left as it was")
     aside = Path(tempfile.mkdtemp(dir=b.parent, prefix=f".{b.name}.", suffix=".old"))
-    os.rename(b, aside / "old")
-    os.rename(a, b)
+    try:
+        os.rename(b, aside / "old")
+    except OSError:
+        os.rmdir(aside)
+        raise
+    try:
+        os.rename(a, b)
+    except OSError:
+        os.rename(aside / "old", b)  # put the old folder back
+        os.rmdir(aside)
+        raise
     os.rename(aside / "old", a)
     os.rmdir(aside)
 
