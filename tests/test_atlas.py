@@ -372,6 +372,19 @@ def test_a_swap_that_fails_at_the_end_leaves_both_folders_as_they_were(tmp_path,
     assert [(f / "file").read_text() for f in (new, old)] == ["new", "old"]
 
 
+def test_no_page_of_the_site_names_a_path_of_the_machine_it_ran_on(atlas_site):
+    """A published atlas leaks nothing: the run folder, weights and data folder are shown by
+    their last name, image names relative to the split (class/file)."""
+    run, site, _ = atlas_site
+    machine = str(run.parent)  # the tiny run and its image folder live under it
+    for path in site.rglob("*"):
+        if path.suffix in (".html", ".css", ".json"):
+            assert machine not in path.read_text(), path
+    index = (site / "index.html").read_text()
+    assert "<th>run folder</th><td>run</td>" in index and "images [val]" in index
+    assert "&quot;source&quot;: &quot;images&quot;" in index and "alpha/alpha0.png" in (site / "conv1.html").read_text()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--layers", "fc9"], "fc9"),
     (["--top", "0"], "--top"),

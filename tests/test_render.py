@@ -131,3 +131,17 @@ def test_class_labels_name_wordnet_ids_and_keep_other_names():
 def test_table_is_shipped_as_package_data():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert "resources/*.tsv" in text
+
+
+def test_shown_paths_keep_only_the_last_name_of_file_system_paths(tmp_path):
+    from zfjax.render import shown_path, shown_paths
+
+    (tmp_path / "data" / "imagenette").mkdir(parents=True)
+    assert shown_path("/home/me/shared/data/imagenette/") == "imagenette"
+    assert shown_path("../shared/data/imagenette") == "imagenette"
+    assert shown_path("~/weights/vgg16.safetensors") == "vgg16.safetensors"
+    assert shown_path(tmp_path / "data" / "imagenette") == "imagenette"
+    assert shown_path("imagenette/160px-v2") == "imagenette/160px-v2"  # a TFDS name
+    assert shown_paths({"data": {"source": "/srv/x/imagenette", "limit": 3},
+                        "runs": ["/a/b", "zfnet"]}) == {
+        "data": {"source": "imagenette", "limit": 3}, "runs": ["b", "zfnet"]}

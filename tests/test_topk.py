@@ -169,6 +169,24 @@ def test_cli_writes_a_figure_per_layer_and_the_arrays(tiny_run, monkeypatch, cap
     assert png.shape[1] > 800 and png.std() > 20
 
 
+def test_cli_titles_name_the_data_folder_not_its_path(tiny_run, monkeypatch, run_cli, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from zfjax.commands import topk as command
+
+    titles = []
+
+    def record(*args, title, **kwargs):
+        titles.append(title)
+        return plt.figure()
+
+    monkeypatch.setattr(command, "plot_topk", record)
+    code, _, err = run_cli(["topk", str(tiny_run), "--layers", "conv1", "--count", "2",
+                            "--out", str(tmp_path)])
+    assert code == 0, err
+    assert "images [val]" in titles[0] and str(tiny_run.parent) not in titles[0]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--layers", "conv9"], "unknown layer 'conv9'; expected one of conv1, pool1, conv2, pool2, conv3, conv4, "
      "conv5, pool5"),

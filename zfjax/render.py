@@ -9,11 +9,14 @@
   (receptive-field crops are zero-padded where they run past the image edge).
 * ``class_label`` / ``class_labels``: WordNet ids (n01440764) -> ImageNet names
   (tench), from the table bundled in zfjax/resources/imagenet_classes.tsv.
+* ``shown_path`` / ``shown_paths``: file paths as figures and pages print them (the last
+  name only), so a published figure or atlas shows nothing of the machine it ran on.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from importlib import resources
 
 import numpy as np
@@ -126,6 +129,29 @@ def class_label(name: str) -> str:
 def class_labels(names) -> list[str] | None:
     """``class_label`` of each name; None stays None."""
     return None if names is None else [class_label(str(n)) for n in names]
+
+
+# ---- paths -------------------------------------------------------------------------
+
+
+def shown_path(text) -> str:
+    """A path as figures and pages print it: a file system path (absolute, starting with
+    ~, ./ or ../, or one that exists) -> its last name ('/home/me/data/imagenette' ->
+    'imagenette'); anything else (a TFDS name such as 'imagenette/160px-v2') as given."""
+    text = str(text)
+    looks_like_path = (os.path.isabs(text) or text.startswith(("~", "./", "../"))
+                       or (os.sep in text and os.path.exists(text)))
+    return os.path.basename(os.path.normpath(text)) or text if looks_like_path else text
+
+
+def shown_paths(tree):
+    """``shown_path`` of every string in a JSON-like tree (dicts, lists), e.g. a run's
+    config.json as a page shows it."""
+    if isinstance(tree, dict):
+        return {key: shown_paths(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [shown_paths(value) for value in tree]
+    return shown_path(tree) if isinstance(tree, str) else tree
 
 
 def fit(tile: np.ndarray, side: int, fill: int = 255) -> np.ndarray:

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from zfjax import argtypes, artifacts, atlas, checkpoints, cli, data, model, progress
+from zfjax import argtypes, artifacts, atlas, checkpoints, cli, data, model, progress, render
 from zfjax.figures import atlas_site
 
 
@@ -60,10 +60,10 @@ def _bar(desc: str, total: int):
 
 
 def run_files(run_dir) -> dict:
-    """What the index shows of a run folder: its config.json, metrics.jsonl lines and
-    curves.png (each where present)."""
+    """What the index shows of a run folder: its config.json (paths cut to their last
+    name, ``render.shown_paths``), metrics.jsonl lines and curves.png (each where present)."""
     run_dir = pathlib.Path(run_dir)
-    found = {"config": checkpoints.read_config(run_dir)}
+    found = {"config": render.shown_paths(checkpoints.read_config(run_dir))}
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         found["metrics"] = [json.loads(line) for line in metrics.read_text().splitlines()
@@ -98,18 +98,18 @@ def run(args) -> list[pathlib.Path]:
     size = config.image_size
     inputs = _Lazy(stored, lambda x: loaded.preprocessing(x, size))
     display = _Lazy(stored, lambda x: np.ascontiguousarray(data.centre_crop(x, size)))
-    source = ("the given images" if args.images
-              else f"{args.data or cli.run_data_source(info)[0]} [{args.split}]")
+    source = ("the given images" if args.images else  # no path of this machine on the pages
+              f"{render.shown_path(args.data or cli.run_data_source(info)[0])} [{args.split}]")
 
     run_info = {"title": f"zfjax atlas: {cli.run_label(args.target or args.weights, info)}"}
     facts = {"network": f"{config.arch}, {size} px"
                         + (f", width {config.width}" if getattr(config, "width", 1.0) != 1.0 else "")}
     if info.get("run_dir"):
         run_info.update(run_files(info["run_dir"]))
-        facts["run folder"] = info["run_dir"]
+        facts["run folder"] = pathlib.Path(info["run_dir"]).name
         facts["epoch"] = info.get("epoch")
     else:
-        facts["weights"] = info.get("weights")
+        facts["weights"] = render.shown_path(info.get("weights"))
     metrics = info.get("metrics") or {}
     for key, label in (("val_top1", "validation top-1"), ("val_top5", "validation top-5")):
         if isinstance(metrics.get(key), (int, float)):

@@ -10,6 +10,7 @@ import numpy as np
 
 from zfjax import argtypes, artifacts, cli, model, strongest, topk
 from zfjax.figures.topk import plot_topk
+from zfjax.render import shown_path
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
@@ -47,8 +48,8 @@ def run(args) -> list[pathlib.Path]:
     arrays, figures = {"names": np.array(names)}, {}
     if labels is not None:
         arrays["labels"] = labels
-    source = ("the given images" if args.images
-              else f"{args.data or cli.run_data_source(info)[0]} [{args.split}]")
+    source = ("the given images" if args.images else  # no path of this machine in titles
+              f"{shown_path(args.data or cli.run_data_source(info)[0])} [{args.split}]")
     for layer in layers:
         top = tops[layer]
         channels = (topk.check_channels(config, layer, args.channels) if args.channels

@@ -8,6 +8,7 @@ import pathlib
 
 from zfjax import argtypes, artifacts, cli, data, transfer
 from zfjax.figures.transfer import plot_transfer
+from zfjax.render import shown_path
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
@@ -147,6 +148,7 @@ def run(args) -> list[pathlib.Path]:
             tmp.write_text(text)
         paths.append(out / name)
     fig = plot_transfer(rows, curve, chance=1 / num_classes, layer=top, scratch=scratch, title=(
-        f"Features of {cli.run_label(args.target, info)} on {args.data} ({len(train)} training, "
+        f"Features of {cli.run_label(args.target, info)} on {shown_path(args.data)} "
+        f"({len(train)} training, "
         f"{len(test)} test images, {num_classes} classes)"))
     return [artifacts.save_png(fig, out / "transfer.png")] + paths
