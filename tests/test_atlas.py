@@ -214,6 +214,26 @@ def test_rerun_replaces_the_site_keeps_the_users_files_and_writes_nothing_beside
     assert (out / "conv2.html").read_text() == "mine" and (out / "conv1-mine.html").is_file()
 
 
+def test_a_folder_holding_only_a_failed_runs_lock_is_used(atlas_site, run_cli, tmp_path):
+    """A failed train.py leaves its folder holding only .lock: that is no user's file."""
+    from zfjax import checkpoints
+    from zfjax.commands import atlas as command
+
+    run, _, _ = atlas_site
+    out = tmp_path / "failed-run"
+    with checkpoints.lock_run_folder(out):
+        assert not command._is_atlas(out)  # train.py still runs there
+    assert command._is_atlas(out)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / checkpoints.LOCK_FILE).write_text("my own lock file")
+    assert not command._is_atlas(mine)
+    code, _, err = run_cli(["atlas", str(run), "--out", str(out), "--layers", "conv1"])
+    assert code == 0, err
+    assert {p.name for p in out.iterdir()} == {
+        name.split("/")[0] for name in site_writer.read_manifest(out).files}  # no .lock
+
+
 def _kill_inside_atomic_folder(path: Path, leave_file: bool) -> None:
     """A process that starts an atomic folder for ``path`` and is killed by SIGKILL in it."""
     import subprocess

@@ -9,8 +9,11 @@ everything else in DIR (files the user added), saying so in one line.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import pathlib
+import re
 import sys
 import time
 
@@ -74,7 +77,32 @@ def run_files(run_dir) -> dict:
 
 
 def _is_atlas(folder) -> bool:
-    return atlas_site.read_manifest(folder) is not None
+    """An earlier atlas, or a folder that a failed train.py left holding only its lock."""
+    return atlas_site.read_manifest(folder) is not None or _only_a_stale_run_lock(folder)
+
+
+_LOCK_TEXT = re.compile(rb"(pid \d+ on host \S* \(since [\d-]+ [\d:]+\)\n)?")  # checkpoints'
+
+
+def _only_a_stale_run_lock(folder) -> bool:
+    """Whether ``folder`` holds nothing but the .lock of ``checkpoints.lock_run_folder``,
+    with its text, and no live process holds it."""
+    lock = pathlib.Path(folder) / checkpoints.LOCK_FILE
+    if [p.name for p in pathlib.Path(folder).iterdir()] != [lock.name] or lock.is_symlink():
+        return False
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        if not _LOCK_TEXT.fullmatch(os.pread(fd, 1024, 0)):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return True
+    except OSError:  # BlockingIOError: train.py is still running there
+        return False
+    finally:
+        os.close(fd)
 
 
 def _check_names_free(out: pathlib.Path, layers) -> None:
