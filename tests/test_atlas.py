@@ -266,6 +266,8 @@ def test_leftovers_of_killed_runs_are_removed_and_nothing_else(atlas_site, tmp_p
             ".site.aaaaaaa4.tmp": {artifacts.PARTIAL_MARKER: "zfjax: site being written"},
             ".site.aaaaaaa5.tmp": {artifacts.PARTIAL_MARKER: "a file of mine"},
             ".site.aaaaaaa6.old": {}, ".site.toolong99.tmp": {}, ".other.aaaaaaa7.tmp": {},
+            ".site.aaaaaa12.new": {},  # a writer about to put its marker in
+            ".site.aaaaaa13.tmp": {"style.css": "", site_writer.MANIFEST: "{}"},  # finished
             ".site.aaaaaaa8.old": {"old/thesis.tex": "mine"}}
     for folder, files in made.items():
         (tmp_path / folder).mkdir()
@@ -287,7 +289,8 @@ def test_leftovers_of_killed_runs_are_removed_and_nothing_else(atlas_site, tmp_p
         ".site.aaaaaa10.old"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [".site.aaaaaaa3.tmp", ".site.aaaaaaa5.tmp", ".site.toolong99.tmp", ".other.aaaaaaa7.tmp",
-         ".site.aaaaaaa8.old", ".site.aaaaaaa9.tmp", "site"])
+         ".site.aaaaaaa8.old", ".site.aaaaaaa9.tmp", ".site.aaaaaa12.new", ".site.aaaaaa13.tmp",
+         "site"])
     shutil.rmtree(out)  # killed between the two renames: the old atlas is put back
     shutil.copytree(site, tmp_path / ".site.aaaaaa11.old" / "old")
     artifacts.remove_leftovers(out, replaceable=site_writer.read_manifest)

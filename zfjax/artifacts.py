@@ -122,7 +122,8 @@ def remove_leftovers(path, *, replaceable=lambda folder: False, carry=lambda fol
     only by their content:
 
     * .NAME.XXXXXXXX.tmp / .new: when they hold PARTIAL_MARKER and no live process holds
-      its lock, or (made before the marker) are empty or ``leftover(folder)`` says so;
+      its lock, or (.tmp made before the marker) are empty or ``leftover(folder)`` says
+      so (it must not say so of a finished folder: the marker is gone just before the swap);
     * .NAME.XXXXXXXX.old (the two-rename swap): when empty; when its old/ is
       ``replaceable`` and ``path`` is missing, old/ is put back as ``path``; when ``path``
       exists, it is deleted only if everything ``carry(old)`` names is in ``path``.
@@ -141,7 +142,7 @@ def remove_leftovers(path, *, replaceable=lambda folder: False, carry=lambda fol
             continue
         try:
             if match.group(1) != "old":
-                if _abandoned(entry, leftover):
+                if _abandoned(entry, leftover if match.group(1) == "tmp" else None):
                     shutil.rmtree(entry)
                     done.append(entry)
             elif _settle_aside(entry, path, replaceable, carry):
@@ -152,9 +153,11 @@ def remove_leftovers(path, *, replaceable=lambda folder: False, carry=lambda fol
 
 
 def _abandoned(folder: Path, leftover) -> bool:
+    """leftover: the test for a .tmp folder made before the marker; None for .new ones
+    (always marked: an empty one is a writer about to put its marker in)."""
     marker = folder / PARTIAL_MARKER
     if marker.is_symlink() or not marker.exists():
-        return not any(folder.iterdir()) or bool(leftover(folder))
+        return leftover is not None and (not any(folder.iterdir()) or bool(leftover(folder)))
     fd = os.open(marker, os.O_RDONLY)
     try:
         if not os.pread(fd, 64, 0).startswith(b"zfjax: "):

@@ -347,9 +347,10 @@ def user_files(folder) -> list[str]:
 
 def is_partial_site(folder) -> bool:
     """Whether ``folder`` holds only what an interrupted ``write_site`` had written (it
-    writes style.css first, then pictures and pages by the layout above)."""
+    writes style.css first, then pictures and pages by the layout above, atlas.json last:
+    a folder with atlas.json is finished, maybe about to be swapped in)."""
     folder = pathlib.Path(folder)
-    if not (folder / "style.css").is_file():
+    if not (folder / "style.css").is_file() or os.path.lexists(folder / MANIFEST):
         return False
     layers = {p.name for p in folder.iterdir() if p.is_dir() and not p.is_symlink()} - {"images"}
     return all(written_by_atlas(name, layers) for name in _walk_files(folder))
