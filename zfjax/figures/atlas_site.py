@@ -359,9 +359,10 @@ def is_partial_site(folder) -> bool:
 def _walk_files(folder: pathlib.Path):
     """Relative posix paths of every non-folder entry under ``folder`` (links not followed)."""
     for root, dirs, files in os.walk(folder):
-        base = pathlib.Path(root).relative_to(folder)
+        base = pathlib.Path(root).relative_to(folder).as_posix()
+        prefix = "" if base == "." else base + "/"
         for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-            yield (base / name).as_posix()
+            yield prefix + name
 
 
 def _followed_maps(snapshots, layers) -> dict:
