@@ -240,7 +240,8 @@ def streamed_rows(plan: Plan, folder: Path) -> tuple[list[dict], str | None]:
             stack.enter_context(mock.patch.object(train, "snapshot_hook", lambda: None))
         code = train.main(argv)
     row = {"work": "train.py, one streamed epoch", "command": "train.py " + " ".join(argv),
-           "snapshots": plan.train_py_snapshots, "exit_code": code, "workers": cores, "wall_seconds": time.perf_counter() - start}
+           "snapshots": plan.train_py_snapshots, "exit_code": code, "workers": cores,
+           "wall_seconds": time.perf_counter() - start}
     if code == 0:
         epoch = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
         wait, train_seconds = epoch["input_wait_seconds"], epoch["train_seconds"]
@@ -270,13 +271,15 @@ def projection_rows(plan: Plan) -> list[dict]:
         sizes = [b for b in plan.unit_batch_sizes if b < k] + [k]  # k: all at once (vmap)
         cases = {b: (lambda b=b: deconv.project_units(config, params, aux, layer, units,
                                                       batch_size=b)) for b in sizes}
-        times = in_turns(cases, plan.projection_rounds)
+        first = {}
+        times = in_turns(cases, plan.projection_rounds, first)
         best = {b: min(t) for b, t in times.items()}
         fastest = min(best, key=best.get)
         for b in sizes:
             rows.append({"work": f"{k} {arch} {layer} projections", "image_size": size,
                          "width": width, "batch_size": b, "all_at_once": b == k,
                          "seconds": best[b], "median_seconds": statistics.median(times[b]),
+                         "first_call_seconds": first[b],  # compilation included
                          "projections_per_s": k / best[b], "over_best": best[b] / best[fastest],
                          "best_batch_size": fastest,
                          "default_batch_size": deconv.default_batch_size(config, layer, k)})
@@ -326,8 +329,10 @@ def occlusion_row(plan: Plan) -> dict:
                                         layer="conv5", size=plan.occluder,
                                         stride=plan.occlusion_stride, batch_size=positions)
 
-    (seconds,) = in_turns({"occlusion": run}, 1)["occlusion"]
+    first = {}
+    (seconds,) = in_turns({"occlusion": run}, 1, first)["occlusion"]
     return {"work": f"occlusion, {positions} positions", "image_size": size,
+            "first_call_seconds": first["occlusion"],
             "occluder": plan.occluder, "stride": plan.occlusion_stride, "positions": positions,
             "seconds": seconds, "positions_per_s": positions / seconds}
 
@@ -344,10 +349,12 @@ def maximize_row(plan: Plan) -> dict:
         return maximize.maximize(config, params, units, jax.random.key(3), layer="conv5_3",
                                  steps=plan.maximize_steps)
 
-    (seconds,) = in_turns({"maximize": run}, 1)["maximize"]
+    first = {}
+    (seconds,) = in_turns({"maximize": run}, 1, first)["maximize"]
     steps = plan.maximize_units * plan.maximize_steps
     return {"work": f"maximize vgg16 conv5_3, {plan.maximize_units} units x "
                     f"{plan.maximize_steps} steps", "image_size": size, "seconds": seconds,
+            "first_call_seconds": first["maximize"],
             "unit_steps_per_s": steps / seconds}
 
 
@@ -425,7 +432,7 @@ def main(argv=None) -> int:
                results["projections"],
                [("work", "work", ""), ("batch_size", "batch_size", "d"),
                 ("seconds", "s", ".3f"), ("projections_per_s", "proj/s", ".0f"),
-                ("over_best", "/ best", ".2f")])
+                ("over_best", "/ best", ".2f"), ("first_call_seconds", "1st call s", ".1f")])
 
     analyses = part("analyses", lambda: [*atlas_rows(plan), occlusion_row(plan),
                                          maximize_row(plan)])
@@ -433,7 +440,8 @@ def main(argv=None) -> int:
     print_rows("analyses, random weights", analyses,
                [("work", "work", ""), ("image_size", "px", "d"), ("seconds", "s", ".2f"),
                 ("images_per_s", "img/s", ".0f"), ("projections_per_s", "proj/s", ".0f"),
-                ("positions_per_s", "pos/s", ".0f"), ("unit_steps_per_s", "unit-steps/s", ".0f")])
+                ("positions_per_s", "pos/s", ".0f"), ("unit_steps_per_s", "unit-steps/s", ".0f"),
+                ("first_call_seconds", "1st call s", ".1f")])
 
     if jax.device_count() > 1:
         results["scaling"] = part("scaling", lambda: scaling_rows(plan, peak))

@@ -91,14 +91,19 @@ def random_params(config, seed: int = 0) -> dict:
     return params
 
 
-def in_turns(cases: dict, rounds: int) -> dict[str, list[float]]:
+def in_turns(cases: dict, rounds: int,
+             first_calls: dict | None = None) -> dict[str, list[float]]:
     """Wall seconds of each zero-argument callable over `rounds` rounds, every case once
     per round in turn (so load changes hit all alike), after one warm-up call each
-    (compilation). The callables' results are waited for (jax.block_until_ready)."""
+    (compilation; its seconds go into first_calls[name] when given). The callables'
+    results are waited for (jax.block_until_ready)."""
     import jax
 
-    for fn in cases.values():
+    for name, fn in cases.items():
+        start = time.perf_counter()
         jax.block_until_ready(fn())
+        if first_calls is not None:
+            first_calls[name] = time.perf_counter() - start
     times = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():

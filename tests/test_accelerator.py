@@ -37,3 +37,19 @@ def test_quick_accelerator_bench_runs_every_part_and_writes_one_json(tmp_path, c
     assert "atlas mining" in works and "occlusion" in works and "maximize vgg16" in works
     assert "scaling" in result or "data-parallel scaling: skipped (one device)" in printed
     assert "whole run" in printed and str(out) in printed
+
+
+def test_default_units_per_step_by_backend(monkeypatch):
+    import jax
+
+    from zfjax import deconv, model
+
+    zfnet, vgg = model.Network(), model.Network(arch="vgg16")
+    # CPU: 8 per step (bench_chunk); VGG16's 8 conv5_3 units all at once, the program of
+    # vmapping all of them, so never slower than it.
+    assert deconv.default_batch_size(zfnet, "conv5", 256) == 8
+    assert deconv.default_batch_size(vgg, "conv5_3", 8) == 8
+    assert deconv.default_batch_size(vgg, "conv5_3", 3) == 3
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert deconv.default_batch_size(zfnet, "conv5", 256) == 64  # all up to 64: a guess
+    assert deconv.default_batch_size(vgg, "conv5_3", 8) == 8
