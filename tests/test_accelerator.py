@@ -8,9 +8,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quick_accelerator_bench_runs_every_part_and_writes_one_json(tmp_path, capsys):
-    # The longest test here (about a minute on a loaded 2-core CPU): a dozen small
-    # compilations, Grain worker processes and one train.py epoch. In-process, so JAX
-    # starts once.
+    # Long: about a dozen small compilations, Grain worker processes and one train.py
+    # epoch (98-131 s alone at load 2-4 on the shared 2-core machine, 248 s at load 9).
+    # In-process, so JAX starts once.
     sys.path.insert(0, str(ROOT / "bench"))
     import accelerator
 
