@@ -2,16 +2,23 @@
 which load. Numbers from a shared machine only mean something next to these.
 
     write_results(path, {"rows": rows, ...})   # adds "environment", prints where it went
+
+Also the pieces several scripts share: FLOPs from a network's shapes, random weights
+drawn without compiling, and side-by-side timing in turns.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "pillow", "grain", "array-record",
             "torch", "captum")
@@ -38,7 +45,8 @@ def environment() -> dict:
             "python": platform.python_version(), "cpus": os.cpu_count(),
             "load_average": os.getloadavg(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "backend": devices[0].platform, "device": str(devices[0].device_kind),
-            "device_count": len(devices), "versions": versions()}
+            "device_count": len(devices), "devices": [str(d) for d in devices],
+            "versions": versions()}
 
 
 def write_results(path, results: dict) -> Path:
@@ -49,3 +57,57 @@ def write_results(path, results: dict) -> Path:
     path.write_text(json.dumps({"environment": environment(), **results}, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def forward_flops(config) -> int:
+    """FLOPs of one image's forward pass from the network's shapes: 2 per multiply-add
+    of every conv (output side^2 x k^2 x C_in x C_out) and dense layer; pooling,
+    normalisation and ReLUs left out. (ZFNet at 224: about 2.3 GFLOP.)"""
+    from zfjax import network
+
+    sides = {op.name: op.output_size for op in network.spatial_ops(config)}
+    total = 0
+    for name, shapes in network.param_shapes(config).items():
+        kernel = shapes["kernel"]
+        total += 2 * math.prod(kernel) * (sides[name] ** 2 if len(kernel) == 4 else 1)
+    return total
+
+
+def random_params(config, seed: int = 0) -> dict:
+    """He-normal kernels and zero biases for config, drawn with numpy in float32.
+
+    model.init_params compiles one sampler per shape (5-7 s for a tiny VGG16 on CPU);
+    this draws the same kind of weights in well under a second.
+    """
+    from zfjax import network
+
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shapes in network.param_shapes(config).items():
+        kernel = shapes["kernel"]
+        scale = np.float32(np.sqrt(2 / math.prod(kernel[:-1])))
+        params[name] = {"kernel": rng.standard_normal(kernel, np.float32) * scale,
+                        "bias": np.zeros(shapes["bias"], np.float32)}
+    return params
+
+
+def in_turns(cases: dict, rounds: int,
+             first_calls: dict | None = None) -> dict[str, list[float]]:
+    """Wall seconds of each zero-argument callable over `rounds` rounds, every case once
+    per round in turn (so load changes hit all alike), after one warm-up call each
+    (compilation; its seconds go into first_calls[name] when given). The callables'
+    results are waited for (jax.block_until_ready)."""
+    import jax
+
+    for name, fn in cases.items():
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        if first_calls is not None:
+            first_calls[name] = time.perf_counter() - start
+    times = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return times

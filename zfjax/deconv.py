@@ -152,10 +152,7 @@ def project_units(config: Network, params: dict, aux: dict, layer: str, units: U
     reverse pass only computes inside the unit's receptive field window.
 
     The K reverse passes run inside one compiled call, ``batch_size`` at a time
-    (``lax.map``). Default: 8 at a time on CPU, the best or within 25% of the best
-    of 1/4/8/16/64 for ZFNet conv3 and conv5 at 64, 112 and 224 px on a quiet
-    2-core machine (1.2-2.8x faster than one at a time; bench/bench_chunk.py); 64 at
-    a time on accelerators (not measured here).
+    (``lax.map``); default: ``default_batch_size``.
     """
     if layer not in model.projectable_layers(config):
         raise model.unknown_layer(config, layer)
@@ -163,8 +160,25 @@ def project_units(config: Network, params: dict, aux: dict, layer: str, units: U
     units = Units(*(jnp.atleast_1d(jnp.asarray(u, jnp.int32)) for u in units))
     _check_units(layer, acts.shape, units.channel, units.y, units.x, units.image)
     if batch_size is None:
-        batch_size = 8 if jax.default_backend() == "cpu" else 64
+        batch_size = default_batch_size(config, layer, units.channel.shape[0])
     return _project_units(config, params, aux, layer, units, batch_size)
+
+
+def default_batch_size(config: Network, layer: str, count: int) -> int:
+    """Units ``project_units`` projects per step when not told (at most ``count``).
+
+    CPU, every network: 8, the best or within 25% of the best of 1/4/8/16/64 for ZFNet
+    conv3 and conv5 at 64, 112 and 224 px on a quiet 2-core machine (1.2-2.8x faster
+    than one at a time, 1.4x faster than all 256 at once; bench/bench_chunk.py). Up to
+    8 units that is all of them at once: VGG16's 8 conv5_3 units run the very program
+    of vmapping all 8 (bench_core.py: bit-identical; its 2.34 s against 1.28 s came
+    from the order of the timings). Larger steps also compile far longer: the unit loop
+    is unrolled (64 conv5 units per step: 111 s against 13 s for 8, loaded machine).
+    GPU/TPU: all units up to 64 per step, a guess until bench/accelerator.py has run
+    there (its projection table times 1/8/64/256/all and their first calls).
+    """
+    del config, layer  # the same on every network so far
+    return min(count, 8 if jax.default_backend() == "cpu" else 64)
 
 
 def window_sizes(config: Network, layer: str) -> list[int]:
