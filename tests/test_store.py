@@ -207,11 +207,34 @@ def test_restart_replaces_only_what_prepare_wrote(folder, tmp_path):
     out = tmp_path / "s"
     store.prepare(str(folder), out, 32, shard_size=5, workers=1, progress=False)
     (out / "notes.txt").write_text("mine")
+    (out / "train-notes.txt").write_text("mine too")  # names like prepare's, not its files
+    (out / "val-extra").mkdir()
+    (out / "val-extra" / "1.png").write_bytes(b"x")
     with pytest.raises(store.StoreError, match="other settings"):
         store.prepare(str(folder), out, 64, shard_size=5, workers=1, progress=False)
     again = store.prepare(str(folder), out, 64, shard_size=5, workers=1, progress=False,
                           restart=True)
     assert again.stored_size == 73 and again.load("train").images.shape == (12, 73, 73, 3)
     assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "train-notes.txt").read_text() == "mine too"
+    assert (out / "val-extra" / "1.png").read_bytes() == b"x"
     assert sorted(p.name for p in out.glob("train-*.array_record")) == [
         "train-00000.array_record", "train-00001.array_record", "train-00002.array_record"]
+
+
+def test_restart_refuses_a_folder_that_holds_no_store_and_deletes_nothing(folder, tmp_path,
+                                                                         capsys):
+    images = write_image_folder(tmp_path / "images", "ab", 2)  # train/, val/ and a note
+    (images / "train-notes.txt").write_text("mine")
+    before = sorted(str(p.relative_to(images)) for p in images.rglob("*"))
+    code = prepare.main([str(folder), str(images), "--size", "64", "--restart", "--workers",
+                         "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and err == (f"error: --restart: {images} holds no store (no prepare.json), "
+                                 f"so nothing was deleted; pass the store folder to start over, "
+                                 f"or a new folder\n")
+    assert sorted(str(p.relative_to(images)) for p in images.rglob("*")) == before
+    # an empty folder, or a new one, is fine to restart into
+    (tmp_path / "empty").mkdir()
+    assert store.prepare(str(folder), tmp_path / "empty", 32, workers=1, progress=False,
+                         restart=True).count("train") == 12

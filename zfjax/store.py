@@ -33,7 +33,7 @@ import io
 import json
 import multiprocessing
 import os
-import shutil
+import re
 import struct
 from pathlib import Path
 
@@ -185,7 +185,7 @@ def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
               "stored_size": size, "limits": limits, "jpeg_quality": JPEG_QUALITY,
               "shard_size": shard_size}
     if restart and out.exists():
-        _clear(out)
+        _clear(out)  # refuses a folder that holds no store
     if (out / PARAMS).is_file():
         found = json.loads((out / PARAMS).read_text())
         if found != params:
@@ -242,13 +242,28 @@ def _diff(found: dict, wanted: dict) -> str:
                      for k in wanted if found.get(k) != wanted[k])
 
 
+# Every file name prepare writes (temporary names included), and nothing else: a shard
+# and its sidecars, a split's labels, the mean, prepare.json, manifest.json.
+_WRITTEN = re.compile(
+    r"\.?(?:(?:%s)-(?:\d{5}(?:\.array_record|\.json|\.sum\.npy|\.sum\.tmp\.npy)|labels\.npy)"
+    r"|%s|%s|%s)(?:\.tmp|\..+\.tmp|\.tmp\.npy)?" % (
+        "|".join(SPLITS), *(re.escape(n) for n in (MANIFEST, PARAMS, MEAN))))
+
+
 def _clear(out: Path) -> None:
-    """Deletes what prepare writes in out (nothing else)."""
+    """Deletes the files prepare wrote in out, and nothing else (no folder, no file of
+    another name). Raises StoreError, deleting nothing, if out is not a folder with a
+    store in it (finished or not): --restart pointed at the wrong folder."""
+    if not out.is_dir():
+        return  # nothing to delete; prepare says what is wrong with out
+    if not ((out / PARAMS).is_file() or (out / MANIFEST).is_file()):
+        if any(out.iterdir()):
+            raise StoreError(f"--restart: {out} holds no store (no {PARAMS}), so nothing was "
+                             f"deleted; pass the store folder to start over, or a new folder")
+        return
     for p in out.iterdir():
-        name = p.name.lstrip(".")
-        if (name in (MANIFEST, PARAMS, MEAN) or name.split("-")[0] in SPLITS
-                or name.startswith((MANIFEST, PARAMS, MEAN))):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if _WRITTEN.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink()
 
 
 def _relabel(items, names, train_names, split):
