@@ -125,3 +125,27 @@ def test_choose_keeps_small_sets_in_memory_and_streams_large_ones(folder, tmp_pa
     # a store given as the source: in memory when it fits
     train, _, _, how = loader.choose(str(train.store.path), 64, progress=False)
     assert isinstance(train, loader.InMemory) and "from store" in how
+
+
+def test_limits_apply_to_a_store_in_memory_and_streamed(folder, prepared):
+    limits = {"train": 10, "val": 4}
+    train, val, _, _ = loader.choose(str(prepared.path), 64, limits=limits, progress=False)
+    assert isinstance(train, loader.InMemory) and (len(train), len(val)) == (10, 4)
+    # the images data.load_split keeps for the same --limit of the folder itself
+    for feed, split, n in ((train, "train", 10), (val, "val", 4)):
+        assert feed.set.paths == data.load_split(str(folder), split, 64, limit=n,
+                                                 progress=False).paths
+    streamed, sval, _, how = loader.choose(str(prepared.path), 64, limits=limits, budget=1,
+                                           workers=0, progress=False)
+    assert isinstance(streamed, loader.Streamed) and (len(streamed), len(sval)) == (10, 4)
+    assert how.startswith("streamed") and "10 training images" in how
+    a = list(train.train(4, 64, seed=3, epoch=1))
+    b = list(streamed.train(4, 64, seed=3, epoch=1))
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+    for x, y in zip(val.evaluate(4), sval.evaluate(4)):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+    assert streamed.subset(3).paths == train.subset(3).paths

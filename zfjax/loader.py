@@ -160,8 +160,9 @@ class _TrainBatch:
     of that step, read and decoded in a worker. Caches one epoch's order at a time, so
     one iterator serves every epoch of a run."""
 
-    def __init__(self, source, size, n, batch_size, seed, process):
-        self.source, self.size, self.n = source, size, n
+    def __init__(self, source, size, records, batch_size, seed, process):
+        self.source, self.size, self.records = source, size, records
+        n = self.n = len(records)
         self.batch_size, self.seed, self.process = batch_size, seed, process
         self.steps = n // batch_size
         self._epoch, self._rows = None, None
@@ -171,7 +172,7 @@ class _TrainBatch:
         if epoch != self._epoch:
             self._epoch, self._rows = epoch, train_indices(
                 self.n, self.batch_size, seed=self.seed, epoch=epoch, process=self.process)
-        records = self.source.__getitems__([int(i) for i in self._rows[step]])
+        records = self.source.__getitems__([int(i) for i in self.records[self._rows[step]]])
         decoded = [store.decode_record(r, self.size) for r in records]
         return (np.stack([d[0] for d in decoded]),
                 np.array([d[1] for d in decoded], np.int32))
@@ -180,21 +181,25 @@ class _TrainBatch:
 class Streamed:
     """Batches read from a prepared store with Grain (see the module docstring).
 
-    workers: decoding processes (0: threads in this process only); threads: decoding
-    threads per process; buffer: batches each worker keeps ready.
+    records: int64 (N,) the split's record indices to feed (default: every record);
+    image i of the feed is record records[i]. workers: decoding processes (0: threads
+    in this process only); threads: decoding threads per process; buffer: batches each
+    worker keeps ready.
     """
 
     kind = "streamed"
 
-    def __init__(self, prepared: store.Store, split: str, *, workers: int | None = None,
-                 threads: int = 4, buffer: int = 2):
+    def __init__(self, prepared: store.Store, split: str, *, records=None,
+                 workers: int | None = None, threads: int = 4, buffer: int = 2):
         self.store, self.split = prepared, split
+        self.records = (np.arange(prepared.count(split)) if records is None
+                        else np.asarray(records, np.int64))
         self.workers = default_workers() if workers is None else workers
         self.threads, self.buffer = threads, buffer
         self._run = None  # (key, grain iterator, next (epoch, step)) kept across epochs
 
     def __len__(self):
-        return self.store.count(self.split)
+        return len(self.records)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -206,7 +211,8 @@ class Streamed:
 
     def subset(self, count: int) -> data.ImageSet:
         """min(count, N) images spread over the classes (data.spread), in memory."""
-        return self.store.load(self.split, data.spread(self.store.labels(self.split), count))
+        labels = self.store.labels(self.split)[self.records]
+        return self.store.load(self.split, self.records[data.spread(labels, count)])
 
     @property
     def stored_size(self) -> int:
@@ -241,8 +247,8 @@ class Streamed:
         key = (batch_size, seed, process)
         if self._run is None or self._run[0] != key or self._run[2] != (epoch, start_step):
             ds = (grain.MapDataset.range(epoch * steps + start_step, 2**62)
-                  .map(_TrainBatch(self.store.source(self.split), self.stored_size, len(self),
-                                   batch_size, seed, process)))
+                  .map(_TrainBatch(self.store.source(self.split), self.stored_size,
+                                   self.records, batch_size, seed, process)))
             self._run = [key, self._iterate(ds, self.workers, self.threads), (epoch, start_step)]
         run = self._run
         for step in range(start_step, steps):
@@ -259,7 +265,7 @@ class Streamed:
 
         if len(idx):
             yield from self._iterate(
-                grain.MapDataset.source(idx.reshape(-1))
+                grain.MapDataset.source(self.records[idx.reshape(-1)])
                 .map(_ReadDecode(self.store.source(self.split), self.stored_size))
                 .batch(idx.shape[1], batch_fn=_stack), workers=0,
                 threads=self.threads * max(1, self.workers))
@@ -336,6 +342,10 @@ def choose(source: str, input_size: int, *, data_dir=None, limits=None, budget=N
     """Returns (train, val, mean, how): the training and validation feeds, the mean
     image float32 (S, S, 3), and a sentence saying which path was taken and why.
 
+    limits: {'train': n, 'val': m}: at most this many images of each split, spread over
+    the classes, whether source is a folder, a TFDS dataset or a store (whose mean image,
+    over all its training images, is kept).
+
     A split whose decoded size fits `budget` bytes (default memory_budget()) is held
     in memory: decoded straight from the source, or from the store if source is one.
     Otherwise the splits are streamed from a store: source itself, or one prepared
@@ -346,15 +356,16 @@ def choose(source: str, input_size: int, *, data_dir=None, limits=None, budget=N
     budget = memory_budget() if budget is None else budget
     if store.is_store(source):
         prepared = store.open_store(source)
-        size, n = prepared.stored_size, prepared.count("train")
+        records = {s: limited_records(prepared, s, limits[s]) for s in ("train", "val")}
+        size, n = prepared.stored_size, len(records["train"])
         need = n * size * size * 3
         if need <= budget:
-            train = InMemory(prepared.load("train", progress=progress))
-            val = InMemory(prepared.load("val", progress=progress))
+            train = InMemory(prepared.load("train", records["train"], progress=progress))
+            val = InMemory(prepared.load("val", records["val"], progress=progress))
             return train, val, prepared.mean(), (
                 f"in memory: {n} training images from store {prepared.path} take "
                 f"{need / 2**30:.2f} GiB of a {budget / 2**30:.2f} GiB budget")
-        return _streamed(prepared, workers, need, budget)
+        return _streamed(prepared, workers, need, budget, records)
     if download and not data._is_folder(source):
         data.download_tfds(source, data_dir)
     size = data.stored_size(input_size)
@@ -377,6 +388,15 @@ def choose(source: str, input_size: int, *, data_dir=None, limits=None, budget=N
     return _streamed(prepared, workers, need, budget)
 
 
+def limited_records(prepared: store.Store, split: str, limit: int | None) -> np.ndarray:
+    """int64 (min(limit, N),): the records of a store's split that a --limit keeps, spread
+    over the classes as data.load_split spreads a folder's files (all N without limit)."""
+    labels = prepared.labels(split)
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    return data.spread(labels, limit)
+
+
 def _prepare_once(source, out, input_size, **kwargs) -> store.Store:
     """store.prepare on process 0 only; the other processes wait for it, then open the
     store (out must be on a file system every host sees)."""
@@ -395,10 +415,11 @@ def _prepare_once(source, out, input_size, **kwargs) -> store.Store:
     return prepared
 
 
-def _streamed(prepared, workers, need, budget):
-    train = Streamed(prepared, "train", workers=workers)
-    val = Streamed(prepared, "val", workers=workers)
+def _streamed(prepared, workers, need, budget, records=None):
+    records = records or {}
+    train = Streamed(prepared, "train", records=records.get("train"), workers=workers)
+    val = Streamed(prepared, "val", records=records.get("val"), workers=workers)
     return train, val, prepared.mean(), (
         f"streamed from store {prepared.path} with {train.workers} decoding worker(s): "
-        f"{prepared.count('train')} training images take {need / 2**30:.2f} GiB decoded, "
+        f"{len(train)} training images take {need / 2**30:.2f} GiB decoded, "
         f"over the {budget / 2**30:.2f} GiB budget")
