@@ -149,3 +149,13 @@ def test_limits_apply_to_a_store_in_memory_and_streamed(folder, prepared):
         for u, v in zip(x, y):
             np.testing.assert_array_equal(u, v)
     assert streamed.subset(3).paths == train.subset(3).paths
+
+
+def test_a_store_of_another_size_is_refused_in_one_line(folder, prepared):
+    for size in (96, 128):  # crops of a wrong share of each image, or "high <= 0" mid-run
+        with pytest.raises(store.StoreError) as refused:
+            loader.choose(str(prepared.path), size, progress=False)
+        assert str(refused.value) == (
+            f"store {prepared.path} holds 73 px images (prepared for --size 64); --size {size} "
+            f"needs {data.stored_size(size)} px images: train with --size 64, or prepare a "
+            f"store for it with: python prepare.py {folder} NEW_STORE --size {size}")

@@ -356,6 +356,7 @@ def choose(source: str, input_size: int, *, data_dir=None, limits=None, budget=N
     budget = memory_budget() if budget is None else budget
     if store.is_store(source):
         prepared = store.open_store(source)
+        check_stored_size(prepared, input_size)
         records = {s: limited_records(prepared, s, limits[s]) for s in ("train", "val")}
         size, n = prepared.stored_size, len(records["train"])
         need = n * size * size * 3
@@ -386,6 +387,22 @@ def choose(source: str, input_size: int, *, data_dir=None, limits=None, budget=N
     prepared = _prepare_once(source, out, input_size, data_dir=data_dir, limits=limits,
                              progress=progress)
     return _streamed(prepared, workers, need, budget)
+
+
+def check_stored_size(prepared: store.Store, input_size: int) -> None:
+    """Raises StoreError, saying what to run, unless the store holds the image side that
+    input_size crops from (data.stored_size): other sides would train on crops of the
+    wrong share of each image, or fail mid-run."""
+    need = data.stored_size(input_size)
+    if prepared.stored_size != need:
+        made_for = prepared.manifest.get("input_size")
+        raise store.StoreError(
+            f"store {prepared.path} holds {prepared.stored_size} px images"
+            + (f" (prepared for --size {made_for})" if made_for else "")
+            + f"; --size {input_size} needs {need} px images: "
+            + (f"train with --size {made_for}, or " if made_for else "")
+            + f"prepare a store for it with: python prepare.py "
+              f"{prepared.manifest.get('source', 'SOURCE')} NEW_STORE --size {input_size}")
 
 
 def limited_records(prepared: store.Store, split: str, limit: int | None) -> np.ndarray:
