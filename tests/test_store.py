@@ -238,3 +238,64 @@ def test_restart_refuses_a_folder_that_holds_no_store_and_deletes_nothing(folder
     (tmp_path / "empty").mkdir()
     assert store.prepare(str(folder), tmp_path / "empty", 32, workers=1, progress=False,
                          restart=True).count("train") == 12
+
+
+def _damage(shard: Path, how: str) -> None:
+    if how == "deleted":
+        shard.unlink()
+    elif how == "truncated":
+        shard.write_bytes(shard.read_bytes()[:-100])
+    else:  # one byte flipped inside the first record's JPEG: the size is right
+        raw = bytearray(shard.read_bytes())
+        raw[raw.index(b"\xff\xd9") - 100] ^= 0xFF  # (ArrayRecord pads the file with zeros)
+        shard.write_bytes(raw)
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated", "flipped"])
+def test_a_damaged_shard_is_named_in_one_line_and_prepare_redoes_only_it(folder, prepared,
+                                                                        tmp_path, how):
+    import shutil
+
+    from zfjax import loader
+
+    out = tmp_path / "s"
+    shutil.copytree(prepared.path, out)
+    before = store.open_store(out).load("train")
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("train-0000[02].*")}
+    _damage(out / "train-00001.array_record", how)
+    fix = (f"prepare the damaged shards again with: python prepare.py {folder} {out} --size 32 "
+           f"--shard-size 5")
+    if how != "flipped":  # open_store checks every shard's size
+        with pytest.raises(store.DamagedStore) as caught:
+            store.open_store(out)
+    else:  # caught when read: by the reader in memory, or by a Grain worker mid-epoch
+        with pytest.raises(store.DamagedStore) as caught:
+            store.open_store(out).load("train")
+        feed = loader.Streamed(store.open_store(out), "train", workers=1, threads=1)
+        with pytest.raises(store.DamagedStore, match="train-00001.array_record"):
+            list(feed.train(4, 32, seed=0, epoch=0))
+    size = (prepared.path / "train-00001.array_record").stat().st_size
+    why = {"deleted": "missing", "flipped": "its CRC-32 differs from the manifest's",
+           "truncated": f"{size - 100} bytes, the manifest says {size}"}[how]
+    assert str(caught.value).startswith(
+        f"store {out} is damaged: shard train-00001.array_record ({why})")
+    assert str(caught.value).endswith(fix) and "\n" not in str(caught.value)
+
+    # prepare.py passes verify=True: the CRC-32 of every shard, not only its size
+    store.prepare(str(folder), out, 32, shard_size=5, workers=1, progress=False, verify=True)
+    again = store.open_store(out).load("train")
+    assert again.paths == before.paths and np.array_equal(again.images, before.images)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("train-0000[02].*")} == kept
+
+
+def test_a_store_without_sizes_and_checksums_still_opens(prepared, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(prepared.path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            del shard["bytes"], shard["crc32"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert store.open_store(old).load("val").images.shape == (8, 37, 37, 3)

@@ -16,13 +16,21 @@ A store folder holds::
     train-00000.sum.npy             float64 (S, S, 3) pixel sum of the shard (for the mean)
     mean.npy                        float32 (S, S, 3) training mean image
     manifest.json                   written LAST, atomically: only a store with a
-                                    manifest is complete (open_store refuses others)
+                                    manifest is complete (open_store refuses others);
+                                    it records each shard's bytes and CRC-32
 
 Shards are written under a temporary name and renamed when closed, and a shard
 counts as done only once its sidecar exists, so ``prepare`` run again after an
 interruption keeps the finished shards and redoes the rest (``restart=True``
 starts over). Labels of every split index the training split's class names.
 Unreadable images are skipped and counted in the manifest.
+
+Damage is caught without reading the whole store at each start: ``open_store``
+compares every shard's size with the manifest (a missing or truncated shard); a
+flipped byte fails ArrayRecord's own hashes when its record is read, and
+``Store.source`` turns that into a DamagedStore naming the shard (found by its
+CRC-32). ``prepare`` run again on the store (prepare.py verifies every CRC-32)
+prepares the damaged shards again and keeps the rest.
 """
 
 from __future__ import annotations
@@ -31,10 +39,12 @@ import concurrent.futures
 import dataclasses
 import io
 import json
+import logging
 import multiprocessing
 import os
 import re
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +63,11 @@ _HEADER = struct.Struct("<iI")  # label int32, id length uint32; then id bytes, 
 
 class StoreError(ValueError):
     """A store folder that is incomplete or was prepared with other settings."""
+
+
+class DamagedStore(StoreError):
+    """A shard of a complete store is missing, truncated or corrupt; the message names
+    it and the command that prepares it again."""
 
 
 # ---------------------------------------------------------------------------- records
@@ -108,10 +123,34 @@ class Store:
         """float32 (S, S, 3): the training split's mean image."""
         return np.load(self.path / self.manifest["mean_file"])
 
-    def source(self, split: str):
-        """A grain ArrayRecordDataSource over the split's records."""
-        import grain
-        return grain.sources.ArrayRecordDataSource(self.shard_paths(split))
+    def source(self, split: str) -> "CheckedSource":
+        """A grain data source over the split's records (CheckedSource)."""
+        return CheckedSource(self, split)
+
+    def damaged_shards(self, split: str | None = None, *,
+                       checksums: bool = True) -> dict[str, str]:
+        """{file name: what is wrong} of the shards (of split, or of every split) that
+        are missing, of another size than the manifest says or (checksums) of another
+        CRC-32. Shards of stores written before sizes were recorded pass unchecked."""
+        damaged = {}
+        for name in [split] if split else list(self.manifest["splits"]):
+            for entry in self._split(name)["shards"]:
+                if entry["count"] and (
+                        what := _shard_damage(self.path / entry["file"], entry, checksums)):
+                    damaged[entry["file"]] = what
+        return damaged
+
+    def damage(self, split: str, error: BaseException | None = None, *,
+               checksums: bool = True) -> DamagedStore:
+        """The one-line DamagedStore to raise when reading split failed (with error)."""
+        bad = self.damaged_shards(split, checksums=checksums)
+        if bad:
+            what = "shard " + ", ".join(f"{f} ({why})" for f, why in bad.items())
+        else:
+            reason = str(error).splitlines()[0] if error and str(error) else type(error).__name__
+            what = f"its {split!r} records could not be read ({reason})"
+        return DamagedStore(f"store {self.path} is damaged: {what}; prepare the damaged "
+                            f"shards again with: {prepare_command(self.path)}")
 
     def load(self, split: str, indices=None, *, progress: bool = False) -> data.ImageSet:
         """Decodes the split (or the records at `indices`) into memory."""
@@ -143,6 +182,79 @@ class Store:
         return splits[key]
 
 
+class CheckedSource:
+    """The records of a store's split (grain's ArrayRecordDataSource, opened on first
+    use in each process): a read that fails raises Store.damage's one-line DamagedStore
+    instead of ArrayRecord's RuntimeError."""
+
+    def __init__(self, prepared: Store, split: str):
+        self.store, self.split = prepared, split
+        self._source = None
+
+    def __getstate__(self):  # sent to Grain's workers unopened
+        return {**self.__dict__, "_source": None}
+
+    def _read(self, read):
+        try:
+            if self._source is None:
+                import grain
+                self._source = grain.sources.ArrayRecordDataSource(
+                    self.store.shard_paths(self.split))
+            return read(self._source)
+        except (RuntimeError, OSError) as e:
+            raise self.store.damage(self.split, e) from None
+
+    def __len__(self) -> int:
+        return self._read(len)
+
+    def __getitem__(self, index: int) -> bytes:
+        return self._read(lambda source: source[index])
+
+    def __getitems__(self, indices) -> list[bytes]:
+        return self._read(lambda source: source.__getitems__(indices))
+
+
+def _shard_damage(path: Path, entry: dict, checksums: bool) -> str | None:
+    """What is wrong with a shard file against its manifest entry, or None."""
+    if "bytes" not in entry:
+        return None
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return f"{size} bytes, the manifest says {entry['bytes']}"
+    if checksums and _crc32(path) != entry["crc32"]:
+        return "its CRC-32 differs from the manifest's"
+    return None
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def prepare_command(path) -> str:
+    """The prepare.py command line that prepared (and completes or repairs) the store
+    at path, from its prepare.json."""
+    import shlex
+
+    params = json.loads((Path(path) / PARAMS).read_text())
+    size = json.loads((Path(path) / MANIFEST).read_text()).get("input_size") \
+        if (Path(path) / MANIFEST).is_file() else None
+    words = ["python", "prepare.py", params["source"], str(path)]
+    words += ["--size", str(size)] if size else []
+    words += ["--data-dir", params["data_dir"]] if params.get("data_dir") else []
+    for flag, split in (("--limit", "train"), ("--val-limit", "val")):
+        if (params.get("limits") or {}).get(split):
+            words += [flag, str(params["limits"][split])]
+    if params.get("shard_size", SHARD_SIZE) != SHARD_SIZE:
+        words += ["--shard-size", str(params["shard_size"])]
+    return shlex.join(words)
+
+
 def is_store(path) -> bool:
     """True if path is a complete store folder."""
     return (Path(path).expanduser() / MANIFEST).is_file()
@@ -159,14 +271,18 @@ def open_store(path) -> Store:
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format") != FORMAT:
         raise StoreError(f"{manifest_path} is not a {FORMAT} manifest")
-    return Store(path, manifest)
+    prepared = Store(path, manifest)
+    for split in manifest["splits"]:  # sizes only: a checksum would read the whole store
+        if prepared.damaged_shards(split, checksums=False):
+            raise prepared.damage(split, checksums=False)
+    return prepared
 
 
 # --------------------------------------------------------------------------- preparing
 
 def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
             limits: dict[str, int | None] | None = None, workers: int | None = None,
-            shard_size: int = SHARD_SIZE, restart: bool = False,
+            shard_size: int = SHARD_SIZE, restart: bool = False, verify: bool = False,
             progress: bool = True) -> Store:
     """Prepares (or completes) the store of source's 'train' and 'val' splits in out.
 
@@ -175,8 +291,10 @@ def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
     limits: {'train': n, 'val': m}: at most this many images per split (spread over
       the classes). workers: decoding processes (default: all cores).
     restart: delete what an earlier preparation left in out and start over.
+    verify: check the CRC-32 of every shard of a complete store too (not only sizes).
     Returns the complete Store. A complete store with the same settings is returned
-    as is; one with other settings raises StoreError.
+    as is, after its damaged shards (Store.damaged_shards) are prepared again; one
+    with other settings raises StoreError.
     """
     out = Path(out).expanduser().absolute()
     size = data.stored_size(input_size)
@@ -193,7 +311,18 @@ def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
                 f"{out} holds a store prepared with other settings ({_diff(found, params)}); "
                 f"pass another store folder, or restart to overwrite it")
         if is_store(out):
-            return open_store(out)
+            complete = Store(out, json.loads((out / MANIFEST).read_text()))
+            damaged = complete.damaged_shards(checksums=verify)
+            if not damaged:
+                return complete
+            logging.getLogger(__name__).warning(
+                "store %s: %d damaged shard(s) (%s); preparing them again", out, len(damaged),
+                ", ".join(damaged))
+            (out / MANIFEST).unlink()  # incomplete until the shards are redone
+            for file in damaged:
+                name = file.removesuffix(".array_record")
+                for done in (f"{name}.json", file, f"{name}.sum.npy"):
+                    (out / done).unlink(missing_ok=True)
     elif not restart and out.is_dir() and any(out.iterdir()):
         raise StoreError(f"{out} is not empty and holds no store; pass an empty or new folder")
     checkpoints.write_json(out / PARAMS, params)
@@ -307,8 +436,11 @@ def _write_split(out: Path, split, items, total, size, pool, workers, shard_size
     for name in shards:
         info = json.loads((out / f"{name}.json").read_text())
         labels += info["labels"]
+        if "crc32" not in info:  # a sidecar written before sizes and checksums were kept
+            info.update(_shard_check(out / f"{name}.array_record"))
         entries.append({"file": f"{name}.array_record", "count": info["count"],
-                        "sum_file": f"{name}.sum.npy"})
+                        "sum_file": f"{name}.sum.npy", "bytes": info["bytes"],
+                        "crc32": info["crc32"]})
         count += info["count"]
         failures += info["failures"]
     data.check_decoded(desc, count, failures)
@@ -353,6 +485,11 @@ def _write_shard(out: str, name: str, chunk, size: int) -> dict:
     with open(out / f".{name}.sum.tmp.npy", "wb") as f:
         np.save(f, total)
     os.replace(out / f".{name}.sum.tmp.npy", out / f"{name}.sum.npy")
-    info = {"count": count, "failures": failures, "labels": labels}
+    info = {"count": count, "failures": failures, "labels": labels, **_shard_check(final)}
     checkpoints.write_json(out / f"{name}.json", info)
     return info
+
+
+def _shard_check(path: Path) -> dict:
+    """What the manifest records to catch a damaged shard: its bytes and CRC-32."""
+    return {"bytes": path.stat().st_size, "crc32": _crc32(path)}
