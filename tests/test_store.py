@@ -299,3 +299,89 @@ def test_a_store_without_sizes_and_checksums_still_opens(prepared, tmp_path):
             del shard["bytes"], shard["crc32"]
     (old / "manifest.json").write_text(json.dumps(manifest))
     assert store.open_store(old).load("val").images.shape == (8, 37, 37, 3)
+
+
+def test_file_names_that_are_not_utf8_are_kept():
+    image = np.zeros((37, 37, 3), np.uint8)
+    name = os.fsdecode(b"train/a/\xff\xfe.png")  # as os.listdir gives it
+    assert store.decode_record(store.encode_record(image, 1, name), 37)[2] == name
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert prepare.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and err.count("\n") == 1, err
+    return err[len("error: "):-1]
+
+
+def test_unusable_destinations_are_refused_in_one_line_creating_nothing(folder, tmp_path,
+                                                                       capsys, monkeypatch):
+    args = ["--size", "64", "--workers", "1", "--no-progress"]
+    (tmp_path / "file").write_text("mine")
+    for dest in (tmp_path / "file", tmp_path / "file" / "store"):
+        assert _one_line_error(capsys, [str(folder), str(dest), *args]) == (
+            f"{tmp_path / 'file'} is a file, not a folder; pass a folder for the store")
+    assert (tmp_path / "file").read_text() == "mine"
+    # (a read-only mount; the tests may run as root, whom permissions do not stop)
+    monkeypatch.setattr(os, "statvfs", lambda p: os.statvfs_result((0,) * 8 + (os.ST_RDONLY, 0)))
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    assert _one_line_error(capsys, [str(folder), str(tmp_path / "ro" / "s"), *args]) == (
+        f"cannot write to {tmp_path} (read-only file system); pass a writable store folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_second_preparation_of_the_same_store_is_refused(folder, tmp_path, capsys):
+    out = tmp_path / "s"
+    with store._locked(out):  # as a running prepare.py holds it
+        assert _one_line_error(capsys, [str(folder), str(out), "--size", "64"]) == (
+            f"{out} is being prepared by pid {os.getpid()} on host {__import__('socket').gethostname()}; "
+            f"wait for it to finish, or pass another store folder")
+    assert [p.name for p in out.iterdir()] == [store.LOCK]
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_shard(folder, tmp_path, capsys,
+                                                            monkeypatch):
+    import shutil
+
+    def full(*_):  # numpy's own report of a full disk has no errno
+        raise OSError("15987 requested and 8688 written")
+
+    chunk = [(str(folder / "train" / "b" / f"{i}.png"), 1, f"b/{i}.png") for i in range(3)]
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(OSError):
+        store._write_shard(str(tmp_path), "train-00000", chunk, 37)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(store, "_prepare", lambda *a, **k: full())
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1 << 30, 1 << 30, 4096))
+    out = tmp_path / "s"
+    assert _one_line_error(capsys, [str(folder), str(out), "--size", "64"]) == (
+        f"cannot write the store in {out}: no space left on device (4,096 bytes free); "
+        f"finished shards are kept: free some space, or pass a store folder on another disk, "
+        f"and run the same command again")
+
+
+def test_killing_prepare_ends_its_decoding_worker_and_resource_tracker(tmp_path):
+    # about 10 s: a real prepare.py whose worker waits, killed with kill -9 (its children
+    # are left running unless they end with their parent)
+    root = write_image_folder(tmp_path / "img", "ab", 12, shape=(60, 60))
+    job = _start_waiting_preparation(root, tmp_path / "store")
+    children = [int(c) for c in subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+    assert len(children) >= 2  # the decoding worker and multiprocessing's resource tracker
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()  # (not communicate: a worker left running would hold its pipes open)
+    job.stdout.close(), job.stderr.close()
+    deadline = time.time() + 20
+    while (alive := [c for c in children if _running(c)]) and time.time() < deadline:
+        time.sleep(0.1)
+    for c in alive:  # (do not leave them to the other tests)
+        os.kill(c, signal.SIGKILL)
+    assert alive == []
+
+
+def _running(pid: int) -> bool:
+    """True while pid runs (a zombie, dead but not reaped, does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -36,6 +36,7 @@ prepares the damaged shards again and keeps the rest.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import json
@@ -43,6 +44,7 @@ import logging
 import multiprocessing
 import os
 import re
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -55,6 +57,7 @@ from zfjax.progress import bar as progress_bar
 
 FORMAT = "zfjax-store-1"
 MANIFEST, PARAMS, MEAN = "manifest.json", "prepare.json", "mean.npy"
+LOCK = ".prepare.lock"  # held by the preparation writing the store (never deleted)
 JPEG_QUALITY = 90
 SHARD_SIZE = 1024  # images per shard (and per unit of work handed to a process)
 SPLITS = ("train", "val")
@@ -74,10 +77,11 @@ class DamagedStore(StoreError):
 
 def encode_record(image: np.ndarray, label: int, example_id: str,
                   quality: int = JPEG_QUALITY) -> bytes:
-    """One record: label (int32), id (UTF-8) and the uint8 (S, S, 3) image as JPEG."""
+    """One record: label (int32), id (UTF-8; a file name that is not valid UTF-8 keeps
+    its bytes, os.fsencode) and the uint8 (S, S, 3) image as JPEG."""
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=quality)
-    key = example_id.encode()
+    key = os.fsencode(example_id)
     return _HEADER.pack(label, len(key)) + key + buf.getvalue()
 
 
@@ -86,10 +90,11 @@ def decode_record(record: bytes, size: int) -> tuple[np.ndarray, int, str]:
     data._decode, the decoder of the in-memory path."""
     label, n = _HEADER.unpack_from(record)
     start = _HEADER.size + n
+    example_id = os.fsdecode(record[_HEADER.size:start])
     image = data._decode(record[start:], size)
     if isinstance(image, Exception):
-        raise ValueError(f"corrupt record {record[_HEADER.size:start].decode()!r}: {image}")
-    return image, label, record[_HEADER.size:start].decode()
+        raise ValueError(f"corrupt record {example_id!r}: {image}")
+    return image, label, example_id
 
 
 # ---------------------------------------------------------------------------- the store
@@ -294,9 +299,91 @@ def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
     verify: check the CRC-32 of every shard of a complete store too (not only sizes).
     Returns the complete Store. A complete store with the same settings is returned
     as is, after its damaged shards (Store.damaged_shards) are prepared again; one
-    with other settings raises StoreError.
+    with other settings raises StoreError, as do a destination that is a file, not
+    writable, not empty without a store, or being prepared by another process, and a
+    write that fails (disk full): one line each, leaving no partly written file.
     """
     out = Path(out).expanduser().absolute()
+    _check_destination(out, restart)
+    try:
+        with _locked(out):
+            return _prepare(source, out, input_size, data_dir=data_dir, limits=limits,
+                            workers=workers, shard_size=shard_size, restart=restart,
+                            verify=verify, progress=progress)
+    except FileNotFoundError:  # a source that is not there says so itself
+        raise
+    except OSError as e:
+        raise StoreError(_write_failure(out, e)) from None
+
+
+def _check_destination(out: Path, restart: bool) -> None:
+    """Raises StoreError unless out is (or can become) a folder prepare may write a
+    store into; creates nothing."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StoreError(f"{existing} is a file, not a folder; pass a folder for the store")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = ("read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY
+               else "permission denied")
+        raise StoreError(f"cannot write to {existing} ({why}); pass a writable store folder")
+    if existing == out and not ((out / PARAMS).is_file() or (out / MANIFEST).is_file()) and any(
+            p.name != LOCK for p in out.iterdir()):
+        if restart:
+            raise StoreError(f"--restart: {out} holds no store (no {PARAMS}), so nothing was "
+                             f"deleted; pass the store folder to start over, or a new folder")
+        raise StoreError(f"{out} is not empty and holds no store; pass an empty or new folder")
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """Creates out if needed and holds an exclusive lock on it (an flock on out/LOCK,
+    dropped by the kernel when the process ends, even by kill -9) while the block runs.
+    Raises StoreError naming the holder if another preparation holds it."""
+    import fcntl
+    import socket
+
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            raise StoreError(f"{out} is being prepared by {holder}; wait for it to finish, "
+                             f"or pass another store folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _write_failure(out: Path, error: OSError) -> str:
+    """One line for a write into out that failed (numpy reports a full disk without
+    an errno, as 'N requested and M written')."""
+    import errno as errnos
+
+    try:
+        free = shutil.disk_usage(out).free
+    except OSError:
+        free = None
+    if error.errno in (errnos.ENOSPC, errnos.EDQUOT) or (free is not None and free < 1 << 20):
+        reason = "no space left on device" + (f" ({free:,} bytes free)" if free is not None
+                                               else "")
+        fix = "free some space, or pass a store folder on another disk"
+    else:
+        reason = (error.strerror or str(error)) + (f" ({error.filename})" if error.filename
+                                                   else "")
+        fix = "fix that"
+    return (f"cannot write the store in {out}: {reason}; finished shards are kept: {fix}, "
+            f"and run the same command again")
+
+
+def _prepare(source: str, out: Path, input_size: int, *, data_dir, limits, workers,
+             shard_size, restart, verify, progress) -> Store:
+    """prepare's work, in a checked and locked out."""
     size = data.stored_size(input_size)
     limits = {s: (limits or {}).get(s) for s in SPLITS}
     params = {"format": FORMAT, "source": str(source), "data_dir": data_dir,
@@ -323,7 +410,7 @@ def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
                 name = file.removesuffix(".array_record")
                 for done in (f"{name}.json", file, f"{name}.sum.npy"):
                     (out / done).unlink(missing_ok=True)
-    elif not restart and out.is_dir() and any(out.iterdir()):
+    elif not restart and out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         raise StoreError(f"{out} is not empty and holds no store; pass an empty or new folder")
     checkpoints.write_json(out / PARAMS, params)
 
@@ -332,7 +419,7 @@ def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
     # spawn: the parent may hold TensorFlow's and JAX's threads, which fork would copy.
     with interrupts.watched() as watch, concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=interrupts.ignore) as pool:
+            initializer=_start_worker, initargs=(os.getpid(),)) as pool:
         try:
             for split in SPLITS:
                 items, names, total = (
@@ -353,8 +440,8 @@ def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
     train = splits["train"]
     total = sum((np.load(out / s["sum_file"]) for s in train["shards"] if s["count"]),
                 np.zeros((size, size, 3)))
-    np.save(out / f".{MEAN}.tmp.npy", (total / train["count"]).astype(np.float32))
-    os.replace(out / f".{MEAN}.tmp.npy", out / MEAN)
+    checkpoints.atomic_write(out / MEAN,
+                             lambda f: np.save(f, (total / train["count"]).astype(np.float32)))
     manifest = {"format": FORMAT, "source": str(source), "stored_size": size,
                 "input_size": input_size, "jpeg_quality": JPEG_QUALITY,
                 "class_names": list(class_names), "mean_file": MEAN, "splits": splits}
@@ -386,7 +473,7 @@ def _clear(out: Path) -> None:
     if not out.is_dir():
         return  # nothing to delete; prepare says what is wrong with out
     if not ((out / PARAMS).is_file() or (out / MANIFEST).is_file()):
-        if any(out.iterdir()):
+        if any(p.name != LOCK for p in out.iterdir()):
             raise StoreError(f"--restart: {out} holds no store (no {PARAMS}), so nothing was "
                              f"deleted; pass the store folder to start over, or a new folder")
         return
@@ -459,6 +546,33 @@ def _take(items, n) -> list:
     return chunk
 
 
+def _start_worker(parent: int) -> None:
+    """Start-up of a decoding process: Ctrl-C is left to the parent (interrupts.ignore),
+    and the process ends with its parent, even one killed by kill -9 (which would leave
+    it, ~220 MB, and multiprocessing's resource tracker running): on Linux by the
+    kernel's parent-death signal, elsewhere by a thread polling the parent's pid."""
+    import signal
+    import threading
+    import time
+
+    interrupts.ignore()
+    try:
+        import ctypes
+        set_parent_death_signal = 1  # PR_SET_PDEATHSIG, <sys/prctl.h>
+        watched_by_kernel = ctypes.CDLL(None, use_errno=True).prctl(
+            set_parent_death_signal, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):  # no prctl: not Linux
+        watched_by_kernel = False
+    if os.getppid() != parent:  # the parent died before the signal was set
+        os._exit(1)
+    if not watched_by_kernel:
+        def poll():
+            while os.getppid() == parent:
+                time.sleep(1)
+            os._exit(1)
+        threading.Thread(target=poll, daemon=True).start()
+
+
 def _write_shard(out: str, name: str, chunk, size: int) -> dict:
     """Decodes chunk [(source, label, id)] into out/name.array_record (in a worker process);
     writes the pixel sum and, last, the sidecar. Returns the sidecar's contents."""
@@ -468,23 +582,24 @@ def _write_shard(out: str, name: str, chunk, size: int) -> dict:
     final, tmp = out / f"{name}.array_record", out / f".{name}.array_record.tmp"
     total = np.zeros((size, size, 3), np.float64)
     failures, labels, count = [], [], 0
-    writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1,uncompressed")
     try:
-        for src, label, ex_id in chunk:
-            image = data._decode(src, size)
-            if isinstance(image, Exception):
-                failures.append(f"{ex_id}: {image}")
-                continue
-            writer.write(encode_record(image, label, ex_id))
-            total += image
-            labels.append(int(label))
-            count += 1
+        writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1,uncompressed")
+        try:
+            for src, label, ex_id in chunk:
+                image = data._decode(src, size)
+                if isinstance(image, Exception):
+                    failures.append(f"{ex_id}: {image}")
+                    continue
+                writer.write(encode_record(image, label, ex_id))
+                total += image
+                labels.append(int(label))
+                count += 1
+        finally:
+            writer.close()
+        checkpoints.atomic_write(out / f"{name}.sum.npy", lambda f: np.save(f, total))
+        os.replace(tmp, final)
     finally:
-        writer.close()
-    os.replace(tmp, final)
-    with open(out / f".{name}.sum.tmp.npy", "wb") as f:
-        np.save(f, total)
-    os.replace(out / f".{name}.sum.tmp.npy", out / f"{name}.sum.npy")
+        tmp.unlink(missing_ok=True)  # a write that failed (disk full) leaves no shard
     info = {"count": count, "failures": failures, "labels": labels, **_shard_check(final)}
     checkpoints.write_json(out / f"{name}.json", info)
     return info
