@@ -159,3 +159,29 @@ def test_a_store_of_another_size_is_refused_in_one_line(folder, prepared):
             f"store {prepared.path} holds 73 px images (prepared for --size 64); --size {size} "
             f"needs {data.stored_size(size)} px images: train with --size 64, or prepare a "
             f"store for it with: python prepare.py {folder} NEW_STORE --size {size}")
+
+
+_STREAM_AND_EXIT = """
+import sys
+from zfjax import loader, store
+if __name__ == "__main__":  # (Grain starts its workers by spawn)
+    feed = loader.Streamed(store.open_store(sys.argv[1]), "train", workers=1, threads=1)
+    for epoch in range(2):
+        batches = list(feed.train(8, 64, seed=0, epoch=epoch))
+    print(len(batches))
+"""
+
+
+def test_a_streamed_run_exits_without_leaking_shared_memory(prepared, tmp_path):
+    # about 10 s: a fresh Python, whose exit is what is checked, with one Grain worker
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "stream.py"
+    script.write_text(_STREAM_AND_EXIT)
+    done = subprocess.run([sys.executable, str(script), str(prepared.path)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0 and done.stdout == "4\n", done.stderr[-2000:]
+    assert "leaked shared_memory" not in done.stderr and "Exception ignored" not in done.stderr, \
+        done.stderr[-2000:]
