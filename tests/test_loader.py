@@ -168,7 +168,8 @@ if __name__ == "__main__":  # (Grain starts its workers by spawn)
     feed = loader.Streamed(store.open_store(sys.argv[1]), "train", workers=1, threads=1)
     for epoch in range(2):
         batches = list(feed.train(8, 64, seed=0, epoch=epoch))
-    print(len(batches))
+    paused = feed.train(8, 64, seed=0, epoch=5, start_step=1)  # left unfinished at exit
+    print(len(batches), next(paused).images.shape[0])
 """
 
 
@@ -182,6 +183,6 @@ def test_a_streamed_run_exits_without_leaking_shared_memory(prepared, tmp_path):
     script.write_text(_STREAM_AND_EXIT)
     done = subprocess.run([sys.executable, str(script), str(prepared.path)], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    assert done.returncode == 0 and done.stdout == "4\n", done.stderr[-2000:]
+    assert done.returncode == 0 and done.stdout == "4 8\n", done.stderr[-2000:]
     assert "leaked shared_memory" not in done.stderr and "Exception ignored" not in done.stderr, \
         done.stderr[-2000:]
