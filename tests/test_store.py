@@ -196,6 +196,7 @@ def test_prepare_command_errors(tmp_path, capsys):
     assert prepare.main([str(tmp_path / "nowhere"), str(tmp_path / "s"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: image folder") and "<root>/<split>/<class>/<image>" in err
+    assert not (tmp_path / "s").exists()  # the folder it made for the store is gone again
     with pytest.raises(SystemExit) as exit_:  # numbers are checked at parse time (argtypes)
         prepare.main(["x", str(tmp_path / "s"), "--size", "0"])
     assert exit_.value.code == 2

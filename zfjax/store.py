@@ -305,15 +305,33 @@ def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
     """
     out = Path(out).expanduser().absolute()
     _check_destination(out, restart)
+    created = not out.exists()
     try:
         with _locked(out):
             return _prepare(source, out, input_size, data_dir=data_dir, limits=limits,
                             workers=workers, shard_size=shard_size, restart=restart,
                             verify=verify, progress=progress)
-    except FileNotFoundError:  # a source that is not there says so itself
+    except BaseException as e:
+        if created:
+            _remove_if_unstarted(out)
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            # (FileNotFoundError: a source that is not there says so itself)
+            raise StoreError(_write_failure(out, e)) from None
         raise
-    except OSError as e:
-        raise StoreError(_write_failure(out, e)) from None
+
+
+def _remove_if_unstarted(out: Path) -> None:
+    """Removes out, a folder this preparation made, if it failed before any shard was
+    finished (e.g. a source that does not exist): no store folder of one prepare.json."""
+    try:
+        if any(out.glob("*-[0-9][0-9][0-9][0-9][0-9].json")):
+            return
+        for p in out.iterdir():
+            if (_WRITTEN.fullmatch(p.name) or p.name == LOCK) and p.is_file():
+                p.unlink()
+        out.rmdir()  # only if nothing else is left
+    except OSError:
+        pass
 
 
 def _check_destination(out: Path, restart: bool) -> None:
