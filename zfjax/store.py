@@ -18,6 +18,7 @@ A store folder holds::
     manifest.json                   written LAST, atomically: only a store with a
                                     manifest is complete (open_store refuses others);
                                     it records each shard's bytes and CRC-32
+    .prepare.lock                   flock held by the preparation writing the store
 
 Shards are written under a temporary name and renamed when closed, and a shard
 counts as done only once its sidecar exists, so ``prepare`` run again after an
