@@ -7,6 +7,7 @@ Examples:
   python train.py --preset paper --data /data/stores/imagenet-224
 
 Run it again after an interruption: finished shards are kept (--restart starts over).
+Run on a complete store, it checks every shard and prepares damaged ones again.
 train.py prepares a store itself when a split is too large for memory.
 """
 
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
         prepared = store.prepare(args.source, args.store, args.size, data_dir=args.data_dir,
                                  limits={"train": args.limit, "val": args.val_limit},
                                  workers=args.workers, shard_size=args.shard_size,
-                                 restart=args.restart,
+                                 restart=args.restart, verify=True,
                                  progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as e:  # StoreError is a ValueError
         print(f"error: {e}", file=sys.stderr)

@@ -125,3 +125,64 @@ def test_choose_keeps_small_sets_in_memory_and_streams_large_ones(folder, tmp_pa
     # a store given as the source: in memory when it fits
     train, _, _, how = loader.choose(str(train.store.path), 64, progress=False)
     assert isinstance(train, loader.InMemory) and "from store" in how
+
+
+def test_limits_apply_to_a_store_in_memory_and_streamed(folder, prepared):
+    limits = {"train": 10, "val": 4}
+    train, val, _, _ = loader.choose(str(prepared.path), 64, limits=limits, progress=False)
+    assert isinstance(train, loader.InMemory) and (len(train), len(val)) == (10, 4)
+    # the images data.load_split keeps for the same --limit of the folder itself
+    for feed, split, n in ((train, "train", 10), (val, "val", 4)):
+        assert feed.set.paths == data.load_split(str(folder), split, 64, limit=n,
+                                                 progress=False).paths
+    streamed, sval, _, how = loader.choose(str(prepared.path), 64, limits=limits, budget=1,
+                                           workers=0, progress=False)
+    assert isinstance(streamed, loader.Streamed) and (len(streamed), len(sval)) == (10, 4)
+    assert how.startswith("streamed") and "10 training images" in how
+    a = list(train.train(4, 64, seed=3, epoch=1))
+    b = list(streamed.train(4, 64, seed=3, epoch=1))
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+    for x, y in zip(val.evaluate(4), sval.evaluate(4)):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+    assert streamed.subset(3).paths == train.subset(3).paths
+
+
+def test_a_store_of_another_size_is_refused_in_one_line(folder, prepared):
+    for size in (96, 128):  # crops of a wrong share of each image, or "high <= 0" mid-run
+        with pytest.raises(store.StoreError) as refused:
+            loader.choose(str(prepared.path), size, progress=False)
+        assert str(refused.value) == (
+            f"store {prepared.path} holds 73 px images (prepared for --size 64); --size {size} "
+            f"needs {data.stored_size(size)} px images: train with --size 64, or prepare a "
+            f"store for it with: python prepare.py {folder} NEW_STORE --size {size}")
+
+
+_STREAM_AND_EXIT = """
+import sys
+from zfjax import loader, store
+if __name__ == "__main__":  # (Grain starts its workers by spawn)
+    feed = loader.Streamed(store.open_store(sys.argv[1]), "train", workers=1, threads=1)
+    for epoch in range(2):
+        batches = list(feed.train(8, 64, seed=0, epoch=epoch))
+    paused = feed.train(8, 64, seed=0, epoch=5, start_step=1)  # left unfinished at exit
+    print(len(batches), next(paused).images.shape[0])
+"""
+
+
+def test_a_streamed_run_exits_without_leaking_shared_memory(prepared, tmp_path):
+    # about 10 s: a fresh Python, whose exit is what is checked, with one Grain worker
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "stream.py"
+    script.write_text(_STREAM_AND_EXIT)
+    done = subprocess.run([sys.executable, str(script), str(prepared.path)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0 and done.stdout == "4 8\n", done.stderr[-2000:]
+    assert "leaked shared_memory" not in done.stderr and "Exception ignored" not in done.stderr, \
+        done.stderr[-2000:]

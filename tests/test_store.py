@@ -196,6 +196,7 @@ def test_prepare_command_errors(tmp_path, capsys):
     assert prepare.main([str(tmp_path / "nowhere"), str(tmp_path / "s"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: image folder") and "<root>/<split>/<class>/<image>" in err
+    assert not (tmp_path / "s").exists()  # the folder it made for the store is gone again
     with pytest.raises(SystemExit) as exit_:  # numbers are checked at parse time (argtypes)
         prepare.main(["x", str(tmp_path / "s"), "--size", "0"])
     assert exit_.value.code == 2
@@ -207,11 +208,181 @@ def test_restart_replaces_only_what_prepare_wrote(folder, tmp_path):
     out = tmp_path / "s"
     store.prepare(str(folder), out, 32, shard_size=5, workers=1, progress=False)
     (out / "notes.txt").write_text("mine")
+    (out / "train-notes.txt").write_text("mine too")  # names like prepare's, not its files
+    (out / "val-extra").mkdir()
+    (out / "val-extra" / "1.png").write_bytes(b"x")
     with pytest.raises(store.StoreError, match="other settings"):
         store.prepare(str(folder), out, 64, shard_size=5, workers=1, progress=False)
     again = store.prepare(str(folder), out, 64, shard_size=5, workers=1, progress=False,
                           restart=True)
     assert again.stored_size == 73 and again.load("train").images.shape == (12, 73, 73, 3)
     assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "train-notes.txt").read_text() == "mine too"
+    assert (out / "val-extra" / "1.png").read_bytes() == b"x"
     assert sorted(p.name for p in out.glob("train-*.array_record")) == [
         "train-00000.array_record", "train-00001.array_record", "train-00002.array_record"]
+
+
+def test_restart_refuses_a_folder_that_holds_no_store_and_deletes_nothing(folder, tmp_path,
+                                                                         capsys):
+    images = write_image_folder(tmp_path / "images", "ab", 2)  # train/, val/ and a note
+    (images / "train-notes.txt").write_text("mine")
+    before = sorted(str(p.relative_to(images)) for p in images.rglob("*"))
+    code = prepare.main([str(folder), str(images), "--size", "64", "--restart", "--workers",
+                         "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and err == (f"error: --restart: {images} holds no store (no prepare.json), "
+                                 f"so nothing was deleted; pass the store folder to start over, "
+                                 f"or a new folder\n")
+    assert sorted(str(p.relative_to(images)) for p in images.rglob("*")) == before
+    # an empty folder, or a new one, is fine to restart into
+    (tmp_path / "empty").mkdir()
+    assert store.prepare(str(folder), tmp_path / "empty", 32, workers=1, progress=False,
+                         restart=True).count("train") == 12
+
+
+def _damage(shard: Path, how: str) -> None:
+    if how == "deleted":
+        shard.unlink()
+    elif how == "truncated":
+        shard.write_bytes(shard.read_bytes()[:-100])
+    else:  # one byte flipped inside the first record's JPEG: the size is right
+        raw = bytearray(shard.read_bytes())
+        raw[raw.index(b"\xff\xd9") - 100] ^= 0xFF  # (ArrayRecord pads the file with zeros)
+        shard.write_bytes(raw)
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated", "flipped"])
+def test_a_damaged_shard_is_named_in_one_line_and_prepare_redoes_only_it(folder, prepared,
+                                                                        tmp_path, how):
+    import shutil
+
+    from zfjax import loader
+
+    out = tmp_path / "s"
+    shutil.copytree(prepared.path, out)
+    before = store.open_store(out).load("train")
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("train-0000[02].*")}
+    _damage(out / "train-00001.array_record", how)
+    fix = (f"prepare the damaged shards again with: python prepare.py {folder} {out} --size 32 "
+           f"--shard-size 5")
+    if how != "flipped":  # open_store checks every shard's size
+        with pytest.raises(store.DamagedStore) as caught:
+            store.open_store(out)
+    else:  # caught when read: by the reader in memory, or by a Grain worker mid-epoch
+        with pytest.raises(store.DamagedStore) as caught:
+            store.open_store(out).load("train")
+        feed = loader.Streamed(store.open_store(out), "train", workers=1, threads=1)
+        with pytest.raises(store.DamagedStore, match="train-00001.array_record"):
+            list(feed.train(4, 32, seed=0, epoch=0))
+    size = (prepared.path / "train-00001.array_record").stat().st_size
+    why = {"deleted": "missing", "flipped": "its CRC-32 differs from the manifest's",
+           "truncated": f"{size - 100} bytes, the manifest says {size}"}[how]
+    assert str(caught.value).startswith(
+        f"store {out} is damaged: shard train-00001.array_record ({why})")
+    assert str(caught.value).endswith(fix) and "\n" not in str(caught.value)
+
+    # prepare.py passes verify=True: the CRC-32 of every shard, not only its size
+    store.prepare(str(folder), out, 32, shard_size=5, workers=1, progress=False, verify=True)
+    again = store.open_store(out).load("train")
+    assert again.paths == before.paths and np.array_equal(again.images, before.images)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("train-0000[02].*")} == kept
+
+
+def test_a_store_without_sizes_and_checksums_still_opens(prepared, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(prepared.path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            del shard["bytes"], shard["crc32"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert store.open_store(old).load("val").images.shape == (8, 37, 37, 3)
+
+
+def test_file_names_that_are_not_utf8_are_kept():
+    image = np.zeros((37, 37, 3), np.uint8)
+    name = os.fsdecode(b"train/a/\xff\xfe.png")  # as os.listdir gives it
+    assert store.decode_record(store.encode_record(image, 1, name), 37)[2] == name
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert prepare.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and err.count("\n") == 1, err
+    return err[len("error: "):-1]
+
+
+def test_unusable_destinations_are_refused_in_one_line_creating_nothing(folder, tmp_path,
+                                                                       capsys, monkeypatch):
+    args = ["--size", "64", "--workers", "1", "--no-progress"]
+    (tmp_path / "file").write_text("mine")
+    for dest in (tmp_path / "file", tmp_path / "file" / "store"):
+        assert _one_line_error(capsys, [str(folder), str(dest), *args]) == (
+            f"{tmp_path / 'file'} is a file, not a folder; pass a folder for the store")
+    assert (tmp_path / "file").read_text() == "mine"
+    # (a read-only mount; the tests may run as root, whom permissions do not stop)
+    monkeypatch.setattr(os, "statvfs", lambda p: os.statvfs_result((0,) * 8 + (os.ST_RDONLY, 0)))
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    assert _one_line_error(capsys, [str(folder), str(tmp_path / "ro" / "s"), *args]) == (
+        f"cannot write to {tmp_path} (read-only file system); pass a writable store folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_second_preparation_of_the_same_store_is_refused(folder, tmp_path, capsys):
+    out = tmp_path / "s"
+    with store._locked(out):  # as a running prepare.py holds it
+        assert _one_line_error(capsys, [str(folder), str(out), "--size", "64"]) == (
+            f"{out} is being prepared by pid {os.getpid()} on host {__import__('socket').gethostname()}; "
+            f"wait for it to finish, or pass another store folder")
+    assert [p.name for p in out.iterdir()] == [store.LOCK]
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_shard(folder, tmp_path, capsys,
+                                                            monkeypatch):
+    import shutil
+
+    def full(*_):  # numpy's own report of a full disk has no errno
+        raise OSError("15987 requested and 8688 written")
+
+    chunk = [(str(folder / "train" / "b" / f"{i}.png"), 1, f"b/{i}.png") for i in range(3)]
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(OSError):
+        store._write_shard(str(tmp_path), "train-00000", chunk, 37)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(store, "_prepare", lambda *a, **k: full())
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1 << 30, 1 << 30, 4096))
+    out = tmp_path / "s"
+    assert _one_line_error(capsys, [str(folder), str(out), "--size", "64"]) == (
+        f"cannot write the store in {out}: no space left on device (4,096 bytes free); "
+        f"finished shards are kept: free some space, or pass a store folder on another disk, "
+        f"and run the same command again")
+
+
+def test_killing_prepare_ends_its_decoding_worker_and_resource_tracker(tmp_path):
+    # about 10 s: a real prepare.py whose worker waits, killed with kill -9 (its children
+    # are left running unless they end with their parent)
+    root = write_image_folder(tmp_path / "img", "ab", 12, shape=(60, 60))
+    job = _start_waiting_preparation(root, tmp_path / "store")
+    children = [int(c) for c in subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+    assert len(children) >= 2  # the decoding worker and multiprocessing's resource tracker
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()  # (not communicate: a worker left running would hold its pipes open)
+    job.stdout.close(), job.stderr.close()
+    deadline = time.time() + 20
+    while (alive := [c for c in children if _running(c)]) and time.time() < deadline:
+        time.sleep(0.1)
+    for c in alive:  # (do not leave them to the other tests)
+        os.kill(c, signal.SIGKILL)
+    assert alive == []
+
+
+def _running(pid: int) -> bool:
+    """True while pid runs (a zombie, dead but not reaped, does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -22,11 +22,14 @@ Two sources give the same batches:
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import math
 import os
 import queue
 import threading
+import weakref
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -37,6 +40,8 @@ from zfjax import data, interrupts, store
 log = logging.getLogger(__name__)
 
 MEMORY_FRACTION = 0.25  # default budget for an in-memory split: this share of the RAM
+
+_OPEN: "weakref.WeakSet[Streamed]" = weakref.WeakSet()  # closed at exit (Streamed.close)
 
 
 class HostBatch(NamedTuple):
@@ -160,8 +165,9 @@ class _TrainBatch:
     of that step, read and decoded in a worker. Caches one epoch's order at a time, so
     one iterator serves every epoch of a run."""
 
-    def __init__(self, source, size, n, batch_size, seed, process):
-        self.source, self.size, self.n = source, size, n
+    def __init__(self, source, size, records, batch_size, seed, process):
+        self.source, self.size, self.records = source, size, records
+        n = self.n = len(records)
         self.batch_size, self.seed, self.process = batch_size, seed, process
         self.steps = n // batch_size
         self._epoch, self._rows = None, None
@@ -171,30 +177,79 @@ class _TrainBatch:
         if epoch != self._epoch:
             self._epoch, self._rows = epoch, train_indices(
                 self.n, self.batch_size, seed=self.seed, epoch=epoch, process=self.process)
-        records = self.source.__getitems__([int(i) for i in self._rows[step]])
+        records = self.source.__getitems__([int(i) for i in self.records[self._rows[step]]])
         decoded = [store.decode_record(r, self.size) for r in records]
         return (np.stack([d[0] for d in decoded]),
                 np.array([d[1] for d in decoded], np.int32))
 
 
+def _released(array: np.ndarray) -> np.ndarray:
+    """A plain copy of an array a Grain worker sent in shared memory, whose block is
+    unlinked now: Grain unlinks it in a background thread once the array is collected,
+    which at exit comes too late (multiprocessing's resource tracker then reports
+    "leaked shared_memory objects"). Copying a 25 MB batch took 5-9 ms here; sending
+    it pickled through a pipe instead (no shared memory) took 150-240 ms."""
+    shm = getattr(array, "shm", None)
+    if shm is None:
+        return array
+    plain = np.array(array)
+    array._unlink_on_del = False
+    shm.unlink()
+    return plain
+
+
+@contextlib.contextmanager
+def _shared_memory_freed_now():
+    """Inside the block, Grain's shared-memory arrays that are collected unlink their
+    blocks at once instead of in Grain's background thread, whose queue is then waited
+    for (what it has not done by exit, the resource tracker reports as leaked)."""
+    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+
+    pending = getattr(SharedMemoryArray, "_del_thread_pool", None)
+    if pending is None or not hasattr(SharedMemoryArray, "_disable_async_del"):
+        yield
+        return
+    SharedMemoryArray._disable_async_del()  # re-enabled by Grain's next worker start
+    try:
+        yield
+    finally:
+        pending.close()
+        pending.join()
+
+
 class Streamed:
     """Batches read from a prepared store with Grain (see the module docstring).
 
-    workers: decoding processes (0: threads in this process only); threads: decoding
-    threads per process; buffer: batches each worker keeps ready.
+    records: int64 (N,) the split's record indices to feed (default: every record);
+    image i of the feed is record records[i]. workers: decoding processes (0: threads
+    in this process only); threads: decoding threads per process; buffer: batches each
+    worker keeps ready.
     """
 
     kind = "streamed"
 
-    def __init__(self, prepared: store.Store, split: str, *, workers: int | None = None,
-                 threads: int = 4, buffer: int = 2):
+    def __init__(self, prepared: store.Store, split: str, *, records=None,
+                 workers: int | None = None, threads: int = 4, buffer: int = 2):
         self.store, self.split = prepared, split
+        self.records = (np.arange(prepared.count(split)) if records is None
+                        else np.asarray(records, np.int64))
         self.workers = default_workers() if workers is None else workers
         self.threads, self.buffer = threads, buffer
         self._run = None  # (key, grain iterator, next (epoch, step)) kept across epochs
+        _OPEN.add(self)
+
+    def close(self) -> None:
+        """Stops the worker processes of the iterator kept across epochs and frees the
+        shared memory of the batches it buffered (also done at exit: Grain closing it
+        while Python shuts down prints errors and leaves blocks behind)."""
+        if self._run is not None:
+            run, self._run = self._run, None
+            with _shared_memory_freed_now():
+                run[1].close()
+                run[1] = None  # collected now, not at shutdown (a paused train() holds run)
 
     def __len__(self):
-        return self.store.count(self.split)
+        return len(self.records)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -206,7 +261,8 @@ class Streamed:
 
     def subset(self, count: int) -> data.ImageSet:
         """min(count, N) images spread over the classes (data.spread), in memory."""
-        return self.store.load(self.split, data.spread(self.store.labels(self.split), count))
+        labels = self.store.labels(self.split)[self.records]
+        return self.store.load(self.split, self.records[data.spread(labels, count)])
 
     @property
     def stored_size(self) -> int:
@@ -240,13 +296,14 @@ class Streamed:
         steps = len(self) // batch_size
         key = (batch_size, seed, process)
         if self._run is None or self._run[0] != key or self._run[2] != (epoch, start_step):
+            self.close()
             ds = (grain.MapDataset.range(epoch * steps + start_step, 2**62)
-                  .map(_TrainBatch(self.store.source(self.split), self.stored_size, len(self),
-                                   batch_size, seed, process)))
+                  .map(_TrainBatch(self.store.source(self.split), self.stored_size,
+                                   self.records, batch_size, seed, process)))
             self._run = [key, self._iterate(ds, self.workers, self.threads), (epoch, start_step)]
         run = self._run
         for step in range(start_step, steps):
-            images, labels = next(run[1])
+            images, labels = map(_released, next(run[1]))
             run[2] = (epoch, step + 1) if step + 1 < steps else (epoch + 1, 0)
             yield HostBatch(images, labels,
                             *_crops(seed, epoch, step, batch_size, self.stored_size, input_size,
@@ -259,7 +316,7 @@ class Streamed:
 
         if len(idx):
             yield from self._iterate(
-                grain.MapDataset.source(idx.reshape(-1))
+                grain.MapDataset.source(self.records[idx.reshape(-1)])
                 .map(_ReadDecode(self.store.source(self.split), self.stored_size))
                 .batch(idx.shape[1], batch_fn=_stack), workers=0,
                 threads=self.threads * max(1, self.workers))
@@ -268,6 +325,12 @@ class Streamed:
         idx, mask = eval_indices(len(self), batch_size)
         for (images, labels), m in zip(self._gather(idx), mask):
             yield EvalBatch(images, labels, m)
+
+
+@atexit.register
+def _close_streams() -> None:
+    for feed in list(_OPEN):
+        feed.close()
 
 
 def default_workers() -> int:
@@ -336,6 +399,10 @@ def choose(source: str, input_size: int, *, data_dir=None, limits=None, budget=N
     """Returns (train, val, mean, how): the training and validation feeds, the mean
     image float32 (S, S, 3), and a sentence saying which path was taken and why.
 
+    limits: {'train': n, 'val': m}: at most this many images of each split, spread over
+    the classes, whether source is a folder, a TFDS dataset or a store (whose mean image,
+    over all its training images, is kept).
+
     A split whose decoded size fits `budget` bytes (default memory_budget()) is held
     in memory: decoded straight from the source, or from the store if source is one.
     Otherwise the splits are streamed from a store: source itself, or one prepared
@@ -346,15 +413,17 @@ def choose(source: str, input_size: int, *, data_dir=None, limits=None, budget=N
     budget = memory_budget() if budget is None else budget
     if store.is_store(source):
         prepared = store.open_store(source)
-        size, n = prepared.stored_size, prepared.count("train")
+        check_stored_size(prepared, input_size)
+        records = {s: limited_records(prepared, s, limits[s]) for s in ("train", "val")}
+        size, n = prepared.stored_size, len(records["train"])
         need = n * size * size * 3
         if need <= budget:
-            train = InMemory(prepared.load("train", progress=progress))
-            val = InMemory(prepared.load("val", progress=progress))
+            train = InMemory(prepared.load("train", records["train"], progress=progress))
+            val = InMemory(prepared.load("val", records["val"], progress=progress))
             return train, val, prepared.mean(), (
                 f"in memory: {n} training images from store {prepared.path} take "
                 f"{need / 2**30:.2f} GiB of a {budget / 2**30:.2f} GiB budget")
-        return _streamed(prepared, workers, need, budget)
+        return _streamed(prepared, workers, need, budget, records)
     if download and not data._is_folder(source):
         data.download_tfds(source, data_dir)
     size = data.stored_size(input_size)
@@ -377,6 +446,31 @@ def choose(source: str, input_size: int, *, data_dir=None, limits=None, budget=N
     return _streamed(prepared, workers, need, budget)
 
 
+def check_stored_size(prepared: store.Store, input_size: int) -> None:
+    """Raises StoreError, saying what to run, unless the store holds the image side that
+    input_size crops from (data.stored_size): other sides would train on crops of the
+    wrong share of each image, or fail mid-run."""
+    need = data.stored_size(input_size)
+    if prepared.stored_size != need:
+        made_for = prepared.manifest.get("input_size")
+        raise store.StoreError(
+            f"store {prepared.path} holds {prepared.stored_size} px images"
+            + (f" (prepared for --size {made_for})" if made_for else "")
+            + f"; --size {input_size} needs {need} px images: "
+            + (f"train with --size {made_for}, or " if made_for else "")
+            + f"prepare a store for it with: python prepare.py "
+              f"{prepared.manifest.get('source', 'SOURCE')} NEW_STORE --size {input_size}")
+
+
+def limited_records(prepared: store.Store, split: str, limit: int | None) -> np.ndarray:
+    """int64 (min(limit, N),): the records of a store's split that a --limit keeps, spread
+    over the classes as data.load_split spreads a folder's files (all N without limit)."""
+    labels = prepared.labels(split)
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    return data.spread(labels, limit)
+
+
 def _prepare_once(source, out, input_size, **kwargs) -> store.Store:
     """store.prepare on process 0 only; the other processes wait for it, then open the
     store (out must be on a file system every host sees)."""
@@ -395,10 +489,11 @@ def _prepare_once(source, out, input_size, **kwargs) -> store.Store:
     return prepared
 
 
-def _streamed(prepared, workers, need, budget):
-    train = Streamed(prepared, "train", workers=workers)
-    val = Streamed(prepared, "val", workers=workers)
+def _streamed(prepared, workers, need, budget, records=None):
+    records = records or {}
+    train = Streamed(prepared, "train", records=records.get("train"), workers=workers)
+    val = Streamed(prepared, "val", records=records.get("val"), workers=workers)
     return train, val, prepared.mean(), (
         f"streamed from store {prepared.path} with {train.workers} decoding worker(s): "
-        f"{prepared.count('train')} training images take {need / 2**30:.2f} GiB decoded, "
+        f"{len(train)} training images take {need / 2**30:.2f} GiB decoded, "
         f"over the {budget / 2**30:.2f} GiB budget")
