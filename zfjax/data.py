@@ -66,11 +66,12 @@ def stored_size(input_size: int) -> int:
 def load_split(source: str, split: str, input_size: int, *, data_dir: str | None = None,
                limit: int | None = None, progress: bool = True,
                classes: Sequence[str] | None = None) -> ImageSet:
-    """Loads one split of a TFDS dataset or image folder into memory.
+    """Loads one split of a TFDS dataset, image folder or prepared store into memory.
 
-    source: a TFDS name ('cifar10', 'imagenette/160px-v2', 'imagenet2012') or a folder
-      laid out <root>/<split>/<class>/<image>. An existing directory, or a path starting
-      with '/', '.' or '~', or one whose first component is not a TFDS name, is a folder.
+    source: a TFDS name ('cifar10', 'imagenette/160px-v2', 'imagenet2012'), a folder
+      laid out <root>/<split>/<class>/<image>, or a store folder (prepare.py, read with
+      zfjax.store's reader). An existing directory, or a path starting with '/', '.' or
+      '~', or one whose first component is not a TFDS name, is a folder.
     split: 'train', 'val', ... ('val' and 'validation' are aliases of each other).
     data_dir: the TFDS data directory (TFDS sources only; never downloads).
     limit: at most this many images, spread over the classes deterministically.
@@ -78,6 +79,11 @@ def load_split(source: str, split: str, input_size: int, *, data_dir: str | None
       the split's own (see class_index_map: an unknown class is an error).
     Returns an ImageSet with images uint8 (N, S, S, 3), S = stored_size(input_size).
     """
+    from zfjax import store  # store imports this module
+
+    if store.is_store(source):
+        return _store_split(store.open_store(source), split, input_size, limit=limit,
+                            progress=progress, classes=classes)
     size = stored_size(input_size)
     if _is_folder(source):
         items, class_names, total = _folder_items(source, split, limit)
@@ -89,6 +95,24 @@ def load_split(source: str, split: str, input_size: int, *, data_dir: str | None
         labels = class_index_map(classes, class_names, f"{source} [{split}]")[labels]
         class_names = tuple(classes)
     return ImageSet(images, labels, class_names, skipped, paths)
+
+
+def _store_split(prepared, split: str, input_size: int, *, limit: int | None, progress: bool,
+                 classes: Sequence[str] | None) -> ImageSet:
+    """load_split of a prepared store (zfjax.store, written by prepare.py): its records,
+    already at the stored size, decoded by the store's own reader."""
+    size = stored_size(input_size)
+    if prepared.stored_size != size:
+        raise ValueError(
+            f"store {prepared.path} holds {prepared.stored_size} px images (input size "
+            f"{prepared.manifest.get('input_size', '?')}); this network needs {size} px ones "
+            f"(input size {input_size}): prepare a store with --size {input_size}")
+    indices = spread(prepared.labels(split), limit) if limit is not None else None
+    images = prepared.load(split, indices, progress=progress)
+    if classes is None:
+        return images
+    labels = class_index_map(classes, images.class_names, f"{prepared.path} [{split}]")
+    return dataclasses.replace(images, labels=labels[images.labels], class_names=tuple(classes))
 
 
 def class_index_map(classes: Sequence[str], split_classes: Sequence[str],
