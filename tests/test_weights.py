@@ -252,3 +252,37 @@ def test_visualize_runs_the_two_vgg16_systems_on_a_weight_file(tmp_path, run_cli
                               "--images", str(tmp_path / "cat.jpg")])
     assert (code, err) == (2, "visualize.py reconstructions: error: --weights needs --arch "
                               "(zfnet, alexnet or vgg16)\n")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.nan, r"tensor features.0.weight holds 1 non-finite value\(s\) \(NaN or Inf\)"),
+    (np.inf, r"tensor features.0.weight holds 1 non-finite value\(s\) \(NaN or Inf\)"),
+    ("int8", "tensor features.0.weight holds int8 values, not floating point"),
+    ("int64", "tensor features.0.weight holds int64 values, not floating point"),
+    ("bool", "tensor features.0.weight holds bool values, not floating point"),
+])
+def test_non_finite_or_non_float_weights_are_refused_naming_the_tensor(tmp_path, bad, message):
+    sd = small_vgg_state_dict()
+    if isinstance(bad, str):
+        sd["features.0.weight"] = sd["features.0.weight"].astype(bad)
+    else:
+        sd["features.0.weight"][0, 0, 0, 0] = bad
+    save_file(sd, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match=rf"^bad.safetensors: {message}"):
+        weights.load(tmp_path / "bad.safetensors", "vgg16")
+
+
+def test_keras_files_with_bad_values_or_a_broken_layout_are_refused_naming_the_file(tmp_path):
+    layers = keras_layers(small_vgg_state_dict())
+    layers["fc2"][1] = np.full_like(layers["fc2"][1], np.nan)
+    with pytest.raises(ValueError, match=r"^vgg16.weights.h5: tensor fc2/1 holds \d+ non-finite"):
+        weights.load(write_keras3(tmp_path, layers), "vgg16")
+    layers = keras_layers(small_vgg_state_dict())
+    layers["block1_conv1"][0] = layers["block1_conv1"][0].astype(np.int64)
+    with pytest.raises(ValueError, match=r"^vgg16_weights_tf_dim_ordering_tf_kernels.h5: tensor "
+                                         r"block1_conv1/0 holds int64 values"):
+        weights.load(write_keras_legacy(tmp_path, layers), "vgg16")
+    with h5py.File(tmp_path / "broken.h5", "w") as f:  # names a layer group it lacks
+        f.attrs["layer_names"] = [b"block1_conv1"]
+    with pytest.raises(ValueError, match=r"^broken.h5 is not a readable Keras weight file: KeyError"):
+        weights.load(tmp_path / "broken.h5", "vgg16")
