@@ -308,6 +308,8 @@ def _decode(src: str | bytes, size: int) -> np.ndarray | Exception:
             im.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4, 1/8 scale if still >= size
             if im.mode in _WIDE_MODES:
                 im = _to_8bit(im)
+            elif im.mode == "F":
+                im = _float_to_8bit(im)
             if im.mode == "P":
                 im = im.convert("RGBA")  # palette transparency converts cleanly via RGBA
             im = im.convert("RGB")  # L, CMYK, RGBA, ... -> RGB (alpha dropped)
@@ -332,6 +334,22 @@ def _to_8bit(im: Image.Image) -> Image.Image:
         raise ValueError(f"32-bit integer image with values {values.min()}..{values.max()} "
                          f"outside 0..65535; cannot tell its range")
     return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
+
+
+def _float_to_8bit(im: Image.Image) -> Image.Image:
+    """A 32-bit float grayscale image (mode F, e.g. a float TIFF) as mode L: values in
+    0..1 scaled by 255 (PIL's convert() would clip them to 0 or 1: all black), values in
+    0..255 rounded; any other range (or NaN/Inf) is an error, as its scale is unknown."""
+    values = np.asarray(im, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("32-bit float image with NaN or Inf values")
+    low, high = values.min(), values.max()
+    if low < 0 or high > 255:
+        raise ValueError(f"32-bit float image with values {low:g}..{high:g} outside 0..1 and "
+                         f"0..255; cannot tell its range")
+    if high <= 1:
+        values = values * 255
+    return Image.fromarray(np.rint(values).astype(np.uint8))
 
 
 def _decode_all(items: Iterable[tuple[str | bytes, int, str]], size: int, total: int | None,
