@@ -115,6 +115,14 @@ def _store_split(prepared, split: str, input_size: int, *, limit: int | None, pr
     return dataclasses.replace(images, labels=labels[images.labels], class_names=tuple(classes))
 
 
+def check_classes(class_names: Sequence[str], split: str) -> None:
+    """Raises ValueError unless `split` (e.g. "the training split of DATA") has at least
+    2 classes: with one, any classifier is 100% right and every accuracy is meaningless."""
+    if len(class_names) < 2:
+        raise ValueError(f"{split} has {len(class_names)} class(es) ({', '.join(class_names)}); "
+                         f"a classifier needs at least 2")
+
+
 def class_index_map(classes: Sequence[str], split_classes: Sequence[str],
                     split: str) -> np.ndarray:
     """Returns int32 (len(split_classes),): the index in `classes` (the training
