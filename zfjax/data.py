@@ -230,6 +230,10 @@ def download_tfds(name: str, data_dir: str | None = None) -> None:
                 name, builder.data_dir_root)
     try:
         builder.download_and_prepare()  # TFDS shows its own progress bars
+    except ImportError as e:  # an incomplete install, not the network
+        raise ValueError(
+            f"TFDS cannot prepare {name!r}: Python module {e.name or str(e)!r} is not "
+            f"installed; pip install -r requirements.txt (in the zfjax folder)") from None
     except Exception as e:  # no network, a proxy, a full disk: say what happened, no trace
         raise FileNotFoundError(
             f"could not download TFDS dataset {name!r} into {builder.data_dir_root} "
