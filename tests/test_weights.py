@@ -286,3 +286,32 @@ def test_keras_files_with_bad_values_or_a_broken_layout_are_refused_naming_the_f
         f.attrs["layer_names"] = [b"block1_conv1"]
     with pytest.raises(ValueError, match=r"^broken.h5 is not a readable Keras weight file: KeyError"):
         weights.load(tmp_path / "broken.h5", "vgg16")
+
+
+def test_pretrained_imagenet_weights_take_a_folder_of_named_classes(tmp_path, caplog):
+    """--weights with --data FOLDER: classes named by WordNet id or ImageNet name get their
+    ImageNet label; a folder with other classes is analysed without labels (not refused)."""
+    import argparse
+    import logging
+
+    from helpers import write_image_folder
+    from zfjax import cli, loading
+
+    info = {"weights": str(tmp_path / "vgg16.safetensors"), "run_dir": None,
+            "class_names": loading.imagenet_classes()}
+    config = model.Network(arch="vgg16", num_classes=1000, width=0.0625)
+
+    def load(classes):
+        folder = write_image_folder(tmp_path / "_".join(classes), classes, 1, splits=("val",),
+                                    shape=(40, 40))
+        args = argparse.Namespace(images=None, data=str(folder), split="val", data_dir=None,
+                                  target=None)
+        return cli.load_stored_images(args, config, info, None)
+
+    stored, labels, names = load(["Golden_Retriever", "goldfish", "n01440764"])
+    assert stored.shape == (3, 256, 256, 3)
+    assert labels.tolist() == [207, 1, 0] and names[0] == "Golden_Retriever/0.png"
+    with caplog.at_level(logging.WARNING):
+        stored, labels, _ = load(["cat", "goldfish"])
+    assert len(stored) == 2 and labels is None
+    assert "class 'cat' (of 1) is not one of the weights' 1000 classes" in caplog.text
