@@ -199,3 +199,22 @@ def test_cli_refuses_a_checkpoint_of_another_shape(tmp_path, monkeypatch, capsys
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert "checkpoint has conv1 kernel (7,7,3,48) but config width 0.25 expects (7,7,3,24)" in err
     assert not (run / "figures").exists()
+
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_no_half_written_file(tiny_run, tmp_path,
+                                                                     monkeypatch, run_cli):
+    import signal
+
+    def pressed_while_saving(fig, path):  # Ctrl-C halfway through writing the PNG
+        with artifacts.atomic_path(path) as tmp:
+            tmp.write_bytes(b"half a png")
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(artifacts, "save_png", pressed_while_saving)
+    code, out, err = run_cli(["maximize", str(tiny_run), "--layer", "conv3", "--units", "0",
+                              "--steps", "1", "--out", str(tmp_path)])
+    assert (code, out) == (130, "")
+    assert err.endswith("\nvisualize.py maximize: interrupted; no half-written file is left\n")
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maximize_conv3.npz"]  # whole
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

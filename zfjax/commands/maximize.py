@@ -60,8 +60,8 @@ def default_work(config, args) -> tuple[int, int, str | None]:
     units, steps = maximize.work_within(config, CPU_SECONDS, CPU_FLOPS, units=given_units,
                                         max_units=UNITS, max_steps=STEPS)
     steps = args.steps or steps
-    if (given_units or units) == UNITS and steps == STEPS or args.steps and given_units:
-        return units, steps, None
+    if (given_units or units >= UNITS) and (args.steps or steps >= STEPS):
+        return units, steps, None  # no default was made smaller
     return units, steps, (f"maximize: on CPU the defaults are {units} unit(s) x {steps} steps "
                           f"(about a minute); a GPU's are {UNITS} x {STEPS} (pass --units / "
                           f"--steps)")
