@@ -5,7 +5,8 @@
 
 Each subcommand writes a PNG and the raw arrays (.npz) under the run's
 figures/ folder (or --out) and prints their paths. Bad input gives one line
-saying what is wrong and a non-zero exit, with nothing half-written.
+saying what is wrong and a non-zero exit, with nothing half-written; Ctrl-C, one line
+and exit 130.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import importlib
 import sys
 
-from zfjax import checkpoints, cli
+from zfjax import checkpoints, cli, interrupts
 
 # One command module per analysis, zfjax.commands.<name>; each defines
 # add_cli(subparsers) -> parser whose defaults hold run(args) -> list of written paths.
@@ -37,7 +38,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         cli.check_output_folder(args)  # before minutes of work, not after
-        paths = args.run(args)
+        with interrupts.watched():  # Ctrl-C: also one press Python drops in a finalizer
+            paths = args.run(args)
+    except KeyboardInterrupt:  # every output is written atomically (zfjax.artifacts)
+        print(f"\nvisualize.py {args.command}: interrupted; no half-written file is left",
+              file=sys.stderr)
+        if __name__ == "__main__":  # XLA may still be computing: its shutdown can crash
+            checkpoints.leave_now(130)
+        return 130
     except (ValueError, OSError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"visualize.py {args.command}: error: {message}", file=sys.stderr)

@@ -74,6 +74,10 @@ def _corpus() -> dict[str, bytes | None]:
         "gray16.png": _gray16(ramp16),
         "gray16_mid.png": _gray16(np.full((8, 8), 0x8000)),
         "rgb48.png": _rgb48(np.broadcast_to(np.array([65535, 0x8080, 0], np.uint16), (8, 8, 3))),
+        # 32-bit float TIFFs (PIL mode F): 0..1 and 0..255 ranges, and one of no known range.
+        "float01.tif": _save(Image.fromarray(np.full((8, 8), 0.5, np.float32)), "TIFF"),
+        "float255.tif": _save(Image.fromarray(np.full((8, 8), 200.0, np.float32)), "TIFF"),
+        "float_range.tif": _save(Image.fromarray(np.full((8, 8), 1000.0, np.float32)), "TIFF"),
     }
 
 
@@ -88,9 +92,11 @@ KEPT = {
     "gray16.png": ((128, 128, 128), 2),  # middle of a 0..65535 ramp
     "gray16_mid.png": ((128, 128, 128), 0),  # 0x8000 * 255 / 65535 = 127.5 -> 128
     "rgb48.png": ((255, 128, 0), 0),
+    "float01.tif": ((128, 128, 128), 0),  # 0.5 * 255 = 127.5 -> 128, not black
+    "float255.tif": ((200, 200, 200), 0),
 }
 SKIPPED = {"truncated.jpg", "truncated.png", "zero_bytes.jpg", "not_an_image.jpg", "html.png",
-           "bomb.png"}
+           "bomb.png", "float_range.tif"}
 
 
 def test_corrupt_input_corpus_skips_exactly_the_broken_files_and_decodes_the_rest(tmp_path,

@@ -282,3 +282,34 @@ def test_unknown_source_message():
     # a relative path whose first part is not a TFDS name is treated as a folder
     with pytest.raises(FileNotFoundError, match="no_such_dir_xyz/sub does not exist"):
         data.load_split("no_such_dir_xyz/sub", "train", 224, progress=False)
+
+
+def test_tfds_imagenette_download_manager_can_be_built_offline(tmp_path):
+    # The README's path: train.py without the local folder downloads TFDS imagenette. Before
+    # any network, TFDS reads the builder's checksums (url_infos), which imports
+    # importlib_resources: missing in a fresh install, it failed as "could not download".
+    tfds = pytest.importorskip("tensorflow_datasets")
+    builder = tfds.builder("imagenette/160px-v2", data_dir=str(tmp_path), try_gcs=False)
+    assert builder.url_infos and not builder.is_prepared()
+    assert list(tmp_path.iterdir()) == []  # nothing written, nothing downloaded
+
+
+def test_a_missing_module_is_not_reported_as_a_network_failure(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class Builder:
+        MANUAL_DOWNLOAD_INSTRUCTIONS = None
+        data_dir_root = str(tmp_path)
+
+        def is_prepared(self):
+            return False
+
+        def download_and_prepare(self):
+            raise ModuleNotFoundError("No module named 'importlib_resources'",
+                                      name="importlib_resources")
+
+    monkeypatch.setattr(tfds, "builder", lambda *args, **kwargs: Builder())
+    with pytest.raises(ValueError, match=r"^TFDS cannot prepare 'imagenette': Python module "
+                                         r"'importlib_resources' is not installed; pip install "
+                                         r"-r requirements.txt"):
+        data.download_tfds("imagenette", str(tmp_path))

@@ -50,6 +50,20 @@ def test_objective_and_response_rise_over_the_steps():
                                rtol=1e-4)
 
 
+def test_ascent_in_chunks_reports_progress_and_equals_one_call():
+    bound = np.ones((64, 64, 3), np.float32)
+    done = []
+    chunked = jax.device_get(maximize.maximize(
+        SMALL, params(), np.array([0, 1], np.int32), jax.random.key(0), layer="conv3",
+        steps=STEPS, learning_rate=0.02, lp_weight=1e-2, p=2.0, tv_weight=0.0, init_std=0.1,
+        lower=-bound, upper=bound, chunk=10, on_steps=done.append))
+    assert done == [10, 20, 25]
+    whole = ascent()
+    for name in ("images", "objective", "value", "final_value"):
+        np.testing.assert_allclose(getattr(chunked, name), getattr(whole, name), rtol=1e-5,
+                                   atol=1e-6, err_msg=name)
+
+
 def test_a_huge_tv_weight_gives_a_smoother_image():
     rough, smooth = ascent(0.0), ascent(1e3)
     tv = lambda r: np.asarray(maximize.total_variation(r.images))
@@ -135,6 +149,33 @@ def test_cli_writes_the_grid_and_arrays(tiny_run, monkeypatch, capsys, run_cli):
     np.testing.assert_allclose(again, arrays["images"], atol=0.5 / 255 + 1e-6)
     png = np.asarray(Image.open(figures / "maximize_conv3.png").convert("L"))
     assert png.shape[1] > 500 and png.std() > 20
+    # Progress on stderr (a log here: a line at the start and one at the end).
+    assert "maximize conv3, 2 unit(s)" in err and f"{STEPS}/{STEPS}" in err
+
+
+def test_cpu_defaults_fit_about_a_minute_and_help_says_the_gpu_ones(monkeypatch, capsys):
+    # VGG16's GPU defaults (8 units x 200 steps) ran over 10 minutes on a 2-core CPU.
+    import argparse
+
+    from zfjax.commands import maximize as command
+
+    vgg16 = model.Network(arch="vgg16", num_classes=1000, image_size=224)
+    none_given = argparse.Namespace(units=None, steps=None)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    units, steps, note = command.default_work(vgg16, none_given)
+    seconds = units * steps * maximize.step_flops(vgg16) / command.CPU_FLOPS
+    assert (units, steps) == (1, 16) and seconds <= command.CPU_SECONDS
+    assert note.startswith("maximize: on CPU the defaults are 1 unit(s) x 16 steps")
+    assert command.default_work(SMALL, none_given) == (8, 200, None)  # a tiny network keeps them
+    assert command.default_work(vgg16, argparse.Namespace(units=[3, 4], steps=None))[:2] == (2, 10)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert command.default_work(vgg16, none_given) == (8, 200, None)
+    parser = argparse.ArgumentParser()
+    command.add_cli(parser.add_subparsers())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["maximize", "--help"])
+    assert "on a GPU/TPU: 200" in " ".join(capsys.readouterr().out.split())
+    assert [command.progress_chunk(n) for n in (200, 32, 25, 7)] == [20, 2, 1, 1]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -158,3 +199,22 @@ def test_cli_refuses_a_checkpoint_of_another_shape(tmp_path, monkeypatch, capsys
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert "checkpoint has conv1 kernel (7,7,3,48) but config width 0.25 expects (7,7,3,24)" in err
     assert not (run / "figures").exists()
+
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_no_half_written_file(tiny_run, tmp_path,
+                                                                     monkeypatch, run_cli):
+    import signal
+
+    def pressed_while_saving(fig, path):  # Ctrl-C halfway through writing the PNG
+        with artifacts.atomic_path(path) as tmp:
+            tmp.write_bytes(b"half a png")
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(artifacts, "save_png", pressed_while_saving)
+    code, out, err = run_cli(["maximize", str(tiny_run), "--layer", "conv3", "--units", "0",
+                              "--steps", "1", "--out", str(tmp_path)])
+    assert (code, out) == (130, "")
+    assert err.endswith("\nvisualize.py maximize: interrupted; no half-written file is left\n")
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maximize_conv3.npz"]  # whole
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -10,7 +10,7 @@ import pytest
 
 from zfjax import data, model, network, transfer
 from helpers import random_params
-from helpers import TINY, write_tiny_run
+from helpers import TINY, write_image_folder, write_tiny_run
 
 
 def test_pool_matrix_equals_torch_adaptive_average_pooling():
@@ -230,3 +230,14 @@ def test_cli_bad_input_is_one_line(tiny_run, monkeypatch, capsys, tmp_path, argv
     assert code == 2 and out == ""
     assert err.startswith("visualize.py transfer: error: ") and message in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_cli_refuses_a_one_class_folder_as_train_py_does(tiny_run, tmp_path, run_cli):
+    # Any classifier of one class is 100% right: the table would say 100% at every layer.
+    folder = write_image_folder(tmp_path / "one", ["only"], 3, shape=(40, 40))
+    code, out, err = run_cli(["transfer", str(tiny_run), "--data", str(folder), "--steps", "5",
+                              "--per-class", "--out", str(tmp_path / "o")])
+    assert (code, out) == (2, "")
+    assert err == (f"visualize.py transfer: error: the train split of {folder} has 1 class(es) "
+                   f"(only); a classifier needs at least 2\n")
+    assert not (tmp_path / "o").exists()

@@ -252,3 +252,66 @@ def test_visualize_runs_the_two_vgg16_systems_on_a_weight_file(tmp_path, run_cli
                               "--images", str(tmp_path / "cat.jpg")])
     assert (code, err) == (2, "visualize.py reconstructions: error: --weights needs --arch "
                               "(zfnet, alexnet or vgg16)\n")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.nan, r"tensor features.0.weight holds 1 non-finite value\(s\) \(NaN or Inf\)"),
+    (np.inf, r"tensor features.0.weight holds 1 non-finite value\(s\) \(NaN or Inf\)"),
+    ("int8", "tensor features.0.weight holds int8 values, not floating point"),
+    ("int64", "tensor features.0.weight holds int64 values, not floating point"),
+    ("bool", "tensor features.0.weight holds bool values, not floating point"),
+])
+def test_non_finite_or_non_float_weights_are_refused_naming_the_tensor(tmp_path, bad, message):
+    sd = small_vgg_state_dict()
+    if isinstance(bad, str):
+        sd["features.0.weight"] = sd["features.0.weight"].astype(bad)
+    else:
+        sd["features.0.weight"][0, 0, 0, 0] = bad
+    save_file(sd, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match=rf"^bad.safetensors: {message}"):
+        weights.load(tmp_path / "bad.safetensors", "vgg16")
+
+
+def test_keras_files_with_bad_values_or_a_broken_layout_are_refused_naming_the_file(tmp_path):
+    layers = keras_layers(small_vgg_state_dict())
+    layers["fc2"][1] = np.full_like(layers["fc2"][1], np.nan)
+    with pytest.raises(ValueError, match=r"^vgg16.weights.h5: tensor fc2/1 holds \d+ non-finite"):
+        weights.load(write_keras3(tmp_path, layers), "vgg16")
+    layers = keras_layers(small_vgg_state_dict())
+    layers["block1_conv1"][0] = layers["block1_conv1"][0].astype(np.int64)
+    with pytest.raises(ValueError, match=r"^vgg16_weights_tf_dim_ordering_tf_kernels.h5: tensor "
+                                         r"block1_conv1/0 holds int64 values"):
+        weights.load(write_keras_legacy(tmp_path, layers), "vgg16")
+    with h5py.File(tmp_path / "broken.h5", "w") as f:  # names a layer group it lacks
+        f.attrs["layer_names"] = [b"block1_conv1"]
+    with pytest.raises(ValueError, match=r"^broken.h5 is not a readable Keras weight file: KeyError"):
+        weights.load(tmp_path / "broken.h5", "vgg16")
+
+
+def test_pretrained_imagenet_weights_take_a_folder_of_named_classes(tmp_path, caplog):
+    """--weights with --data FOLDER: classes named by WordNet id or ImageNet name get their
+    ImageNet label; a folder with other classes is analysed without labels (not refused)."""
+    import argparse
+    import logging
+
+    from helpers import write_image_folder
+    from zfjax import cli, loading
+
+    info = {"weights": str(tmp_path / "vgg16.safetensors"), "run_dir": None,
+            "class_names": loading.imagenet_classes()}
+    config = model.Network(arch="vgg16", num_classes=1000, width=0.0625)
+
+    def load(classes):
+        folder = write_image_folder(tmp_path / "_".join(classes), classes, 1, splits=("val",),
+                                    shape=(40, 40))
+        args = argparse.Namespace(images=None, data=str(folder), split="val", data_dir=None,
+                                  target=None)
+        return cli.load_stored_images(args, config, info, None)
+
+    stored, labels, names = load(["Golden_Retriever", "goldfish", "n01440764"])
+    assert stored.shape == (3, 256, 256, 3)
+    assert labels.tolist() == [207, 1, 0] and names[0] == "Golden_Retriever/0.png"
+    with caplog.at_level(logging.WARNING):
+        stored, labels, _ = load(["cat", "goldfish"])
+    assert len(stored) == 2 and labels is None
+    assert "class 'cat' (of 1) is not one of the weights' 1000 classes" in caplog.text

@@ -7,6 +7,7 @@ The common options (run or weights, output folder, images), loading the model
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pathlib
 
@@ -90,11 +91,38 @@ def load_stored_images(args, config, info: dict, count: int | None):
         what = f"run {args.target}" if getattr(args, "target", None) else "--weights"
         raise ValueError(f"{what} does not record a data source; pass --data "
                          f"SOURCE (TFDS name or image folder) or --images PATH ...")
+    classes = info.get("class_names") or None
+    pretrained = info.get("weights") is not None
     split = data.load_split(source, getattr(args, "split", "val"), config.image_size,
                             data_dir=data_dir, limit=count, progress=False,
-                            classes=info.get("class_names") or None)
+                            classes=None if pretrained else classes)
     names = ["/".join(pathlib.Path(p).parts[-2:]) for p in split.paths]
-    return split.images, split.labels.astype(np.int32), names
+    labels = split.labels.astype(np.int32)
+    if pretrained:
+        labels = pretrained_labels(classes, split, source)
+    return split.images, labels, names
+
+
+def pretrained_labels(classes, split: data.ImageSet, source: str) -> np.ndarray | None:
+    """Labels of ``split`` as indices into pretrained weights' ``classes`` (WordNet ids),
+    matching each folder class by WordNet id or by its ImageNet name ('tench',
+    'golden_retriever', any case); None (as with --images: analyses use the predicted
+    class) when some class matches none, with a warning naming it."""
+    from zfjax import render
+
+    if classes is None:
+        return None
+    index = {name: i for i, name in enumerate(classes)}
+    key = lambda name: str(name).lower().replace("_", " ").replace("-", " ")  # noqa: E731
+    index.update({key(label): i for i, label in enumerate(render.class_labels(classes))})
+    found = [index.get(name, index.get(key(name))) for name in split.class_names]
+    unknown = [name for name, i in zip(split.class_names, found) if i is None]
+    if unknown:
+        logging.getLogger(__name__).warning(
+            "%s: class %r (of %d) is not one of the weights' %d classes; analysing its images "
+            "without true labels, as with --images", source, unknown[0], len(unknown), len(classes))
+        return None
+    return np.asarray(found, np.int32)[split.labels]
 
 
 class Images(NamedTuple):

@@ -66,11 +66,12 @@ def stored_size(input_size: int) -> int:
 def load_split(source: str, split: str, input_size: int, *, data_dir: str | None = None,
                limit: int | None = None, progress: bool = True,
                classes: Sequence[str] | None = None) -> ImageSet:
-    """Loads one split of a TFDS dataset or image folder into memory.
+    """Loads one split of a TFDS dataset, image folder or prepared store into memory.
 
-    source: a TFDS name ('cifar10', 'imagenette/160px-v2', 'imagenet2012') or a folder
-      laid out <root>/<split>/<class>/<image>. An existing directory, or a path starting
-      with '/', '.' or '~', or one whose first component is not a TFDS name, is a folder.
+    source: a TFDS name ('cifar10', 'imagenette/160px-v2', 'imagenet2012'), a folder
+      laid out <root>/<split>/<class>/<image>, or a store folder (prepare.py, read with
+      zfjax.store's reader). An existing directory, or a path starting with '/', '.' or
+      '~', or one whose first component is not a TFDS name, is a folder.
     split: 'train', 'val', ... ('val' and 'validation' are aliases of each other).
     data_dir: the TFDS data directory (TFDS sources only; never downloads).
     limit: at most this many images, spread over the classes deterministically.
@@ -78,6 +79,11 @@ def load_split(source: str, split: str, input_size: int, *, data_dir: str | None
       the split's own (see class_index_map: an unknown class is an error).
     Returns an ImageSet with images uint8 (N, S, S, 3), S = stored_size(input_size).
     """
+    from zfjax import store  # store imports this module
+
+    if store.is_store(source):
+        return _store_split(store.open_store(source), split, input_size, limit=limit,
+                            progress=progress, classes=classes)
     size = stored_size(input_size)
     if _is_folder(source):
         items, class_names, total = _folder_items(source, split, limit)
@@ -89,6 +95,32 @@ def load_split(source: str, split: str, input_size: int, *, data_dir: str | None
         labels = class_index_map(classes, class_names, f"{source} [{split}]")[labels]
         class_names = tuple(classes)
     return ImageSet(images, labels, class_names, skipped, paths)
+
+
+def _store_split(prepared, split: str, input_size: int, *, limit: int | None, progress: bool,
+                 classes: Sequence[str] | None) -> ImageSet:
+    """load_split of a prepared store (zfjax.store, written by prepare.py): its records,
+    already at the stored size, decoded by the store's own reader."""
+    size = stored_size(input_size)
+    if prepared.stored_size != size:
+        raise ValueError(
+            f"store {prepared.path} holds {prepared.stored_size} px images (input size "
+            f"{prepared.manifest.get('input_size', '?')}); this network needs {size} px ones "
+            f"(input size {input_size}): prepare a store with --size {input_size}")
+    indices = spread(prepared.labels(split), limit) if limit is not None else None
+    images = prepared.load(split, indices, progress=progress)
+    if classes is None:
+        return images
+    labels = class_index_map(classes, images.class_names, f"{prepared.path} [{split}]")
+    return dataclasses.replace(images, labels=labels[images.labels], class_names=tuple(classes))
+
+
+def check_classes(class_names: Sequence[str], split: str) -> None:
+    """Raises ValueError unless `split` (e.g. "the training split of DATA") has at least
+    2 classes: with one, any classifier is 100% right and every accuracy is meaningless."""
+    if len(class_names) < 2:
+        raise ValueError(f"{split} has {len(class_names)} class(es) ({', '.join(class_names)}); "
+                         f"a classifier needs at least 2")
 
 
 def class_index_map(classes: Sequence[str], split_classes: Sequence[str],
@@ -198,6 +230,10 @@ def download_tfds(name: str, data_dir: str | None = None) -> None:
                 name, builder.data_dir_root)
     try:
         builder.download_and_prepare()  # TFDS shows its own progress bars
+    except ImportError as e:  # an incomplete install, not the network
+        raise ValueError(
+            f"TFDS cannot prepare {name!r}: Python module {e.name or str(e)!r} is not "
+            f"installed; pip install -r requirements.txt (in the zfjax folder)") from None
     except Exception as e:  # no network, a proxy, a full disk: say what happened, no trace
         raise FileNotFoundError(
             f"could not download TFDS dataset {name!r} into {builder.data_dir_root} "
@@ -284,6 +320,8 @@ def _decode(src: str | bytes, size: int) -> np.ndarray | Exception:
             im.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4, 1/8 scale if still >= size
             if im.mode in _WIDE_MODES:
                 im = _to_8bit(im)
+            elif im.mode == "F":
+                im = _float_to_8bit(im)
             if im.mode == "P":
                 im = im.convert("RGBA")  # palette transparency converts cleanly via RGBA
             im = im.convert("RGB")  # L, CMYK, RGBA, ... -> RGB (alpha dropped)
@@ -308,6 +346,22 @@ def _to_8bit(im: Image.Image) -> Image.Image:
         raise ValueError(f"32-bit integer image with values {values.min()}..{values.max()} "
                          f"outside 0..65535; cannot tell its range")
     return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
+
+
+def _float_to_8bit(im: Image.Image) -> Image.Image:
+    """A 32-bit float grayscale image (mode F, e.g. a float TIFF) as mode L: values in
+    0..1 scaled by 255 (PIL's convert() would clip them to 0 or 1: all black), values in
+    0..255 rounded; any other range (or NaN/Inf) is an error, as its scale is unknown."""
+    values = np.asarray(im, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("32-bit float image with NaN or Inf values")
+    low, high = values.min(), values.max()
+    if low < 0 or high > 255:
+        raise ValueError(f"32-bit float image with values {low:g}..{high:g} outside 0..1 and "
+                         f"0..255; cannot tell its range")
+    if high <= 1:
+        values = values * 255
+    return Image.fromarray(np.rint(values).astype(np.uint8))
 
 
 def _decode_all(items: Iterable[tuple[str | bytes, int, str]], size: int, total: int | None,

@@ -234,10 +234,7 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
         limits={"train": run.train_limit, "val": run.val_limit}, budget=memory_budget,
         store_dir=store_dir, workers=workers, download=download,
         progress=progress and _is_main())
-    if len(train_feed.class_names) < 2:
-        raise ValueError(f"the training split of {run.data} has {len(train_feed.class_names)} "
-                         f"class(es) ({', '.join(train_feed.class_names)}); a classifier needs "
-                         f"at least 2")
+    data.check_classes(train_feed.class_names, f"the training split of {run.data}")
     if len(train_feed) < tcfg.batch_size:
         raise ValueError(f"{len(train_feed)} training images are fewer than one batch of "
                          f"{tcfg.batch_size}; pass a smaller --batch")

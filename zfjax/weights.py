@@ -151,6 +151,16 @@ def _check(path_name: str, config: Network, arrays: dict, expected: dict) -> Non
     extra = sorted(set(arrays) - set(expected))
     if extra:
         raise ValueError(f"{path_name} does not hold {config.arch} weights: unexpected key {extra[0]}")
+    for key in expected:
+        array = np.asarray(arrays[key])
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"{path_name}: tensor {key} holds {array.dtype} values, not floating "
+                             f"point; weight files must hold float weights")
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise ValueError(f"{path_name}: tensor {key} holds {finite.size - finite.sum()} "
+                             f"non-finite value(s) (NaN or Inf); the weights are damaged "
+                             f"(a diverged training or a broken conversion)")
 
 
 def from_torchvision(config: Network, tensors: dict, path_name: str = "state dict") -> dict:
@@ -185,23 +195,33 @@ def _read_keras(path) -> dict[str, list[np.ndarray]]:
     except OSError as err:
         raise ValueError(f"{path.name} is not a readable HDF5 file: {err}") from None
     with f:
-        root = f["model_weights"] if "model_weights" in f else f  # a whole saved model
-        out = {}
-        if "layer_names" in root.attrs:  # Keras 2 / applications layout
-            for name in root.attrs["layer_names"]:
-                name = name.decode() if isinstance(name, bytes) else str(name)
-                group = root[name]
-                weight_names = [w.decode() if isinstance(w, bytes) else str(w)
-                                for w in group.attrs.get("weight_names", [])]
-                if weight_names:
-                    out[name] = [np.asarray(group[w], np.float32) for w in weight_names]
-        elif "layers" in root:  # Keras 3 .weights.h5: layers/<name>/vars/<i>
-            for name, group in root["layers"].items():
-                if "vars" in group and len(group["vars"]):
-                    out[name] = [np.asarray(group["vars"][str(i)], np.float32)
-                                 for i in range(len(group["vars"]))]
-        else:
-            raise ValueError(f"{path.name} is not a Keras weight file (no layer_names, no layers/)")
+        try:
+            return _keras_layers(f, path)
+        except (KeyError, TypeError, AttributeError, OSError) as err:  # h5py's missing member, a
+            # dataset where a group belongs, ...: malformed, whatever the detail
+            raise ValueError(f"{path.name} is not a readable Keras weight file: "
+                             f"{type(err).__name__}: {err}") from None
+
+
+def _keras_layers(f, path) -> dict[str, list[np.ndarray]]:
+    """Keras layer name -> [kernel, bias] of an open HDF5 file, in the file's dtypes
+    (_check refuses non-float ones)."""
+    root = f["model_weights"] if "model_weights" in f else f  # a whole saved model
+    out = {}
+    if "layer_names" in root.attrs:  # Keras 2 / applications layout
+        for name in root.attrs["layer_names"]:
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            group = root[name]
+            weight_names = [w.decode() if isinstance(w, bytes) else str(w)
+                            for w in group.attrs.get("weight_names", [])]
+            if weight_names:
+                out[name] = [np.asarray(group[w]) for w in weight_names]
+    elif "layers" in root:  # Keras 3 .weights.h5: layers/<name>/vars/<i>
+        for name, group in root["layers"].items():
+            if "vars" in group and len(group["vars"]):
+                out[name] = [np.asarray(group["vars"][str(i)]) for i in range(len(group["vars"]))]
+    else:
+        raise ValueError(f"{path.name} is not a Keras weight file (no layer_names, no layers/)")
     return out
 
 

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 
 import jax
 import numpy as np
 
 from zfjax import argtypes, artifacts, cli, maximize, model, render
 from zfjax.figures.maximize import plot_maximize
+from zfjax.progress import bar as progress_bar
 
-UNITS = 8  # units shown by default
+UNITS, STEPS = 8, 200  # the defaults on a GPU/TPU
+# On CPU the defaults shrink to about CPU_SECONDS of work at CPU_FLOPS (maximize.step_flops):
+# VGG16 with the GPU defaults ran over 10 minutes on a 2-core CPU (FACTS.md).
+# CPU_FLOPS: VGG16's ascent ran at 6 GFLOP/s with the 2 cores 5x oversubscribed (load 10).
+CPU_SECONDS, CPU_FLOPS = 60.0, 25e9
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
@@ -25,8 +31,11 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                              "pool map, fc6, fc7)")
     parser.add_argument("--units", type=argtypes.nonnegative_int, nargs="+", default=None, metavar="INDEX",
                         help=f"channels (conv/pool), units (fc6/fc7) or classes (fc8) "
-                             f"(default the first {UNITS})")
-    parser.add_argument("--steps", type=argtypes.positive_int, default=200, help="ascent steps (default 200)")
+                             f"(default on a GPU/TPU: the first {UNITS}; on CPU: the first "
+                             f"as many as fit in about a minute, e.g. 1 for VGG16 at 224)")
+    parser.add_argument("--steps", type=argtypes.positive_int, default=None,
+                        help=f"ascent steps (default on a GPU/TPU: {STEPS}; on CPU: as many as "
+                             f"fit in about a minute, at least 10, e.g. 16 for VGG16 at 224)")
     parser.add_argument("--lr", type=argtypes.positive_float, default=0.01, help="Adam learning rate (default 0.01)")
     parser.add_argument("--lp-weight", type=argtypes.nonnegative_float, default=1.0,
                         help="weight of the mean(|x|^p) penalty (default 1)")
@@ -41,19 +50,48 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def default_work(config, args) -> tuple[int, int, str | None]:
+    """(units, steps, note) where --units / --steps are not given: UNITS x STEPS on an
+    accelerator; on CPU about CPU_SECONDS of work (maximize.work_within). note: a line
+    saying so where the CPU's defaults are smaller, else None."""
+    given_units = len(args.units) if args.units is not None else None
+    if jax.default_backend() != "cpu":
+        return given_units or UNITS, args.steps or STEPS, None
+    units, steps = maximize.work_within(config, CPU_SECONDS, CPU_FLOPS, units=given_units,
+                                        max_units=UNITS, max_steps=STEPS)
+    steps = args.steps or steps
+    if (given_units or units >= UNITS) and (args.steps or steps >= STEPS):
+        return units, steps, None  # no default was made smaller
+    return units, steps, (f"maximize: on CPU the defaults are {units} unit(s) x {steps} steps "
+                          f"(about a minute); a GPU's are {UNITS} x {STEPS} (pass --units / "
+                          f"--steps)")
+
+
+def progress_chunk(steps: int) -> int:
+    """Steps per compiled call: the largest divisor of steps up to steps // 10, so the bar
+    moves at least 10 times and every call has one length (one compilation)."""
+    return max(d for d in range(1, max(1, steps // 10) + 1) if steps % d == 0)
+
+
 def run(args) -> list[pathlib.Path]:
     """Write maximize_<layer>.png and maximize_<layer>.npz."""
     loaded = cli.load_model(args)
     params, config, info = loaded.params, loaded.config, loaded.info
-    maximize.num_units(config, args.layer)  # raises for an unknown layer
-    units = np.asarray(args.units if args.units is not None else
-                       range(min(UNITS, maximize.num_units(config, args.layer))), np.int32)
+    available = maximize.num_units(config, args.layer)  # raises for an unknown layer
+    count, steps, note = default_work(config, args)
+    units = np.asarray(args.units if args.units is not None else range(min(count, available)),
+                       np.int32)
     maximize.check_units(config, args.layer, units)
+    if note:
+        print(note, file=sys.stderr)
     lower, upper = loaded.preprocessing.pixel_bounds(config.image_size)
-    result = jax.device_get(maximize.maximize(
-        config, params, units, jax.random.key(args.seed), layer=args.layer, steps=args.steps,
-        learning_rate=args.lr, lp_weight=args.lp_weight, p=args.p, tv_weight=args.tv_weight,
-        init_std=args.init_std, lower=lower, upper=upper))
+    with progress_bar(total=steps, desc=f"maximize {args.layer}, {len(units)} unit(s)",
+                      unit="step") as bar:
+        result = jax.device_get(maximize.maximize(
+            config, params, units, jax.random.key(args.seed), layer=args.layer, steps=steps,
+            learning_rate=args.lr, lp_weight=args.lp_weight, p=args.p, tv_weight=args.tv_weight,
+            init_std=args.init_std, lower=lower, upper=upper, chunk=progress_chunk(steps),
+            on_steps=lambda done: bar.update(done - bar.n)))
     pictures = loaded.preprocessing.to_pixels(result.images)
     classes = render.class_labels(loaded.class_names) or []
     logits = model.dense_layers(config)[-1]
@@ -61,7 +99,7 @@ def run(args) -> list[pathlib.Path]:
                                       else "") for u in units]
     values = np.concatenate([result.value, result.final_value[:, None]], axis=1)
     fig = plot_maximize(pictures, labels, values, title=(
-        f"Activation maximisation, {cli.run_label(args.target, info)}: {args.steps} Adam steps "
+        f"Activation maximisation, {cli.run_label(args.target, info)}: {steps} Adam steps "
         f"(lr {args.lr:g}), L{args.p:g} weight {args.lp_weight:g}, TV weight {args.tv_weight:g}"))
     out = cli.output_folder(args, info)
     stem = f"maximize_{args.layer}"

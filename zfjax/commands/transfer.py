@@ -99,6 +99,7 @@ def run(args) -> list[pathlib.Path]:
     size = config.image_size
     train = data.load_split(args.data, args.train_split, size, data_dir=args.data_dir,
                             limit=args.limit, progress=False)
+    data.check_classes(train.class_names, f"the {args.train_split} split of {args.data}")
     test, test_split = load_test_split(args.data, args.test_split, size,
                                        data_dir=args.data_dir, limit=args.test_limit)
     if tuple(test.class_names) != tuple(train.class_names):
