@@ -203,6 +203,37 @@ def test_visualize_checks_its_output_folder_before_computing(finished, tmp_path,
                                        f"is a file\n")
 
 
+# ------------------------------------------- issue 15 item 3: never overwrite a user's folder
+
+@pytest.mark.parametrize("files", [
+    {"notes.txt": "mine"},
+    {"config.json": '{"model": "mine", "lr": 3}', "metrics.jsonl": "mine\n", "mean.npy": "x"},
+])
+def test_out_that_holds_files_but_is_not_a_run_is_refused_untouched(folder, tmp_path, capsys,
+                                                                    files):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert train.main(_args(folder, tmp_path)) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (f"error: --out {tmp_path} is a folder that holds files and is not a zfjax "
+                    f"run (it has no config.json written by train.py); pick a new or empty "
+                    f"folder, or pass --resume with the --out of a run to continue it")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == files  # no .lock either
+
+
+def test_a_run_folder_is_recognised_by_what_train_py_wrote(finished, tmp_path):
+    assert checkpoints.is_run_folder(finished[0])
+    assert json.loads((finished[0] / "config.json").read_text())["format"] == "zfjax run"
+    (tmp_path / "config.json").write_text('{"model": {}, "train": {}, "data": {}}')
+    assert checkpoints.is_run_folder(tmp_path)  # a run from before the "format" mark
+    (tmp_path / "config.json").write_text('{"model": {}}')
+    assert not checkpoints.is_run_folder(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".lock").write_text("")  # a stale lock of a run killed at once
+    checkpoints.check_new_run_folder(empty)
+
+
 # ------------------------------------------------------------- item 4: --resume
 
 def test_resume_of_a_finished_run_has_nothing_to_do_and_changes_nothing(finished, tmp_path,

@@ -167,6 +167,7 @@ def test_ctrl_c_that_python_drops_in_a_finalizer_still_stops_training(folder, tm
 
 def test_existing_run_needs_resume(folder, tmp_path):
     (tmp_path / "checkpoints" / "1").mkdir(parents=True)
+    checkpoints.write_json(tmp_path / "config.json", {"format": checkpoints.RUN_FORMAT})
     run = trainer.Run(TINY, training.TrainConfig(batch_size=16), str(folder))
     with pytest.raises(FileExistsError, match="already holds checkpoints; pass --resume"):
         trainer.fit(run, tmp_path, progress=False)

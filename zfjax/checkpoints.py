@@ -49,6 +49,7 @@ MAX_TO_KEEP = 3
 CONFIG_FILE, MEAN_FILE, CHECKPOINT_DIR = "config.json", "mean.npy", "checkpoints"
 STEP_CHECKPOINT_DIR = "checkpoints-steps"  # the newest mid-epoch checkpoint (train.py --checkpoint-every)
 LOCK_FILE = ".lock"  # held (flock) by the train.py process writing the run
+RUN_FORMAT = "zfjax run"  # config.json's "format": marks a folder train.py made
 
 _HANDLERS = {"params": ocp.StandardCheckpointHandler, "opt": ocp.StandardCheckpointHandler,
              "meta": ocp.JsonCheckpointHandler}
@@ -345,6 +346,34 @@ class RunFolderError(OSError):
 
 class RunFolderBusy(RunFolderError):
     """Another process is training into the same run folder."""
+
+
+def is_run_folder(run_dir) -> bool:
+    """Whether run_dir holds a config.json that train.py wrote: one marked with
+    ``RUN_FORMAT``, or (runs from before the mark) a JSON object with zfjax's
+    'model', 'train' and 'data' sections. A file merely named config.json is not."""
+    try:
+        run_config = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(run_config, dict):
+        return False
+    return run_config.get("format") == RUN_FORMAT or all(
+        isinstance(run_config.get(key), dict) for key in ("model", "train", "data"))
+
+
+def check_new_run_folder(run_dir) -> None:
+    """Raises RunFolderError if run_dir is a folder that holds anything (but a stale
+    lock file) and is not a zfjax run: a new run would overwrite the user's
+    config.json, metrics.jsonl, curves.png or mean.npy there."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or is_run_folder(run_dir):
+        return
+    if any(entry.name != LOCK_FILE for entry in run_dir.iterdir()):
+        raise RunFolderError(
+            f"--out {run_dir} is a folder that holds files and is not a zfjax run (it has no "
+            f"{CONFIG_FILE} written by train.py); pick a new or empty folder, or pass "
+            f"--resume with the --out of a run to continue it")
 
 
 def finished_epochs(run_dir) -> list[int]:

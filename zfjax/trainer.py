@@ -184,6 +184,8 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
                    memory_budget=memory_budget, store_dir=store_dir, workers=workers,
                    download=download, snapshots=snapshots)
     try:
+        if not resume:
+            checkpoints.check_new_run_folder(run_dir)
         with interrupts.watched() as watch, _lock_on_process_0(run_dir):
             return _fit(run, run_dir, watch=watch, **options)
     except KeyboardInterrupt:
@@ -258,7 +260,9 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
     step_mgr = checkpoints.manager(run_dir / checkpoints.STEP_CHECKPOINT_DIR, max_to_keep=1,
                                    keep_epochs=())
     try:
-        if resume and (mgr.latest_step() is not None or step_mgr.latest_step() is not None):
+        fresh = not (resume and (mgr.latest_step() is not None
+                                 or step_mgr.latest_step() is not None))
+        if not fresh:
             state, meta = _resume(run_dir, mgr, step_mgr, run_config, config, tcfg, mesh)
             run_config["resumes"] = checkpoints.read_config(run_dir).get("resumes", []) + [
                 {"after_epoch": meta["epoch"], "epochs": tcfg.epochs,
@@ -268,11 +272,11 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
                 _say(f"learning rate from here on: {learning_rate:g}")
         else:  # a fresh run, or one killed before its first checkpoint was complete
             state, meta = training.create_state(config, tcfg, mesh), {"epoch": 0, "plateau": {}}
-            if _is_main():
+        if _is_main():  # config.json first: it marks the folder as a run (is_run_folder)
+            checkpoints.write_json(run_dir / checkpoints.CONFIG_FILE, run_config)
+            if fresh:
                 checkpoints.save_mean(run_dir, mean)
                 _write_metrics(run_dir, [])
-        if _is_main():
-            checkpoints.write_json(run_dir / checkpoints.CONFIG_FILE, run_config)
         _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
                 mean, probe, snapshots, progress, checkpoint_every, watch)
     finally:
@@ -287,6 +291,7 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
 def _run_config(run: Run, train_set, val_set, probe) -> dict:
     """The contents of config.json."""
     return {
+        "format": checkpoints.RUN_FORMAT,
         "model": checkpoints.config_dict(run.model), "train": checkpoints.config_dict(run.train),
         "data": {"source": run.data, "data_dir": run.data_dir, "train_limit": run.train_limit,
                  "val_limit": run.val_limit, "train_images": len(train_set),
