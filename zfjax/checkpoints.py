@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -382,6 +383,69 @@ def finished_epochs(run_dir) -> list[int]:
     folder = Path(run_dir) / CHECKPOINT_DIR
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
         if folder.is_dir() else []
+
+
+class Checkpoint(NamedTuple):
+    """One complete checkpoint of a run: path (its folder), manager_dir (the orbax folder
+    holding it: checkpoints/ or checkpoints-steps/), number (its orbax step: the epoch,
+    or the global step of a mid-epoch one), epoch (the epoch it finished, or the one it
+    is inside), step (None for an epoch's checkpoint, else the step inside that epoch;
+    None too where the run's config does not say)."""
+
+    path: Path
+    manager_dir: Path
+    number: int
+    epoch: int | None
+    step: int | None
+
+    def describe(self) -> str:
+        """'epoch 3', or 'step 4 of epoch 2' for a mid-epoch checkpoint."""
+        if self.manager_dir.name == CHECKPOINT_DIR:
+            return f"epoch {self.epoch}"
+        if self.step is None:
+            return f"global step {self.number}"
+        return f"step {self.step} of epoch {self.epoch}"
+
+
+def resume_order(run_dir) -> list[Checkpoint]:
+    """The complete checkpoints of run_dir that ``train.py --resume`` may continue from,
+    newest first: the mid-epoch checkpoint where it is newer than the last epoch's, then
+    the epochs' checkpoints. A mid-epoch checkpoint at or before the last epoch's end is
+    left over from a deletion that a kill cut short, and is skipped. Reads folder names
+    and config.json only (no orbax)."""
+    run_dir = Path(run_dir)
+    epochs = finished_epochs(run_dir)
+    steps_folder = run_dir / STEP_CHECKPOINT_DIR
+    numbers = sorted((int(p.name) for p in steps_folder.iterdir() if p.name.isdigit()),
+                     reverse=True) if steps_folder.is_dir() else []
+    per_epoch = _steps_per_epoch(run_dir)
+    found = []
+    for number in numbers[:1]:
+        if per_epoch is None:
+            found.append(Checkpoint(steps_folder / str(number), steps_folder, number, None, None))
+        elif number > (epochs[-1] if epochs else 0) * per_epoch:
+            found.append(Checkpoint(steps_folder / str(number), steps_folder, number,
+                                    number // per_epoch + 1, number % per_epoch))
+    folder = run_dir / CHECKPOINT_DIR
+    return found + [Checkpoint(folder / str(e), folder, e, e, None) for e in reversed(epochs)]
+
+
+def _steps_per_epoch(run_dir) -> int | None:
+    """Training steps in one epoch of the run, from its config.json (None if unknown)."""
+    try:
+        run_config = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
+        return int(run_config["data"]["train_images"]) // int(run_config["train"]["batch_size"])
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def last_checkpoint_message(run_dir) -> str:
+    """'the last checkpoint (epoch 3) is PATH', naming the one --resume continues from,
+    or 'no checkpoint was written yet'."""
+    order = resume_order(run_dir)
+    if not order:
+        return "no checkpoint was written yet"
+    return f"the last checkpoint ({order[0].describe()}) is {order[0].path}"
 
 
 def read_config(run_dir) -> dict:

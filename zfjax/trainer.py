@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -203,11 +204,7 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
 
 
 def _last_checkpoint(run_dir: Path) -> str:
-    done = checkpoints.finished_epochs(run_dir)
-    if not done:
-        return "no checkpoint was written yet"
-    return (f"the last checkpoint (epoch {done[-1]}) is "
-            f"{run_dir / checkpoints.CHECKPOINT_DIR / str(done[-1])}")
+    return checkpoints.last_checkpoint_message(run_dir)
 
 
 def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, progress,
@@ -270,7 +267,12 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
             if learning_rate is not None:
                 state = training.with_learning_rate(state, learning_rate)
                 _say(f"learning rate from here on: {learning_rate:g}")
-        else:  # a fresh run, or one killed before its first checkpoint was complete
+        else:  # a fresh run, or one stopped before its first checkpoint was complete
+            if resume and learning_rate is not None:  # nothing to continue: a restart
+                tcfg = dataclasses.replace(tcfg, learning_rate=learning_rate)
+                run = dataclasses.replace(run, train=tcfg)
+                run_config["train"] = checkpoints.config_dict(tcfg)
+                _say(f"no checkpoint yet: starting over with learning rate {learning_rate:g}")
             state, meta = training.create_state(config, tcfg, mesh), {"epoch": 0, "plateau": {}}
         if _is_main():  # config.json first: it marks the folder as a run (is_run_folder)
             checkpoints.write_json(run_dir / checkpoints.CONFIG_FILE, run_config)
@@ -340,12 +342,27 @@ def _resume(run_dir, mgr, step_mgr, run_config, config, tcfg, mesh):
         raise ValueError(f"the probe rebuilt from the validation data differs from the one "
                          f"{run_dir} was started with; has the data changed?")
     abstract = training.abstract_state(config, tcfg, mesh)
-    # Mid-epoch checkpoints are deleted once their epoch's checkpoint exists, so one
-    # that is left is the newest.
-    if step_mgr.latest_step() is not None:
-        state, meta = checkpoints.restore(step_mgr, step_mgr.latest_step(), abstract, config)
-    else:
-        state, meta = checkpoints.restore(mgr, mgr.latest_step(), abstract, config)
+    order = checkpoints.resume_order(run_dir)
+    for i, checkpoint in enumerate(order):
+        manager = step_mgr if checkpoint.manager_dir == Path(step_mgr.directory) else mgr
+        try:
+            state, meta = checkpoints.restore(manager, checkpoint.number, abstract, config)
+            break
+        except checkpoints.DamagedCheckpoint as e:
+            # A mid-epoch checkpoint is disposable (the epoch's replaces it): go on from
+            # the newest intact one. An epoch's checkpoint is the user's to move aside.
+            if manager is mgr or i + 1 == len(order):
+                raise
+            _say(f"warning: {e.args[0].split(';')[0]}; resuming from the newest intact "
+                 f"checkpoint instead, {order[i + 1].path}, and removing the damaged one")
+    usable = {c.number for c in order if c.manager_dir == Path(step_mgr.directory)}
+    for number in step_mgr.all_steps():  # left by a kill, or damaged: trained again
+        if number not in usable or number > int(training.local_value(state.step)):
+            if number not in usable:
+                _say(f"note: removing {Path(step_mgr.directory) / str(number)}, a mid-epoch "
+                     f"checkpoint that its epoch's checkpoint replaced (a kill cut its "
+                     f"removal short)")
+            step_mgr.delete(number)
     epoch = meta["epoch"]
     if _is_main():
         _write_metrics(run_dir, [m for m in _read_metrics(run_dir) if m["epoch"] <= epoch])
@@ -391,8 +408,8 @@ def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed,
         lr = training.learning_rate(state)
         start = time.perf_counter()
         state, train_metrics = _train_epoch(
-            state, step_fn, rng, mean_dev, mgr, step_mgr, epoch, tcfg, mesh, train_feed, config,
-            progress, checkpoint_every, plateau, partial, watch)
+            state, step_fn, rng, mean_dev, run_dir, step_mgr, epoch, tcfg, mesh, train_feed,
+            config, progress, checkpoint_every, plateau, partial, watch)
         partial = None
         train_seconds = time.perf_counter() - start
         top1, top5 = evaluate_feed(state.params, eval_fn, val_feed, mean_dev, tcfg.batch_size,
@@ -413,9 +430,9 @@ def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed,
         if _is_main():  # metrics first: a resume drops lines after its checkpoint
             _write_metrics(run_dir, history)
             plot_curves(history, run_dir / "curves.png")
-        checkpoints.save(mgr, epoch, state, {"epoch": epoch, "step": metrics["step"],
-                                             "plateau": dataclasses.asdict(plateau),
-                                             "metrics": metrics})
+        _save_if_finite(mgr, epoch, state, {"epoch": epoch, "step": metrics["step"],
+                                            "plateau": dataclasses.asdict(plateau),
+                                            "metrics": metrics}, run_dir, epoch, steps - 1)
         for old in step_mgr.all_steps():  # superseded by this epoch's checkpoint
             step_mgr.delete(old)
         wait = metrics["input_wait_seconds"]
@@ -430,8 +447,8 @@ TIMING_KEYS = ("images_per_s", "seconds", "train_seconds", "eval_seconds", "snap
                "input_wait_seconds")
 
 
-def _train_epoch(state, step_fn, rng, mean_dev, mgr, step_mgr, epoch, tcfg, mesh, feed, config,
-                 progress, checkpoint_every, plateau, partial, watch):
+def _train_epoch(state, step_fn, rng, mean_dev, run_dir, step_mgr, epoch, tcfg, mesh, feed,
+                 config, progress, checkpoint_every, plateau, partial, watch):
     """One pass over the training batches (from partial['next_step'] when resuming inside
     the epoch); stops with KeyboardInterrupt between steps once watch saw Ctrl-C.
     Returns (state, {'train_loss', 'train_top1', 'input_wait_seconds', 'steps_run'})."""
@@ -454,35 +471,54 @@ def _train_epoch(state, step_fn, rng, mean_dev, mgr, step_mgr, epoch, tcfg, mesh
             state, metrics = step_fn(state, batch, mean_dev, rng)
             # Read the previous step's numbers while this one runs.
             if pending is not None:
-                loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i - 1, epoch, mgr)
+                loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i - 1, epoch, run_dir)
                 done = i - first
                 bar.set_postfix(loss=f"{loss_sum / i:.3f}", acc=f"{acc_sum / i:.3f}",
                                 img_s=f"{done * tcfg.batch_size / (time.perf_counter() - start):.0f}")
                 bar.update()
             pending = metrics
             if checkpoint_every and (i + 1) % checkpoint_every == 0 and i + 1 < steps:
-                loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i, epoch, mgr)
+                loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i, epoch, run_dir)
                 pending = None
                 bar.update()
-                checkpoints.save(step_mgr, int(training.local_value(state.step)), state, {
+                _save_if_finite(step_mgr, int(training.local_value(state.step)), state, {
                     "epoch": epoch - 1, "next_step": i + 1, "loss_sum": loss_sum,
-                    "acc_sum": acc_sum, "plateau": dataclasses.asdict(plateau)})
+                    "acc_sum": acc_sum, "plateau": dataclasses.asdict(plateau)}, run_dir,
+                    epoch, i)
         if pending is not None:
-            loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, steps - 1, epoch, mgr)
+            loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, steps - 1, epoch, run_dir)
             bar.update()
     return state, {"train_loss": loss_sum / steps, "train_top1": acc_sum / steps,
                    "input_wait_seconds": wait, "steps_run": steps - first}
 
 
-def _check(metrics, loss_sum, acc_sum, index, epoch, mgr):
+def _check(metrics, loss_sum, acc_sum, index, epoch, run_dir):
     loss = float(training.local_value(metrics["loss"]))
     if not math.isfinite(loss):
-        last = mgr.latest_step()
-        where = (f"the last good checkpoint (epoch {last}) is in {mgr.directory}"
-                 if last is not None else "no checkpoint was written yet")
-        raise NonFiniteLoss(f"training loss became {loss} at epoch {epoch}, step {index}; "
-                            f"stopped without saving: {where}; lower --lr and --resume")
+        raise _non_finite(f"training loss became {loss}", epoch, index, run_dir)
     return loss_sum + loss, acc_sum + float(training.local_value(metrics["accuracy"]))
+
+
+def _non_finite(what: str, epoch: int, index: int, run_dir) -> NonFiniteLoss:
+    """NonFiniteLoss naming the checkpoint --resume will continue from."""
+    return NonFiniteLoss(f"{what} at epoch {epoch}, step {index}; stopped without saving: "
+                         f"{_last_checkpoint(Path(run_dir)).replace('last', 'last good', 1)}; "
+                         f"lower --lr and --resume")
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)
+                              if jnp.issubdtype(a.dtype, jnp.inexact)]))
+
+
+def _save_if_finite(mgr, number: int, state, meta: dict, run_dir, epoch: int, index: int):
+    """checkpoints.save, unless the parameters or optimizer state hold a NaN or an
+    infinity (an update that exploded: its loss would show only at the next step);
+    then NonFiniteLoss, and the last good checkpoint stays the newest."""
+    if not bool(training.local_value(_all_finite((state.params, state.opt_state)))):
+        raise _non_finite("the parameters became non-finite", epoch, index, run_dir)
+    checkpoints.save(mgr, number, state, meta)
 
 
 def evaluate_feed(params, eval_fn, feed, mean_dev, batch_size, mesh, watch=None):
