@@ -29,7 +29,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="train.py", description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=names, default="imagenette",
+    p.add_argument("--preset", choices=names, default=None,
                    help="paper: ImageNet, 224 px, 70 epochs, N(0, 1e-2) init; imagenette: full "
                         "ZFNet at 224 px, 64 epochs, He init; cpu: 64 px, width 0.5, 10 epochs, "
                         "He init; demo: 112 px, width 0.5, 20 epochs, He init (the README's "
@@ -81,6 +81,29 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+DEFAULT_PRESET = "imagenette"
+
+
+def resume_requests(args) -> dict:
+    """The settings a resume cannot change (trainer.RESUME_FIXED) that the command line
+    asks for, flag by flag: name -> trainer.Requested. An explicit --preset asks for every
+    one of them that no other flag overrides."""
+    from zfjax import trainer
+
+    given = {"image_size": args.size, "width": args.width, "batch_size": args.batch,
+             "seed": args.seed, "data": args.data, "data_dir": args.data_dir,
+             "train_limit": args.limit, "variant": args.variant}
+    requests = {name: trainer.Requested(value, f"{trainer.RESUME_FIXED[name]} {value}")
+                for name, value in given.items() if value is not None}
+    if args.no_renorm:
+        requests["filter_radius"] = trainer.Requested(None, "--no-renorm")
+    if args.preset is not None:
+        for name, value in trainer.resume_settings(build_run(args)).items():
+            requests.setdefault(name, trainer.Requested(
+                value, f"--preset {args.preset} (its {name} {value!r})"))
+    return requests
+
+
 def snapshot_hook():
     """The per-epoch Fig. 4 snapshots the training loop takes (zfjax.evolution)."""
     from zfjax import evolution
@@ -92,7 +115,7 @@ def build_run(args):
     """The preset with the command line's overrides applied."""
     from zfjax import network, trainer
 
-    run = trainer.presets()[args.preset]
+    run = trainer.presets()[args.preset or DEFAULT_PRESET]
     model = dataclasses.replace(run.model, **{k: v for k, v in (
         ("image_size", args.size), ("width", args.width)) if v is not None})
     train = dataclasses.replace(run.train, **{k: v for k, v in (
@@ -150,18 +173,15 @@ def main(argv=None) -> int:
     if args.resume and not args.out:
         print("error: --resume needs --out, the run folder to continue", file=sys.stderr)
         return 2
-    out = args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or f"runs/{args.preset or DEFAULT_PRESET}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
         feeding = dict(progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
                        memory_budget=budget, store_dir=args.store, workers=args.workers,
                        download=not args.offline, snapshots=snapshot_hook())
         if args.resume:
-            fixed = {"image_size": args.size, "width": args.width, "batch_size": args.batch,
-                     "seed": args.seed, "data": args.data, "data_dir": args.data_dir,
-                     "train_limit": args.limit}
             trainer.fit(None, out, resume=True, epochs=args.epochs, learning_rate=args.lr,
-                        fixed=fixed, **feeding)
+                        fixed=resume_requests(args), **feeding)
         else:
             trainer.fit(build_run(args), out, epochs=args.epochs, **feeding)
     except trainer.Interrupted as e:

@@ -261,6 +261,35 @@ def test_resume_refuses_settings_it_cannot_change(finished, flag, value, setting
     assert (run / "config.json").read_bytes() == before
 
 
+@pytest.mark.parametrize("flags, start", [
+    (["--variant", "fc-2048"], "--variant fc-2048 differs from the run's variant 'zfnet'"),
+    (["--no-renorm"], "--no-renorm differs from the run's filter_radius 0.1"),
+    (["--preset", "demo", "--data", "x"], "--data x differs from the run's data "),
+    (["--preset", "demo"], "--preset demo (its image_size 112) differs from the run's "
+                           "image_size 64"),
+    (["--preset", "cpu", "--size", "64"], "--preset cpu (its width 0.5) differs from the run's "
+                                          "width 0.25"),
+])
+def test_resume_refuses_variant_renorm_and_preset_that_differ(finished, flags, start, capsys):
+    """Issue 15 item 8: one rule for every flag given explicitly, --preset included."""
+    run = finished[0]
+    before = (run / "config.json").read_bytes()
+    assert train.main(["--out", str(run), "--resume", *flags, "--epochs", "5"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {start}"), line
+    assert line.endswith(f"start a new run (another --out) to change {start.split()[0]}")
+    assert (run / "config.json").read_bytes() == before
+
+
+def test_resume_requests_only_what_the_command_line_gives():
+    requests = train.resume_requests(train.parse_args(["--resume", "--lr", "0.1", "--epochs", "3"]))
+    assert requests == {}
+    requests = train.resume_requests(train.parse_args(["--preset", "cpu", "--width", "0.25"]))
+    assert requests["width"] == trainer.Requested(0.25, "--width 0.25")
+    assert requests["image_size"] == trainer.Requested(64, "--preset cpu (its image_size 64)")
+    assert requests["variant"].value == "zfnet" and requests["filter_radius"].value == 0.1
+
+
 def test_resume_applies_and_records_a_new_learning_rate_and_epochs(finished, folder, tmp_path):
     run = _copy(finished[0], tmp_path / "run")
     # The run's own command repeated (same --size, --data, ...) is accepted.

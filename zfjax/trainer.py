@@ -25,6 +25,7 @@ import math
 import shlex
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -107,11 +108,30 @@ class Interrupted(KeyboardInterrupt):
     and how to continue."""
 
 
-# Settings a resumed run cannot change (they decide the parameters' shapes or the data
-# every checkpointed step saw), with the train.py flag that sets each.
+# Settings a resumed run cannot change (they decide the parameters' shapes, the update
+# or the data every checkpointed step saw), with the train.py flag that sets each.
 RESUME_FIXED = {"image_size": "--size", "width": "--width", "batch_size": "--batch",
                 "seed": "--seed", "data": "--data", "data_dir": "--data-dir",
-                "train_limit": "--limit"}
+                "train_limit": "--limit", "variant": "--variant",
+                "filter_radius": "--no-renorm"}
+
+
+class Requested(NamedTuple):
+    """A setting of RESUME_FIXED asked for on --resume: its value, and the words of the
+    command line that asked for it ('--size 96', '--no-renorm', '--preset cpu ...')."""
+
+    value: object
+    flag: str
+
+
+def resume_settings(run: Run) -> dict:
+    """The run's values of the settings a resume cannot change (keys of RESUME_FIXED)."""
+    model = run.model
+    variant = "alexnet" if model.arch == "alexnet" else (model.variant or "zfnet")
+    return {"image_size": model.image_size, "width": model.width,
+            "batch_size": run.train.batch_size, "seed": run.train.seed, "data": run.data,
+            "data_dir": run.data_dir, "train_limit": run.train_limit, "variant": variant,
+            "filter_radius": run.train.filter_radius}
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
@@ -306,17 +326,20 @@ def _run_config(run: Run, train_set, val_set, probe) -> dict:
 
 
 def _check_fixed(run: Run, fixed: dict, run_dir: Path) -> None:
-    """Raises ValueError if a setting in `fixed` differs from the stored run's."""
-    stored = {"image_size": run.model.image_size, "width": run.model.width,
-              "batch_size": run.train.batch_size, "seed": run.train.seed, "data": run.data,
-              "data_dir": run.data_dir, "train_limit": run.train_limit}
-    for name, value in fixed.items():
-        if value is None or _same(stored[name], value):
+    """Raises ValueError if a setting in `fixed` (name -> Requested, or a plain value,
+    None meaning not asked for) differs from the stored run's."""
+    stored = resume_settings(run)
+    for name, asked in fixed.items():
+        if not isinstance(asked, Requested):
+            if asked is None:
+                continue
+            asked = Requested(asked, f"{RESUME_FIXED[name]} {asked}")
+        if _same(stored[name], asked.value):
             continue
         raise ValueError(
-            f"{RESUME_FIXED[name]} {value} differs from the run's {name} {stored[name]!r}; "
+            f"{asked.flag} differs from the run's {name} {stored[name]!r}; "
             f"--resume can only change the learning rate (--lr) and the number of epochs "
-            f"(--epochs); start a new run (another --out) to change {RESUME_FIXED[name]}")
+            f"(--epochs); start a new run (another --out) to change {asked.flag.split()[0]}")
 
 
 def _same(stored, given) -> bool:
