@@ -162,12 +162,50 @@ def tune_malloc() -> bool:
         (m_arena_max, 1), (m_trim_threshold, 1 << 30), (m_mmap_threshold, 1 << 28)))
 
 
+def start_distributed(args) -> int:
+    """jax.distributed.initialize from --coordinator/--num-processes/--process-id (JAX
+    finds what is not given on Cloud TPU, SLURM, Open MPI). Returns 0, or the exit code
+    after printing one error line: 2 for flags that do not fit, 1 if JAX cannot start."""
+    import jax
+
+    n, i = args.num_processes, args.process_id
+    if n is not None and i is not None and i >= n:
+        print(f"error: --process-id {i} is not below --num-processes {n}; the processes are "
+              f"numbered 0 to {n - 1}", file=sys.stderr)
+        return 2
+    print(f"waiting for {f'{n} processes' if n else 'every process of the cluster'} at "
+          f"{args.coordinator or 'the coordinator the cluster names'} "
+          f"(jax.distributed.initialize)", flush=True)
+    try:
+        jax.distributed.initialize(args.coordinator, n, i)
+    except ValueError as e:  # no cluster found and not enough flags to make one
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"error: --distributed: {first} (JAX found no cluster: on a machine without "
+              f"one, give --coordinator HOST:PORT --num-processes N --process-id I)",
+              file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"error: --distributed: {first}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None) -> int:
     tune_malloc()
     args = parse_args(argv)
+    cluster_flags = [flag for flag, value in (
+        ("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
+        ("--process-id", args.process_id)) if value is not None]
+    if cluster_flags and not args.distributed:
+        print(f"error: {', '.join(cluster_flags)} only work with --distributed; add "
+              f"--distributed for a run over several processes, or leave them out",
+              file=sys.stderr)
+        return 2
     if args.distributed:  # must come before any other JAX call
-        import jax
-        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        code = start_distributed(args)
+        if code:
+            return code
     from zfjax import checkpoints, trainer
 
     if args.resume and not args.out:

@@ -305,6 +305,59 @@ def test_resume_applies_and_records_a_new_learning_rate_and_epochs(finished, fol
     assert config["resumes"] == [{"after_epoch": 3, "epochs": 4, "learning_rate": 0.00123}]
 
 
+@pytest.mark.parametrize("drop, says", [
+    (("data",), "has no 'data' section"), (("data", "source"), "has no data source"),
+    (("train",), "has no 'train' section"),
+])
+def test_resume_of_a_config_with_missing_keys_is_one_line(finished, tmp_path, drop, says,
+                                                          capsys):
+    """Issue 15 item 16 (a KeyError traceback before)."""
+    run = _copy(finished[0], tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    section = config
+    for key in drop[:-1]:
+        section = section[key]
+    del section[drop[-1]]
+    (run / "config.json").write_text(json.dumps(config))
+    assert train.main(["--out", str(run), "--resume", "--epochs", "5"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {run / 'config.json'} {says}")
+
+
+def test_cluster_flags_without_distributed_are_refused(capsys):
+    assert train.main(["--coordinator", "host0:1234", "--process-id", "1"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --coordinator, --process-id only work with --distributed; add --distributed "
+        "for a run over several processes, or leave them out\n")
+
+
+def test_distributed_says_what_it_waits_for_and_bad_flags_are_one_line(monkeypatch, capsys):
+    import jax
+
+    def no_cluster(*args):
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
+    assert train.main(["--distributed", "--num-processes", "4", "--coordinator", "h:1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "waiting for 4 processes at h:1 (jax.distributed.initialize)\n"
+    assert _one_error_line(err).startswith(
+        "error: --distributed: coordinator_address should be defined. (JAX found no cluster")
+    assert train.main(["--distributed", "--num-processes", "2", "--process-id", "2"]) == 2
+    assert _one_error_line(capsys.readouterr().err) == (
+        "error: --process-id 2 is not below --num-processes 2; the processes are numbered 0 to 1")
+
+
+def test_distributed_without_a_cluster_is_one_line():
+    """A subprocess (about 3 s): jax.distributed.initialize must be the first JAX call."""
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--distributed"], env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ("waiting for every process of the cluster at the coordinator the "
+                           "cluster names (jax.distributed.initialize)\n")
+    assert _one_error_line(done.stderr).startswith("error: --distributed: ")
+
+
 # --------------------------------------------------------------- item 7: the lock
 
 HOLDER = textwrap.dedent("""

@@ -351,10 +351,25 @@ def _same(stored, given) -> bool:
 
 
 def _stored_run(run_dir: Path) -> Run:
+    """The Run config.json records; ValueError naming what is missing or does not fit."""
     stored = checkpoints.read_config(run_dir)
-    d = stored["data"]
-    return Run(checkpoints.model_config(stored), TrainConfig(**stored["train"]), d["source"],
-               d["data_dir"], d["train_limit"], d["val_limit"], d["probe_count"])
+    path = run_dir / checkpoints.CONFIG_FILE
+    sections = {key: stored.get(key) for key in ("train", "data")}
+    for key, section in sections.items():
+        if not isinstance(section, dict):
+            raise ValueError(f"{path} has no '{key}' section; it was not written by train.py "
+                             f"or is damaged")
+    d = sections["data"]
+    if not isinstance(d.get("source"), str):
+        raise ValueError(f"{path} has no data source ('data': {{'source': ...}}); it was not "
+                         f"written by train.py or is damaged")
+    try:
+        train = TrainConfig(**sections["train"])
+    except TypeError as e:
+        raise ValueError(f"the 'train' section of {path} does not fit TrainConfig: {e}") \
+            from None
+    return Run(checkpoints.model_config(stored), train, d["source"], d.get("data_dir"),
+               d.get("train_limit"), d.get("val_limit"), d.get("probe_count", Run.probe_count))
 
 
 def _resume(run_dir, mgr, step_mgr, run_config, config, tcfg, mesh):
