@@ -233,5 +233,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def leave(code: int):
+    """Ends the train.py process with code. After Ctrl-C at once (checkpoints.leave_now:
+    streams flushed, no interpreter teardown): XLA may still be compiling or copying on
+    its own threads (the input prefetch thread's transfers), and tearing the runtime
+    down under them crashed with SIGSEGV (3 runs in 3) after the resume hint had been
+    printed. Every file a run writes is complete by then (atomic writes, deferred saves)."""
+    if code == 130:
+        from zfjax import checkpoints
+        checkpoints.leave_now(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

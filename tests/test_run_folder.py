@@ -535,3 +535,27 @@ def test_ctrl_c_says_where_the_last_checkpoint_is_and_how_to_resume(folder, tmp_
             f"{run / 'checkpoints' / str(last)}; continue with: python train.py --out {run} "
             f"--resume") in err
     assert checkpoints.load_run(run)[3]["epoch"] == last
+
+
+def test_ctrl_c_while_compiling_is_one_line_and_exit_130(folder, tmp_path):
+    """Issue 15 item 15: Ctrl-C about 2 s after the data is loaded lands while XLA is
+    compiling (the probe, the initial state, the first step); train.py printed the hint
+    and then died of SIGSEGV in the interpreter's teardown (3 runs in 3 before the fix).
+    A subprocess of train.py itself (its __main__ leaves the process), about 15 s."""
+    run = tmp_path / "run"
+    job = subprocess.Popen(interruptible([str(ROOT / "train.py"), *_args(folder, run,
+                                                                           "--epochs", "3")]),
+                           env={**ENV, "PYTHONFAULTHANDLER": "1"}, cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    line = ""
+    while "input:" not in line and job.poll() is None:
+        line = job.stdout.readline()
+    time.sleep(2)
+    os.killpg(job.pid, signal.SIGINT)
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "Fatal Python error" not in err, err[-3000:]
+    assert err.splitlines()[-1] == (f"interrupted; no checkpoint was written yet; continue "
+                                    f"with: python train.py --out {run} --resume")
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]  # nothing half-written

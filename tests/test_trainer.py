@@ -166,6 +166,30 @@ def test_ctrl_c_that_python_drops_in_a_finalizer_still_stops_training(folder, tm
     assert unraisable == []  # and quietly: no "Exception ignored" traceback
 
 
+def test_ctrl_c_names_the_mid_epoch_checkpoint_that_resume_uses(folder, tmp_path, monkeypatch,
+                                                                 unraisable):
+    """Issue 15 item 15: 3 steps an epoch, a checkpoint after each of steps 0 and 1;
+    Ctrl-C during step 1. The hint named epoch checkpoints only ("no checkpoint")."""
+    make = training.make_stored_train_step
+
+    def make_pressing(*args):
+        step = make(*args)
+
+        def run(state, *rest):
+            if int(training.local_value(state.step)) == 1:
+                press_ctrl_c_inside_a_finalizer()
+            return step(state, *rest)
+        return run
+
+    monkeypatch.setattr(training, "make_stored_train_step", make_pressing)
+    run = trainer.Run(TINY, training.TrainConfig(epochs=1, batch_size=16), str(folder))
+    with pytest.raises(trainer.Interrupted) as err:
+        trainer.fit(run, tmp_path, progress=False, checkpoint_every=1)
+    assert str(err.value).startswith(
+        f"interrupted; the last checkpoint (step 2 of epoch 1) is "
+        f"{tmp_path / 'checkpoints-steps' / '2'}; continue with")
+
+
 def test_existing_run_needs_resume(folder, tmp_path):
     (tmp_path / "checkpoints" / "1").mkdir(parents=True)
     checkpoints.write_json(tmp_path / "config.json", {"format": checkpoints.RUN_FORMAT})
