@@ -559,3 +559,16 @@ def test_ctrl_c_while_compiling_is_one_line_and_exit_130(folder, tmp_path):
     assert err.splitlines()[-1] == (f"interrupted; no checkpoint was written yet; continue "
                                     f"with: python train.py --out {run} --resume")
     assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]  # nothing half-written
+
+
+def test_an_unreadable_curves_png_is_named_where_it_is(tmp_path, capsys):
+    """Issue 15 item 20: the atlas reported it under its temporary copy's path."""
+    from helpers import write_tiny_run
+
+    run = write_tiny_run(tmp_path)
+    (run / "curves.png").write_bytes(b"not a png")
+    code = visualize.main(["atlas", str(run), "--out", str(tmp_path / "site"), "--layers",
+                           "conv1", "--limit", "2"])
+    err = capsys.readouterr().err
+    assert code != 0 and f"{run / 'curves.png'}" in err and ".tmp" not in err, err
+    assert not (tmp_path / "site").exists()
