@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import math
@@ -100,7 +101,8 @@ def presets() -> dict[str, Run]:
 
 
 class NonFiniteLoss(FloatingPointError):
-    """The training loss became NaN or infinite; no checkpoint was written after it."""
+    """The training loss became NaN, infinite or diverged (over DIVERGED_LOSS); no
+    checkpoint was written after it."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -435,6 +437,7 @@ def _banner(run: Run, run_dir, mesh, resume: bool) -> str:
 def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
             mean, probe, snapshots, progress, checkpoint_every, watch):
     step_fn = training.make_stored_train_step(config, tcfg.filter_radius, mesh)
+    loss_fn = _make_stored_loss(config, mesh)
     eval_fn = training.make_stored_eval_step(config, mesh)
     mean_dev = training.replicate(np.asarray(mean, np.float32), mesh)
     rng = training.dropout_key(tcfg)
@@ -445,9 +448,9 @@ def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed,
     for epoch in range(meta["epoch"] + 1, tcfg.epochs + 1):
         lr = training.learning_rate(state)
         start = time.perf_counter()
-        state, train_metrics = _train_epoch(
-            state, step_fn, rng, mean_dev, run_dir, step_mgr, epoch, tcfg, mesh, train_feed,
-            config, progress, checkpoint_every, plateau, partial, watch)
+        state, train_metrics, last_batch = _train_epoch(
+            state, step_fn, loss_fn, rng, mean_dev, run_dir, step_mgr, epoch, tcfg, mesh,
+            train_feed, config, progress, checkpoint_every, plateau, partial, watch)
         partial = None
         train_seconds = time.perf_counter() - start
         top1, top5 = evaluate_feed(state.params, eval_fn, val_feed, mean_dev, tcfg.batch_size,
@@ -468,9 +471,10 @@ def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed,
         if _is_main():  # metrics first: a resume drops lines after its checkpoint
             _write_metrics(run_dir, history)
             plot_curves(history, run_dir / "curves.png")
-        _save_if_finite(mgr, epoch, state, {"epoch": epoch, "step": metrics["step"],
-                                            "plateau": dataclasses.asdict(plateau),
-                                            "metrics": metrics}, run_dir, epoch, steps - 1)
+        _save_if_sound(mgr, epoch, state, {"epoch": epoch, "step": metrics["step"],
+                                           "plateau": dataclasses.asdict(plateau),
+                                           "metrics": metrics}, run_dir, epoch, steps - 1,
+                       loss_fn, last_batch, mean_dev, rng)
         for old in step_mgr.all_steps():  # superseded by this epoch's checkpoint
             step_mgr.delete(old)
         wait = metrics["input_wait_seconds"]
@@ -485,11 +489,12 @@ TIMING_KEYS = ("images_per_s", "seconds", "train_seconds", "eval_seconds", "snap
                "input_wait_seconds")
 
 
-def _train_epoch(state, step_fn, rng, mean_dev, run_dir, step_mgr, epoch, tcfg, mesh, feed,
-                 config, progress, checkpoint_every, plateau, partial, watch):
+def _train_epoch(state, step_fn, loss_fn, rng, mean_dev, run_dir, step_mgr, epoch, tcfg, mesh,
+                 feed, config, progress, checkpoint_every, plateau, partial, watch):
     """One pass over the training batches (from partial['next_step'] when resuming inside
     the epoch); stops with KeyboardInterrupt between steps once watch saw Ctrl-C.
-    Returns (state, {'train_loss', 'train_top1', 'input_wait_seconds', 'steps_run'})."""
+    Returns (state, {'train_loss', 'train_top1', 'input_wait_seconds', 'steps_run'}, the
+    last batch trained or None)."""
     steps = len(feed) // tcfg.batch_size
     first = partial["next_step"] if partial else 0
     loss_sum, acc_sum = (partial["loss_sum"], partial["acc_sum"]) if partial else (0.0, 0.0)
@@ -499,7 +504,7 @@ def _train_epoch(state, step_fn, rng, mean_dev, run_dir, step_mgr, epoch, tcfg, 
     batches = loader.prefetch(training.put_local_batch(mesh, *b) for b in host)
     bar = progress_bar(total=steps, initial=first, desc=f"epoch {epoch}/{tcfg.epochs}",
                        unit="step", disable=not (progress and _is_main()), leave=False)
-    pending, start, wait = None, time.perf_counter(), 0.0
+    pending, start, wait, batch = None, time.perf_counter(), 0.0, None
     with bar:
         for i in range(first, steps):
             watch.check()
@@ -519,26 +524,37 @@ def _train_epoch(state, step_fn, rng, mean_dev, run_dir, step_mgr, epoch, tcfg, 
                 loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i, epoch, run_dir)
                 pending = None
                 bar.update()
-                _save_if_finite(step_mgr, int(training.local_value(state.step)), state, {
+                _save_if_sound(step_mgr, int(training.local_value(state.step)), state, {
                     "epoch": epoch - 1, "next_step": i + 1, "loss_sum": loss_sum,
                     "acc_sum": acc_sum, "plateau": dataclasses.asdict(plateau)}, run_dir,
-                    epoch, i)
+                    epoch, i, loss_fn, batch, mean_dev, rng)
         if pending is not None:
             loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, steps - 1, epoch, run_dir)
             bar.update()
     return state, {"train_loss": loss_sum / steps, "train_top1": acc_sum / steps,
-                   "input_wait_seconds": wait, "steps_run": steps - first}
+                   "input_wait_seconds": wait, "steps_run": steps - first}, batch
+
+
+# A mean cross-entropy above this has diverged, finite or not: chance is ln(classes)
+# (2.3 for 10, 6.9 for 1000), and this needs logits thousands apart. With --lr 1e6 the
+# first update gave a loss of 4e21, the next NaN; resuming from a checkpoint of such
+# parameters went to NaN again whatever the learning rate.
+DIVERGED_LOSS = 1e4
+
+
+def _diverged(loss: float) -> bool:
+    return not math.isfinite(loss) or loss > DIVERGED_LOSS
 
 
 def _check(metrics, loss_sum, acc_sum, index, epoch, run_dir):
     loss = float(training.local_value(metrics["loss"]))
-    if not math.isfinite(loss):
-        raise _non_finite(f"training loss became {loss}", epoch, index, run_dir)
+    if _diverged(loss):
+        raise _non_finite(f"training loss became {loss:g}", epoch, index, run_dir)
     return loss_sum + loss, acc_sum + float(training.local_value(metrics["accuracy"]))
 
 
 def _non_finite(what: str, epoch: int, index: int, run_dir) -> NonFiniteLoss:
-    """NonFiniteLoss naming the checkpoint --resume will continue from."""
+    """NonFiniteLoss (a diverged loss) naming the checkpoint --resume continues from."""
     return NonFiniteLoss(f"{what} at epoch {epoch}, step {index}; stopped without saving: "
                          f"{_last_checkpoint(Path(run_dir)).replace('last', 'last good', 1)}; "
                          f"lower --lr and --resume")
@@ -550,12 +566,34 @@ def _all_finite(tree) -> jax.Array:
                               if jnp.issubdtype(a.dtype, jnp.inexact)]))
 
 
-def _save_if_finite(mgr, number: int, state, meta: dict, run_dir, epoch: int, index: int):
-    """checkpoints.save, unless the parameters or optimizer state hold a NaN or an
-    infinity (an update that exploded: its loss would show only at the next step);
-    then NonFiniteLoss, and the last good checkpoint stays the newest."""
-    if not bool(training.local_value(_all_finite((state.params, state.opt_state)))):
-        raise _non_finite("the parameters became non-finite", epoch, index, run_dir)
+@functools.cache  # one compilation per (config, mesh) in a process
+def _make_stored_loss(config, mesh):
+    """jit: (params, stored batch, mean, key) -> the training loss of params on the batch
+    (training.stored_train_step's loss, without the update)."""
+    repl, data_ = training.replicated(mesh), training.batch_sharding(mesh)
+
+    def loss(params, batch, mean, key):
+        images, labels, ys, xs, flips = batch
+        x = training.augment(images, mean, ys, xs, flips, config.image_size)
+        return training.loss_and_accuracy(params, x, labels, config, key)[0]
+    return jax.jit(loss, in_shardings=(repl, (data_,) * 5, repl, repl), out_shardings=repl)
+
+
+def _save_if_sound(mgr, number: int, state, meta: dict, run_dir, epoch: int, index: int,
+                   loss_fn, batch, mean_dev, rng):
+    """checkpoints.save, unless the state exploded: parameters or optimizer state hold a
+    NaN or an infinity, or the loss of these parameters on the batch just trained has
+    diverged (_diverged; the training loss of a step is that of the parameters before its update, so
+    an exploded update shows there only a step later; a saved one made --resume diverge
+    again at once). Then NonFiniteLoss, and the last good checkpoint stays the newest.
+    loss_fn: _make_stored_loss's; batch: the last batch trained (None: not checked)."""
+    sound = bool(training.local_value(_all_finite((state.params, state.opt_state))))
+    what = "the parameters became non-finite"
+    if sound and batch is not None:
+        loss = float(training.local_value(loss_fn(state.params, batch, mean_dev, rng)))
+        sound, what = not _diverged(loss), f"the loss after the update became {loss:g}"
+    if not sound:
+        raise _non_finite(what, epoch, index, run_dir)
     checkpoints.save(mgr, number, state, meta)
 
 
