@@ -134,6 +134,8 @@ def resume_settings(run: Run) -> dict:
             "batch_size": run.train.batch_size, "seed": run.train.seed, "data": run.data,
             "data_dir": run.data_dir, "train_limit": run.train_limit, "variant": variant,
             "filter_radius": run.train.filter_radius}
+
+
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
@@ -183,9 +185,10 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
     resume: continue the run in out from its newest checkpoint with out's config.json
       (run is then ignored and may be None). epochs: train up to this epoch (default:
       the run's; on resume it may extend the stored run). learning_rate: on resume, the
-      learning rate from now on (recorded in config.json under 'resumes'). fixed: on
-      resume, settings the caller asked for that cannot change (keys of RESUME_FIXED);
-      a value that differs from the run's is refused.
+      learning rate from now on (recorded in config.json under 'resumes'; for a run
+      that has no checkpoint yet, a restart with it). fixed: on resume, settings the
+      caller asked for that cannot change (keys of RESUME_FIXED -> Requested, or a plain
+      value); one that differs from the run's is refused.
     checkpoint_every: also checkpoint every this many steps inside an epoch, so a
       resume continues from that step (only the newest such checkpoint is kept).
     memory_budget, store_dir, workers: how the data is fed (loader.choose): bytes a
@@ -197,7 +200,7 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
       once, then ``snapshots(run_dir, epoch, config, params, probe)`` after every epoch on
       process 0. None: no snapshots.
     The run folder is locked while training (checkpoints.lock_run_folder).
-    Raises NonFiniteLoss if the loss stops being finite, Interrupted on Ctrl-C, and
+    Raises NonFiniteLoss if the loss diverges (no exploded state is ever saved), Interrupted on Ctrl-C, and
     checkpoints.RunFolderError / CheckpointError when the disk refuses a write; the
     last good checkpoint stays loadable in each case.
     """
