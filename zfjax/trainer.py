@@ -200,9 +200,9 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
       once, then ``snapshots(run_dir, epoch, config, params, probe)`` after every epoch on
       process 0. None: no snapshots.
     The run folder is locked while training (checkpoints.lock_run_folder).
-    Raises NonFiniteLoss if the loss diverges (no exploded state is ever saved), Interrupted on Ctrl-C, and
-    checkpoints.RunFolderError / CheckpointError when the disk refuses a write; the
-    last good checkpoint stays loadable in each case.
+    Raises NonFiniteLoss if the loss diverges (no exploded state is ever saved),
+    Interrupted on Ctrl-C, and checkpoints.RunFolderError / CheckpointError when the
+    disk refuses a write; the last good checkpoint stays loadable in each case.
     """
     run_dir = Path(out).absolute()
     options = dict(resume=resume, epochs=epochs, learning_rate=learning_rate, fixed=fixed,
