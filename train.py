@@ -29,7 +29,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="train.py", description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=names, default="imagenette",
+    p.add_argument("--preset", choices=names, default=None,
                    help="paper: ImageNet, 224 px, 70 epochs, N(0, 1e-2) init; imagenette: full "
                         "ZFNet at 224 px, 64 epochs, He init; cpu: 64 px, width 0.5, 10 epochs, "
                         "He init; demo: 112 px, width 0.5, 20 epochs, He init (the README's "
@@ -81,6 +81,29 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+DEFAULT_PRESET = "imagenette"
+
+
+def resume_requests(args) -> dict:
+    """The settings a resume cannot change (trainer.RESUME_FIXED) that the command line
+    asks for, flag by flag: name -> trainer.Requested. An explicit --preset asks for every
+    one of them that no other flag overrides."""
+    from zfjax import trainer
+
+    given = {"image_size": args.size, "width": args.width, "batch_size": args.batch,
+             "seed": args.seed, "data": args.data, "data_dir": args.data_dir,
+             "train_limit": args.limit, "variant": args.variant}
+    requests = {name: trainer.Requested(value, f"{trainer.RESUME_FIXED[name]} {value}")
+                for name, value in given.items() if value is not None}
+    if args.no_renorm:
+        requests["filter_radius"] = trainer.Requested(None, "--no-renorm")
+    if args.preset is not None:
+        for name, value in trainer.resume_settings(build_run(args)).items():
+            requests.setdefault(name, trainer.Requested(
+                value, f"--preset {args.preset} (its {name} {value!r})"))
+    return requests
+
+
 def snapshot_hook():
     """The per-epoch Fig. 4 snapshots the training loop takes (zfjax.evolution)."""
     from zfjax import evolution
@@ -92,7 +115,7 @@ def build_run(args):
     """The preset with the command line's overrides applied."""
     from zfjax import network, trainer
 
-    run = trainer.presets()[args.preset]
+    run = trainer.presets()[args.preset or DEFAULT_PRESET]
     model = dataclasses.replace(run.model, **{k: v for k, v in (
         ("image_size", args.size), ("width", args.width)) if v is not None})
     train = dataclasses.replace(run.train, **{k: v for k, v in (
@@ -139,29 +162,64 @@ def tune_malloc() -> bool:
         (m_arena_max, 1), (m_trim_threshold, 1 << 30), (m_mmap_threshold, 1 << 28)))
 
 
+def start_distributed(args) -> int:
+    """jax.distributed.initialize from --coordinator/--num-processes/--process-id (JAX
+    finds what is not given on Cloud TPU, SLURM, Open MPI). Returns 0, or the exit code
+    after printing one error line: 2 for flags that do not fit, 1 if JAX cannot start."""
+    import jax
+
+    n, i = args.num_processes, args.process_id
+    if n is not None and i is not None and i >= n:
+        print(f"error: --process-id {i} is not below --num-processes {n}; the processes are "
+              f"numbered 0 to {n - 1}", file=sys.stderr)
+        return 2
+    print(f"waiting for {f'{n} processes' if n else 'every process of the cluster'} at "
+          f"{args.coordinator or 'the coordinator the cluster names'} "
+          f"(jax.distributed.initialize)", flush=True)
+    try:
+        jax.distributed.initialize(args.coordinator, n, i)
+    except ValueError as e:  # no cluster found and not enough flags to make one
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"error: --distributed: {first} (JAX found no cluster: on a machine without "
+              f"one, give --coordinator HOST:PORT --num-processes N --process-id I)",
+              file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"error: --distributed: {first}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None) -> int:
     tune_malloc()
     args = parse_args(argv)
+    cluster_flags = [flag for flag, value in (
+        ("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
+        ("--process-id", args.process_id)) if value is not None]
+    if cluster_flags and not args.distributed:
+        print(f"error: {', '.join(cluster_flags)} only work with --distributed; add "
+              f"--distributed for a run over several processes, or leave them out",
+              file=sys.stderr)
+        return 2
     if args.distributed:  # must come before any other JAX call
-        import jax
-        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        code = start_distributed(args)
+        if code:
+            return code
     from zfjax import checkpoints, trainer
 
     if args.resume and not args.out:
         print("error: --resume needs --out, the run folder to continue", file=sys.stderr)
         return 2
-    out = args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or f"runs/{args.preset or DEFAULT_PRESET}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
         feeding = dict(progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
                        memory_budget=budget, store_dir=args.store, workers=args.workers,
                        download=not args.offline, snapshots=snapshot_hook())
         if args.resume:
-            fixed = {"image_size": args.size, "width": args.width, "batch_size": args.batch,
-                     "seed": args.seed, "data": args.data, "data_dir": args.data_dir,
-                     "train_limit": args.limit}
             trainer.fit(None, out, resume=True, epochs=args.epochs, learning_rate=args.lr,
-                        fixed=fixed, **feeding)
+                        fixed=resume_requests(args), **feeding)
         else:
             trainer.fit(build_run(args), out, epochs=args.epochs, **feeding)
     except trainer.Interrupted as e:
@@ -175,5 +233,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def leave(code: int):
+    """Ends the train.py process with code. After Ctrl-C at once (checkpoints.leave_now:
+    streams flushed, no interpreter teardown): XLA may still be compiling or copying on
+    its own threads (the input prefetch thread's transfers), and tearing the runtime
+    down under them crashed with SIGSEGV (3 runs in 3) after the resume hint had been
+    printed. Every file a run writes is complete by then (atomic writes, deferred saves)."""
+    if code == 130:
+        from zfjax import checkpoints
+        checkpoints.leave_now(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

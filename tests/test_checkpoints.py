@@ -167,3 +167,13 @@ def test_kill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     mgr.wait_until_finished()
     assert mgr.all_steps() == [1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2"]
+
+
+def test_checkpoints_is_reachable_after_a_plain_import_zfjax(monkeypatch):
+    """Issue 15 item 20: the README's zfjax.checkpoints.load_run(...) after `import zfjax`."""
+    import zfjax
+
+    monkeypatch.delattr(zfjax, "checkpoints")  # as in a fresh process: not imported yet
+    assert zfjax.checkpoints.load_run is checkpoints.load_run
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_module'"):
+        zfjax.no_such_module

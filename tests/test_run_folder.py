@@ -203,6 +203,37 @@ def test_visualize_checks_its_output_folder_before_computing(finished, tmp_path,
                                        f"is a file\n")
 
 
+# ------------------------------------------- issue 15 item 3: never overwrite a user's folder
+
+@pytest.mark.parametrize("files", [
+    {"notes.txt": "mine"},
+    {"config.json": '{"model": "mine", "lr": 3}', "metrics.jsonl": "mine\n", "mean.npy": "x"},
+])
+def test_out_that_holds_files_but_is_not_a_run_is_refused_untouched(folder, tmp_path, capsys,
+                                                                    files):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert train.main(_args(folder, tmp_path)) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (f"error: --out {tmp_path} is a folder that holds files and is not a zfjax "
+                    f"run (it has no config.json written by train.py); pick a new or empty "
+                    f"folder, or pass --resume with the --out of a run to continue it")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == files  # no .lock either
+
+
+def test_a_run_folder_is_recognised_by_what_train_py_wrote(finished, tmp_path):
+    assert checkpoints.is_run_folder(finished[0])
+    assert json.loads((finished[0] / "config.json").read_text())["format"] == "zfjax run"
+    (tmp_path / "config.json").write_text('{"model": {}, "train": {}, "data": {}}')
+    assert checkpoints.is_run_folder(tmp_path)  # a run from before the "format" mark
+    (tmp_path / "config.json").write_text('{"model": {}}')
+    assert not checkpoints.is_run_folder(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".lock").write_text("")  # a stale lock of a run killed at once
+    checkpoints.check_new_run_folder(empty)
+
+
 # ------------------------------------------------------------- item 4: --resume
 
 def test_resume_of_a_finished_run_has_nothing_to_do_and_changes_nothing(finished, tmp_path,
@@ -230,6 +261,35 @@ def test_resume_refuses_settings_it_cannot_change(finished, flag, value, setting
     assert (run / "config.json").read_bytes() == before
 
 
+@pytest.mark.parametrize("flags, start", [
+    (["--variant", "fc-2048"], "--variant fc-2048 differs from the run's variant 'zfnet'"),
+    (["--no-renorm"], "--no-renorm differs from the run's filter_radius 0.1"),
+    (["--preset", "demo", "--data", "x"], "--data x differs from the run's data "),
+    (["--preset", "demo"], "--preset demo (its image_size 112) differs from the run's "
+                           "image_size 64"),
+    (["--preset", "cpu", "--size", "64"], "--preset cpu (its width 0.5) differs from the run's "
+                                          "width 0.25"),
+])
+def test_resume_refuses_variant_renorm_and_preset_that_differ(finished, flags, start, capsys):
+    """Issue 15 item 8: one rule for every flag given explicitly, --preset included."""
+    run = finished[0]
+    before = (run / "config.json").read_bytes()
+    assert train.main(["--out", str(run), "--resume", *flags, "--epochs", "5"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {start}"), line
+    assert line.endswith(f"start a new run (another --out) to change {start.split()[0]}")
+    assert (run / "config.json").read_bytes() == before
+
+
+def test_resume_requests_only_what_the_command_line_gives():
+    requests = train.resume_requests(train.parse_args(["--resume", "--lr", "0.1", "--epochs", "3"]))
+    assert requests == {}
+    requests = train.resume_requests(train.parse_args(["--preset", "cpu", "--width", "0.25"]))
+    assert requests["width"] == trainer.Requested(0.25, "--width 0.25")
+    assert requests["image_size"] == trainer.Requested(64, "--preset cpu (its image_size 64)")
+    assert requests["variant"].value == "zfnet" and requests["filter_radius"].value == 0.1
+
+
 def test_resume_applies_and_records_a_new_learning_rate_and_epochs(finished, folder, tmp_path):
     run = _copy(finished[0], tmp_path / "run")
     # The run's own command repeated (same --size, --data, ...) is accepted.
@@ -243,6 +303,59 @@ def test_resume_applies_and_records_a_new_learning_rate_and_epochs(finished, fol
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["epochs"] == 4
     assert config["resumes"] == [{"after_epoch": 3, "epochs": 4, "learning_rate": 0.00123}]
+
+
+@pytest.mark.parametrize("drop, says", [
+    (("data",), "has no 'data' section"), (("data", "source"), "has no data source"),
+    (("train",), "has no 'train' section"),
+])
+def test_resume_of_a_config_with_missing_keys_is_one_line(finished, tmp_path, drop, says,
+                                                          capsys):
+    """Issue 15 item 16 (a KeyError traceback before)."""
+    run = _copy(finished[0], tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    section = config
+    for key in drop[:-1]:
+        section = section[key]
+    del section[drop[-1]]
+    (run / "config.json").write_text(json.dumps(config))
+    assert train.main(["--out", str(run), "--resume", "--epochs", "5"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {run / 'config.json'} {says}")
+
+
+def test_cluster_flags_without_distributed_are_refused(capsys):
+    assert train.main(["--coordinator", "host0:1234", "--process-id", "1"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --coordinator, --process-id only work with --distributed; add --distributed "
+        "for a run over several processes, or leave them out\n")
+
+
+def test_distributed_says_what_it_waits_for_and_bad_flags_are_one_line(monkeypatch, capsys):
+    import jax
+
+    def no_cluster(*args):
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
+    assert train.main(["--distributed", "--num-processes", "4", "--coordinator", "h:1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "waiting for 4 processes at h:1 (jax.distributed.initialize)\n"
+    assert _one_error_line(err).startswith(
+        "error: --distributed: coordinator_address should be defined. (JAX found no cluster")
+    assert train.main(["--distributed", "--num-processes", "2", "--process-id", "2"]) == 2
+    assert _one_error_line(capsys.readouterr().err) == (
+        "error: --process-id 2 is not below --num-processes 2; the processes are numbered 0 to 1")
+
+
+def test_distributed_without_a_cluster_is_one_line():
+    """A subprocess (about 3 s): jax.distributed.initialize must be the first JAX call."""
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--distributed"], env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ("waiting for every process of the cluster at the coordinator the "
+                           "cluster names (jax.distributed.initialize)\n")
+    assert _one_error_line(done.stderr).startswith("error: --distributed: ")
 
 
 # --------------------------------------------------------------- item 7: the lock
@@ -422,3 +535,40 @@ def test_ctrl_c_says_where_the_last_checkpoint_is_and_how_to_resume(folder, tmp_
             f"{run / 'checkpoints' / str(last)}; continue with: python train.py --out {run} "
             f"--resume") in err
     assert checkpoints.load_run(run)[3]["epoch"] == last
+
+
+def test_ctrl_c_while_compiling_is_one_line_and_exit_130(folder, tmp_path):
+    """Issue 15 item 15: Ctrl-C about 2 s after the data is loaded lands while XLA is
+    compiling (the probe, the initial state, the first step); train.py printed the hint
+    and then died of SIGSEGV in the interpreter's teardown (3 runs in 3 before the fix).
+    A subprocess of train.py itself (its __main__ leaves the process), about 15 s."""
+    run = tmp_path / "run"
+    job = subprocess.Popen(interruptible([str(ROOT / "train.py"), *_args(folder, run,
+                                                                           "--epochs", "3")]),
+                           env={**ENV, "PYTHONFAULTHANDLER": "1"}, cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    line = ""
+    while "input:" not in line and job.poll() is None:
+        line = job.stdout.readline()
+    time.sleep(2)
+    os.killpg(job.pid, signal.SIGINT)
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "Fatal Python error" not in err, err[-3000:]
+    assert err.splitlines()[-1] == (f"interrupted; no checkpoint was written yet; continue "
+                                    f"with: python train.py --out {run} --resume")
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]  # nothing half-written
+
+
+def test_an_unreadable_curves_png_is_named_where_it_is(tmp_path, capsys):
+    """Issue 15 item 20: the atlas reported it under its temporary copy's path."""
+    from helpers import write_tiny_run
+
+    run = write_tiny_run(tmp_path)
+    (run / "curves.png").write_bytes(b"not a png")
+    code = visualize.main(["atlas", str(run), "--out", str(tmp_path / "site"), "--layers",
+                           "conv1", "--limit", "2"])
+    err = capsys.readouterr().err
+    assert code != 0 and f"{run / 'curves.png'}" in err and ".tmp" not in err, err
+    assert not (tmp_path / "site").exists()

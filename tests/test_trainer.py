@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -165,24 +166,138 @@ def test_ctrl_c_that_python_drops_in_a_finalizer_still_stops_training(folder, tm
     assert unraisable == []  # and quietly: no "Exception ignored" traceback
 
 
+def test_ctrl_c_names_the_mid_epoch_checkpoint_that_resume_uses(folder, tmp_path, monkeypatch,
+                                                                 unraisable):
+    """Issue 15 item 15: 3 steps an epoch, a checkpoint after each of steps 0 and 1;
+    Ctrl-C during step 1. The hint named epoch checkpoints only ("no checkpoint")."""
+    make = training.make_stored_train_step
+
+    def make_pressing(*args):
+        step = make(*args)
+
+        def run(state, *rest):
+            if int(training.local_value(state.step)) == 1:
+                press_ctrl_c_inside_a_finalizer()
+            return step(state, *rest)
+        return run
+
+    monkeypatch.setattr(training, "make_stored_train_step", make_pressing)
+    run = trainer.Run(TINY, training.TrainConfig(epochs=1, batch_size=16), str(folder))
+    with pytest.raises(trainer.Interrupted) as err:
+        trainer.fit(run, tmp_path, progress=False, checkpoint_every=1)
+    assert str(err.value).startswith(
+        f"interrupted; the last checkpoint (step 2 of epoch 1) is "
+        f"{tmp_path / 'checkpoints-steps' / '2'}; continue with")
+
+
 def test_existing_run_needs_resume(folder, tmp_path):
     (tmp_path / "checkpoints" / "1").mkdir(parents=True)
+    checkpoints.write_json(tmp_path / "config.json", {"format": checkpoints.RUN_FORMAT})
     run = trainer.Run(TINY, training.TrainConfig(batch_size=16), str(folder))
     with pytest.raises(FileExistsError, match="already holds checkpoints; pass --resume"):
         trainer.fit(run, tmp_path, progress=False)
 
 
 def test_non_finite_loss_stops_and_points_at_the_last_good_checkpoint(tmp_path):
-    mgr = checkpoints.manager(tmp_path)
+    mgr = checkpoints.manager(tmp_path / "checkpoints")
     state = training.TrainState(np.int32(3), {"w": np.ones(2, np.float32)}, {})
     checkpoints.save(mgr, 1, state, {"epoch": 1})
     with pytest.raises(trainer.NonFiniteLoss,
-                       match=r"loss became nan at epoch 2, step 5; .*checkpoint \(epoch 1\)"):
+                       match=r"loss became nan at epoch 2, step 5; .*last good checkpoint "
+                             r"\(epoch 1\) is .*checkpoints/1; lower --lr"):
         trainer._check({"loss": jnp.float32(np.nan), "accuracy": jnp.float32(0)}, 0.0, 0.0, 5, 2,
-                       mgr)
+                       tmp_path)
     assert mgr.all_steps() == [1]
     good = {"loss": jnp.float32(2.0), "accuracy": jnp.float32(0.5)}
-    assert trainer._check(good, 1.0, 0.25, 5, 2, mgr) == (3.0, 0.75)
+    assert trainer._check(good, 1.0, 0.25, 5, 2, tmp_path) == (3.0, 0.75)
+
+
+def _exploding_at(global_step: int):
+    """training.make_stored_train_step whose update at `global_step` turns every parameter
+    into NaN while the loss it reports (computed before the update) stays finite."""
+    make = training.make_stored_train_step
+
+    def make_exploding(*args):
+        step = make(*args)
+
+        def run(state, *rest):
+            explode = int(training.local_value(state.step)) == global_step
+            state, metrics = step(state, *rest)
+            if explode:
+                state = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+            return state, metrics
+        return run
+    return make_exploding
+
+
+def test_an_exploded_update_is_never_saved_and_resume_uses_the_checkpoint_named(
+        folder, tmp_path, monkeypatch, capsys):
+    """Issue 15 item 7: the update of step 1 explodes; its loss shows only at step 2, but
+    the mid-epoch checkpoint after step 1 must not hold it. 50 images in batches of 16:
+    3 steps an epoch, a checkpoint after steps 0 and 1 (global steps 1 and 2)."""
+    run = trainer.Run(TINY, training.TrainConfig(epochs=1, batch_size=16), str(folder))
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "make_stored_train_step", _exploding_at(1))
+        with pytest.raises(trainer.NonFiniteLoss) as err:
+            trainer.fit(run, tmp_path, progress=False, checkpoint_every=1)
+    good = tmp_path / "checkpoints-steps" / "1"
+    assert str(err.value) == (
+        f"the parameters became non-finite at epoch 1, step 1; stopped without saving: the "
+        f"last good checkpoint (step 1 of epoch 1) is {good}; lower --lr and --resume")
+    assert sorted(p.name for p in good.parent.iterdir()) == ["1"]
+    capsys.readouterr()
+    trainer.fit(None, tmp_path, resume=True, progress=False)
+    assert "resuming after epoch 0, at step 1 of epoch 1" in capsys.readouterr().out
+    params = checkpoints.load_run(tmp_path)[0]
+    assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+
+
+def test_resume_with_lr_of_a_run_that_never_saved_restarts_with_that_lr(folder, tmp_path,
+                                                                          capsys):
+    """With --lr 1e6 the first update leaves finite parameters whose loss is ~1e22 (NaN
+    a step later): not a checkpoint to continue from, whatever the learning rate."""
+    run = trainer.Run(TINY, training.TrainConfig(epochs=1, batch_size=16, learning_rate=1e6),
+                      str(folder))
+    with pytest.raises(trainer.NonFiniteLoss, match=r"^the loss after the update became .*e\+"
+                                                    r".* at epoch 1, step 0; stopped without "
+                                                    r"saving: no checkpoint was written yet"):
+        trainer.fit(run, tmp_path, progress=False, checkpoint_every=1)
+    assert not list((tmp_path / "checkpoints-steps").iterdir())
+    trainer.fit(None, tmp_path, resume=True, learning_rate=0.0042, progress=False)
+    assert "starting over with learning rate 0.0042" in capsys.readouterr().out
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["learning_rate"] == 0.0042
+    assert _metrics(tmp_path)[0]["learning_rate"] == pytest.approx(0.0042)
+
+
+def test_resume_passes_over_a_half_removed_or_damaged_mid_epoch_checkpoint(folder, tmp_path,
+                                                                           capsys):
+    """Issue 15 item 17. 50 images in batches of 16: 3 steps an epoch."""
+    run = trainer.Run(TINY, training.TrainConfig(epochs=1, batch_size=16), str(folder))
+    trainer.fit(run, tmp_path, progress=False)
+    steps = tmp_path / "checkpoints-steps"
+    # A kill -9 while removing mid-epoch checkpoint 2 once epoch 1's was written.
+    shutil.copytree(tmp_path / "checkpoints" / "1", steps / "2")
+    for path in sorted(p for p in (steps / "2").rglob("*") if p.is_file())[::2]:
+        path.unlink()
+    capsys.readouterr()
+    trainer.fit(None, tmp_path, resume=True, epochs=2, progress=False)
+    out = capsys.readouterr().out
+    assert f"note: removing {steps / '2'}, a mid-epoch checkpoint that its epoch's" in out
+    assert "resuming after epoch 1\n" in out
+    # A damaged mid-epoch checkpoint newer than epoch 2's (global step 7: inside epoch 3).
+    shutil.copytree(tmp_path / "checkpoints" / "2", steps / "7")
+    biggest = max((p for p in (steps / "7").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+    os.truncate(biggest, biggest.stat().st_size // 2)
+    assert checkpoints.last_checkpoint_message(tmp_path).startswith(
+        f"the last checkpoint (step 1 of epoch 3) is {steps / '7'}")
+    trainer.fit(None, tmp_path, resume=True, epochs=3, progress=False)
+    out = capsys.readouterr().out
+    assert f"warning: checkpoint {steps / '7'} cannot be read, it is damaged or truncated" in out
+    assert (f"resuming from the newest intact checkpoint instead, "
+            f"{tmp_path / 'checkpoints' / '2'}, and removing the damaged one") in out
+    assert checkpoints.finished_epochs(tmp_path) == [1, 2, 3]
+    assert list(steps.iterdir()) == []
 
 
 def test_unprepared_tfds_dataset_fails_at_once_saying_what_to_do(tmp_path, capsys):

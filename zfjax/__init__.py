@@ -21,3 +21,14 @@ __all__ = [
     "projectable_layers", "receptive_field", "receptive_field_size", "strongest_units",
     "to_display",
 ]
+
+
+def __getattr__(name: str):
+    """zfjax.<module> without importing it first, e.g. ``zfjax.checkpoints.load_run``
+    after a plain ``import zfjax`` (only the names above are imported eagerly)."""
+    import importlib
+    import importlib.util
+
+    if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return importlib.import_module(f"{__name__}.{name}")

@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -49,6 +50,7 @@ MAX_TO_KEEP = 3
 CONFIG_FILE, MEAN_FILE, CHECKPOINT_DIR = "config.json", "mean.npy", "checkpoints"
 STEP_CHECKPOINT_DIR = "checkpoints-steps"  # the newest mid-epoch checkpoint (train.py --checkpoint-every)
 LOCK_FILE = ".lock"  # held (flock) by the train.py process writing the run
+RUN_FORMAT = "zfjax run"  # config.json's "format": marks a folder train.py made
 
 _HANDLERS = {"params": ocp.StandardCheckpointHandler, "opt": ocp.StandardCheckpointHandler,
              "meta": ocp.JsonCheckpointHandler}
@@ -347,12 +349,103 @@ class RunFolderBusy(RunFolderError):
     """Another process is training into the same run folder."""
 
 
+def is_run_folder(run_dir) -> bool:
+    """Whether run_dir holds a config.json that train.py wrote: one marked with
+    ``RUN_FORMAT``, or (runs from before the mark) a JSON object with zfjax's
+    'model', 'train' and 'data' sections. A file merely named config.json is not."""
+    try:
+        run_config = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(run_config, dict):
+        return False
+    return run_config.get("format") == RUN_FORMAT or all(
+        isinstance(run_config.get(key), dict) for key in ("model", "train", "data"))
+
+
+def check_new_run_folder(run_dir) -> None:
+    """Raises RunFolderError if run_dir is a folder that holds anything (but a stale
+    lock file) and is not a zfjax run: a new run would overwrite the user's
+    config.json, metrics.jsonl, curves.png or mean.npy there."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or is_run_folder(run_dir):
+        return
+    if any(entry.name != LOCK_FILE for entry in run_dir.iterdir()):
+        raise RunFolderError(
+            f"--out {run_dir} is a folder that holds files and is not a zfjax run (it has no "
+            f"{CONFIG_FILE} written by train.py); pick a new or empty folder, or pass "
+            f"--resume with the --out of a run to continue it")
+
+
 def finished_epochs(run_dir) -> list[int]:
     """Epochs with a complete checkpoint in run_dir (orbax renames a checkpoint to its
     epoch number only once it is complete), without starting orbax."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
         if folder.is_dir() else []
+
+
+class Checkpoint(NamedTuple):
+    """One complete checkpoint of a run: path (its folder), manager_dir (the orbax folder
+    holding it: checkpoints/ or checkpoints-steps/), number (its orbax step: the epoch,
+    or the global step of a mid-epoch one), epoch (the epoch it finished, or the one it
+    is inside), step (None for an epoch's checkpoint, else the step inside that epoch;
+    None too where the run's config does not say)."""
+
+    path: Path
+    manager_dir: Path
+    number: int
+    epoch: int | None
+    step: int | None
+
+    def describe(self) -> str:
+        """'epoch 3', or 'step 4 of epoch 2' for a mid-epoch checkpoint."""
+        if self.manager_dir.name == CHECKPOINT_DIR:
+            return f"epoch {self.epoch}"
+        if self.step is None:
+            return f"global step {self.number}"
+        return f"step {self.step} of epoch {self.epoch}"
+
+
+def resume_order(run_dir) -> list[Checkpoint]:
+    """The complete checkpoints of run_dir that ``train.py --resume`` may continue from,
+    newest first: the mid-epoch checkpoint where it is newer than the last epoch's, then
+    the epochs' checkpoints. A mid-epoch checkpoint at or before the last epoch's end is
+    left over from a deletion that a kill cut short, and is skipped. Reads folder names
+    and config.json only (no orbax)."""
+    run_dir = Path(run_dir)
+    epochs = finished_epochs(run_dir)
+    steps_folder = run_dir / STEP_CHECKPOINT_DIR
+    numbers = sorted((int(p.name) for p in steps_folder.iterdir() if p.name.isdigit()),
+                     reverse=True) if steps_folder.is_dir() else []
+    per_epoch = _steps_per_epoch(run_dir)
+    found = []
+    for number in numbers[:1]:
+        if per_epoch is None:
+            found.append(Checkpoint(steps_folder / str(number), steps_folder, number, None, None))
+        elif number > (epochs[-1] if epochs else 0) * per_epoch:
+            found.append(Checkpoint(steps_folder / str(number), steps_folder, number,
+                                    number // per_epoch + 1, number % per_epoch))
+    folder = run_dir / CHECKPOINT_DIR
+    return found + [Checkpoint(folder / str(e), folder, e, e, None) for e in reversed(epochs)]
+
+
+def _steps_per_epoch(run_dir) -> int | None:
+    """Training steps in one epoch of the run, from its config.json (None if unknown)."""
+    try:
+        run_config = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
+        return int(run_config["data"]["train_images"]) // int(run_config["train"]["batch_size"])
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def last_checkpoint_message(run_dir) -> str:
+    """'the last checkpoint (epoch 3) is PATH', naming the one --resume continues from,
+    or 'no checkpoint was written yet'."""
+    order = resume_order(run_dir)
+    if not order:
+        return "no checkpoint was written yet"
+    return f"the last checkpoint ({order[0].describe()}) is {order[0].path}"
 
 
 def read_config(run_dir) -> dict:

@@ -19,14 +19,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import math
 import shlex
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -98,7 +101,8 @@ def presets() -> dict[str, Run]:
 
 
 class NonFiniteLoss(FloatingPointError):
-    """The training loss became NaN or infinite; no checkpoint was written after it."""
+    """The training loss became NaN, infinite or diverged (over DIVERGED_LOSS); no
+    checkpoint was written after it."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -106,11 +110,32 @@ class Interrupted(KeyboardInterrupt):
     and how to continue."""
 
 
-# Settings a resumed run cannot change (they decide the parameters' shapes or the data
-# every checkpointed step saw), with the train.py flag that sets each.
+# Settings a resumed run cannot change (they decide the parameters' shapes, the update
+# or the data every checkpointed step saw), with the train.py flag that sets each.
 RESUME_FIXED = {"image_size": "--size", "width": "--width", "batch_size": "--batch",
                 "seed": "--seed", "data": "--data", "data_dir": "--data-dir",
-                "train_limit": "--limit"}
+                "train_limit": "--limit", "variant": "--variant",
+                "filter_radius": "--no-renorm"}
+
+
+class Requested(NamedTuple):
+    """A setting of RESUME_FIXED asked for on --resume: its value, and the words of the
+    command line that asked for it ('--size 96', '--no-renorm', '--preset cpu ...')."""
+
+    value: object
+    flag: str
+
+
+def resume_settings(run: Run) -> dict:
+    """The run's values of the settings a resume cannot change (keys of RESUME_FIXED)."""
+    model = run.model
+    variant = "alexnet" if model.arch == "alexnet" else (model.variant or "zfnet")
+    return {"image_size": model.image_size, "width": model.width,
+            "batch_size": run.train.batch_size, "seed": run.train.seed, "data": run.data,
+            "data_dir": run.data_dir, "train_limit": run.train_limit, "variant": variant,
+            "filter_radius": run.train.filter_radius}
+
+
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
@@ -160,9 +185,10 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
     resume: continue the run in out from its newest checkpoint with out's config.json
       (run is then ignored and may be None). epochs: train up to this epoch (default:
       the run's; on resume it may extend the stored run). learning_rate: on resume, the
-      learning rate from now on (recorded in config.json under 'resumes'). fixed: on
-      resume, settings the caller asked for that cannot change (keys of RESUME_FIXED);
-      a value that differs from the run's is refused.
+      learning rate from now on (recorded in config.json under 'resumes'; for a run
+      that has no checkpoint yet, a restart with it). fixed: on resume, settings the
+      caller asked for that cannot change (keys of RESUME_FIXED -> Requested, or a plain
+      value); one that differs from the run's is refused.
     checkpoint_every: also checkpoint every this many steps inside an epoch, so a
       resume continues from that step (only the newest such checkpoint is kept).
     memory_budget, store_dir, workers: how the data is fed (loader.choose): bytes a
@@ -174,9 +200,9 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
       once, then ``snapshots(run_dir, epoch, config, params, probe)`` after every epoch on
       process 0. None: no snapshots.
     The run folder is locked while training (checkpoints.lock_run_folder).
-    Raises NonFiniteLoss if the loss stops being finite, Interrupted on Ctrl-C, and
-    checkpoints.RunFolderError / CheckpointError when the disk refuses a write; the
-    last good checkpoint stays loadable in each case.
+    Raises NonFiniteLoss if the loss diverges (no exploded state is ever saved),
+    Interrupted on Ctrl-C, and checkpoints.RunFolderError / CheckpointError when the
+    disk refuses a write; the last good checkpoint stays loadable in each case.
     """
     run_dir = Path(out).absolute()
     options = dict(resume=resume, epochs=epochs, learning_rate=learning_rate, fixed=fixed,
@@ -184,6 +210,8 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
                    memory_budget=memory_budget, store_dir=store_dir, workers=workers,
                    download=download, snapshots=snapshots)
     try:
+        if not resume:
+            checkpoints.check_new_run_folder(run_dir)
         with interrupts.watched() as watch, _lock_on_process_0(run_dir):
             return _fit(run, run_dir, watch=watch, **options)
     except KeyboardInterrupt:
@@ -201,11 +229,7 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
 
 
 def _last_checkpoint(run_dir: Path) -> str:
-    done = checkpoints.finished_epochs(run_dir)
-    if not done:
-        return "no checkpoint was written yet"
-    return (f"the last checkpoint (epoch {done[-1]}) is "
-            f"{run_dir / checkpoints.CHECKPOINT_DIR / str(done[-1])}")
+    return checkpoints.last_checkpoint_message(run_dir)
 
 
 def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, progress,
@@ -255,7 +279,9 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
     step_mgr = checkpoints.manager(run_dir / checkpoints.STEP_CHECKPOINT_DIR, max_to_keep=1,
                                    keep_epochs=())
     try:
-        if resume and (mgr.latest_step() is not None or step_mgr.latest_step() is not None):
+        fresh = not (resume and (mgr.latest_step() is not None
+                                 or step_mgr.latest_step() is not None))
+        if not fresh:
             state, meta = _resume(run_dir, mgr, step_mgr, run_config, config, tcfg, mesh)
             run_config["resumes"] = checkpoints.read_config(run_dir).get("resumes", []) + [
                 {"after_epoch": meta["epoch"], "epochs": tcfg.epochs,
@@ -263,13 +289,18 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
             if learning_rate is not None:
                 state = training.with_learning_rate(state, learning_rate)
                 _say(f"learning rate from here on: {learning_rate:g}")
-        else:  # a fresh run, or one killed before its first checkpoint was complete
+        else:  # a fresh run, or one stopped before its first checkpoint was complete
+            if resume and learning_rate is not None:  # nothing to continue: a restart
+                tcfg = dataclasses.replace(tcfg, learning_rate=learning_rate)
+                run = dataclasses.replace(run, train=tcfg)
+                run_config["train"] = checkpoints.config_dict(tcfg)
+                _say(f"no checkpoint yet: starting over with learning rate {learning_rate:g}")
             state, meta = training.create_state(config, tcfg, mesh), {"epoch": 0, "plateau": {}}
-            if _is_main():
+        if _is_main():  # config.json first: it marks the folder as a run (is_run_folder)
+            checkpoints.write_json(run_dir / checkpoints.CONFIG_FILE, run_config)
+            if fresh:
                 checkpoints.save_mean(run_dir, mean)
                 _write_metrics(run_dir, [])
-        if _is_main():
-            checkpoints.write_json(run_dir / checkpoints.CONFIG_FILE, run_config)
         _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
                 mean, probe, snapshots, progress, checkpoint_every, watch)
     finally:
@@ -284,6 +315,7 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
 def _run_config(run: Run, train_set, val_set, probe) -> dict:
     """The contents of config.json."""
     return {
+        "format": checkpoints.RUN_FORMAT,
         "model": checkpoints.config_dict(run.model), "train": checkpoints.config_dict(run.train),
         "data": {"source": run.data, "data_dir": run.data_dir, "train_limit": run.train_limit,
                  "val_limit": run.val_limit, "train_images": len(train_set),
@@ -296,17 +328,20 @@ def _run_config(run: Run, train_set, val_set, probe) -> dict:
 
 
 def _check_fixed(run: Run, fixed: dict, run_dir: Path) -> None:
-    """Raises ValueError if a setting in `fixed` differs from the stored run's."""
-    stored = {"image_size": run.model.image_size, "width": run.model.width,
-              "batch_size": run.train.batch_size, "seed": run.train.seed, "data": run.data,
-              "data_dir": run.data_dir, "train_limit": run.train_limit}
-    for name, value in fixed.items():
-        if value is None or _same(stored[name], value):
+    """Raises ValueError if a setting in `fixed` (name -> Requested, or a plain value,
+    None meaning not asked for) differs from the stored run's."""
+    stored = resume_settings(run)
+    for name, asked in fixed.items():
+        if not isinstance(asked, Requested):
+            if asked is None:
+                continue
+            asked = Requested(asked, f"{RESUME_FIXED[name]} {asked}")
+        if _same(stored[name], asked.value):
             continue
         raise ValueError(
-            f"{RESUME_FIXED[name]} {value} differs from the run's {name} {stored[name]!r}; "
+            f"{asked.flag} differs from the run's {name} {stored[name]!r}; "
             f"--resume can only change the learning rate (--lr) and the number of epochs "
-            f"(--epochs); start a new run (another --out) to change {RESUME_FIXED[name]}")
+            f"(--epochs); start a new run (another --out) to change {asked.flag.split()[0]}")
 
 
 def _same(stored, given) -> bool:
@@ -318,10 +353,25 @@ def _same(stored, given) -> bool:
 
 
 def _stored_run(run_dir: Path) -> Run:
+    """The Run config.json records; ValueError naming what is missing or does not fit."""
     stored = checkpoints.read_config(run_dir)
-    d = stored["data"]
-    return Run(checkpoints.model_config(stored), TrainConfig(**stored["train"]), d["source"],
-               d["data_dir"], d["train_limit"], d["val_limit"], d["probe_count"])
+    path = run_dir / checkpoints.CONFIG_FILE
+    sections = {key: stored.get(key) for key in ("train", "data")}
+    for key, section in sections.items():
+        if not isinstance(section, dict):
+            raise ValueError(f"{path} has no '{key}' section; it was not written by train.py "
+                             f"or is damaged")
+    d = sections["data"]
+    if not isinstance(d.get("source"), str):
+        raise ValueError(f"{path} has no data source ('data': {{'source': ...}}); it was not "
+                         f"written by train.py or is damaged")
+    try:
+        train = TrainConfig(**sections["train"])
+    except TypeError as e:
+        raise ValueError(f"the 'train' section of {path} does not fit TrainConfig: {e}") \
+            from None
+    return Run(checkpoints.model_config(stored), train, d["source"], d.get("data_dir"),
+               d.get("train_limit"), d.get("val_limit"), d.get("probe_count", Run.probe_count))
 
 
 def _resume(run_dir, mgr, step_mgr, run_config, config, tcfg, mesh):
@@ -332,12 +382,27 @@ def _resume(run_dir, mgr, step_mgr, run_config, config, tcfg, mesh):
         raise ValueError(f"the probe rebuilt from the validation data differs from the one "
                          f"{run_dir} was started with; has the data changed?")
     abstract = training.abstract_state(config, tcfg, mesh)
-    # Mid-epoch checkpoints are deleted once their epoch's checkpoint exists, so one
-    # that is left is the newest.
-    if step_mgr.latest_step() is not None:
-        state, meta = checkpoints.restore(step_mgr, step_mgr.latest_step(), abstract, config)
-    else:
-        state, meta = checkpoints.restore(mgr, mgr.latest_step(), abstract, config)
+    order = checkpoints.resume_order(run_dir)
+    for i, checkpoint in enumerate(order):
+        manager = step_mgr if checkpoint.manager_dir == Path(step_mgr.directory) else mgr
+        try:
+            state, meta = checkpoints.restore(manager, checkpoint.number, abstract, config)
+            break
+        except checkpoints.DamagedCheckpoint as e:
+            # A mid-epoch checkpoint is disposable (the epoch's replaces it): go on from
+            # the newest intact one. An epoch's checkpoint is the user's to move aside.
+            if manager is mgr or i + 1 == len(order):
+                raise
+            _say(f"warning: {e.args[0].split(';')[0]}; resuming from the newest intact "
+                 f"checkpoint instead, {order[i + 1].path}, and removing the damaged one")
+    usable = {c.number for c in order if c.manager_dir == Path(step_mgr.directory)}
+    for number in step_mgr.all_steps():  # left by a kill, or damaged: trained again
+        if number not in usable or number > int(training.local_value(state.step)):
+            if number not in usable:
+                _say(f"note: removing {Path(step_mgr.directory) / str(number)}, a mid-epoch "
+                     f"checkpoint that its epoch's checkpoint replaced (a kill cut its "
+                     f"removal short)")
+            step_mgr.delete(number)
     epoch = meta["epoch"]
     if _is_main():
         _write_metrics(run_dir, [m for m in _read_metrics(run_dir) if m["epoch"] <= epoch])
@@ -372,6 +437,7 @@ def _banner(run: Run, run_dir, mesh, resume: bool) -> str:
 def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
             mean, probe, snapshots, progress, checkpoint_every, watch):
     step_fn = training.make_stored_train_step(config, tcfg.filter_radius, mesh)
+    loss_fn = _make_stored_loss(config, mesh)
     eval_fn = training.make_stored_eval_step(config, mesh)
     mean_dev = training.replicate(np.asarray(mean, np.float32), mesh)
     rng = training.dropout_key(tcfg)
@@ -382,9 +448,9 @@ def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed,
     for epoch in range(meta["epoch"] + 1, tcfg.epochs + 1):
         lr = training.learning_rate(state)
         start = time.perf_counter()
-        state, train_metrics = _train_epoch(
-            state, step_fn, rng, mean_dev, mgr, step_mgr, epoch, tcfg, mesh, train_feed, config,
-            progress, checkpoint_every, plateau, partial, watch)
+        state, train_metrics, last_batch = _train_epoch(
+            state, step_fn, loss_fn, rng, mean_dev, run_dir, step_mgr, epoch, tcfg, mesh,
+            train_feed, config, progress, checkpoint_every, plateau, partial, watch)
         partial = None
         train_seconds = time.perf_counter() - start
         top1, top5 = evaluate_feed(state.params, eval_fn, val_feed, mean_dev, tcfg.batch_size,
@@ -405,9 +471,10 @@ def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed,
         if _is_main():  # metrics first: a resume drops lines after its checkpoint
             _write_metrics(run_dir, history)
             plot_curves(history, run_dir / "curves.png")
-        checkpoints.save(mgr, epoch, state, {"epoch": epoch, "step": metrics["step"],
-                                             "plateau": dataclasses.asdict(plateau),
-                                             "metrics": metrics})
+        _save_if_sound(mgr, epoch, state, {"epoch": epoch, "step": metrics["step"],
+                                           "plateau": dataclasses.asdict(plateau),
+                                           "metrics": metrics}, run_dir, epoch, steps - 1,
+                       loss_fn, last_batch, mean_dev, rng)
         for old in step_mgr.all_steps():  # superseded by this epoch's checkpoint
             step_mgr.delete(old)
         wait = metrics["input_wait_seconds"]
@@ -422,11 +489,12 @@ TIMING_KEYS = ("images_per_s", "seconds", "train_seconds", "eval_seconds", "snap
                "input_wait_seconds")
 
 
-def _train_epoch(state, step_fn, rng, mean_dev, mgr, step_mgr, epoch, tcfg, mesh, feed, config,
-                 progress, checkpoint_every, plateau, partial, watch):
+def _train_epoch(state, step_fn, loss_fn, rng, mean_dev, run_dir, step_mgr, epoch, tcfg, mesh,
+                 feed, config, progress, checkpoint_every, plateau, partial, watch):
     """One pass over the training batches (from partial['next_step'] when resuming inside
     the epoch); stops with KeyboardInterrupt between steps once watch saw Ctrl-C.
-    Returns (state, {'train_loss', 'train_top1', 'input_wait_seconds', 'steps_run'})."""
+    Returns (state, {'train_loss', 'train_top1', 'input_wait_seconds', 'steps_run'}, the
+    last batch trained or None)."""
     steps = len(feed) // tcfg.batch_size
     first = partial["next_step"] if partial else 0
     loss_sum, acc_sum = (partial["loss_sum"], partial["acc_sum"]) if partial else (0.0, 0.0)
@@ -436,7 +504,7 @@ def _train_epoch(state, step_fn, rng, mean_dev, mgr, step_mgr, epoch, tcfg, mesh
     batches = loader.prefetch(training.put_local_batch(mesh, *b) for b in host)
     bar = progress_bar(total=steps, initial=first, desc=f"epoch {epoch}/{tcfg.epochs}",
                        unit="step", disable=not (progress and _is_main()), leave=False)
-    pending, start, wait = None, time.perf_counter(), 0.0
+    pending, start, wait, batch = None, time.perf_counter(), 0.0, None
     with bar:
         for i in range(first, steps):
             watch.check()
@@ -446,35 +514,87 @@ def _train_epoch(state, step_fn, rng, mean_dev, mgr, step_mgr, epoch, tcfg, mesh
             state, metrics = step_fn(state, batch, mean_dev, rng)
             # Read the previous step's numbers while this one runs.
             if pending is not None:
-                loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i - 1, epoch, mgr)
+                loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i - 1, epoch, run_dir)
                 done = i - first
                 bar.set_postfix(loss=f"{loss_sum / i:.3f}", acc=f"{acc_sum / i:.3f}",
                                 img_s=f"{done * tcfg.batch_size / (time.perf_counter() - start):.0f}")
                 bar.update()
             pending = metrics
             if checkpoint_every and (i + 1) % checkpoint_every == 0 and i + 1 < steps:
-                loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i, epoch, mgr)
+                loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i, epoch, run_dir)
                 pending = None
                 bar.update()
-                checkpoints.save(step_mgr, int(training.local_value(state.step)), state, {
+                _save_if_sound(step_mgr, int(training.local_value(state.step)), state, {
                     "epoch": epoch - 1, "next_step": i + 1, "loss_sum": loss_sum,
-                    "acc_sum": acc_sum, "plateau": dataclasses.asdict(plateau)})
+                    "acc_sum": acc_sum, "plateau": dataclasses.asdict(plateau)}, run_dir,
+                    epoch, i, loss_fn, batch, mean_dev, rng)
         if pending is not None:
-            loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, steps - 1, epoch, mgr)
+            loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, steps - 1, epoch, run_dir)
             bar.update()
     return state, {"train_loss": loss_sum / steps, "train_top1": acc_sum / steps,
-                   "input_wait_seconds": wait, "steps_run": steps - first}
+                   "input_wait_seconds": wait, "steps_run": steps - first}, batch
 
 
-def _check(metrics, loss_sum, acc_sum, index, epoch, mgr):
+# A mean cross-entropy above this has diverged, finite or not: chance is ln(classes)
+# (2.3 for 10, 6.9 for 1000), and this needs logits thousands apart. With --lr 1e6 the
+# first update gave a loss of 4e21, the next NaN; resuming from a checkpoint of such
+# parameters went to NaN again whatever the learning rate.
+DIVERGED_LOSS = 1e4
+
+
+def _diverged(loss: float) -> bool:
+    return not math.isfinite(loss) or loss > DIVERGED_LOSS
+
+
+def _check(metrics, loss_sum, acc_sum, index, epoch, run_dir):
     loss = float(training.local_value(metrics["loss"]))
-    if not math.isfinite(loss):
-        last = mgr.latest_step()
-        where = (f"the last good checkpoint (epoch {last}) is in {mgr.directory}"
-                 if last is not None else "no checkpoint was written yet")
-        raise NonFiniteLoss(f"training loss became {loss} at epoch {epoch}, step {index}; "
-                            f"stopped without saving: {where}; lower --lr and --resume")
+    if _diverged(loss):
+        raise _non_finite(f"training loss became {loss:g}", epoch, index, run_dir)
     return loss_sum + loss, acc_sum + float(training.local_value(metrics["accuracy"]))
+
+
+def _non_finite(what: str, epoch: int, index: int, run_dir) -> NonFiniteLoss:
+    """NonFiniteLoss (a diverged loss) naming the checkpoint --resume continues from."""
+    return NonFiniteLoss(f"{what} at epoch {epoch}, step {index}; stopped without saving: "
+                         f"{_last_checkpoint(Path(run_dir)).replace('last', 'last good', 1)}; "
+                         f"lower --lr and --resume")
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)
+                              if jnp.issubdtype(a.dtype, jnp.inexact)]))
+
+
+@functools.cache  # one compilation per (config, mesh) in a process
+def _make_stored_loss(config, mesh):
+    """jit: (params, stored batch, mean, key) -> the training loss of params on the batch
+    (training.stored_train_step's loss, without the update)."""
+    repl, data_ = training.replicated(mesh), training.batch_sharding(mesh)
+
+    def loss(params, batch, mean, key):
+        images, labels, ys, xs, flips = batch
+        x = training.augment(images, mean, ys, xs, flips, config.image_size)
+        return training.loss_and_accuracy(params, x, labels, config, key)[0]
+    return jax.jit(loss, in_shardings=(repl, (data_,) * 5, repl, repl), out_shardings=repl)
+
+
+def _save_if_sound(mgr, number: int, state, meta: dict, run_dir, epoch: int, index: int,
+                   loss_fn, batch, mean_dev, rng):
+    """checkpoints.save, unless the state exploded: parameters or optimizer state hold a
+    NaN or an infinity, or the loss of these parameters on the batch just trained has
+    diverged (_diverged; the training loss of a step is that of the parameters before its update, so
+    an exploded update shows there only a step later; a saved one made --resume diverge
+    again at once). Then NonFiniteLoss, and the last good checkpoint stays the newest.
+    loss_fn: _make_stored_loss's; batch: the last batch trained (None: not checked)."""
+    sound = bool(training.local_value(_all_finite((state.params, state.opt_state))))
+    what = "the parameters became non-finite"
+    if sound and batch is not None:
+        loss = float(training.local_value(loss_fn(state.params, batch, mean_dev, rng)))
+        sound, what = not _diverged(loss), f"the loss after the update became {loss:g}"
+    if not sound:
+        raise _non_finite(what, epoch, index, run_dir)
+    checkpoints.save(mgr, number, state, meta)
 
 
 def evaluate_feed(params, eval_fn, feed, mean_dev, batch_size, mesh, watch=None):

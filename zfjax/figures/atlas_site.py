@@ -216,10 +216,10 @@ def write_site(config: model.Network, atlas, display, folder, *, names=None, cla
     labels = render.class_labels(class_names) or (
         [f"class {i}" for i in range(len(counts))] if counts is not None else [])
     (folder / "style.css").write_text(STYLE)
-    if run.get("curves"):
-        shutil.copyfile(run["curves"], folder / "curves.png")
-        with Image.open(folder / "curves.png") as im:
+    if run.get("curves"):  # read where it is, so an error names the run's file
+        with Image.open(run["curves"]) as im:
             run["curves_size"] = im.size
+        shutil.copyfile(run["curves"], folder / "curves.png")
     followed = _followed_maps(snapshots, layers)
 
     (folder / "images").mkdir(exist_ok=True)
