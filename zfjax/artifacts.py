@@ -308,3 +308,48 @@ def save_png(fig, path, dpi: int = 120) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def unwritable(folder) -> tuple[Path, str] | None:
+    """Why ``folder`` could not be made and written: ``(place, reason)`` with place the
+    folder or, while it does not exist yet, its nearest existing ancestor, and reason one
+    of 'is a file', 'read-only file system', 'permission denied'; None if it can be."""
+    place = Path(folder)
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        return place, "is a file"
+    if not os.access(place, os.W_OK | os.X_OK):
+        read_only = os.statvfs(place).f_flag & os.ST_RDONLY
+        return place, "read-only file system" if read_only else "permission denied"
+    return None
+
+
+class LockHeld(Exception):
+    """Another process holds the lock; ``holder`` is what it wrote in the lock file."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
+@contextlib.contextmanager
+def held_lock(path, note: str = ""):
+    """Holds an exclusive flock on the file ``path`` (made if missing) while the block
+    runs, with 'pid P on host H' + ``note`` written in it. The kernel drops the lock when
+    the process ends, even by kill -9, so a stale lock file never blocks. Raises LockHeld
+    (naming the holder) if another process holds it, OSError if the file cannot be made."""
+    import socket
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+            raise LockHeld(holder or "another process") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}{note}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

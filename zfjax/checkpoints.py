@@ -25,13 +25,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import gc
 import json
 import logging
 import os
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -319,26 +317,19 @@ def lock_run_folder(run_dir):
     OSError (e.g. PermissionError) if the folder cannot be made.
     """
     run_dir = Path(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise RunFolderError(f"cannot use {run_dir} as the run folder: {e.strerror}"
-                             + (f" ({e.filename})" if e.filename else "")
-                             + "; pass another --out") from None
-    try:
+    with contextlib.ExitStack() as stack:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-            raise RunFolderBusy(f"run folder {run_dir} is in use by {holder}; wait for it to "
-                                f"finish or stop it, or pass another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} (since "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(artifacts.held_lock(
+                run_dir / LOCK_FILE, f" (since {time.strftime('%Y-%m-%d %H:%M:%S')})"))
+        except artifacts.LockHeld as e:
+            raise RunFolderBusy(f"run folder {run_dir} is in use by {e.holder}; wait for it "
+                                f"to finish or stop it, or pass another --out") from None
+        except OSError as e:
+            raise RunFolderError(f"cannot use {run_dir} as the run folder: {e.strerror}"
+                                 + (f" ({e.filename})" if e.filename else "")
+                                 + "; pass another --out") from None
         yield run_dir
-    finally:
-        os.close(fd)  # releases the lock
 
 
 class RunFolderError(OSError):

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import pathlib
 
 import numpy as np
 
 from typing import NamedTuple
 
-from zfjax import argtypes, data, loading, network
+from zfjax import argtypes, artifacts, data, loading, network
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -180,19 +179,13 @@ def check_output_folder(args) -> None:
         folder, flag = pathlib.Path(args.weights).absolute().parent / "figures", "output folder"
     else:
         return
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
+    problem = artifacts.unwritable(folder)
+    if problem is None:
+        return
+    existing, why = problem
+    if why == "is a file":
         raise ValueError(f"{flag}: cannot make folder {folder}: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag}: cannot write to {existing}"
-                         + (" (read-only file system)" if _read_only(existing) else
-                            " (permission denied)") + "; pass a writable --out")
-
-
-def _read_only(path: pathlib.Path) -> bool:
-    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    raise ValueError(f"{flag}: cannot write to {existing} ({why}); pass a writable --out")
 
 
 def run_label(target, info: dict) -> str:

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zfjax import checkpoints, data, interrupts
+from zfjax import artifacts, checkpoints, data, interrupts
 from zfjax.progress import bar as progress_bar
 
 FORMAT = "zfjax-store-1"
@@ -338,16 +338,13 @@ def _remove_if_unstarted(out: Path) -> None:
 def _check_destination(out: Path, restart: bool) -> None:
     """Raises StoreError unless out is (or can become) a folder prepare may write a
     store into; creates nothing."""
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise StoreError(f"{existing} is a file, not a folder; pass a folder for the store")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        why = ("read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY
-               else "permission denied")
+    problem = artifacts.unwritable(out)
+    if problem:
+        existing, why = problem
+        if why == "is a file":
+            raise StoreError(f"{existing} is a file, not a folder; pass a folder for the store")
         raise StoreError(f"cannot write to {existing} ({why}); pass a writable store folder")
-    if existing == out and not ((out / PARAMS).is_file() or (out / MANIFEST).is_file()) and any(
+    if out.is_dir() and not ((out / PARAMS).is_file() or (out / MANIFEST).is_file()) and any(
             p.name != LOCK for p in out.iterdir()):
         if restart:
             raise StoreError(f"--restart: {out} holds no store (no {PARAMS}), so nothing was "
@@ -360,23 +357,13 @@ def _locked(out: Path):
     """Creates out if needed and holds an exclusive lock on it (an flock on out/LOCK,
     dropped by the kernel when the process ends, even by kill -9) while the block runs.
     Raises StoreError naming the holder if another preparation holds it."""
-    import fcntl
-    import socket
-
     out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-            raise StoreError(f"{out} is being prepared by {holder}; wait for it to finish, "
-                             f"or pass another store folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+        with artifacts.held_lock(out / LOCK):
+            yield
+    except artifacts.LockHeld as e:
+        raise StoreError(f"{out} is being prepared by {e.holder}; wait for it to finish, "
+                         f"or pass another store folder") from None
 
 
 def _write_failure(out: Path, error: OSError) -> str:
