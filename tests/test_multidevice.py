@@ -1,6 +1,6 @@
 """What only runs on several accelerators, checked on 8 CPU devices: the data-parallel
-train and eval steps, atlas mining and project_units (64 units per step) over 8 devices
-give one device's results (to float tolerance)."""
+train and eval steps (stored and host-fed), atlas mining and project_units (64 units per
+step) over 8 devices give one device's results (to float tolerance)."""
 
 import os
 import subprocess
@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+import test_training
 from helpers import random_params
 from zfjax import atlas, data, deconv, model, training
 
@@ -62,6 +63,8 @@ def results(devices: int) -> dict[str, np.ndarray]:
     out["logits"] = np.asarray(logits)
     out["projections"] = np.asarray(deconv.project_units(TINY, replicated, aux, "conv2", units,
                                                          batch_size=64))
+    # The host-fed train step (test_training's two steps) on the same devices.
+    out.update({f"host/{name}": a for name, a in test_training._two_steps(devices).items()})
     return out
 
 
