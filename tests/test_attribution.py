@@ -126,6 +126,15 @@ def test_vmap_over_targets_equals_separate_calls(net):
                                    atol=1e-5 * float(jnp.abs(separate).max()))
 
 
+def test_smoothgrad_noise_is_a_fraction_of_each_images_range():
+    images = jnp.stack([jnp.linspace(0, 1, 64 * 64 * 3), jnp.linspace(-5, 5, 64 * 64 * 3)])
+    noise = attribution.smoothgrad_noise(jax.random.key(0), images.reshape(2, 64, 64, 3), 4, 0.1)
+    assert noise.shape == (2, 4, 64, 64, 3)
+    np.testing.assert_allclose(noise.std(axis=(1, 2, 3, 4)), [0.1, 1.0], rtol=0.02)
+    assert float(jnp.abs(attribution.smoothgrad_noise(jax.random.key(0), images.reshape(2, 64, 64, 3),
+                                                        2, 0.0)).max()) == 0
+
+
 @pytest.mark.parametrize("baseline", ["black", "blurred"])
 def test_integrated_gradients_completeness(net, baseline):
     params, images = net

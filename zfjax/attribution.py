@@ -197,7 +197,11 @@ def _input_attribution(config, params, images, channel, y, x, layer, kind, rule)
 def attribute(config: Network, params: dict, images: jax.Array, target: Target,
               method: str = "gradient") -> Attribution:
     """One engine pass per image: ``method`` in ``RULES`` (deconvnet, guided_backprop,
-    gradient). images (N, H, W, 3) network inputs. Returns ``Attribution``."""
+    gradient). images (N, H, W, 3) network inputs. Returns ``Attribution``.
+
+    The deconvnet starts from the target's activations (a unit's value, a whole map:
+    ``deconv.feature_map_signal``), as ``deconv.project`` does; the others from 1.
+    """
     if method not in RULES:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(RULES)}")
     images = jnp.asarray(images)
@@ -241,7 +245,7 @@ def smoothgrad(config: Network, params: dict, images: jax.Array, target: Target,
 def smoothgrad_with_noise(config: Network, params: dict, images: jax.Array, target: Target,
                           noise: jax.Array, *, method: str = "gradient") -> Attribution:
     """SmoothGrad with given noise (N, S, H, W, 3) (``smoothgrad_noise``)."""
-    images = jnp.asarray(images, jnp.float32)
+    images, noise = jnp.asarray(images, jnp.float32), jnp.asarray(noise, jnp.float32)
     n = images.shape[0]
     if noise.ndim != 5 or noise.shape[0] != n or noise.shape[2:] != images.shape[1:]:
         raise ValueError(f"noise must have shape (N, samples, H, W, 3) = ({n}, S, "
