@@ -73,11 +73,6 @@ def test_gradient_equals_jax_grad_for_each_target_kind(net):
         got = attribution.attribute(TINY, params, images, target, "gradient")
         assert float(jnp.abs(want).max()) > 0, target.layer
         np.testing.assert_allclose(got.maps, want, rtol=1e-5, atol=1e-6 * float(jnp.abs(want).max()))
-    # The contrast norm's true gradient matters: passing it through gives another map.
-    passed = attribution._input_attribution(
-        TINY, params, images, jnp.array([1, 0]), jnp.zeros(2, jnp.int32), jnp.zeros(2, jnp.int32),
-        LOGITS, "logit", attribution.Rule("mask", "pass", "one"))[0]
-    assert relative_error(passed, cases[-1][1]) > 1e-3
 
 
 def test_deconvnet_equals_deconv_project(net):
@@ -127,12 +122,12 @@ def test_vmap_over_targets_equals_separate_calls(net):
 
 
 def test_smoothgrad_noise_is_a_fraction_of_each_images_range():
-    images = jnp.stack([jnp.linspace(0, 1, 64 * 64 * 3), jnp.linspace(-5, 5, 64 * 64 * 3)])
-    noise = attribution.smoothgrad_noise(jax.random.key(0), images.reshape(2, 64, 64, 3), 4, 0.1)
-    assert noise.shape == (2, 4, 64, 64, 3)
-    np.testing.assert_allclose(noise.std(axis=(1, 2, 3, 4)), [0.1, 1.0], rtol=0.02)
-    assert float(jnp.abs(attribution.smoothgrad_noise(jax.random.key(0), images.reshape(2, 64, 64, 3),
-                                                        2, 0.0)).max()) == 0
+    images = np.stack([np.linspace(0, 1, 16 * 16 * 3), np.linspace(-5, 5, 16 * 16 * 3)])
+    images = images.reshape(2, 16, 16, 3)
+    noise = np.asarray(attribution.smoothgrad_noise(jax.random.key(0), images, 16, 0.1))
+    assert noise.shape == (2, 16, 16, 16, 3)
+    np.testing.assert_allclose(noise.std(axis=(1, 2, 3, 4)), [0.1, 1.0], rtol=0.03)
+    assert not np.asarray(attribution.smoothgrad_noise(jax.random.key(0), images, 2, 0.0)).any()
 
 
 @pytest.mark.parametrize("baseline", ["black", "blurred"])
