@@ -1,0 +1,278 @@
+"""Attribution methods (zfjax.attribution): the engine's rules, gradient == jax.grad,
+deconvnet == zfjax.deconv, Captum references, completeness, batching, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import TINY, random_params
+
+from zfjax import attribution, deconv, model
+from zfjax.attribution import LOGITS, Target
+
+
+@pytest.fixture(scope="module")
+def net():
+    """TINY (64 px, contrast norm on) with biases, and two random images."""
+    params = random_params(TINY, seed=1, bias_std=0.1)
+    images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    return params, jnp.asarray(images)
+
+
+def strongest_conv5_units(params, images):
+    """Each image's strongest conv5 unit, on channels 1 and 2: Target (2 units)."""
+    _, aux = model.forward_jit(TINY, params, images)
+    units = [deconv.strongest_units(aux, "conv5", [i + 1], image=i) for i in range(2)]
+    return Target("conv5", jnp.array([1, 2]), jnp.array([int(u.y[0]) for u in units]),
+                  jnp.array([int(u.x[0]) for u in units]))
+
+
+def relative_error(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def test_relu_rules_by_hand():
+    g = jnp.array([-1.0, 2.0, -3.0, 4.0])
+    forward_out = jnp.array([0.0, 1.0, 1.0, 0.0])
+    rules = {rule: attribution._ruled_relu_bwd(rule, forward_out, g)[0]
+             for rule in ("rectify", "guided", "mask")}
+    np.testing.assert_array_equal(rules["rectify"], [0, 2, 0, 4])  # deconvnet
+    np.testing.assert_array_equal(rules["guided"], [0, 2, 0, 0])
+    np.testing.assert_array_equal(rules["mask"], [0, 2, -3, 0])  # the true gradient
+
+
+def test_gradient_equals_jax_grad_for_each_target_kind(net):
+    params, images = net
+    units = strongest_conv5_units(params, images)
+
+    @jax.jit
+    @jax.vmap
+    @jax.grad
+    def reference(image, on_conv5, on_pool2, on_logits):
+        """jax.grad of the selected activations' sum: one compile for the three kinds."""
+        logits, aux = model.forward(TINY, params, image[None])
+        acts = aux["activations"]
+        return (jnp.sum(on_conv5 * acts["conv5"][0]) + jnp.sum(on_pool2 * acts["pool2"][0])
+                + jnp.sum(on_logits * logits[0]))
+
+    _, aux = model.forward_jit(TINY, params, images)
+    none = {k: jnp.zeros((2, *aux["activations"][k].shape[1:])) for k in ("conv5", "pool2")}
+    none["logits"] = jnp.zeros((2, TINY.num_classes))
+    rows = jnp.arange(2)
+    selections = {
+        "conv5": none["conv5"].at[rows, units.y, units.x, units.channel].set(1),
+        "pool2": none["pool2"].at[rows, ..., jnp.array([0, 3])].set(1),
+        "logits": none["logits"].at[rows, jnp.array([1, 0])].set(1),
+    }
+    targets = {"conv5": units, "pool2": Target("pool2", jnp.array([0, 3])),
+               "logits": Target(LOGITS, jnp.array([1, 0]))}
+    cases = [(targets[k], reference(images, *({**none, k: selections[k]}.values())))
+             for k in selections]
+    for target, want in cases:
+        got = attribution.attribute(TINY, params, images, target, "gradient")
+        assert float(jnp.abs(want).max()) > 0, target.layer
+        np.testing.assert_allclose(got.maps, want, rtol=1e-5, atol=1e-6 * float(jnp.abs(want).max()))
+
+
+def test_deconvnet_equals_deconv_project(net):
+    params, images = net
+    units = strongest_conv5_units(params, images)
+    got = attribution.attribute(TINY, params, images, units, "deconvnet")
+    _, aux = model.forward_jit(TINY, params, images)
+    want = deconv.project_units(TINY, params, aux, "conv5",
+                                deconv.Units(jnp.arange(2), units.channel, units.y, units.x))
+    assert relative_error(got.maps, want) < 1e-5
+    np.testing.assert_allclose(got.outputs, aux["activations"]["conv5"][jnp.arange(2), units.y,
+                                                                      units.x, units.channel])
+
+
+def test_batched_equals_one_at_a_time(net):
+    params, images = net
+    units = strongest_conv5_units(params, images)
+    logit = Target(LOGITS, jnp.array([1, 0]))
+    batched = [
+        attribution.attribute(TINY, params, images, units, "guided_backprop").maps,
+        attribution.integrated_gradients(TINY, params, images, logit, jnp.zeros((64, 64, 3)),
+                                         steps=2).maps,
+        attribution.grad_cam(TINY, params, images, logit, "conv5").maps,
+    ]
+    for i in range(2):
+        one = Target(units.layer, units.channel[i], units.y[i], units.x[i])
+        one_logit = Target(LOGITS, logit.channel[i])
+        singles = [
+            attribution.attribute(TINY, params, images[i : i + 1], one, "guided_backprop").maps,
+            attribution.integrated_gradients(TINY, params, images[i : i + 1], one_logit,
+                                             jnp.zeros((64, 64, 3)), steps=2).maps,
+            attribution.grad_cam(TINY, params, images[i : i + 1], one_logit, "conv5").maps,
+        ]
+        for b, s in zip(batched, singles):
+            np.testing.assert_allclose(b[i], s[0], rtol=1e-5, atol=1e-5 * float(jnp.abs(s).max()))
+
+
+def test_vmap_over_targets_equals_separate_calls(net):
+    params, images = net
+    classes = jnp.array([[1, 0], [0, 1]])
+    mapped = jax.vmap(lambda c: attribution.attribute(TINY, params, images, Target(LOGITS, c)).maps)(
+        classes)
+    for k in range(2):
+        separate = attribution.attribute(TINY, params, images, Target(LOGITS, classes[k])).maps
+        np.testing.assert_allclose(mapped[k], separate, rtol=1e-5,
+                                   atol=1e-5 * float(jnp.abs(separate).max()))
+
+
+def test_smoothgrad_noise_is_a_fraction_of_each_images_range():
+    images = np.stack([np.linspace(0, 1, 16 * 16 * 3), np.linspace(-5, 5, 16 * 16 * 3)])
+    images = images.reshape(2, 16, 16, 3)
+    noise = np.asarray(attribution.smoothgrad_noise(jax.random.key(0), images, 16, 0.1))
+    assert noise.shape == (2, 16, 16, 16, 3)
+    np.testing.assert_allclose(noise.std(axis=(1, 2, 3, 4)), [0.1, 1.0], rtol=0.03)
+    assert not np.asarray(attribution.smoothgrad_noise(jax.random.key(0), images, 2, 0.0)).any()
+
+
+@pytest.mark.parametrize("baseline", ["black", "blurred"])
+def test_integrated_gradients_completeness(net, baseline):
+    params, images = net
+    base = (jnp.full((64, 64, 3), -0.5) if baseline == "black"
+            else attribution.blurred_baseline(images, sigma=4.0))
+    ig = attribution.integrated_gradients(TINY, params, images, Target(LOGITS, jnp.array([0, 1])),
+                                          base, steps=64)
+    gap = ig.outputs - ig.baseline_outputs
+    # A ReLU network is piecewise linear along the path: the midpoint rule's error comes
+    # from the kinks, and shrinks with the steps.
+    scale = float(jnp.maximum(jnp.abs(ig.outputs), jnp.abs(ig.baseline_outputs)).max())
+    np.testing.assert_allclose(ig.maps.sum((1, 2, 3)), gap, atol=0.03 * scale)
+    coarse = attribution.integrated_gradients(TINY, params, images, Target(LOGITS, jnp.array([0, 1])),
+                                              base, steps=2)
+    assert (float(jnp.abs(ig.maps.sum((1, 2, 3)) - gap).sum())
+            < float(jnp.abs(coarse.maps.sum((1, 2, 3)) - gap).sum()))
+
+
+# ---- Captum on the same weights -------------------------------------------------------
+
+
+def torch_network(params, config):
+    """The whole network (flatten in NHWC order, true contrast normalisation) as
+    torch.nn.Sequential, and layer -> the module whose output is its recorded map."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    class FlattenNHWC(nn.Module):
+        def forward(self, x):
+            return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+
+    def tensor(a):
+        return torch.from_numpy(np.ascontiguousarray(a, np.float32))
+
+    layers, modules = [], {}
+    for stage in model.stages(config):
+        if isinstance(stage, model.Conv):
+            kernel = np.asarray(params[stage.name]["kernel"])
+            layer = nn.Conv2d(kernel.shape[2], kernel.shape[3], stage.kernel, stage.stride,
+                              stage.padding)
+            layer.weight.data = tensor(kernel.transpose(3, 2, 0, 1))
+            layer.bias.data = tensor(params[stage.name]["bias"])
+        elif isinstance(stage, model.Dense):
+            kernel = np.asarray(params[stage.name]["kernel"])
+            layer = nn.Linear(*kernel.shape)
+            layer.weight.data = tensor(kernel.T)
+            layer.bias.data = tensor(params[stage.name]["bias"])
+        elif isinstance(stage, model.MaxPool):
+            layer = nn.MaxPool2d(stage.window, stage.stride, stage.padding, ceil_mode=stage.ceil)
+        elif isinstance(stage, model.ReLU):
+            layer = nn.ReLU()
+        elif isinstance(stage, model.LRN):
+            layer = nn.LocalResponseNorm(stage.size, stage.alpha, stage.beta, stage.k)
+        elif isinstance(stage, model.Flatten):
+            layer = FlattenNHWC()
+        else:  # dropout: inference
+            continue
+        if isinstance(stage, (model.Conv, model.MaxPool)) or (
+                isinstance(stage, model.ReLU) and isinstance(layers[-1], nn.Conv2d)):
+            modules[getattr(stage, "name", None) or list(modules)[-1]] = layer
+        layers.append(layer)
+    return nn.Sequential(*layers).eval(), modules
+
+
+def test_methods_equal_captum(net):
+    """Guided backprop, gradient x input, integrated gradients (midpoint rule), SmoothGrad
+    (the same noise: Captum's gradient averaged over our noisy copies) and Grad-CAM."""
+    torch = pytest.importorskip("torch")
+    captum = pytest.importorskip("captum.attr")
+    params, images = net
+    torch_net, modules = torch_network(params, TINY)
+    classes = jnp.array([1, 0])
+    target = Target(LOGITS, classes)
+
+    def nchw(a):
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(a, np.float32).transpose(0, 3, 1, 2)))
+
+    def nhwc(t):
+        return t.detach().numpy().transpose(0, 2, 3, 1)
+
+    inputs, torch_classes = nchw(images), torch.tensor(np.asarray(classes))
+    np.testing.assert_allclose(torch_net(inputs).detach().numpy(),
+                               model.forward(TINY, params, images)[0], rtol=1e-4, atol=1e-5)
+    baseline = attribution.blurred_baseline(images, sigma=4.0)
+    # 2 steps, 2 samples: every batch of 4 inputs runs one compiled program.
+    noise = attribution.smoothgrad_noise(jax.random.key(0), images, 2, 0.2)
+    noisy = (images[:, None] + noise).reshape(4, 64, 64, 3)
+    saliency = nhwc(captum.Saliency(torch_net).attribute(
+        nchw(noisy), target=torch_classes.repeat_interleave(2), abs=False))
+    cases = {
+        "guided backprop": (attribution.attribute(TINY, params, images, target, "guided_backprop").maps,
+                            nhwc(captum.GuidedBackprop(torch_net).attribute(inputs, target=torch_classes))),
+        "gradient x input": (attribution.gradient_x_input(TINY, params, images, target).maps,
+                             nhwc(captum.InputXGradient(torch_net).attribute(inputs, target=torch_classes))),
+        "integrated gradients": (
+            attribution.integrated_gradients(TINY, params, images, target, baseline, steps=2).maps,
+            nhwc(captum.IntegratedGradients(torch_net).attribute(
+                inputs, nchw(baseline), target=torch_classes, n_steps=2, method="riemann_middle"))),
+        "smoothgrad": (attribution.smoothgrad_with_noise(TINY, params, images, target, noise).maps,
+                       saliency.reshape(2, 2, 64, 64, 3).mean(1)),
+        "grad-cam": (attribution.grad_cam(TINY, params, images, target, "conv5").maps,
+                     captum.LayerGradCam(torch_net, modules["conv5"]).attribute(
+                         inputs, target=torch_classes, relu_attributions=True)[:, 0].detach().numpy()),
+    }
+    for name, (got, want) in cases.items():
+        assert np.abs(want).max() > 0, name
+        assert relative_error(got, want) < 1e-4, name
+
+
+# ---- bad input --------------------------------------------------------------------------
+
+
+def one_line_error(call, *words):
+    with pytest.raises(ValueError) as raised:
+        call()
+    message = str(raised.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_bad_input_is_one_clear_line(net):
+    params, images = net
+    logit = Target(LOGITS, 0)
+    black = jnp.zeros((64, 64, 3))
+    attribute = attribution.attribute
+    one_line_error(lambda: attribute(TINY, params, images, logit, "lrp"), "unknown method 'lrp'",
+                   "guided_backprop")
+    one_line_error(lambda: attribute(TINY, params, images, Target(LOGITS, 2)), "class 2", "0..1")
+    one_line_error(lambda: attribute(TINY, params, images, Target("conv5", 99)), "channel 99")
+    one_line_error(lambda: attribute(TINY, params, images, Target("conv5", 0, 3, 0)), "y 3", "0..2")
+    one_line_error(lambda: attribute(TINY, params, images, Target("conv5", 0, 0)), "both y and x")
+    one_line_error(lambda: attribute(TINY, params, images, Target("fc9", 0)), "unknown target layer")
+    one_line_error(lambda: attribute(TINY, params, images, Target(LOGITS, [0, 1, 1])),
+                   "one per image (2,)")
+    ig = attribution.integrated_gradients
+    one_line_error(lambda: ig(TINY, params, images, logit, jnp.zeros((32, 32, 3))),
+                   "baseline must have the shape", "(64, 64, 3)")
+    one_line_error(lambda: ig(TINY, params, images, logit, black, steps=0), "steps must be a positive")
+    noise = attribution.smoothgrad_noise
+    one_line_error(lambda: noise(jax.random.key(0), images, 0, 0.1), "samples must be a positive")
+    one_line_error(lambda: noise(jax.random.key(0), images, 2, -0.1), "noise must be", ">= 0")
+    cam = attribution.grad_cam
+    one_line_error(lambda: cam(TINY, params, images, logit, "fc6"), "unknown layer 'fc6'")
+    one_line_error(lambda: cam(TINY, params, images, Target("conv3", 0), "conv5"),
+                   "needs a target above it")
