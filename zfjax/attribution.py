@@ -36,8 +36,8 @@ import numpy as np
 from jax import lax
 
 from zfjax import model
-from zfjax.deconv import _check_range
-from zfjax.network import LRN, Conv, Dense, Flatten, MaxPool, Network, ReLU, stages
+from zfjax.deconv import check_range
+from zfjax.network import LRN, Network, ReLU, stages
 
 LOGITS = "logits"
 
@@ -132,23 +132,14 @@ _norm_passed_through.defvjp(lambda lrn, x: (model.contrast_normalize(x, lrn), No
 def run_stages(config: Network, params: dict, x: jax.Array, start: int, stop: int,
                rule: Rule) -> jax.Array:
     """stages(config)[start:stop] on x at inference (no dropout), with the rule's ReLU
-    and contrast normalisation. The forward values equal ``model.apply_stages``'s."""
-    dtype = config.compute_dtype
-    for stage in stages(config)[start:stop]:
-        if isinstance(stage, Conv):
-            x = model.conv(stage, params, x, dtype)
-        elif isinstance(stage, MaxPool):
-            x, _ = model.max_pool_with_switches(x, stage)
-        elif isinstance(stage, Dense):
-            x = model.dense(stage, params, x, dtype)
-        elif isinstance(stage, ReLU):
-            x = _ruled_relu(rule.relu, x)
-        elif isinstance(stage, LRN):
-            x = (model.contrast_normalize(x, stage) if rule.norm == "grad"
-                 else _norm_passed_through(stage, x))
-        elif isinstance(stage, Flatten):
-            x = x.reshape(x.shape[0], -1)
-    return x
+    and contrast normalisation (``model.apply_stages``, the one interpreter of the
+    stage table): the forward values are the network's, the backward is the rule's."""
+    normalize = (model.contrast_normalize if rule.norm == "grad"
+                 else lambda x, lrn: _norm_passed_through(lrn, x))
+    out, _, _ = model.apply_stages(config, params, x, start, stop,
+                                   record=False, relu=partial(_ruled_relu, rule.relu),
+                                   normalize=normalize)
+    return out
 
 
 def stop_after(config: Network, layer: str) -> int:
@@ -343,18 +334,18 @@ def _checked_target(config: Network, target: Target, count: int):
     for an unknown layer or a target out of range (checked unless traced)."""
     if target.layer == LOGITS:
         kind = "logit"
-        _check_range("class", target.channel, config.num_classes, LOGITS)
+        check_range("class", target.channel, config.num_classes, LOGITS)
     elif target.layer in model.projectable_layers(config):
         size = model.layer_sizes(config)[target.layer]
         kind = "map" if target.y is None and target.x is None else "unit"
         if kind == "unit" and (target.y is None or target.x is None):
             raise ValueError(f"a unit target on {target.layer} needs both y and x; got "
                              f"y={target.y!r}, x={target.x!r}")
-        _check_range("channel", target.channel, model.num_channels(config, target.layer),
+        check_range("channel", target.channel, model.num_channels(config, target.layer),
                      target.layer)
         if kind == "unit":
-            _check_range("y", target.y, size, target.layer)
-            _check_range("x", target.x, size, target.layer)
+            check_range("y", target.y, size, target.layer)
+            check_range("x", target.x, size, target.layer)
     else:
         raise ValueError(f"unknown target layer {target.layer!r}; expected one of "
                          f"{', '.join(model.projectable_layers(config))} or {LOGITS!r}")

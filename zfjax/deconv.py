@@ -278,7 +278,9 @@ def _concrete(v):
     return np.asarray(v)
 
 
-def _check_range(what: str, v, limit: int, layer: str) -> None:
+def check_range(what: str, v, limit: int, layer: str) -> None:
+    """Raises ValueError naming the first of v (int or array; skipped while traced) not in
+    0..limit-1."""
     arr = _concrete(v)
     if arr is not None and arr.size and (arr.min() < 0 or arr.max() >= limit):
         bad = arr[(arr < 0) | (arr >= limit)].ravel()[0]
@@ -286,16 +288,16 @@ def _check_range(what: str, v, limit: int, layer: str) -> None:
 
 
 def _check_channels(channel, num: int, layer: str) -> None:
-    _check_range("channel", channel, num, layer)
+    check_range("channel", channel, num, layer)
 
 
 def _check_units(layer, shape, channel, y, x, image=None) -> None:
     n, h, w, c = shape
     _check_channels(channel, c, layer)
-    _check_range("y", y, h, layer)
-    _check_range("x", x, w, layer)
+    check_range("y", y, h, layer)
+    check_range("x", x, w, layer)
     if image is not None:
-        _check_range("image index", image, n, layer)
+        check_range("image index", image, n, layer)
 
 
 

@@ -175,21 +175,25 @@ def dense(stage: Dense, params: dict, x: jax.Array, dtype) -> jax.Array:
     return x @ params[stage.name]["kernel"].astype(dtype) + params[stage.name]["bias"].astype(dtype)
 
 
-def apply_stages(config: Network, params: dict, x: jax.Array, start: int = 0, *,
-                 train: bool = False, dropout_key: jax.Array | None = None,
-                 record: bool = True):
-    """Run stages[start:] on x. Returns (output, activations dict, switches dict).
+def apply_stages(config: Network, params: dict, x: jax.Array, start: int = 0,
+                 stop: int | None = None, *, train: bool = False,
+                 dropout_key: jax.Array | None = None, record: bool = True,
+                 relu=nn.relu, normalize=None):
+    """Run stages[start:stop] on x. Returns (output, activations dict, switches dict).
 
     A named stage's activation is recorded after the ReLU that follows it (if
     any), before normalisation and dropout; the last dense layer (the logits)
-    is returned, not recorded.
+    is returned, not recorded. ``relu(x)`` and ``normalize(x, lrn_stage)`` (default
+    ``contrast_normalize``) stand for those stages: the attribution methods pass
+    versions with the same values and their own backward rule (zfjax.attribution).
     """
+    normalize = normalize or contrast_normalize
     dtype = config.compute_dtype
     table = stages(config)
     last_dense = dense_layers(config)[-1]
     acts, switches = {}, {}
     pending = None
-    for i in range(start, len(table)):
+    for i in range(start, len(table) if stop is None else stop):
         stage = table[i]
         if isinstance(stage, Conv):
             x = conv(stage, params, x, dtype)
@@ -198,9 +202,9 @@ def apply_stages(config: Network, params: dict, x: jax.Array, start: int = 0, *,
         elif isinstance(stage, Dense):
             x = dense(stage, params, x, dtype)
         elif isinstance(stage, ReLU):
-            x = nn.relu(x)
+            x = relu(x)
         elif isinstance(stage, LRN):
-            x = contrast_normalize(x, stage)
+            x = normalize(x, stage)
         elif isinstance(stage, Flatten):
             x = x.reshape(x.shape[0], -1)
         elif isinstance(stage, Dropout):
