@@ -53,6 +53,10 @@ def parse_args(argv=None):
     p.add_argument("--no-renorm", action="store_true",
                    help="train without filter renormalisation (the paper's Fig. 6 (a); compare "
                         "with visualize.py filters RUN --compare OTHER_RUN)")
+    p.add_argument("--shuffle-labels", action="store_true",
+                   help="train on the training labels permuted over the images (from --seed; "
+                        "validation keeps the true ones): the data randomisation of the sanity "
+                        "checks, visualize.py sanity RUN --random-labels THIS_RUN")
     p.add_argument("--out", help="run folder (default: runs/<preset>-<time>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest checkpoint, with its config; "
@@ -97,6 +101,8 @@ def resume_requests(args) -> dict:
                 for name, value in given.items() if value is not None}
     if args.no_renorm:
         requests["filter_radius"] = trainer.Requested(None, "--no-renorm")
+    if args.shuffle_labels:
+        requests["shuffle_labels"] = trainer.Requested(True, "--shuffle-labels")
     if args.preset is not None:
         for name, value in trainer.resume_settings(build_run(args)).items():
             requests.setdefault(name, trainer.Requested(
@@ -125,6 +131,8 @@ def build_run(args):
         model = network.with_variant(model, args.variant)
     if args.no_renorm:
         train = dataclasses.replace(train, filter_radius=None)
+    if args.shuffle_labels:
+        train = dataclasses.replace(train, shuffle_labels=True)
     dtype = args.dtype or _default_dtype()
     if dtype != model.dtype:
         model = dataclasses.replace(model, dtype=dtype)

@@ -145,6 +145,43 @@ class InMemory:
             yield EvalBatch(images, labels, m)
 
 
+# Seeds the label permutation of --shuffle-labels apart from the epoch orders of the same seed.
+LABEL_PERMUTATION_STREAM = 0x5A1E
+
+
+def permuted_labels(labels: np.ndarray, seed: int) -> np.ndarray:
+    """int32 (N,): ``labels`` permuted over the images by a permutation drawn from ``seed``
+    (the same classes in the same numbers, no longer tied to the images)."""
+    order = np.random.default_rng([seed, LABEL_PERMUTATION_STREAM]).permutation(len(labels))
+    return np.asarray(labels, np.int32)[order]
+
+
+class PermutedLabels:
+    """A training feed (``InMemory`` or ``Streamed``) whose batches carry
+    ``permuted_labels`` of its labels; images, order, crops and the rest are the feed's.
+    The data randomisation of Adebayo et al. 2018 (train.py --shuffle-labels)."""
+
+    def __init__(self, feed, seed: int):
+        self.feed = feed
+        labels = (feed.set.labels if isinstance(feed, InMemory)
+                  else feed.store.labels(feed.split)[feed.records])
+        self.labels = permuted_labels(labels, seed)
+
+    def __len__(self):
+        return len(self.feed)
+
+    def __getattr__(self, name):
+        return getattr(self.feed, name)
+
+    def train(self, batch_size, input_size, *, seed, epoch, start_step=0) -> Iterator[HostBatch]:
+        """The feed's batches, each image's label replaced by its permuted one."""
+        idx = train_indices(len(self), batch_size, seed=seed, epoch=epoch, start_step=start_step)
+        batches = self.feed.train(batch_size, input_size, seed=seed, epoch=epoch,
+                                  start_step=start_step)
+        for batch, rows in zip(batches, idx):
+            yield batch._replace(labels=self.labels[rows])
+
+
 class _ReadDecode:
     """Grain map: record index -> (uint8 image, label), read and decoded in a worker."""
 

@@ -115,7 +115,7 @@ class Interrupted(KeyboardInterrupt):
 RESUME_FIXED = {"image_size": "--size", "width": "--width", "batch_size": "--batch",
                 "seed": "--seed", "data": "--data", "data_dir": "--data-dir",
                 "train_limit": "--limit", "variant": "--variant",
-                "filter_radius": "--no-renorm"}
+                "filter_radius": "--no-renorm", "shuffle_labels": "--shuffle-labels"}
 
 
 class Requested(NamedTuple):
@@ -133,7 +133,7 @@ def resume_settings(run: Run) -> dict:
     return {"image_size": model.image_size, "width": model.width,
             "batch_size": run.train.batch_size, "seed": run.train.seed, "data": run.data,
             "data_dir": run.data_dir, "train_limit": run.train_limit, "variant": variant,
-            "filter_radius": run.train.filter_radius}
+            "filter_radius": run.train.filter_radius, "shuffle_labels": run.train.shuffle_labels}
 
 
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
@@ -262,11 +262,15 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
     if len(train_feed) < tcfg.batch_size:
         raise ValueError(f"{len(train_feed)} training images are fewer than one batch of "
                          f"{tcfg.batch_size}; pass a smaller --batch")
+    if tcfg.shuffle_labels:  # recorded in config.json's train section: a resume keeps it
+        train_feed = loader.PermutedLabels(train_feed, tcfg.seed)
     config = dataclasses.replace(run.model, num_classes=len(train_feed.class_names))
     run = dataclasses.replace(run, model=config)
     _say(_banner(run, run_dir, mesh, resume))
     _say(f"data: {len(train_feed)} training and {len(val_feed)} validation images, "
-         f"{config.num_classes} classes\ninput: {how}")
+         f"{config.num_classes} classes\ninput: {how}"
+         + ("\nlabels: training labels permuted over the images (--shuffle-labels)"
+            if tcfg.shuffle_labels else ""))
     mean_file = run_dir / checkpoints.MEAN_FILE
     mean = np.load(mean_file) if resume and mean_file.exists() else data_mean
     probe_count = min(run.probe_count, len(val_feed))

@@ -47,6 +47,8 @@ class TrainConfig:
         validation error improving by plateau_threshold), 'step' (x lr_decay after
         each epoch in lr_steps) or 'constant'.
     filter_radius: conv filters with a larger RMS are rescaled to it (None: off).
+    shuffle_labels: train on the training labels permuted over the images, from the seed
+        (``loader.PermutedLabels``): the data randomisation of the sanity checks.
     """
 
     epochs: int = 70
@@ -61,6 +63,7 @@ class TrainConfig:
     lr_steps: tuple[int, ...] = ()
     filter_radius: float | None = 0.1
     seed: int = 0
+    shuffle_labels: bool = False
 
     def __post_init__(self):
         if self.lr_schedule not in SCHEDULES:
