@@ -34,6 +34,8 @@ compilation serves all). The figure is ``zfjax.figures.sanity``, the command
 
 from __future__ import annotations
 
+import csv
+import io
 from functools import partial
 from typing import NamedTuple
 
@@ -294,3 +296,13 @@ def format_table(check: Check, field: str = "rank_absolute") -> str:
         lines.append(f"{method:<21}" + "".join(f"{values[d, m]:>{width}.3f}"
                                               for d in range(len(check.steps))))
     return "\n".join(lines)
+
+
+def csv_text(rows: list[dict]) -> str:
+    """``table_rows`` as CSV text (floats to 4 decimals)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
+    return out.getvalue()
