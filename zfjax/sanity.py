@@ -240,7 +240,11 @@ def model_randomisation(config: Network, params: dict, images: jax.Array, classe
     after it is done (None: silent)."""
     methods = check_methods(methods)
     layers = top_down_layers(config)
-    fresh = model.init_params(config, key)
+    # Every tree on one device, committed: jit keys its cache on that too, and loaded
+    # (committed) layers mixed with fresh (uncommitted) ones compiled once per step.
+    device = jax.devices()[0]
+    params = jax.device_put(params, device)
+    fresh = jax.device_put(model.init_params(config, key), device)
     steps = [method_maps(config, p, images, classes, methods, settings)
              for p in _reporting(randomised_networks(params, fresh, layers, kind),
                                  ("trained",) + layers, progress)]
