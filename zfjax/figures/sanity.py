@@ -24,26 +24,25 @@ def plot_maps(check, display: np.ndarray, image: int = 0, extra=None, title: str
     columns = [(name, np.asarray(check.maps.absolute)[d]) for d, name in enumerate(check.steps)]
     if extra is not None:
         columns.append((extra.steps[-1], np.asarray(extra.maps.absolute)[-1]))
-    rows, cols = len(check.methods), len(columns) + 1
-    fig = Figure(figsize=(1.25 * cols + 0.4, 1.3 * rows + 0.8))
-    grid = fig.add_gridspec(rows, cols, wspace=0.05, hspace=0.08)
+    rows = len(check.methods)
+    fig = Figure(figsize=(1.25 * (len(columns) + 1.3) + 0.4, 1.3 * rows + 0.8))
+    # A narrow empty column keeps the method names off the input image.
+    grid = fig.add_gridspec(rows, len(columns) + 2, width_ratios=[1, 0.3] + [1] * len(columns),
+                            wspace=0.05, hspace=0.08, top=1 - 0.5 / (1.3 * rows + 0.8))
+    ax = fig.add_subplot(grid[0, 0])
+    ax.imshow(display[image])
+    ax.set_title("input", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
     for r, method in enumerate(check.methods):
-        ax = fig.add_subplot(grid[r, 0])
-        if r == 0:
-            ax.imshow(display[image])
-            ax.set_title("input", fontsize=8)
-        else:
-            ax.axis("off")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for c, (name, maps) in enumerate(columns, start=1):
-            ax = fig.add_subplot(grid[r, c])
+        for c, (name, maps) in enumerate(columns):
+            ax = fig.add_subplot(grid[r, c + 2])
             ax.imshow(maps[r, image], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(name, fontsize=8)
-            if c == 1:
+            if c == 0:
                 ax.set_ylabel(method.replace("_", "\n"), fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
@@ -79,7 +78,7 @@ def plot_similarity(checks, random_labels=None, title: str = ""):
             ticks = names + (["random\nlabels"] if extra else [])
             ax.set_xticks(np.arange(len(ticks)), ticks, rotation=60, fontsize=7)
             ax.axhline(0, color="0.6", lw=0.6)
-            ax.set_ylim(-1.05 if field == "rank_signed" else -0.1, 1.05)
+            ax.set_ylim(-0.1 if field == "ssim" else -1.05, 1.05)
             ax.set_title(f"{check.kind}: {SIMILARITY_TITLES[field]}", fontsize=9)
             ax.set_xlabel("randomised " + ("down to" if check.kind == "cascading" else "alone"),
                           fontsize=8)
