@@ -57,6 +57,9 @@ def test_layers_are_randomised_top_down_cascading_or_one_at_a_time():
         sanity.randomised_networks(params, fresh, order, "both")
 
 
+# Cost: one compilation of the gradient maps and one of init_params for the tiny network
+# (52 s on the shared 2-core machine at load ~10; 138 s at load 24), shared by the tests
+# below through checks() and the command's test.
 def test_step_0_is_the_trained_networks_maps_and_randomising_changes_the_gradient():
     params, images, classes, settings = inputs()
     trained = jax.device_get(sanity.method_maps(TINY, params, images, classes, METHODS,
@@ -128,6 +131,7 @@ def tiny_run(tmp_path_factory):
     return write_tiny_run(tmp_path_factory.mktemp("sanity"))
 
 
+# Cost: loading two runs and the forward's compilation (36 s at load ~10).
 def test_cli_writes_figures_csv_arrays_and_prints_the_tables(tiny_run, tmp_path, run_cli):
     """With --random-labels naming a second run (here with the same weights: similarity 1)."""
     twin = write_tiny_run(tmp_path / "twin")
