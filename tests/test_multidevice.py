@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 import test_training
 from helpers import random_params
@@ -78,6 +79,7 @@ EIGHT_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_eight_devices_give_one_devices_results(tmp_path):
     # One subprocess for every 8-device check (JAX reads the device count once, at start).
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",

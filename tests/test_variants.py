@@ -121,6 +121,7 @@ def test_train_py_variant_flag():
         train.parse_args(["--variant", "resnet"])
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_sweep_trains_each_variant_once_resumes_and_writes_table3(tmp_path, capsys):
     import sweep as sweep_cli
     from PIL import Image
