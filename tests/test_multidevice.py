@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 import test_training
-from helpers import random_params
+from helpers import TINY10, random_params
 from zfjax import atlas, data, deconv, model, training
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
-BATCH = 16  # two images per device
+TINY = TINY10
+BATCH = 16  # two images per device; helpers.BATCH, so one device's programs are shared
 
 
 def results(devices: int) -> dict[str, np.ndarray]:

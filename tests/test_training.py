@@ -9,12 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import BATCH, TINY10 as TINY  # the shared tiny network: one compile per process
 from zfjax import model, training
 
 ROOT = Path(__file__).resolve().parents[1]
-# The one tiny network the training tests share (one compilation per process).
-TINY = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
-BATCH = 16
 
 
 def _batch(seed=0, n=BATCH):
