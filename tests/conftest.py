@@ -1,6 +1,26 @@
 """Fixtures shared by the tests (plain helpers: tests/helpers.py)."""
 
+from typing import TYPE_CHECKING, NamedTuple
+
 import pytest
+
+if TYPE_CHECKING:
+    from zfjax.model import ZFNetConfig
+
+
+class TinyNetwork(NamedTuple):
+    """A network config and weights for it."""
+
+    config: "ZFNetConfig"
+    params: dict  # numpy arrays, shared by every test that takes them: never modify them
+
+
+@pytest.fixture(scope="session")
+def tiny_network() -> TinyNetwork:
+    """The shared tiny ZFNet (helpers.TINY10) and one set of random weights for it."""
+    from helpers import TINY10, random_params
+
+    return TinyNetwork(TINY10, random_params(TINY10, bias_std=0.01))
 
 
 @pytest.fixture

@@ -54,6 +54,13 @@ def write_image_folder(root, classes, per_class, *, splits=("train", "val"), sha
     return root
 
 
+# The tiny network most tests share. Equal configs (and equal batch shapes: use batches of
+# BATCH) share compiled programs within a process, so a test that needs no other network
+# takes this one, or the session fixture tiny_network (conftest.py) with its weights.
+TINY10 = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
+BATCH = 16
+
+
 # ---- a tiny real run folder, as train.py leaves it -------------------------------------
 
 TINY = model.ZFNetConfig(num_classes=2, image_size=64, width=0.25, init_std=None)

@@ -4,9 +4,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_quick_accelerator_bench_runs_every_part_and_writes_one_json(tmp_path, capsys):
     # Long: about a dozen small compilations, Grain worker processes and one train.py
     # epoch (98-131 s alone at load 2-4 on the shared 2-core machine, 248 s at load 9).

@@ -11,11 +11,8 @@ import dataclasses
 import jax
 import numpy as np
 
-from helpers import random_params
+from helpers import BATCH, TINY10 as TINY
 from zfjax import deconv, model, training
-
-TINY = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
-BATCH = 8
 
 
 def relative_error(low, high) -> float:
@@ -34,8 +31,8 @@ def _both(fn):
     return fn(dataclasses.replace(TINY, dtype="bfloat16")), fn(TINY)
 
 
-def test_bfloat16_forward_and_projection_stay_near_float32():
-    params = random_params(TINY, bias_std=0.01)
+def test_bfloat16_forward_and_projection_stay_near_float32(tiny_network):
+    params = tiny_network.params
     images, _ = _inputs()
 
     def run(config):
@@ -58,8 +55,8 @@ def test_bfloat16_forward_and_projection_stay_near_float32():
     assert 0 < error < 0.1, f"conv5 projections: {error:.2e}"
 
 
-def test_bfloat16_train_step_stays_near_float32():
-    params = random_params(TINY, bias_std=0.01)
+def test_bfloat16_train_step_stays_near_float32(tiny_network):
+    params = tiny_network.params
     mesh = training.make_mesh(jax.devices()[:1])
     batch = training.put_batch(mesh, *_inputs(1))
 

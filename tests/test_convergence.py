@@ -75,6 +75,7 @@ def test_snapshot_convergence_compares_every_epoch_with_the_last():
     assert len(fig.axes) == 2
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_cli_on_a_run_with_two_checkpoints_and_snapshots(tmp_path, monkeypatch, capsys, run_cli):
     run = write_tiny_run(tmp_path)
     # A second epoch: other weights, saved as checkpoint 2; snapshots of both epochs.

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 import test_training
-from helpers import random_params
+from helpers import TINY10, random_params
 from zfjax import atlas, data, deconv, model, training
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
-BATCH = 16  # two images per device
+TINY = TINY10
+BATCH = 16  # two images per device; helpers.BATCH, so one device's programs are shared
 
 
 def results(devices: int) -> dict[str, np.ndarray]:
@@ -78,6 +79,7 @@ EIGHT_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_eight_devices_give_one_devices_results(tmp_path):
     # One subprocess for every 8-device check (JAX reads the device count once, at start).
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",

@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 HIDDEN = ("tensorflow", "tensorflow_datasets")
 
@@ -64,6 +66,7 @@ WITHOUT_TENSORFLOW = textwrap.dedent("""
 """).format(hidden=HIDDEN)
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_training_figures_and_bench_run_without_tensorflow(tmp_path):
     # One subprocess (about 20-30 s here: JAX start-up, a toy epoch, one figure): the
     # hiding must be in place before anything imports etils or orbax.

@@ -35,3 +35,18 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     png = Image.open(tmp_path / "projection.png")
     assert png.mode == "RGB" and 50 <= png.size[0] <= 224
     assert np.asarray(png).std() > 0
+
+
+def test_readme_test_commands_are_ci_and_the_registered_quick_loop():
+    """CI (.ci/run) runs the README's first test command, which runs everything; the
+    quick loop deselects the registered ``slow`` marker."""
+    import tomllib
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Test\n", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#")[0].strip() for line in section.splitlines()
+                if line.startswith("python -m pytest")]
+    assert commands == ["python -m pytest -q", 'python -m pytest -q -m "not slow"']
+    assert (ROOT / ".ci" / "run").read_text().rstrip().endswith("\npython -m pytest -q")
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]
+    assert any(m.startswith("slow:") for m in settings["ini_options"]["markers"])

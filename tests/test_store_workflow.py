@@ -20,6 +20,9 @@ sys.path.insert(0, str(ROOT))
 import prepare  # noqa: E402
 import train  # noqa: E402
 
+# The module fixture (prepare.py, then two train.py epochs) is its cost: end to end.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def store_run(tmp_path_factory):

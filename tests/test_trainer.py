@@ -63,6 +63,7 @@ def test_demo_preset_saves_the_paper_fig4_epochs_up_to_its_last():
     assert run.data == (str(IMAGENETTE) if IMAGENETTE.is_dir() else "imagenette/320px-v2")
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 @pytest.mark.skipif(not IMAGENETTE.is_dir(), reason=f"real images not found at {IMAGENETTE}")
 def test_smoke_run_on_real_images_learns_and_writes_everything(tmp_path):
     # He-normal conv1 too: 40 steps leave its high starting loss behind, while the
@@ -116,6 +117,7 @@ KILLED_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_resume_after_kill_mid_epoch_ends_where_an_uninterrupted_run_ends(folder, tmp_path,
                                                                           capsys):
     # 50 images in batches of 8: 6 steps an epoch; a checkpoint after steps 2 and 4.

@@ -9,12 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import BATCH, TINY10 as TINY  # the shared tiny network: one compile per process
 from zfjax import model, training
 
 ROOT = Path(__file__).resolve().parents[1]
-# The one tiny network the training tests share (one compilation per process).
-TINY = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
-BATCH = 16
 
 
 def _batch(seed=0, n=BATCH):
@@ -208,6 +206,29 @@ def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32():
         losses[dtype] = float(metrics["loss"])
     assert losses["bfloat16"] != losses["float32"]  # really computed in bfloat16
     np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.05)
+
+
+def test_stored_loss_is_the_steps_loss_and_compiles_once_per_config_and_mesh():
+    """The divergence check's loss (trainer, before each checkpoint): the loss a stored
+    step reports for the same parameters and dropout key, and one compiled program per
+    (config, mesh) in a process, however many runs build it."""
+    mesh = training.make_mesh(jax.devices()[:1])
+    images, labels = _batch()
+    stored = np.clip(images * 255 + 128, 0, 255).astype(np.uint8)
+    zeros = np.zeros(BATCH, np.int32)
+    batch = training.put_batch(mesh, stored, labels, zeros, zeros, zeros.astype(bool))
+    mean = training.replicate(np.full((64, 64, 3), 128, np.float32), mesh)
+    rng = jax.random.key(1)
+    loss_fn = training.make_stored_loss(TINY, mesh)
+    # Another run: an equal config read back, a new mesh over the same devices.
+    assert training.make_stored_loss(dataclasses.replace(TINY),
+                                     training.make_mesh(jax.devices()[:1])) is loss_fn
+    state = _state(mesh)
+    loss = float(loss_fn(state.params, batch, mean, jax.random.fold_in(rng, 0)))
+    _, metrics = training.make_stored_train_step(TINY, 0.1, mesh)(state, batch, mean, rng)
+    np.testing.assert_allclose(loss, float(metrics["loss"]), rtol=1e-6)
+    loss_fn(_state(mesh, lr=0.5).params, batch, mean, rng)
+    assert loss_fn._cache_size() == 1
 
 
 def test_train_py_dtype_defaults_to_float32_on_cpu():

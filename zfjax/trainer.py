@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import functools
 import hashlib
 import json
 import math
@@ -441,7 +440,7 @@ def _banner(run: Run, run_dir, mesh, resume: bool) -> str:
 def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
             mean, probe, snapshots, progress, checkpoint_every, watch):
     step_fn = training.make_stored_train_step(config, tcfg.filter_radius, mesh)
-    loss_fn = _make_stored_loss(config, mesh)
+    loss_fn = training.make_stored_loss(config, mesh)
     eval_fn = training.make_stored_eval_step(config, mesh)
     mean_dev = training.replicate(np.asarray(mean, np.float32), mesh)
     rng = training.dropout_key(tcfg)
@@ -570,19 +569,6 @@ def _all_finite(tree) -> jax.Array:
                               if jnp.issubdtype(a.dtype, jnp.inexact)]))
 
 
-@functools.cache  # one compilation per (config, mesh) in a process
-def _make_stored_loss(config, mesh):
-    """jit: (params, stored batch, mean, key) -> the training loss of params on the batch
-    (training.stored_train_step's loss, without the update)."""
-    repl, data_ = training.replicated(mesh), training.batch_sharding(mesh)
-
-    def loss(params, batch, mean, key):
-        images, labels, ys, xs, flips = batch
-        x = training.augment(images, mean, ys, xs, flips, config.image_size)
-        return training.loss_and_accuracy(params, x, labels, config, key)[0]
-    return jax.jit(loss, in_shardings=(repl, (data_,) * 5, repl, repl), out_shardings=repl)
-
-
 def _save_if_sound(mgr, number: int, state, meta: dict, run_dir, epoch: int, index: int,
                    loss_fn, batch, mean_dev, rng):
     """checkpoints.save, unless the state exploded: parameters or optimizer state hold a
@@ -590,7 +576,7 @@ def _save_if_sound(mgr, number: int, state, meta: dict, run_dir, epoch: int, ind
     diverged (_diverged; the training loss of a step is that of the parameters before its update, so
     an exploded update shows there only a step later; a saved one made --resume diverge
     again at once). Then NonFiniteLoss, and the last good checkpoint stays the newest.
-    loss_fn: _make_stored_loss's; batch: the last batch trained (None: not checked)."""
+    loss_fn: training.make_stored_loss's; batch: the last batch trained (None: not checked)."""
     sound = bool(training.local_value(_all_finite((state.params, state.opt_state))))
     what = "the parameters became non-finite"
     if sound and batch is not None:

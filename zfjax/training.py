@@ -274,6 +274,20 @@ def make_stored_train_step(config: ZFNetConfig, filter_radius: float | None, mes
                    out_shardings=(repl, repl))
 
 
+@functools.cache  # one compilation per (config, mesh) in a process, not one per run
+def make_stored_loss(config: ZFNetConfig, mesh: Mesh):
+    """jit: (params, stored batch, mean, dropout key) -> the float32 scalar training loss
+    of params on the batch (stored_train_step's loss, without the update). The batch is
+    stored_train_step's; params, mean and key replicated."""
+    repl, data_ = replicated(mesh), batch_sharding(mesh)
+
+    def loss(params, batch, mean, key):
+        images, labels, ys, xs, flips = batch
+        x = augment(images, mean, ys, xs, flips, config.image_size)
+        return loss_and_accuracy(params, x, labels, config, key)[0]
+    return jax.jit(loss, in_shardings=(repl, (data_,) * 5, repl, repl), out_shardings=repl)
+
+
 @functools.cache
 def make_stored_eval_step(config: ZFNetConfig, mesh: Mesh, ten_crop: bool = False):
     repl, data_ = replicated(mesh), batch_sharding(mesh)
