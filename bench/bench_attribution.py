@@ -9,7 +9,7 @@ Three races on a random ZFNet (1000 classes) and random N(0, 1) images, the same
 weights in zfjax and in PyTorch (bench/torch_reference.torch_network):
 
 * guided: guided backprop of ``--units`` conv5 units of one image (each channel's
-  strongest unit, strongest channels first), against Captum's NeuronGuidedBackprop
+  strongest unit, strongest channels first; zfjax windowed, its default, and dense), against Captum's NeuronGuidedBackprop
   on the network cut after conv5, one call per unit (timed on ``--unit-sample``
   units, scaled) and batched (copies of the image, one unit each, through a
   per-example neuron selector);
@@ -97,12 +97,18 @@ def guided_race(config, params, image, args):
     units = deconv.strongest_units(aux, "conv5", jnp.argsort(-peaks)[: args.units])
     k = len(units.channel)
 
-    def per_unit(p, im, c, y, x):
-        return jax.vmap(lambda c, y, x: attribution.attribute(
-            config, p, im, Target("conv5", c, y, x), "guided_backprop").maps[0])(c, y, x)
+    def per_unit(window):
+        def run(p, im, c, y, x):
+            return jax.vmap(lambda c, y, x: attribution.attribute(
+                config, p, im, Target("conv5", c, y, x), "guided_backprop",
+                window=window).maps[0])(c, y, x)
+        return compiled(run, params, image, units.channel, units.y, units.x)
 
-    vmapped, compile_seconds = compiled(per_unit, params, image, units.channel, units.y, units.x)
-    ways = {"zfjax attribute, vmap over the units (one forward)": (vmapped, compile_seconds)}
+    # vmap over the targets of one image: the forward below the units' windows (all of
+    # it when dense) does not depend on them and runs once.
+    ways = {"zfjax attribute, vmap over the units (default: windowed)": per_unit(True),
+            "zfjax attribute(window=False), vmap over the units (dense)": per_unit(False)}
+    vmapped = ways["zfjax attribute, vmap over the units (default: windowed)"][0]
 
     net, modules = torch_network(params, config)
     trunk = net[: list(net).index(modules["conv5"]) + 1]
@@ -126,7 +132,11 @@ def guided_race(config, params, image, args):
 
     check = min(16, k)
     ours = np.asarray(vmapped())
-    checks = {f"first {check} units, Captum batched": relative_l2(ours[:check], batched(0, check)),
+    theirs = batched(0, check)
+    checks = {f"first {check} units, Captum batched": relative_l2(ours[:check], theirs),
+              f"first {check} units, Captum batched, dense way": relative_l2(
+                  np.asarray(ways["zfjax attribute(window=False), vmap over the units (dense)"][0]())[:check],
+                  theirs),
               "first unit, Captum one call": relative_l2(ours[:1], loop()[0])}
     captum = {"Captum NeuronGuidedBackprop, one call per unit": loop}
     for size in sorted({min(32, k), k}):
