@@ -91,15 +91,18 @@ def random_params(config, seed: int = 0) -> dict:
     return params
 
 
-def in_turns(cases: dict, rounds: int,
-             first_calls: dict | None = None) -> dict[str, list[float]]:
+def in_turns(cases: dict, rounds: int, first_calls: dict | None = None,
+             pause: float = 0.0, warm_up: bool = True) -> dict[str, list[float]]:
     """Wall seconds of each zero-argument callable over `rounds` rounds, every case once
     per round in turn (so load changes hit all alike), after one warm-up call each
     (compilation; its seconds go into first_calls[name] when given). The callables'
-    results are waited for (jax.block_until_ready)."""
+    results are waited for (jax.block_until_ready). ``pause`` seconds before each timed
+    call let the previous runtime's worker threads stop spinning (XLA's and PyTorch's
+    pools compete for the cores otherwise). ``warm_up=False``: no warm-up calls (the
+    caller has made them)."""
     import jax
 
-    for name, fn in cases.items():
+    for name, fn in (cases.items() if warm_up else ()):
         start = time.perf_counter()
         jax.block_until_ready(fn())
         if first_calls is not None:
@@ -107,6 +110,7 @@ def in_turns(cases: dict, rounds: int,
     times = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
+            time.sleep(pause)
             start = time.perf_counter()
             jax.block_until_ready(fn())
             times[name].append(time.perf_counter() - start)

@@ -107,3 +107,54 @@ def torch_sequential(params, config: model.Network):
         if op.norm is not None:
             layers.append(_Norm(op.norm))
     return torch.nn.Sequential(*layers).eval(), modules
+
+
+class _FlattenNHWC(torch.nn.Module):
+    """Flatten in zfjax's NHWC order, so the dense weights apply unchanged."""
+
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+
+
+def torch_network(params, config: model.Network):
+    """The whole network at inference (true contrast normalisation, no dropout) as
+    torch.nn.Sequential with zfjax's weights, for Captum's gradient methods (the same
+    construction as tests/test_attribution.py's), and layer -> the module whose
+    output is that layer's recorded map (a conv's ReLU, a pool). Input NCHW;
+    output the logits (N, classes)."""
+    from torch import nn
+
+    def tensor(a):
+        return torch.from_numpy(np.ascontiguousarray(a, np.float32))
+
+    layers, modules = [], {}
+    for stage in model.stages(config):
+        if isinstance(stage, model.Conv):
+            kernel = np.asarray(params[stage.name]["kernel"])
+            layer = nn.Conv2d(kernel.shape[2], kernel.shape[3], stage.kernel, stage.stride,
+                              stage.padding)
+            layer.weight.data = tensor(kernel.transpose(3, 2, 0, 1))
+            layer.bias.data = tensor(params[stage.name]["bias"])
+        elif isinstance(stage, model.Dense):
+            kernel = np.asarray(params[stage.name]["kernel"])
+            layer = nn.Linear(*kernel.shape)
+            layer.weight.data = tensor(kernel.T)
+            layer.bias.data = tensor(params[stage.name]["bias"])
+        elif isinstance(stage, model.MaxPool):
+            layer = nn.MaxPool2d(stage.window, stage.stride, stage.padding, ceil_mode=stage.ceil)
+        elif isinstance(stage, model.ReLU):
+            layer = nn.ReLU()
+        elif isinstance(stage, model.LRN):
+            layer = nn.LocalResponseNorm(stage.size, stage.alpha, stage.beta, stage.k)
+        elif isinstance(stage, model.Flatten):
+            layer = _FlattenNHWC()
+        else:  # dropout: inference
+            continue
+        if isinstance(stage, (model.Conv, model.MaxPool)) or (
+                isinstance(stage, model.ReLU) and isinstance(layers[-1], nn.Conv2d)):
+            modules[getattr(stage, "name", None) or list(modules)[-1]] = layer
+        layers.append(layer)
+    network = nn.Sequential(*layers).eval()
+    for p in network.parameters():
+        p.requires_grad_(False)  # gradients to the input only
+    return network, modules

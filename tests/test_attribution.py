@@ -87,6 +87,47 @@ def test_deconvnet_equals_deconv_project(net):
                                                                       units.x, units.channel])
 
 
+ALEXNET = model.Network(arch="alexnet", num_classes=3, image_size=128, width=0.125,
+                        init_std=None)
+
+
+def edge_units(config, layer):
+    """Target: six units of ``layer`` on one channel each: the four corners, the middle
+    of the top edge and one inside, where windows run past the map (padding)."""
+    size = model.layer_sizes(config)[layer]
+    ys, xs = [0, 0, size - 1, size - 1, 0, size // 2], [0, size - 1, 0, size - 1, size // 2, 1]
+    channels = np.arange(6) % model.num_channels(config, layer)
+    return Target(layer, jnp.array(channels), jnp.array(ys), jnp.array(xs))
+
+
+@pytest.mark.parametrize("config, layer", [(TINY, "pool2"), (ALEXNET, "conv3")],
+                         ids=["tiny-pool2", "alexnet-conv3"])
+def test_windowed_unit_attribution_equals_dense(config, layer):
+    """Windows down to the image: ZFNet's ceil pools, padding 1 and contrast norm;
+    AlexNet's floor pools and padding 2. (TINY conv5's window covers conv4's whole map,
+    which then runs dense: the jax.grad and project_units tests above cover it.) Biases > 0, so a window that kept the conv's output
+    off the map (relu(bias)) instead of the padding would differ at the edges."""
+    params = random_params(config, seed=1, bias_std=0.1)
+    n = config.image_size
+    image = np.random.default_rng(0).normal(size=(1, n, n, 3)).astype(np.float32)
+    images = jnp.asarray(np.repeat(image, 6, axis=0))
+    target = edge_units(config, layer)
+    assert attribution.unit_cone(config, layer)[-1][0].name == "conv1"
+    for method in attribution.RULES:
+        windowed = attribution.attribute(config, params, images, target, method)
+        dense = attribution.attribute(config, params, images, target, method, window=False)
+        scale = float(jnp.abs(dense.maps).max())
+        assert scale > 0
+        np.testing.assert_allclose(windowed.maps, dense.maps, rtol=1e-5, atol=1e-6 * scale,
+                                   err_msg=method)
+        np.testing.assert_allclose(windowed.outputs, dense.outputs, rtol=1e-5, atol=1e-6)
+        if method == "deconvnet":
+            _, aux = model.forward_jit(config, params, images)
+            units = deconv.Units(jnp.arange(6), target.channel, target.y, target.x)
+            projected = deconv.project_units(config, params, aux, layer, units)
+            np.testing.assert_allclose(windowed.maps, projected, rtol=1e-5, atol=1e-6 * scale)
+
+
 def test_batched_equals_one_at_a_time(net):
     params, images = net
     units = strongest_conv5_units(params, images)

@@ -21,12 +21,16 @@ Targets (``Target``): one unit (layer, channel, y, x), a whole feature map
 (layer, channel) or a class logit (``LOGITS``, class). Every function is pure,
 jit-compiled and vmappable; each image has its own target.
 
-The deconvnet here is dense; ``deconv.project_units`` computes the same single-unit
-projections inside receptive-field windows, faster.
+A single-unit target runs inside the unit's receptive-field window (``unit_cone``),
+as ``deconv.project_units`` does: the forward re-runs on each op's window only, with
+the full forward's zero / -inf padding where the window leaves the map, so its values,
+ReLU masks and switches, hence the maps, are the dense pass's (``attribute(...,
+window=False)``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import NamedTuple
 
@@ -37,7 +41,7 @@ from jax import lax
 
 from zfjax import model
 from zfjax.deconv import check_range
-from zfjax.network import LRN, Network, ReLU, stages
+from zfjax.network import LRN, Network, ReLU, SpatialOp, grow, ops_below, stages
 
 LOGITS = "logits"
 
@@ -182,24 +186,112 @@ def _input_attribution(config, params, images, channel, y, x, layer, kind, rule)
         config, params, images, channel, y, x, layer, kind, rule)
 
 
+# ---- one image, one unit, inside the unit's receptive field -----------------------
+
+
+def unit_cone(config: Network, layer: str) -> tuple[tuple[SpatialOp, int], ...]:
+    """The spatial ops a unit of ``layer`` depends on, top first, each with the static
+    side of the unit's window on its output: from ``layer`` down to the first op whose
+    input window covers its whole input map (or down to the image). Below that op the
+    maps are computed whole (a window there would be no smaller)."""
+    cone, side = [], 1
+    for op in ops_below(config, layer):
+        cone.append((op, side))
+        side, _ = grow(op, side, 0)
+        if side >= op.input_size:
+            break
+    return tuple(cone)
+
+
+def _inside(offset: jax.Array, side: int, size: int) -> jax.Array:
+    """(1, side, side, 1) bool: which positions of a window at ``offset`` (y, x) lie on a
+    size x size map."""
+    pos = offset[:, None] + jnp.arange(side)
+    inside = (pos >= 0) & (pos < size)
+    return (inside[0][:, None] & inside[1][None, :])[None, :, :, None]
+
+
+def _unit_attribution_one(config, params, image, channel, y, x, layer, rule):
+    """(H, W, 3) attribution of one unit and its value, for one image: the forward runs
+    only on the unit's window at each op (``unit_cone``), with VALID convs and pools.
+    Window positions off the map hold what the full forward pads with there (0 before a
+    conv, -inf before a max-pool), so every value, ReLU mask and pooling switch in the
+    window is the full forward's and so is the pull-back; the input outside the
+    receptive field gets exactly 0, as in the dense pass."""
+    table = stages(config)
+    cone = unit_cone(config, layer)
+    windows, offset = {}, jnp.stack([y, x]).astype(jnp.int32)
+    for op, side in cone:
+        in_side, in_offset = grow(op, side, offset)
+        windows[op.index] = (op, side, offset, in_side, in_offset)
+        offset = in_offset
+    bottom, _, _, in_side, in_offset = windows[cone[-1][0].index]
+    fill_value = {"conv": 0.0, "pool": -jnp.inf}
+
+    def windowed(image):
+        below = run_stages(config, params, image[None], 0, bottom.index, rule)
+        fill = jnp.array(fill_value[bottom.kind], below.dtype)
+        padded = jnp.pad(below, ((0, 0), (in_side, in_side), (in_side, in_side), (0, 0)),
+                         constant_values=fill)
+        h = lax.dynamic_slice(padded, (0, in_offset[0] + in_side, in_offset[1] + in_side, 0),
+                              (1, in_side, in_side, below.shape[-1]))
+        for i in range(bottom.index, stop_after(config, layer)):
+            if i not in windows:  # ReLU, contrast normalisation, dropout: pointwise in space
+                h = run_stages(config, params, h, i, i + 1, rule)
+                continue
+            op, side, out_offset, op_in_side, op_in_offset = windows[i]
+            fill = jnp.array(fill_value[op.kind], h.dtype)
+            h = jnp.where(_inside(op_in_offset, op_in_side, op.input_size), h, fill)
+            if op.kind == "conv":
+                h = model.conv(op.stage, params, h, config.compute_dtype, padding="VALID")
+            else:
+                h, _ = model.max_pool_with_switches(
+                    h, dataclasses.replace(op.stage, padding=0, ceil=False))
+                # Off-map outputs of windows that were all padding are -inf: zero them
+                # before normalisation turns them into NaN.
+                h = jnp.where(_inside(out_offset, side, op.output_size), h, 0)
+        return h[0, 0, 0]
+
+    out, pull_back = jax.vjp(windowed, image)
+    selected = (jnp.arange(out.shape[-1]) == channel).astype(out.dtype)
+    value = jnp.sum(selected * out)
+    signal = selected * out if rule.start == "activation" else selected
+    (maps,) = pull_back(signal)
+    return maps.astype(jnp.float32), value.astype(jnp.float32)
+
+
+@partial(jax.jit, static_argnames=("config", "layer", "rule"))
+def _unit_attribution(config, params, images, channel, y, x, layer, rule):
+    return jax.vmap(_unit_attribution_one, in_axes=(None, None, 0, 0, 0, 0, None, None))(
+        config, params, images, channel, y, x, layer, rule)
+
+
 # ---- the methods -------------------------------------------------------------------
 
 
 def attribute(config: Network, params: dict, images: jax.Array, target: Target,
-              method: str = "gradient") -> Attribution:
+              method: str = "gradient", *, window: bool = True) -> Attribution:
     """One engine pass per image: ``method`` in ``RULES`` (deconvnet, guided_backprop,
     gradient). images (N, H, W, 3) network inputs. Returns ``Attribution``.
 
     The deconvnet starts from the target's activations (a unit's value, a whole map:
     ``deconv.feature_map_signal``), as ``deconv.project`` does; the others from 1.
+
+    ``window``: a unit target's pass runs only inside the unit's receptive field
+    (``unit_cone``; the same maps as the dense pass, to float rounding, and faster);
+    False runs the dense pass. Map and logit targets always run dense.
     """
     if method not in RULES:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(RULES)}")
     images = jnp.asarray(images)
     model.check_images(config, images)
     kind, channel, y, x = _checked_target(config, target, images.shape[0])
-    maps, outputs = _input_attribution(config, params, images, channel, y, x, target.layer,
-                                       kind, RULES[method])
+    if kind == "unit" and window:
+        maps, outputs = _unit_attribution(config, params, images, channel, y, x, target.layer,
+                                          RULES[method])
+    else:
+        maps, outputs = _input_attribution(config, params, images, channel, y, x, target.layer,
+                                           kind, RULES[method])
     return Attribution(maps, outputs)
 
 
