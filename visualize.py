@@ -20,7 +20,8 @@ from zfjax import checkpoints, cli, interrupts
 # One command module per analysis, zfjax.commands.<name>; each defines
 # add_cli(subparsers) -> parser whose defaults hold run(args) -> list of written paths.
 ANALYSES = ("topk", "evolution", "invariance", "filters", "occlusion",
-            "correspondence", "reconstructions", "maximize", "convergence", "transfer", "atlas")
+            "correspondence", "reconstructions", "maximize", "convergence", "transfer", "atlas",
+            "methods")
 
 
 def build_parser() -> argparse.ArgumentParser:
