@@ -58,7 +58,7 @@ def write_npy(folder, shape):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--methods", "gradient", "lrp"], "invalid choice: 'lrp' (choose from deconvnet"),
+    (["--methods", "gradient", "lrp"], "invalid choice: 'lrp' (choose from 'deconvnet'"),
     (["--channel", "64"], "channel 64 is out of range for conv5: expected 0..63"),
     (["--layer", "fc9"], "unknown layer 'fc9'; expected one of conv1"),
     (["--label", "7"], "--label '7' is not a class of this run; give a class name or an index 0..1"),
