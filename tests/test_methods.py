@@ -31,8 +31,9 @@ def test_explains_the_strongest_unit_and_the_predicted_class():
 
 
 def test_command_writes_the_figure_and_every_map(tiny_run, run_cli, tmp_path):
-    """All seven methods on two images of the tiny run, a chosen map and class (about 14
-    small programs to compile: the longest test here)."""
+    """All seven methods on two images of the tiny run, a chosen map and class. Costly:
+    about 14 small programs to compile (234 s on the shared 2-core machine at load 20+;
+    the one end-to-end run of the command)."""
     out = tmp_path / "out"
     code, stdout, err = run_cli(["methods", str(tiny_run), "--out", str(out), "--limit", "2",
                                  "--samples", "2", "--steps", "2", "--baseline", "blur",

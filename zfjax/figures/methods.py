@@ -46,8 +46,12 @@ def plot_methods(displays, explained, methods, layer: str, class_names, image_na
 
     n, cols = len(explained), len(methods) + 1
     cell = 1.9
-    fig = Figure(figsize=(cell * cols + 0.6, (cell + 0.5) * 2 * n + 1.2))
-    grid = fig.add_gridspec(2 * n, cols, wspace=0.05, hspace=0.32)
+    height = (2 * cell + 0.55) * n + 0.9
+    fig = Figure(figsize=(cell * cols + 0.6, height))
+    # Title above, caption below: fixed inches, whatever the number of images. An
+    # image's two rows sit closer together than two images.
+    outer = fig.add_gridspec(n, 1, hspace=0.14, top=1 - 0.75 / height, bottom=0.4 / height,
+                             left=0.05, right=0.99)
     name_of = lambda c: (class_names[c] if class_names is not None and c < len(class_names)
                          else f"class {c}")
     for i, e in enumerate(explained):
@@ -59,8 +63,9 @@ def plot_methods(displays, explained, methods, layer: str, class_names, image_na
                          else f"predicted {name_of(int(e.predicted))}")
                       + (f", true {name_of(int(labels[i]))}" if labels is not None else "")),
         }
+        grid = outer[i].subgridspec(2, cols, wspace=0.05, hspace=0.12)
         for r, kind in enumerate(TARGETS):
-            ax = fig.add_subplot(grid[2 * i + r, 0])
+            ax = fig.add_subplot(grid[r, 0])
             ax.imshow(displays[i], interpolation="nearest")
             if kind == "unit" and boxes is not None:
                 top, left, bottom, right = (int(v) for v in boxes[i])
@@ -71,7 +76,7 @@ def plot_methods(displays, explained, methods, layer: str, class_names, image_na
             ax.set_xticks([])
             ax.set_yticks([])
             for j, method in enumerate(methods):
-                ax = fig.add_subplot(grid[2 * i + r, j + 1])
+                ax = fig.add_subplot(grid[r, j + 1])
                 ax.imshow(shown_map(e.maps[method][r]), cmap=COLOURS, vmin=0, vmax=255,
                           interpolation="nearest")
                 ax.set_xticks([])
@@ -83,8 +88,9 @@ def plot_methods(displays, explained, methods, layer: str, class_names, image_na
                     note = (notes or {}).get(method)
                     ax.set_title(TITLES[method] + (f"\n{note}" if note else ""), fontsize=9)
     fig.suptitle(f"Attribution methods: each image's strongest {layer} unit (upper row; "
-                 f"yellow: its receptive field) and a class's logit (lower row)", fontsize=11)
-    fig.text(0.5, 0.005, "Colours: red positive, blue negative, white zero. Per-pixel maps are "
+                 f"yellow: its receptive field) and a class's logit (lower row)", fontsize=11,
+                 y=1 - 0.1 / height)
+    fig.text(0.5, 0.05 / height, "Colours: red positive, blue negative, white zero. Per-pixel maps are "
              "summed over RGB and each stretched to its 99th percentile |value| (beyond: "
              "saturated); Grad-CAM (>= 0) is enlarged to the image and scaled to its maximum.",
              ha="center", va="bottom", fontsize=8)
