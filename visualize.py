@@ -21,7 +21,7 @@ from zfjax import checkpoints, cli, interrupts
 # add_cli(subparsers) -> parser whose defaults hold run(args) -> list of written paths.
 ANALYSES = ("topk", "evolution", "invariance", "filters", "occlusion",
             "correspondence", "reconstructions", "maximize", "convergence", "transfer", "atlas",
-            "sanity")
+            "methods", "sanity")
 
 
 def build_parser() -> argparse.ArgumentParser:

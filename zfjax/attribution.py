@@ -218,7 +218,6 @@ def _unit_attribution_one(config, params, image, channel, y, x, layer, rule):
     conv, -inf before a max-pool), so every value, ReLU mask and pooling switch in the
     window is the full forward's and so is the pull-back; the input outside the
     receptive field gets exactly 0, as in the dense pass."""
-    table = stages(config)
     cone = unit_cone(config, layer)
     windows, offset = {}, jnp.stack([y, x]).astype(jnp.int32)
     for op, side in cone:
