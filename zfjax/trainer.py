@@ -1,7 +1,7 @@
 """The training loop: data, epochs, evaluation, snapshots, checkpoints, metrics.
 
-``fit(run, out)`` trains ``run`` (a Run: model config, training config, data
-source) into the run folder ``out`` (layout in zfjax.checkpoints) and returns the
+``fit(run, out)`` trains ``run`` (a run.RunSpec: model config, training config,
+data) into the run folder ``out`` (layout in zfjax.checkpoints) and returns the
 folder. ``fit(run, out, resume=True)`` continues a stopped run from its newest
 checkpoint using the folder's own config.json; it ends with the same parameters
 as an uninterrupted run, because data order and dropout keys are functions of
@@ -26,7 +26,6 @@ import math
 import shlex
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,71 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from zfjax import checkpoints, data, interrupts, loader, training
+from zfjax.run import RunDir, RunSpec
 from zfjax.progress import bar as progress_bar
-from zfjax.model import ZFNetConfig
-from zfjax.training import TrainConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-IMAGENETTE_DIR = ROOT.parent / "shared" / "data" / "imagenette"
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """What to train on what. num_classes is taken from the data.
-
-    data: a TFDS name or an image folder <root>/<split>/<class>/<image>.
-    train_limit / val_limit: use at most this many images (spread over the classes).
-    probe_count: validation images in the Fig. 4 probe (zfjax.evolution).
-    """
-
-    model: ZFNetConfig
-    train: TrainConfig
-    data: str
-    data_dir: str | None = None
-    train_limit: int | None = None
-    val_limit: int | None = None
-    probe_count: int = 1000
-
-
-def _imagenette() -> str:
-    return str(IMAGENETTE_DIR) if IMAGENETTE_DIR.is_dir() else "imagenette/320px-v2"
-
-
-def _he_with_paper_conv1(config: ZFNetConfig) -> ZFNetConfig:
-    """He-normal weights, but conv1 from the paper's N(0, 1e-2) (see presets)."""
-    return dataclasses.replace(config, init_std=None, first_init_std=0.01)
-
-
-def presets() -> dict[str, Run]:
-    """The named runs of train.py --preset."""
-    return {
-        # The paper: ImageNet 2012, 224 px, 70 epochs, N(0, 1e-2) init.
-        "paper": Run(ZFNetConfig(num_classes=1000), TrainConfig(epochs=70), "imagenet2012"),
-        # Full ZFNet at 224 on imagenette; 64 epochs so every Fig. 4 epoch exists.
-        # He-normal init (init_std=None) for this and the cpu and demo presets: with
-        # N(0, 1e-2) and zero biases the signal fades through the 8 layers and the cpu
-        # preset stayed at chance (loss 2.303) for 2 full epochs; imagenette has 74 steps
-        # an epoch, not ImageNet's 10,000, to wait that out. conv1 alone keeps the paper's
-        # N(0, 1e-2) (first_init_std): He-normal puts its filters above the renormalisation
-        # radius from the start, and they stayed noise (Fig. 6); from 1e-2 the cpu preset's
-        # conv1 learnt edges and colour blobs, for 1.9 points less val top-1 (0.677 vs
-        # 0.696 after 10 epochs).
-        "imagenette": Run(_he_with_paper_conv1(ZFNetConfig(num_classes=10)),
-                          TrainConfig(epochs=64), _imagenette()),
-        # 10 epochs of imagenette on 2 CPU cores: 64 px, half width (XLA:CPU runs
-        # convolutions with few output channels slowly, so width 0.25 is no faster).
-        "cpu": Run(_he_with_paper_conv1(ZFNetConfig(num_classes=10, image_size=64, width=0.5)),
-                   TrainConfig(epochs=10, batch_size=64, lr_schedule="step", lr_steps=(8,)),
-                   _imagenette()),
-        # The README's figures (docs/): 112 px, half width, 20 epochs of imagenette, so
-        # Fig. 4 has epochs 1, 2, 5, 10 and 20. A train step costs about 3x the cpu
-        # preset's (measured side by side), so about 30 minutes on 2 quiet CPU cores;
-        # on 2 cores shared with two other jobs an epoch took 150-260 s.
-        "demo": Run(_he_with_paper_conv1(ZFNetConfig(num_classes=10, image_size=112, width=0.5)),
-                    TrainConfig(epochs=20, batch_size=64, lr_schedule="step", lr_steps=(15,)),
-                    _imagenette()),
-    }
-
 
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN, infinite or diverged (over DIVERGED_LOSS); no
@@ -108,32 +44,6 @@ class NonFiniteLoss(FloatingPointError):
 class Interrupted(KeyboardInterrupt):
     """Training was stopped with Ctrl-C; the message says where the last checkpoint is
     and how to continue."""
-
-
-# Settings a resumed run cannot change (they decide the parameters' shapes, the update
-# or the data every checkpointed step saw), with the train.py flag that sets each.
-RESUME_FIXED = {"image_size": "--size", "width": "--width", "batch_size": "--batch",
-                "seed": "--seed", "data": "--data", "data_dir": "--data-dir",
-                "train_limit": "--limit", "variant": "--variant",
-                "filter_radius": "--no-renorm"}
-
-
-class Requested(NamedTuple):
-    """A setting of RESUME_FIXED asked for on --resume: its value, and the words of the
-    command line that asked for it ('--size 96', '--no-renorm', '--preset cpu ...')."""
-
-    value: object
-    flag: str
-
-
-def resume_settings(run: Run) -> dict:
-    """The run's values of the settings a resume cannot change (keys of RESUME_FIXED)."""
-    model = run.model
-    variant = "alexnet" if model.arch == "alexnet" else (model.variant or "zfnet")
-    return {"image_size": model.image_size, "width": model.width,
-            "batch_size": run.train.batch_size, "seed": run.train.seed, "data": run.data,
-            "data_dir": run.data_dir, "train_limit": run.train_limit, "variant": variant,
-            "filter_radius": run.train.filter_radius}
 
 
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
@@ -175,9 +85,8 @@ def _say(message: str) -> None:
 
 # ---------------------------------------------------------------------------- the run
 
-def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None,
-        learning_rate: float | None = None, fixed: dict | None = None,
-        progress: bool = True, checkpoint_every: int | None = None,
+def fit(run: RunSpec | None, out, *, resume: bool = False, epochs: int | None = None,
+        learning_rate: float | None = None, progress: bool = True, checkpoint_every: int | None = None,
         memory_budget: int | None = None, store_dir=None, workers: int | None = None,
         download: bool = False, snapshots=None) -> Path:
     """Trains run into the folder out; returns it.
@@ -186,9 +95,8 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
       (run is then ignored and may be None). epochs: train up to this epoch (default:
       the run's; on resume it may extend the stored run). learning_rate: on resume, the
       learning rate from now on (recorded in config.json under 'resumes'; for a run
-      that has no checkpoint yet, a restart with it). fixed: on resume, settings the
-      caller asked for that cannot change (keys of RESUME_FIXED -> Requested, or a plain
-      value); one that differs from the run's is refused.
+      that has no checkpoint yet, a restart with it). The caller checks first that what
+      it asks for matches the stored run (RunDir.read_spec, RunSpec.differences).
     checkpoint_every: also checkpoint every this many steps inside an epoch, so a
       resume continues from that step (only the newest such checkpoint is kept).
     memory_budget, store_dir, workers: how the data is fed (loader.choose): bytes a
@@ -205,7 +113,7 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
     disk refuses a write; the last good checkpoint stays loadable in each case.
     """
     run_dir = Path(out).absolute()
-    options = dict(resume=resume, epochs=epochs, learning_rate=learning_rate, fixed=fixed,
+    options = dict(resume=resume, epochs=epochs, learning_rate=learning_rate,
                    progress=progress, checkpoint_every=checkpoint_every,
                    memory_budget=memory_budget, store_dir=store_dir, workers=workers,
                    download=download, snapshots=snapshots)
@@ -232,12 +140,11 @@ def _last_checkpoint(run_dir: Path) -> str:
     return checkpoints.last_checkpoint_message(run_dir)
 
 
-def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, progress,
+def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, progress,
          checkpoint_every, memory_budget, store_dir, workers, download, snapshots) -> Path:
     mgr_dir = run_dir / checkpoints.CHECKPOINT_DIR
     if resume:
-        run = _stored_run(run_dir)
-        _check_fixed(run, fixed or {}, run_dir)
+        run = RunDir(run_dir).read_spec()
         done = checkpoints.finished_epochs(run_dir)
         target = epochs or run.train.epochs
         if done and done[-1] >= target:
@@ -253,12 +160,13 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
     mesh = training.make_mesh()
     training.check_batch_size(tcfg.batch_size, mesh)
 
+    source = run.data.resolve()
     train_feed, val_feed, data_mean, how = loader.choose(
-        run.data, run.model.image_size, data_dir=run.data_dir,
-        limits={"train": run.train_limit, "val": run.val_limit}, budget=memory_budget,
+        source, run.model.image_size, data_dir=run.data.data_dir,
+        limits={"train": run.data.train_limit, "val": run.data.val_limit}, budget=memory_budget,
         store_dir=store_dir, workers=workers, download=download,
         progress=progress and _is_main())
-    data.check_classes(train_feed.class_names, f"the training split of {run.data}")
+    data.check_classes(train_feed.class_names, f"the training split of {source}")
     if len(train_feed) < tcfg.batch_size:
         raise ValueError(f"{len(train_feed)} training images are fewer than one batch of "
                          f"{tcfg.batch_size}; pass a smaller --batch")
@@ -269,7 +177,7 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
          f"{config.num_classes} classes\ninput: {how}")
     mean_file = run_dir / checkpoints.MEAN_FILE
     mean = np.load(mean_file) if resume and mean_file.exists() else data_mean
-    probe_count = min(run.probe_count, len(val_feed))
+    probe_count = min(run.data.probe_count, len(val_feed))
     probe = (snapshots.make_probe(val_feed.subset(probe_count), mean, config, seed=tcfg.seed,
                                   count=probe_count)
              if snapshots else None)
@@ -300,7 +208,7 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
             checkpoints.write_json(run_dir / checkpoints.CONFIG_FILE, run_config)
             if fresh:
                 checkpoints.save_mean(run_dir, mean)
-                _write_metrics(run_dir, [])
+                RunDir(run_dir).write_metrics([])
         _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
                 mean, probe, snapshots, progress, checkpoint_every, watch)
     finally:
@@ -312,66 +220,18 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
     return run_dir
 
 
-def _run_config(run: Run, train_set, val_set, probe) -> dict:
+def _run_config(run: RunSpec, train_set, val_set, probe) -> dict:
     """The contents of config.json."""
     return {
         "format": checkpoints.RUN_FORMAT,
         "model": checkpoints.config_dict(run.model), "train": checkpoints.config_dict(run.train),
-        "data": {"source": run.data, "data_dir": run.data_dir, "train_limit": run.train_limit,
-                 "val_limit": run.val_limit, "train_images": len(train_set),
-                 "val_images": len(val_set), "probe_count": run.probe_count,
+        "data": {**dataclasses.asdict(run.data), "train_images": len(train_set),
+                 "val_images": len(val_set),
                  "train_skipped": train_set.skipped, "val_skipped": val_set.skipped},
         "class_names": list(train_set.class_names), "probe": _probe_info(probe),
         "devices": {"platform": jax.devices()[0].platform, "count": jax.device_count(),
                     "processes": jax.process_count()},
     }
-
-
-def _check_fixed(run: Run, fixed: dict, run_dir: Path) -> None:
-    """Raises ValueError if a setting in `fixed` (name -> Requested, or a plain value,
-    None meaning not asked for) differs from the stored run's."""
-    stored = resume_settings(run)
-    for name, asked in fixed.items():
-        if not isinstance(asked, Requested):
-            if asked is None:
-                continue
-            asked = Requested(asked, f"{RESUME_FIXED[name]} {asked}")
-        if _same(stored[name], asked.value):
-            continue
-        raise ValueError(
-            f"{asked.flag} differs from the run's {name} {stored[name]!r}; "
-            f"--resume can only change the learning rate (--lr) and the number of epochs "
-            f"(--epochs); start a new run (another --out) to change {asked.flag.split()[0]}")
-
-
-def _same(stored, given) -> bool:
-    if stored == given:
-        return True
-    if isinstance(stored, str) and isinstance(given, str):  # the same folder spelt another way
-        return Path(stored).expanduser().absolute() == Path(given).expanduser().absolute()
-    return False
-
-
-def _stored_run(run_dir: Path) -> Run:
-    """The Run config.json records; ValueError naming what is missing or does not fit."""
-    stored = checkpoints.read_config(run_dir)
-    path = run_dir / checkpoints.CONFIG_FILE
-    sections = {key: stored.get(key) for key in ("train", "data")}
-    for key, section in sections.items():
-        if not isinstance(section, dict):
-            raise ValueError(f"{path} has no '{key}' section; it was not written by train.py "
-                             f"or is damaged")
-    d = sections["data"]
-    if not isinstance(d.get("source"), str):
-        raise ValueError(f"{path} has no data source ('data': {{'source': ...}}); it was not "
-                         f"written by train.py or is damaged")
-    try:
-        train = TrainConfig(**sections["train"])
-    except TypeError as e:
-        raise ValueError(f"the 'train' section of {path} does not fit TrainConfig: {e}") \
-            from None
-    return Run(checkpoints.model_config(stored), train, d["source"], d.get("data_dir"),
-               d.get("train_limit"), d.get("val_limit"), d.get("probe_count", Run.probe_count))
 
 
 def _resume(run_dir, mgr, step_mgr, run_config, config, tcfg, mesh):
@@ -405,7 +265,8 @@ def _resume(run_dir, mgr, step_mgr, run_config, config, tcfg, mesh):
             step_mgr.delete(number)
     epoch = meta["epoch"]
     if _is_main():
-        _write_metrics(run_dir, [m for m in _read_metrics(run_dir) if m["epoch"] <= epoch])
+        folder = RunDir(run_dir)
+        folder.write_metrics([m for m in folder.read_metrics() if m["epoch"] <= epoch])
     _say(f"resuming after epoch {epoch}" + (
         f", at step {meta['next_step']} of epoch {epoch + 1}" if "next_step" in meta else ""))
     return state, meta
@@ -420,11 +281,11 @@ def _probe_info(probe) -> dict | None:
             "maps": {k: np.asarray(v).tolist() for k, v in probe.maps.items()}}
 
 
-def _banner(run: Run, run_dir, mesh, resume: bool) -> str:
+def _banner(run: RunSpec, run_dir, mesh, resume: bool) -> str:
     config = {"model": checkpoints.config_dict(run.model),
               "train": checkpoints.config_dict(run.train),
-              "data": {"source": run.data, "data_dir": run.data_dir,
-                       "train_limit": run.train_limit, "val_limit": run.val_limit},
+              "data": {k: v for k, v in dataclasses.asdict(run.data).items()
+                       if k != "probe_count"},
               "devices": f"{mesh.size} x {mesh.devices.flat[0].platform}"}
     text = f"{'resuming' if resume else 'training'} into {run_dir}\n{json.dumps(config)}"
     if mesh.devices.flat[0].platform == "cpu" and run.model.image_size >= 160:
@@ -442,7 +303,7 @@ def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed,
     mean_dev = training.replicate(np.asarray(mean, np.float32), mesh)
     rng = training.dropout_key(tcfg)
     plateau = training.Plateau(**meta["plateau"])
-    history = _read_metrics(run_dir)
+    history = RunDir(run_dir).read_metrics()
     partial = meta if "next_step" in meta else None  # resuming inside an epoch
     steps = len(train_feed) // tcfg.batch_size
     for epoch in range(meta["epoch"] + 1, tcfg.epochs + 1):
@@ -469,7 +330,7 @@ def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed,
                    "eval_seconds": eval_seconds, "snapshot_seconds": snapshot_seconds}
         history.append(metrics)
         if _is_main():  # metrics first: a resume drops lines after its checkpoint
-            _write_metrics(run_dir, history)
+            RunDir(run_dir).write_metrics(history)
             plot_curves(history, run_dir / "curves.png")
         _save_if_sound(mgr, epoch, state, {"epoch": epoch, "step": metrics["step"],
                                            "plateau": dataclasses.asdict(plateau),
@@ -633,19 +494,6 @@ def _local_copy(params):
 
 
 # ---------------------------------------------------------------------- metrics files
-
-def _read_metrics(run_dir) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_metrics(run_dir, history: list[dict]) -> None:
-    # Rewritten whole (atomically) rather than appended: a kill can never leave half a line.
-    text = "".join(json.dumps(m) + "\n" for m in history)
-    checkpoints.atomic_write(Path(run_dir) / "metrics.jsonl", lambda f: f.write(text.encode()))
-
 
 def plot_curves(history: list[dict], out_png) -> Path:
     """Draws loss, top-1/top-5 and learning rate per epoch into out_png."""
