@@ -10,6 +10,9 @@ A run folder holds::
     metrics.jsonl   one line per finished epoch
     curves.png      training curves
     snapshots/      per-epoch Fig. 4 snapshots (zfjax.evolution)
+    tensorboard/    TensorBoard event files (zfjax.tensorboard_events)
+
+``zfjax.run.RunDir`` reads and writes these files.
 
 Orbax writes each checkpoint to a temporary folder and renames it when complete,
 so a kill at any moment leaves the previous checkpoints loadable. The manager keeps

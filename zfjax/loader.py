@@ -393,8 +393,8 @@ def split_count(source: str | data.DataSource, split: str, *, data_dir=None, lim
     return total if total is not None else 0
 
 
-def choose(source: str | data.DataSource, input_size: int, *, data_dir=None, limits=None, budget=None,
-           store_dir=None, workers=None, download=False, progress=True):
+def choose(source: str | data.DataSource, input_size: int, *, data_dir=None, limits=None,
+           budget=None, store_dir=None, workers=None, download=False, progress=True):
     """Returns (train, val, mean, how): the training and validation feeds, the mean
     image float32 (S, S, 3), and a sentence saying which path was taken and why.
 

@@ -208,7 +208,8 @@ class RunDir:
         path = Path(target).absolute()
         if path.name.isdigit() and path.parent.name == checkpoints.CHECKPOINT_DIR:
             return cls(path.parent.parent), int(path.name)
-        if path.name == checkpoints.CHECKPOINT_DIR and not (path / checkpoints.CONFIG_FILE).exists():
+        if (path.name == checkpoints.CHECKPOINT_DIR
+                and not (path / checkpoints.CONFIG_FILE).exists()):
             return cls(path.parent), None
         return cls(path), None
 

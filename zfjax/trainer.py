@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from zfjax import checkpoints, data, interrupts, loader, training
+from zfjax import artifacts, checkpoints, data, interrupts, loader, tensorboard_events, training
+from zfjax.figures import curves
 from zfjax.run import RunDir, RunSpec
 from zfjax.progress import bar as progress_bar
 
@@ -86,9 +87,9 @@ def _say(message: str) -> None:
 # ---------------------------------------------------------------------------- the run
 
 def fit(run: RunSpec | None, out, *, resume: bool = False, epochs: int | None = None,
-        learning_rate: float | None = None, progress: bool = True, checkpoint_every: int | None = None,
-        memory_budget: int | None = None, store_dir=None, workers: int | None = None,
-        download: bool = False, snapshots=None) -> Path:
+        learning_rate: float | None = None, progress: bool = True,
+        checkpoint_every: int | None = None, memory_budget: int | None = None, store_dir=None,
+        workers: int | None = None, download: bool = False, snapshots=None) -> Path:
     """Trains run into the folder out; returns it.
 
     resume: continue the run in out from its newest checkpoint with out's config.json
@@ -209,15 +210,32 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, progress,
             if fresh:
                 checkpoints.save_mean(run_dir, mean)
                 RunDir(run_dir).write_metrics([])
-        _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
-                mean, probe, snapshots, progress, checkpoint_every, watch)
+        events = _event_writer(RunDir(run_dir)) if _is_main() else None
+        try:
+            _Loop(RunDir(run_dir), mgr, step_mgr, config, tcfg, mesh, train_feed, val_feed,
+                  training.replicate(np.asarray(mean, np.float32), mesh), probe, snapshots,
+                  progress, checkpoint_every, watch, events).run(state, meta)
+        finally:
+            if events is not None:
+                events.close()
     finally:
         mgr.close()
         step_mgr.close()
     _say(f"done: {tcfg.epochs} epochs in {run_dir}\n  checkpoints: {mgr_dir}\n"
-         f"  metrics: {run_dir / 'metrics.jsonl'}\n  curves: {run_dir / 'curves.png'}"
+         f"  metrics: {run_dir / 'metrics.jsonl'}\n  curves: {run_dir / 'curves.png'}\n"
+         f"  TensorBoard: tensorboard --logdir {RunDir(run_dir).tensorboard_dir}"
          + (f"\n  snapshots: {run_dir / 'snapshots'}" if snapshots else ""))
     return run_dir
+
+
+def _event_writer(run_dir: RunDir):
+    """The run's TensorBoard event writer, or None (with a note) if tensorboard is not
+    installed."""
+    try:
+        return tensorboard_events.EventWriter(run_dir.tensorboard_dir)
+    except ImportError as e:
+        _say(f"note: no TensorBoard events ({e}); pip install tensorboard to get them")
+        return None
 
 
 def _run_config(run: RunSpec, train_set, val_set, probe) -> dict:
@@ -295,105 +313,167 @@ def _banner(run: RunSpec, run_dir, mesh, resume: bool) -> str:
 
 # --------------------------------------------------------------------------- the loop
 
-def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
-            mean, probe, snapshots, progress, checkpoint_every, watch):
-    step_fn = training.make_stored_train_step(config, tcfg.filter_radius, mesh)
-    loss_fn = _make_stored_loss(config, mesh)
-    eval_fn = training.make_stored_eval_step(config, mesh)
-    mean_dev = training.replicate(np.asarray(mean, np.float32), mesh)
-    rng = training.dropout_key(tcfg)
-    plateau = training.Plateau(**meta["plateau"])
-    history = RunDir(run_dir).read_metrics()
-    partial = meta if "next_step" in meta else None  # resuming inside an epoch
-    steps = len(train_feed) // tcfg.batch_size
-    for epoch in range(meta["epoch"] + 1, tcfg.epochs + 1):
-        lr = training.learning_rate(state)
-        start = time.perf_counter()
-        state, train_metrics, last_batch = _train_epoch(
-            state, step_fn, loss_fn, rng, mean_dev, run_dir, step_mgr, epoch, tcfg, mesh,
-            train_feed, config, progress, checkpoint_every, plateau, partial, watch)
-        partial = None
-        train_seconds = time.perf_counter() - start
-        top1, top5 = evaluate_feed(state.params, eval_fn, val_feed, mean_dev, tcfg.batch_size,
-                                   mesh, watch)
-        eval_seconds = time.perf_counter() - start - train_seconds
-        if snapshots and _is_main():
-            snapshots(run_dir, epoch, config, _local_copy(state.params), probe)
-        snapshot_seconds = time.perf_counter() - start - train_seconds - eval_seconds
-        plateau, next_lr = training.next_learning_rate(tcfg, plateau, epoch, 1 - top1, lr)
-        state = training.with_learning_rate(state, next_lr)
-        steps_run = train_metrics.pop("steps_run")
-        metrics = {"epoch": epoch, "step": epoch * steps, **train_metrics,
-                   "val_top1": top1, "val_top5": top5, "learning_rate": lr,
-                   "images_per_s": steps_run * tcfg.batch_size / train_seconds,
-                   "seconds": time.perf_counter() - start, "train_seconds": train_seconds,
-                   "eval_seconds": eval_seconds, "snapshot_seconds": snapshot_seconds}
-        history.append(metrics)
-        if _is_main():  # metrics first: a resume drops lines after its checkpoint
-            RunDir(run_dir).write_metrics(history)
-            plot_curves(history, run_dir / "curves.png")
-        _save_if_sound(mgr, epoch, state, {"epoch": epoch, "step": metrics["step"],
-                                           "plateau": dataclasses.asdict(plateau),
-                                           "metrics": metrics}, run_dir, epoch, steps - 1,
-                       loss_fn, last_batch, mean_dev, rng)
-        for old in step_mgr.all_steps():  # superseded by this epoch's checkpoint
-            step_mgr.delete(old)
-        wait = metrics["input_wait_seconds"]
-        bound = "input" if wait > 0.1 * train_seconds else "step"
-        _say(f"epoch {epoch}: train loss {metrics['train_loss']:.3f} top-1 "
-             f"{metrics['train_top1']:.3f} | val top-1 {top1:.3f} top-5 {top5:.3f} | lr {lr:g}"
-             f" | {metrics['images_per_s']:.0f} img/s, {metrics['seconds']:.0f} s | waited "
-             f"{wait:.1f} s of {train_seconds:.0f} s for input: {bound}-bound")
+@dataclasses.dataclass
+class _Loop:
+    """What every epoch and step of one fit shares: where to write (folder, checkpoint
+    managers, TensorBoard events), what to train (config, recipe, mesh, feeds, the
+    replicated mean and dropout key, compiled steps) and the hooks."""
+
+    run_dir: RunDir
+    mgr: object  # orbax CheckpointManager of the epochs' checkpoints
+    step_mgr: object  # ... of the mid-epoch checkpoint
+    config: object
+    tcfg: training.TrainConfig
+    mesh: object
+    train_feed: object
+    val_feed: object
+    mean_dev: jax.Array
+    probe: object
+    snapshots: object
+    progress: bool
+    checkpoint_every: int | None
+    watch: interrupts.Watch
+    events: object = None  # tensorboard_events.EventWriter on process 0, else None
+
+    def __post_init__(self):
+        self.step_fn = training.make_stored_train_step(self.config, self.tcfg.filter_radius,
+                                                       self.mesh)
+        self.loss_fn = _make_stored_loss(self.config, self.mesh)
+        self.eval_fn = training.make_stored_eval_step(self.config, self.mesh)
+        self.rng = training.dropout_key(self.tcfg)
+        self.steps = len(self.train_feed) // self.tcfg.batch_size
+
+    def run(self, state, meta: dict) -> None:
+        """Trains from after meta['epoch'] (and meta['next_step'] inside the next epoch,
+        when resuming there) up to tcfg.epochs."""
+        tcfg, run_dir = self.tcfg, self.run_dir
+        plateau = training.Plateau(**meta["plateau"])
+        history = run_dir.read_metrics()
+        partial = meta if "next_step" in meta else None  # resuming inside an epoch
+        for epoch in range(meta["epoch"] + 1, tcfg.epochs + 1):
+            lr = training.learning_rate(state)
+            start = time.perf_counter()
+            state, train_metrics, last_batch = self.train_epoch(state, epoch, plateau, partial)
+            partial = None
+            train_seconds = time.perf_counter() - start
+            top1, top5 = evaluate_feed(state.params, self.eval_fn, self.val_feed, self.mean_dev,
+                                       tcfg.batch_size, self.mesh, self.watch)
+            eval_seconds = time.perf_counter() - start - train_seconds
+            snapshot = None
+            if self.snapshots and _is_main():
+                snapshot = self.snapshots(run_dir.path, epoch, self.config,
+                                          _local_copy(state.params), self.probe)
+            snapshot_seconds = time.perf_counter() - start - train_seconds - eval_seconds
+            plateau, next_lr = training.next_learning_rate(tcfg, plateau, epoch, 1 - top1, lr)
+            state = training.with_learning_rate(state, next_lr)
+            steps_run = train_metrics.pop("steps_run")
+            metrics = {"epoch": epoch, "step": epoch * self.steps, **train_metrics,
+                       "val_top1": top1, "val_top5": top5, "learning_rate": lr,
+                       "images_per_s": steps_run * tcfg.batch_size / train_seconds,
+                       "seconds": time.perf_counter() - start, "train_seconds": train_seconds,
+                       "eval_seconds": eval_seconds, "snapshot_seconds": snapshot_seconds}
+            history.append(metrics)
+            if _is_main():  # metrics first: a resume drops lines after its checkpoint
+                run_dir.write_metrics(history)
+                artifacts.save_png(curves.plot_curves(history), run_dir.curves_file, dpi=90)
+                self._log_epoch(metrics, snapshot)
+            self.save_if_sound(self.mgr, epoch, state, {
+                "epoch": epoch, "step": metrics["step"], "plateau": dataclasses.asdict(plateau),
+                "metrics": metrics}, epoch, self.steps - 1, last_batch)
+            for old in self.step_mgr.all_steps():  # superseded by this epoch's checkpoint
+                self.step_mgr.delete(old)
+            wait = metrics["input_wait_seconds"]
+            bound = "input" if wait > 0.1 * train_seconds else "step"
+            _say(f"epoch {epoch}: train loss {metrics['train_loss']:.3f} top-1 "
+                 f"{metrics['train_top1']:.3f} | val top-1 {top1:.3f} top-5 {top5:.3f} | lr "
+                 f"{lr:g} | {metrics['images_per_s']:.0f} img/s, {metrics['seconds']:.0f} s | "
+                 f"waited {wait:.1f} s of {train_seconds:.0f} s for input: {bound}-bound")
+
+    def train_epoch(self, state, epoch: int, plateau: training.Plateau, partial: dict | None):
+        """One pass over the training batches (from partial['next_step'] when resuming
+        inside the epoch); stops with KeyboardInterrupt between steps once watch saw
+        Ctrl-C. Returns (state, {'train_loss', 'train_top1', 'input_wait_seconds',
+        'steps_run'}, the last batch trained or None)."""
+        tcfg, steps = self.tcfg, self.steps
+        first = partial["next_step"] if partial else 0
+        sums = (partial["loss_sum"], partial["acc_sum"]) if partial else (0.0, 0.0)
+        host = self.train_feed.train(tcfg.batch_size, self.config.image_size, seed=tcfg.seed,
+                                     epoch=epoch, start_step=first)
+        # A thread reads and transfers the next batches while this one trains.
+        batches = loader.prefetch(training.put_local_batch(self.mesh, *b) for b in host)
+        bar = progress_bar(total=steps, initial=first, desc=f"epoch {epoch}/{tcfg.epochs}",
+                           unit="step", disable=not (self.progress and _is_main()), leave=False)
+        pending, start, wait, batch = None, time.perf_counter(), 0.0, None
+        with bar:
+            for i in range(first, steps):
+                self.watch.check()
+                t = time.perf_counter()
+                batch = next(batches)
+                wait += time.perf_counter() - t
+                state, metrics = self.step_fn(state, batch, self.mean_dev, self.rng)
+                # Read the previous step's numbers while this one runs.
+                if pending is not None:
+                    sums = self._check(pending, sums, i - 1, epoch)
+                    speed = (i - first) * tcfg.batch_size / (time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{sums[0] / i:.3f}", acc=f"{sums[1] / i:.3f}",
+                                    img_s=f"{speed:.0f}")
+                    bar.update()
+                pending = metrics
+                every = self.checkpoint_every
+                if every and (i + 1) % every == 0 and i + 1 < steps:
+                    sums, pending = self._check(pending, sums, i, epoch), None
+                    bar.update()
+                    self.save_if_sound(
+                        self.step_mgr, int(training.local_value(state.step)), state, {
+                            "epoch": epoch - 1, "next_step": i + 1, "loss_sum": sums[0],
+                            "acc_sum": sums[1], "plateau": dataclasses.asdict(plateau)},
+                        epoch, i, batch)
+            if pending is not None:
+                sums = self._check(pending, sums, steps - 1, epoch)
+                bar.update()
+        return state, {"train_loss": sums[0] / steps, "train_top1": sums[1] / steps,
+                       "input_wait_seconds": wait, "steps_run": steps - first}, batch
+
+    def _check(self, metrics, sums: tuple[float, float], index: int, epoch: int):
+        """_check of a step's metrics, its loss also logged to TensorBoard at its global step."""
+        loss_sum, acc_sum = _check(metrics, *sums, index, epoch, self.run_dir.path)
+        if self.events is not None:
+            self.events.scalars((epoch - 1) * self.steps + index + 1, {
+                "step/train_loss": loss_sum - sums[0], "step/train_top1": acc_sum - sums[1]})
+        return loss_sum, acc_sum
+
+    def _log_epoch(self, metrics: dict, snapshot) -> None:
+        """The epoch's metrics (and its Fig. 4 snapshot, a saved .npz path or None) as
+        TensorBoard events at the epoch's last global step."""
+        if self.events is None:
+            return
+        self.events.scalars(metrics["step"], {f"epoch/{k}": v for k, v in metrics.items()
+                                              if k not in ("epoch", "step")})
+        if isinstance(snapshot, Path):  # the hook's saved .npz (evolution.EpochSnapshots)
+            self.events.image("fig4_snapshot", metrics["step"], tensorboard_events.snapshot_image(
+                artifacts.load_npz(snapshot)))
+
+    def save_if_sound(self, mgr, number: int, state, meta: dict, epoch: int, index: int,
+                      batch) -> None:
+        """checkpoints.save, unless the state exploded: parameters or optimizer state hold
+        a NaN or an infinity, or the loss of these parameters on the batch just trained
+        has diverged (_diverged; the training loss of a step is that of the parameters
+        before its update, so an exploded update shows there only a step later; a saved
+        one made --resume diverge again at once). Then NonFiniteLoss, and the last good
+        checkpoint stays the newest. batch: the last batch trained (None: not checked)."""
+        sound = bool(training.local_value(_all_finite((state.params, state.opt_state))))
+        what = "the parameters became non-finite"
+        if sound and batch is not None:
+            loss = float(training.local_value(self.loss_fn(state.params, batch, self.mean_dev,
+                                                           self.rng)))
+            sound, what = not _diverged(loss), f"the loss after the update became {loss:g}"
+        if not sound:
+            raise _non_finite(what, epoch, index, self.run_dir.path)
+        checkpoints.save(mgr, number, state, meta)
 
 
 TIMING_KEYS = ("images_per_s", "seconds", "train_seconds", "eval_seconds", "snapshot_seconds",
                "input_wait_seconds")
-
-
-def _train_epoch(state, step_fn, loss_fn, rng, mean_dev, run_dir, step_mgr, epoch, tcfg, mesh,
-                 feed, config, progress, checkpoint_every, plateau, partial, watch):
-    """One pass over the training batches (from partial['next_step'] when resuming inside
-    the epoch); stops with KeyboardInterrupt between steps once watch saw Ctrl-C.
-    Returns (state, {'train_loss', 'train_top1', 'input_wait_seconds', 'steps_run'}, the
-    last batch trained or None)."""
-    steps = len(feed) // tcfg.batch_size
-    first = partial["next_step"] if partial else 0
-    loss_sum, acc_sum = (partial["loss_sum"], partial["acc_sum"]) if partial else (0.0, 0.0)
-    host = feed.train(tcfg.batch_size, config.image_size, seed=tcfg.seed, epoch=epoch,
-                      start_step=first)
-    # A thread reads and transfers the next batches while this one trains.
-    batches = loader.prefetch(training.put_local_batch(mesh, *b) for b in host)
-    bar = progress_bar(total=steps, initial=first, desc=f"epoch {epoch}/{tcfg.epochs}",
-                       unit="step", disable=not (progress and _is_main()), leave=False)
-    pending, start, wait, batch = None, time.perf_counter(), 0.0, None
-    with bar:
-        for i in range(first, steps):
-            watch.check()
-            t = time.perf_counter()
-            batch = next(batches)
-            wait += time.perf_counter() - t
-            state, metrics = step_fn(state, batch, mean_dev, rng)
-            # Read the previous step's numbers while this one runs.
-            if pending is not None:
-                loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i - 1, epoch, run_dir)
-                done = i - first
-                bar.set_postfix(loss=f"{loss_sum / i:.3f}", acc=f"{acc_sum / i:.3f}",
-                                img_s=f"{done * tcfg.batch_size / (time.perf_counter() - start):.0f}")
-                bar.update()
-            pending = metrics
-            if checkpoint_every and (i + 1) % checkpoint_every == 0 and i + 1 < steps:
-                loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i, epoch, run_dir)
-                pending = None
-                bar.update()
-                _save_if_sound(step_mgr, int(training.local_value(state.step)), state, {
-                    "epoch": epoch - 1, "next_step": i + 1, "loss_sum": loss_sum,
-                    "acc_sum": acc_sum, "plateau": dataclasses.asdict(plateau)}, run_dir,
-                    epoch, i, loss_fn, batch, mean_dev, rng)
-        if pending is not None:
-            loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, steps - 1, epoch, run_dir)
-            bar.update()
-    return state, {"train_loss": loss_sum / steps, "train_top1": acc_sum / steps,
-                   "input_wait_seconds": wait, "steps_run": steps - first}, batch
 
 
 # A mean cross-entropy above this has diverged, finite or not: chance is ln(classes)
@@ -440,24 +520,6 @@ def _make_stored_loss(config, mesh):
     return jax.jit(loss, in_shardings=(repl, (data_,) * 5, repl, repl), out_shardings=repl)
 
 
-def _save_if_sound(mgr, number: int, state, meta: dict, run_dir, epoch: int, index: int,
-                   loss_fn, batch, mean_dev, rng):
-    """checkpoints.save, unless the state exploded: parameters or optimizer state hold a
-    NaN or an infinity, or the loss of these parameters on the batch just trained has
-    diverged (_diverged; the training loss of a step is that of the parameters before its update, so
-    an exploded update shows there only a step later; a saved one made --resume diverge
-    again at once). Then NonFiniteLoss, and the last good checkpoint stays the newest.
-    loss_fn: _make_stored_loss's; batch: the last batch trained (None: not checked)."""
-    sound = bool(training.local_value(_all_finite((state.params, state.opt_state))))
-    what = "the parameters became non-finite"
-    if sound and batch is not None:
-        loss = float(training.local_value(loss_fn(state.params, batch, mean_dev, rng)))
-        sound, what = not _diverged(loss), f"the loss after the update became {loss:g}"
-    if not sound:
-        raise _non_finite(what, epoch, index, run_dir)
-    checkpoints.save(mgr, number, state, meta)
-
-
 def evaluate_feed(params, eval_fn, feed, mean_dev, batch_size, mesh, watch=None):
     """Centre-crop (top-1, top-5) accuracy of params on a loader feed (InMemory or
     Streamed); eval_fn is training.make_stored_eval_step, mean_dev the replicated mean.
@@ -491,34 +553,3 @@ def evaluate(params, eval_fn, images: data.ImageSet, mean, config, batch_size, m
 def _local_copy(params):
     """The replicated params as arrays on this process's first device."""
     return jax.tree.map(lambda a: a.addressable_data(0), params)
-
-
-# ---------------------------------------------------------------------- metrics files
-
-def plot_curves(history: list[dict], out_png) -> Path:
-    """Draws loss, top-1/top-5 and learning rate per epoch into out_png."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [m["epoch"] for m in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(epochs, [m["train_loss"] for m in history], "o-")
-    axes[0].set(title="training loss", xlabel="epoch")
-    axes[1].plot(epochs, [m["train_top1"] for m in history], "o-", label="train top-1")
-    axes[1].plot(epochs, [m["val_top1"] for m in history], "o-", label="val top-1")
-    axes[1].plot(epochs, [m["val_top5"] for m in history], "o--", label="val top-5")
-    axes[1].set(title="accuracy", xlabel="epoch", ylim=(0, 1))
-    axes[1].legend()
-    axes[2].semilogy(epochs, [m["learning_rate"] for m in history], "o-")
-    axes[2].set(title="learning rate", xlabel="epoch")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    out_png = Path(out_png)
-    checkpoints.atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=90))
-    plt.close(fig)
-    return out_png
-
