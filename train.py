@@ -17,15 +17,15 @@ command on each host with --distributed and the run folder on a shared file syst
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
+from typing import Callable, NamedTuple
 
 
 def parse_args(argv=None):
-    from zfjax import argtypes, network, trainer
+    from zfjax import argtypes, network, run
 
-    names = list(trainer.presets())
+    names = list(run.PRESETS)
     p = argparse.ArgumentParser(
         prog="train.py", description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,26 +88,58 @@ def parse_args(argv=None):
 DEFAULT_PRESET = "imagenette"
 
 
-def resume_requests(args) -> dict:
-    """The settings a resume cannot change (trainer.RESUME_FIXED) that the command line
-    asks for, flag by flag: name -> trainer.Requested. An explicit --preset asks for every
-    one of them that no other flag overrides."""
-    from zfjax import trainer
+class Flag(NamedTuple):
+    """A flag that sets one run setting (a name of run.RunSpec.settings()); value turns
+    the parsed value into the setting's (default: as parsed)."""
 
-    given = {"image_size": args.size, "width": args.width, "batch_size": args.batch,
-             "seed": args.seed, "data": args.data, "data_dir": args.data_dir,
-             "train_limit": args.limit, "variant": args.variant}
-    requests = {name: trainer.Requested(value, f"{trainer.RESUME_FIXED[name]} {value}")
-                for name, value in given.items() if value is not None}
-    if args.no_renorm:
-        requests["filter_radius"] = trainer.Requested(None, "--no-renorm")
-    if args.shuffle_labels:
-        requests["shuffle_labels"] = trainer.Requested(True, "--shuffle-labels")
-    if args.preset is not None:
-        for name, value in trainer.resume_settings(build_run(args)).items():
-            requests.setdefault(name, trainer.Requested(
-                value, f"--preset {args.preset} (its {name} {value!r})"))
-    return requests
+    setting: str
+    value: Callable | None = None
+
+
+# Every flag that sets a run setting, by argparse dest: the one table build_run applies
+# and a refused --resume names the flag from. A flag left out (None, or False for a
+# switch) sets nothing.
+FLAGS = {
+    "size": Flag("image_size"), "width": Flag("width"), "variant": Flag("variant"),
+    "epochs": Flag("epochs"), "batch": Flag("batch_size"), "lr": Flag("learning_rate"),
+    "seed": Flag("seed"), "no_renorm": Flag("filter_radius", lambda on: None),
+    "data": Flag("data"), "data_dir": Flag("data_dir"), "limit": Flag("train_limit"),
+    "shuffle_labels": Flag("shuffle_labels"),
+}
+
+
+def flag_settings(args) -> dict:
+    """setting name -> (value, the words of the command line that set it) for every
+    flag of FLAGS that args gives."""
+    found = {}
+    for dest, flag in FLAGS.items():
+        given = getattr(args, dest)
+        if given is None or given is False:
+            continue
+        words = "--" + dest.replace("_", "-") + ("" if given is True else f" {given}")
+        found[flag.setting] = (flag.value(given) if flag.value else given, words)
+    return found
+
+
+def resume_refusal(args, stored) -> str | None:
+    """Why the command line asks for a run other than `stored` (the run folder's
+    run.RunSpec), or None: one comparison of the stored spec with the requested one
+    (the stored spec with the flags applied, or --preset with them), naming the flags
+    given explicitly first."""
+    from zfjax import run
+
+    flags = flag_settings(args)
+    base = run.PRESETS[args.preset] if args.preset is not None else stored
+    requested = base.with_settings({name: value for name, (value, _) in flags.items()})
+    differ = sorted(stored.differences(requested), key=lambda name: name not in flags)
+    if not differ:
+        return None
+    name = differ[0]
+    value = requested.settings()[name]
+    words = flags[name][1] if name in flags else f"--preset {args.preset} (its {name} {value!r})"
+    return (f"{words} differs from the run's {name} {stored.settings()[name]!r}; --resume can "
+            f"only change the learning rate (--lr) and the number of epochs (--epochs); start "
+            f"a new run (another --out) to change {words.split()[0]}")
 
 
 def snapshot_hook():
@@ -118,27 +150,12 @@ def snapshot_hook():
 
 
 def build_run(args):
-    """The preset with the command line's overrides applied."""
-    from zfjax import network, trainer
+    """The preset with the command line's settings applied (a run.RunSpec)."""
+    from zfjax import run
 
-    run = trainer.presets()[args.preset or DEFAULT_PRESET]
-    model = dataclasses.replace(run.model, **{k: v for k, v in (
-        ("image_size", args.size), ("width", args.width)) if v is not None})
-    train = dataclasses.replace(run.train, **{k: v for k, v in (
-        ("epochs", args.epochs), ("batch_size", args.batch), ("learning_rate", args.lr),
-        ("seed", args.seed)) if v is not None})
-    if args.variant:
-        model = network.with_variant(model, args.variant)
-    if args.no_renorm:
-        train = dataclasses.replace(train, filter_radius=None)
-    if args.shuffle_labels:
-        train = dataclasses.replace(train, shuffle_labels=True)
-    dtype = args.dtype or _default_dtype()
-    if dtype != model.dtype:
-        model = dataclasses.replace(model, dtype=dtype)
-    return dataclasses.replace(run, model=model, train=train, data=args.data or run.data,
-                               data_dir=args.data_dir or run.data_dir,
-                               train_limit=args.limit if args.limit is not None else run.train_limit)
+    spec = run.PRESETS[args.preset or DEFAULT_PRESET]
+    changes = {name: value for name, (value, _) in flag_settings(args).items()}
+    return spec.with_settings({**changes, "dtype": args.dtype or _default_dtype()})
 
 
 def _default_dtype() -> str:
@@ -215,6 +232,7 @@ def main(argv=None) -> int:
         if code:
             return code
     from zfjax import checkpoints, trainer
+    from zfjax.run import RunDir
 
     if args.resume and not args.out:
         print("error: --resume needs --out, the run folder to continue", file=sys.stderr)
@@ -226,8 +244,11 @@ def main(argv=None) -> int:
                        memory_budget=budget, store_dir=args.store, workers=args.workers,
                        download=not args.offline, snapshots=snapshot_hook())
         if args.resume:
+            refusal = resume_refusal(args, RunDir(out).read_spec())
+            if refusal:
+                raise ValueError(refusal)
             trainer.fit(None, out, resume=True, epochs=args.epochs, learning_rate=args.lr,
-                        fixed=resume_requests(args), **feeding)
+                        **feeding)
         else:
             trainer.fit(build_run(args), out, epochs=args.epochs, **feeding)
     except trainer.Interrupted as e:

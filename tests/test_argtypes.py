@@ -42,7 +42,7 @@ def test_train_accepts_good_numbers():
     args = train.parse_args(["--limit", "1", "--lr", "1e-3", "--width", "0.25", "--size", "64",
                              "--seed", "0"])
     assert (args.limit, args.lr, args.width, args.size, args.seed) == (1, 1e-3, 0.25, 64, 0)
-    assert train.build_run(args).train_limit == 1
+    assert train.build_run(args).data.train_limit == 1
 
 
 @pytest.mark.parametrize("argv, message", [

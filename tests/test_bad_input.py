@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from zfjax import data, trainer, training
+from zfjax.run import DataSpec, RunSpec
 from zfjax.model import ZFNetConfig
 
 TINY = ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
@@ -160,7 +161,7 @@ def test_class_index_map():
 
 
 def _run(root, **kwargs):
-    return trainer.Run(TINY, training.TrainConfig(epochs=1, batch_size=4), str(root), **kwargs)
+    return RunSpec(TINY, training.TrainConfig(epochs=1, batch_size=4), DataSpec(str(root), **kwargs))
 
 
 def test_training_refuses_a_val_class_it_cannot_predict(tmp_path):

@@ -96,13 +96,13 @@ def test_load_run_from_a_run_folder_or_a_checkpoint(tmp_path):
     state = _state()
     mean = _make_run(tmp_path, state)
     for path in (tmp_path, tmp_path / "checkpoints", tmp_path / "checkpoints" / "1"):
-        params, config, got_mean, info = checkpoints.load_run(path)
+        params, config, got_mean, record = checkpoints.load_run(path)
         assert config == TINY
         jax.tree.map(np.testing.assert_array_equal, params, state.params)
         np.testing.assert_array_equal(got_mean, mean)
-        assert info["epoch"] == 1 and info["step"] == 9
-        assert info["metrics"] == {"val_top1": 0.25} and info["class_names"][3] == "3"
-        assert info["checkpoint"] == str(tmp_path / "checkpoints" / "1")
+        assert record.epoch == 1 and record.step == 9 and record.run_dir == tmp_path
+        assert record.metrics == {"val_top1": 0.25} and record.class_names[3] == "3"
+        assert record.checkpoint == tmp_path / "checkpoints" / "1"
     # The parameters are usable as they come.
     logits, _ = model.forward_jit(config, params, np.zeros((1, 64, 64, 3), np.float32))
     assert logits.shape == (1, 10)

@@ -115,8 +115,8 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_good_one(folder, tmp_path, cap
         line = _one_error_line(capfd.readouterr().err)
         assert "not enough free space in" in line and "for checkpoint 2" in line
         assert f"the last good checkpoint is {disk / 'run' / 'checkpoints' / '1'}" in line
-        params, _, _, info = checkpoints.load_run(disk / "run")
-        assert info["epoch"] == 1
+        params, _, _, record = checkpoints.load_run(disk / "run")
+        assert record.epoch == 1
 
 
 def test_a_write_that_fails_on_a_full_disk_names_the_last_good_checkpoint(tmp_path, capfd,
@@ -180,7 +180,7 @@ def test_truncated_checkpoint_is_one_line_and_the_others_stay_usable(finished, t
     assert (f"checkpoint {run / 'checkpoints' / '3'} cannot be read, it is damaged or "
             f"truncated") in line
     assert f"load another with {run / 'checkpoints' / '2'} (epochs 1, 2 exist)" in line
-    assert checkpoints.load_run(run / "checkpoints" / "2")[3]["epoch"] == 2
+    assert checkpoints.load_run(run / "checkpoints" / "2").record.epoch == 2
 
     resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), "--out", str(run),
                               "--resume", "--epochs", "4", "--no-progress"], env=ENV,
@@ -281,13 +281,14 @@ def test_resume_refuses_variant_renorm_and_preset_that_differ(finished, flags, s
     assert (run / "config.json").read_bytes() == before
 
 
-def test_resume_requests_only_what_the_command_line_gives():
-    requests = train.resume_requests(train.parse_args(["--resume", "--lr", "0.1", "--epochs", "3"]))
-    assert requests == {}
-    requests = train.resume_requests(train.parse_args(["--preset", "cpu", "--width", "0.25"]))
-    assert requests["width"] == trainer.Requested(0.25, "--width 0.25")
-    assert requests["image_size"] == trainer.Requested(64, "--preset cpu (its image_size 64)")
-    assert requests["variant"].value == "zfnet" and requests["filter_radius"].value == 0.1
+def test_resume_compares_only_what_the_command_line_gives():
+    stored = train.build_run(train.parse_args(["--preset", "cpu", "--width", "0.25"]))
+    resume = lambda *flags: train.resume_refusal(train.parse_args(["--resume", *flags]), stored)
+    assert resume("--lr", "0.1", "--epochs", "3") is None
+    assert resume("--preset", "cpu", "--width", "0.25") is None
+    assert resume("--width", "0.25", "--seed", "0", "--variant", "zfnet") is None
+    assert resume("--preset", "cpu").startswith("--preset cpu (its width 0.5) differs")
+    assert resume("--preset", "cpu", "--seed", "3").startswith("--seed 3 differs")  # flags first
 
 
 def test_resume_applies_and_records_a_new_learning_rate_and_epochs(finished, folder, tmp_path):
@@ -534,7 +535,7 @@ def test_ctrl_c_says_where_the_last_checkpoint_is_and_how_to_resume(folder, tmp_
     assert (f"interrupted; the last checkpoint (epoch {last}) is "
             f"{run / 'checkpoints' / str(last)}; continue with: python train.py --out {run} "
             f"--resume") in err
-    assert checkpoints.load_run(run)[3]["epoch"] == last
+    assert checkpoints.load_run(run).record.epoch == last
 
 
 def test_ctrl_c_while_compiling_is_one_line_and_exit_130(folder, tmp_path):

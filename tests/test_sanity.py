@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from zfjax import checkpoints, data, loader, model, sanity, trainer
+from zfjax import checkpoints, data, loader, model, run, sanity
 from helpers import TINY, random_params, write_tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,16 +221,16 @@ def test_shuffled_labels_are_a_permutation_fixed_by_the_seed_and_images_keep_the
 
 
 def test_shuffle_labels_is_recorded_and_a_resume_keeps_it_or_refuses_to_add_it(tmp_path):
-    run = train.build_run(train.parse_args(["--preset", "cpu", "--shuffle-labels"]))
-    assert run.train.shuffle_labels and not trainer.presets()["cpu"].train.shuffle_labels
+    spec = train.build_run(train.parse_args(["--preset", "cpu", "--shuffle-labels"]))
+    assert spec.train.shuffle_labels and not run.PRESETS["cpu"].train.shuffle_labels
     (tmp_path / "config.json").write_text(json.dumps({
-        "model": checkpoints.config_dict(run.model), "train": checkpoints.config_dict(run.train),
-        "data": {"source": run.data}}))
-    assert trainer._stored_run(tmp_path).train.shuffle_labels
-    plain = trainer.presets()["cpu"]
-    asked = train.resume_requests(train.parse_args(["--resume", "--out", "x",
-                                                    "--shuffle-labels"]))
-    with pytest.raises(ValueError, match="^--shuffle-labels differs from the run's "
-                                         "shuffle_labels False; --resume can only change"):
-        trainer._check_fixed(plain, asked, tmp_path)
-    trainer._check_fixed(run, asked, tmp_path)
+        "model": checkpoints.config_dict(spec.model), "train": checkpoints.config_dict(spec.train),
+        "data": dataclasses.asdict(spec.data)}))
+    stored = run.RunDir(tmp_path).read_spec()
+    assert stored.train.shuffle_labels
+    plain = train.build_run(train.parse_args(["--preset", "cpu"]))
+    asked = train.parse_args(["--resume", "--out", "x", "--shuffle-labels"])
+    assert train.resume_refusal(asked, plain).startswith(
+        "--shuffle-labels differs from the run's shuffle_labels False; --resume can only change")
+    assert train.resume_refusal(asked, stored) is None
+    assert train.resume_refusal(train.parse_args(["--resume", "--out", "x"]), stored) is None

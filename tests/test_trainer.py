@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from zfjax import checkpoints, evolution, model, trainer, training
+from zfjax.run import PRESETS, DataSpec, RunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,18 +50,18 @@ def _metrics(run_dir):
     return [json.loads(line) for line in lines]
 
 
-@pytest.mark.parametrize("name", list(trainer.presets()))
+@pytest.mark.parametrize("name", list(PRESETS))
 def test_every_presets_step_schedule_decays_before_its_last_epoch(name):
-    train_cfg = trainer.presets()[name].train
+    train_cfg = PRESETS[name].train
     assert all(1 <= step < train_cfg.epochs for step in train_cfg.lr_steps), train_cfg
 
 
 def test_demo_preset_saves_the_paper_fig4_epochs_up_to_its_last():
     run = train.build_run(train.parse_args(["--preset", "demo"]))
-    assert run.model.image_size > trainer.presets()["cpu"].model.image_size
+    assert run.model.image_size > PRESETS["cpu"].model.image_size
     saved = range(1, run.train.epochs + 1)
     assert evolution.default_epochs(saved) == [1, 2, 5, 10, 20]
-    assert run.data == (str(IMAGENETTE) if IMAGENETTE.is_dir() else "imagenette/320px-v2")
+    assert run.data.source == (str(IMAGENETTE) if IMAGENETTE.is_dir() else "imagenette/320px-v2")
 
 
 @pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
@@ -69,8 +70,8 @@ def test_smoke_run_on_real_images_learns_and_writes_everything(tmp_path):
     # He-normal conv1 too: 40 steps leave its high starting loss behind, while the
     # preset's N(0, 1e-2) conv1 starts at chance (2.30) and stays there that long.
     he = dataclasses.replace(TINY, first_init_std=None)
-    run = trainer.Run(he, training.TrainConfig(epochs=2, batch_size=16, lr_schedule="constant"),
-                      str(IMAGENETTE), train_limit=320, val_limit=100, probe_count=40)
+    run = RunSpec(he, training.TrainConfig(epochs=2, batch_size=16, lr_schedule="constant"),
+                  DataSpec(str(IMAGENETTE), train_limit=320, val_limit=100, probe_count=40))
     out = trainer.fit(run, tmp_path / "run", progress=False, snapshots=evolution.EpochSnapshots())
     metrics = _metrics(out)
     assert [m["epoch"] for m in metrics] == [1, 2]
@@ -81,9 +82,9 @@ def test_smoke_run_on_real_images_learns_and_writes_everything(tmp_path):
     assert stored["data"]["train_images"] == 320 and len(stored["class_names"]) == 10
 
     # The newest checkpoint loads and scores what the run logged for it.
-    params, config, mean, info = checkpoints.load_run(out)
-    assert config == he and info["epoch"] == 2 and mean.shape == (73, 73, 3)
-    assert info["metrics"]["val_top1"] == metrics[1]["val_top1"]
+    params, config, mean, record = checkpoints.load_run(out)
+    assert config == he and record.epoch == 2 and mean.shape == (73, 73, 3)
+    assert record.metrics["val_top1"] == metrics[1]["val_top1"]
     mesh = training.make_mesh()
     from zfjax import data
     val = data.load_split(str(IMAGENETTE), "val", 64, limit=100, progress=False)
@@ -135,9 +136,9 @@ def test_resume_after_kill_mid_epoch_ends_where_an_uninterrupted_run_ends(folder
     assert "resuming after epoch 1, at step 2 of epoch 2" in capsys.readouterr().out
     assert train.main([*args, "--out", str(tmp_path / "whole")]) == 0
 
-    resumed, _, _, info = checkpoints.load_run(tmp_path / "killed")
+    resumed, _, _, record = checkpoints.load_run(tmp_path / "killed")
     whole, config, _, _ = checkpoints.load_run(tmp_path / "whole")
-    assert config == TINY and info["epoch"] == 3
+    assert config == TINY and record.epoch == 3
     jax.tree.map(np.testing.assert_array_equal, resumed, whole)  # bit for bit
     strip = lambda ms: [{k: v for k, v in m.items() if k not in trainer.TIMING_KEYS}
                         for m in ms]
@@ -160,7 +161,7 @@ def test_ctrl_c_that_python_drops_in_a_finalizer_still_stops_training(folder, tm
                                                                       unraisable):
     """CI once saw train.py train on for 300 s after Ctrl-C: the KeyboardInterrupt was
     raised inside a weakref callback, where Python drops it."""
-    run = trainer.Run(TINY, training.TrainConfig(epochs=3, batch_size=16), str(folder))
+    run = RunSpec(TINY, training.TrainConfig(epochs=3, batch_size=16), DataSpec(str(folder)))
     with pytest.raises(trainer.Interrupted, match=r"the last checkpoint \(epoch 1\) is .*"
                                                   r"continue with: python train.py --out"):
         trainer.fit(run, tmp_path, progress=False, snapshots=_PressAfterEpoch())
@@ -184,7 +185,7 @@ def test_ctrl_c_names_the_mid_epoch_checkpoint_that_resume_uses(folder, tmp_path
         return run
 
     monkeypatch.setattr(training, "make_stored_train_step", make_pressing)
-    run = trainer.Run(TINY, training.TrainConfig(epochs=1, batch_size=16), str(folder))
+    run = RunSpec(TINY, training.TrainConfig(epochs=1, batch_size=16), DataSpec(str(folder)))
     with pytest.raises(trainer.Interrupted) as err:
         trainer.fit(run, tmp_path, progress=False, checkpoint_every=1)
     assert str(err.value).startswith(
@@ -195,7 +196,7 @@ def test_ctrl_c_names_the_mid_epoch_checkpoint_that_resume_uses(folder, tmp_path
 def test_existing_run_needs_resume(folder, tmp_path):
     (tmp_path / "checkpoints" / "1").mkdir(parents=True)
     checkpoints.write_json(tmp_path / "config.json", {"format": checkpoints.RUN_FORMAT})
-    run = trainer.Run(TINY, training.TrainConfig(batch_size=16), str(folder))
+    run = RunSpec(TINY, training.TrainConfig(batch_size=16), DataSpec(str(folder)))
     with pytest.raises(FileExistsError, match="already holds checkpoints; pass --resume"):
         trainer.fit(run, tmp_path, progress=False)
 
@@ -237,7 +238,7 @@ def test_an_exploded_update_is_never_saved_and_resume_uses_the_checkpoint_named(
     """Issue 15 item 7: the update of step 1 explodes; its loss shows only at step 2, but
     the mid-epoch checkpoint after step 1 must not hold it. 50 images in batches of 16:
     3 steps an epoch, a checkpoint after steps 0 and 1 (global steps 1 and 2)."""
-    run = trainer.Run(TINY, training.TrainConfig(epochs=1, batch_size=16), str(folder))
+    run = RunSpec(TINY, training.TrainConfig(epochs=1, batch_size=16), DataSpec(str(folder)))
     with monkeypatch.context() as patch:
         patch.setattr(training, "make_stored_train_step", _exploding_at(1))
         with pytest.raises(trainer.NonFiniteLoss) as err:
@@ -258,8 +259,8 @@ def test_resume_with_lr_of_a_run_that_never_saved_restarts_with_that_lr(folder, 
                                                                           capsys):
     """With --lr 1e6 the first update leaves finite parameters whose loss is ~1e22 (NaN
     a step later): not a checkpoint to continue from, whatever the learning rate."""
-    run = trainer.Run(TINY, training.TrainConfig(epochs=1, batch_size=16, learning_rate=1e6),
-                      str(folder))
+    run = RunSpec(TINY, training.TrainConfig(epochs=1, batch_size=16, learning_rate=1e6),
+                  DataSpec(str(folder)))
     with pytest.raises(trainer.NonFiniteLoss, match=r"^the loss after the update became .*e\+"
                                                     r".* at epoch 1, step 0; stopped without "
                                                     r"saving: no checkpoint was written yet"):
@@ -274,7 +275,7 @@ def test_resume_with_lr_of_a_run_that_never_saved_restarts_with_that_lr(folder, 
 def test_resume_passes_over_a_half_removed_or_damaged_mid_epoch_checkpoint(folder, tmp_path,
                                                                            capsys):
     """Issue 15 item 17. 50 images in batches of 16: 3 steps an epoch."""
-    run = trainer.Run(TINY, training.TrainConfig(epochs=1, batch_size=16), str(folder))
+    run = RunSpec(TINY, training.TrainConfig(epochs=1, batch_size=16), DataSpec(str(folder)))
     trainer.fit(run, tmp_path, progress=False)
     steps = tmp_path / "checkpoints-steps"
     # A kill -9 while removing mid-epoch checkpoint 2 once epoch 1's was written.

@@ -10,6 +10,7 @@ import csv
 
 import train
 from zfjax import checkpoints, deconv, model, network, training
+from zfjax.run import RunDir
 from helpers import random_params
 from test_training import TINY, _batch, _rms
 
@@ -159,7 +160,7 @@ def test_sweep_trains_each_variant_once_resumes_and_writes_table3(tmp_path, caps
     assert sweep_cli.main(["--out", str(out), "--variants", "no-fc6-7", "--"] + common
                           + ["--epochs", "2"]) == 0
     assert "resuming no-fc6-7" in capsys.readouterr().out
-    assert [m["epoch"] for m in sweep.read_metrics(out / "no-fc6-7")] == [1, 2]
+    assert [m["epoch"] for m in RunDir(out / "no-fc6-7").read_metrics()] == [1, 2]
     with pytest.raises(SystemExit):
         sweep_cli.parse_args(["--out", str(out), "--variants", "resnet"])
     with pytest.raises(SystemExit):

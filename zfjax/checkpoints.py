@@ -10,14 +10,17 @@ A run folder holds::
     metrics.jsonl   one line per finished epoch
     curves.png      training curves
     snapshots/      per-epoch Fig. 4 snapshots (zfjax.evolution)
+    tensorboard/    TensorBoard event files (zfjax.tensorboard_events)
+
+``zfjax.run.RunDir`` reads and writes these files.
 
 Orbax writes each checkpoint to a temporary folder and renames it when complete,
 so a kill at any moment leaves the previous checkpoints loadable. The manager keeps
 the newest ``max_to_keep`` epochs plus every epoch in ``KEEP_EPOCHS`` (those the
 evolution figure shows).
 
-``load_run(path)`` is what visualisation code uses: it returns the parameters,
-model config, mean image and a few facts about the checkpoint.
+``load_run(path)`` (``run.RunDir.load``) is what visualisation code uses: it returns
+the parameters, model config, mean image and a record of the checkpoint.
 """
 
 from __future__ import annotations
@@ -469,35 +472,18 @@ def config_dict(config) -> dict:
             for k, v in dataclasses.asdict(config).items()}
 
 
-def _locate(path) -> tuple[Path, int | None]:
-    """A run folder, its checkpoints/ folder or one checkpoints/<epoch> -> (run_dir, epoch)."""
-    path = Path(path).absolute()
-    if path.name.isdigit() and path.parent.name == CHECKPOINT_DIR:
-        return path.parent.parent, int(path.name)
-    if path.name == CHECKPOINT_DIR and not (path / CONFIG_FILE).exists():
-        return path.parent, None
-    return path, None
-
-
 def load_run(path, epoch: int | None = None):
-    """Loads a trained network for use: (params, config, mean, info).
+    """Loads a trained network for use: a run.LoadedRun (params, config, mean, record).
 
     path: a run folder (its newest checkpoint, or `epoch`), or one checkpoint folder
     run/checkpoints/<epoch>. params are float32 arrays on the default device; mean is
-    float32 (S, S, 3); info has 'epoch', 'step', 'checkpoint', 'run_dir',
-    'class_names', 'metrics' (that epoch's line of metrics.jsonl), 'train', 'data'.
+    float32 (S, S, 3); record (run.CheckpointRecord) has the epoch, step, checkpoint
+    folder, run folder, class names, that epoch's metrics and config.json's sections.
     """
-    run_dir, found_epoch = _locate(path)
-    run_config = read_config(run_dir)
-    config = model_config(run_config)
-    with _reading(run_dir / CHECKPOINT_DIR) as mgr:
-        params, meta, epoch = _load_params(mgr, run_dir, config, epoch, found_epoch)
-    mean = np.load(run_dir / MEAN_FILE)
-    info = {"epoch": epoch, "step": meta.get("step"),
-            "checkpoint": str(run_dir / CHECKPOINT_DIR / str(epoch)), "run_dir": str(run_dir),
-            "class_names": run_config.get("class_names"), "metrics": meta.get("metrics"),
-            "train": run_config.get("train"), "data": run_config.get("data")}
-    return params, config, mean, info
+    from zfjax import run  # run builds on this module
+
+    run_dir, found_epoch = run.RunDir.locate(path)
+    return run_dir.load(epoch if epoch is not None else found_epoch)
 
 
 @contextlib.contextmanager
@@ -512,16 +498,23 @@ def _reading(directory):
         mgr.close()
 
 
-def _load_params(mgr, run_dir, config, epoch, found_epoch):
-    """(params, meta, epoch) of checkpoint `epoch` (default: found_epoch, else the newest)."""
+def load_params(checkpoint_dir, config: Network, epoch: int | None = None):
+    """(params, meta, epoch) of checkpoint `epoch` (default: the newest) in a run's
+    checkpoints/ folder; params on the default device. FileNotFoundError or ValueError
+    (one line) when there is no such checkpoint or its shapes do not fit config."""
+    checkpoint_dir = Path(checkpoint_dir)
+    with _reading(checkpoint_dir) as mgr:
+        return _load_params(mgr, checkpoint_dir, config, epoch)
+
+
+def _load_params(mgr, checkpoint_dir: Path, config, epoch):
     steps = mgr.all_steps()
-    epoch = epoch if epoch is not None else found_epoch
     if epoch is None:
         if not steps:
-            raise FileNotFoundError(f"{run_dir / CHECKPOINT_DIR} holds no finished checkpoint")
+            raise FileNotFoundError(f"{checkpoint_dir} holds no finished checkpoint")
         epoch = max(steps)
     if epoch not in steps:
-        raise FileNotFoundError(f"no checkpoint for epoch {epoch} in {run_dir / CHECKPOINT_DIR}; "
+        raise FileNotFoundError(f"no checkpoint for epoch {epoch} in {checkpoint_dir}; "
                                 f"available: {sorted(steps)}")
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),

@@ -169,12 +169,12 @@ def output_folder(args, info: dict) -> pathlib.Path:
 def check_output_folder(args) -> None:
     """Raises ValueError unless the output folder of ``args`` (``--out``, else the
     target's <run>/figures) exists as a writable folder or can be made; makes nothing."""
-    from zfjax import checkpoints
+    from zfjax.run import RunDir
 
     if getattr(args, "out", None) is not None:
         folder, flag = pathlib.Path(args.out).absolute(), f"--out {args.out}"
     elif getattr(args, "target", None) is not None:
-        folder, flag = checkpoints._locate(args.target)[0] / "figures", "output folder"
+        folder, flag = RunDir.locate(args.target)[0].path / "figures", "output folder"
     elif getattr(args, "weights", None) is not None:
         folder, flag = pathlib.Path(args.weights).absolute().parent / "figures", "output folder"
     else:

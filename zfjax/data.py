@@ -61,6 +61,56 @@ def stored_size(input_size: int) -> int:
     return round(input_size * 256 / 224)
 
 
+# ----------------------------------------------------------------------------- sources
+
+FOLDER, TFDS, STORE = "folder", "tfds", "store"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """A data source classified once (``resolve_source``): what the user wrote (text;
+    also what str() gives, so messages and config.json keep their words), its kind
+    (FOLDER: <root>/<split>/<class>/<image>; TFDS: a dataset name; STORE: a store
+    prepared by prepare.py) and the TFDS data directory (TFDS only)."""
+
+    text: str
+    kind: str
+    data_dir: str | None = None
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def path(self) -> Path:
+        """The folder of a FOLDER or STORE source, expanded and absolute."""
+        return Path(self.text).expanduser().absolute()
+
+    def items(self, split: str, limit: int | None):
+        """([(image, label, name)], class_names, count or None) of a FOLDER or TFDS
+        split, undecoded; at most `limit` images spread over the classes."""
+        if self.kind == FOLDER:
+            return _folder_items(self.text, split, limit)
+        if self.kind == TFDS:
+            return _tfds_items(self.text, split, self.data_dir, limit)
+        raise ValueError(f"{self.text} is a prepared store; open it with store.open_store")
+
+
+def resolve_source(source: str | DataSource, data_dir: str | None = None) -> DataSource:
+    """The DataSource that source names (a DataSource is returned as it is): a prepared
+    store, an image folder, or a TFDS dataset name. A name with a slash that is neither
+    an existing folder nor a registered TFDS dataset is taken as a folder (whose
+    absence its reader then reports)."""
+    if isinstance(source, DataSource):
+        return source
+    from zfjax import store  # store imports this module
+
+    if store.is_store(source):
+        return DataSource(source, STORE)
+    if _is_folder(source):
+        return DataSource(source, FOLDER)
+    return DataSource(source, TFDS, data_dir)
+
+
 # ----------------------------------------------------------------------------- loading
 
 def load_split(source: str, split: str, input_size: int, *, data_dir: str | None = None,
@@ -81,14 +131,12 @@ def load_split(source: str, split: str, input_size: int, *, data_dir: str | None
     """
     from zfjax import store  # store imports this module
 
-    if store.is_store(source):
-        return _store_split(store.open_store(source), split, input_size, limit=limit,
+    source = resolve_source(source, data_dir)
+    if source.kind == STORE:
+        return _store_split(store.open_store(source.text), split, input_size, limit=limit,
                             progress=progress, classes=classes)
     size = stored_size(input_size)
-    if _is_folder(source):
-        items, class_names, total = _folder_items(source, split, limit)
-    else:
-        items, class_names, total = _tfds_items(source, split, data_dir, limit)
+    items, class_names, total = source.items(split, limit)
     images, labels, paths, skipped = _decode_all(
         items, size, total, desc=f"{source} [{split}]", progress=progress)
     if classes is not None:

@@ -408,14 +408,15 @@ def memory_budget() -> int:
     return int(total * MEMORY_FRACTION)
 
 
-def default_store_dir(source: str, input_size: int, limits: dict) -> Path:
+def default_store_dir(source: str | data.DataSource, input_size: int, limits: dict) -> Path:
     """Where train.py keeps the store it prepares for source: $ZFJAX_CACHE (default
     ~/.cache/zfjax)/stores/<name>-<S>px[-limits]-<hash of the source path>."""
     import hashlib
     cache = Path(os.environ.get("ZFJAX_CACHE", Path.home() / ".cache" / "zfjax"))
-    key = os.path.abspath(os.path.expanduser(source)) if data._is_folder(source) else source
+    source = data.resolve_source(source)
+    key = str(source.path) if source.kind == data.FOLDER else source.text
     digest = hashlib.sha256(f"{key}|{_limits_key(limits)}".encode()).hexdigest()[:10]
-    name = Path(source.rstrip("/")).name.replace(":", "_") or "data"
+    name = Path(source.text.rstrip("/")).name.replace(":", "_") or "data"
     return cache / "stores" / f"{name}-{data.stored_size(input_size)}px-{digest}"
 
 
@@ -423,16 +424,14 @@ def _limits_key(limits: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(limits.items()) if v is not None)
 
 
-def split_count(source: str, split: str, *, data_dir=None, limit=None) -> int:
+def split_count(source: str | data.DataSource, split: str, *, data_dir=None, limit=None) -> int:
     """Images in a split of a folder or TFDS dataset, without decoding any."""
-    if data._is_folder(source):
-        return data._folder_items(source, split, limit)[2]
-    _, _, total = data._tfds_items(source, split, data_dir, limit)
+    _, _, total = data.resolve_source(source, data_dir).items(split, limit)
     return total if total is not None else 0
 
 
-def choose(source: str, input_size: int, *, data_dir=None, limits=None, budget=None,
-           store_dir=None, workers=None, download=False, progress=True):
+def choose(source: str | data.DataSource, input_size: int, *, data_dir=None, limits=None,
+           budget=None, store_dir=None, workers=None, download=False, progress=True):
     """Returns (train, val, mean, how): the training and validation feeds, the mean
     image float32 (S, S, 3), and a sentence saying which path was taken and why.
 
@@ -448,8 +447,9 @@ def choose(source: str, input_size: int, *, data_dir=None, limits=None, budget=N
     """
     limits = {"train": None, "val": None, **(limits or {})}
     budget = memory_budget() if budget is None else budget
-    if store.is_store(source):
-        prepared = store.open_store(source)
+    source = data.resolve_source(source, data_dir)
+    if source.kind == data.STORE:
+        prepared = store.open_store(source.text)
         check_stored_size(prepared, input_size)
         records = {s: limited_records(prepared, s, limits[s]) for s in ("train", "val")}
         size, n = prepared.stored_size, len(records["train"])
@@ -461,8 +461,8 @@ def choose(source: str, input_size: int, *, data_dir=None, limits=None, budget=N
                 f"in memory: {n} training images from store {prepared.path} take "
                 f"{need / 2**30:.2f} GiB of a {budget / 2**30:.2f} GiB budget")
         return _streamed(prepared, workers, need, budget, records)
-    if download and not data._is_folder(source):
-        data.download_tfds(source, data_dir)
+    if download and source.kind == data.TFDS:
+        data.download_tfds(source.text, data_dir)
     size = data.stored_size(input_size)
     n = split_count(source, "train", data_dir=data_dir, limit=limits["train"])
     need = n * size * size * 3

@@ -61,12 +61,14 @@ def load(target, *, arch: str | None = None, epoch: int | None = None) -> Model:
                 "class_names": classes, "data": None}
         return Model(loaded.config, jax.device_put(loaded.params), loaded.preprocessing, classes,
                      info)
-    from zfjax import checkpoints
+    from zfjax.run import RunDir
 
-    params, config, mean, info = checkpoints.load_run(target, epoch)
+    run_dir, found_epoch = RunDir.locate(target)
+    params, config, mean, record = run_dir.load(epoch if epoch is not None else found_epoch)
     mean = np.asarray(mean, np.float32)
     size = data.stored_size(config.image_size)
     if mean.shape != (size, size, 3):
         raise ValueError(f"mean image of {target} is {mean.shape}, expected ({size}, {size}, 3) "
                          f"for image_size {config.image_size}; the run's files do not match")
-    return Model(config, params, preprocessing.run_mean(mean), info.get("class_names"), info)
+    return Model(config, params, preprocessing.run_mean(mean), record.class_names,
+                 record.as_info())

@@ -286,7 +286,7 @@ def open_store(path) -> Store:
 
 # --------------------------------------------------------------------------- preparing
 
-def prepare(source: str, out, input_size: int, *, data_dir: str | None = None,
+def prepare(source: str | data.DataSource, out, input_size: int, *, data_dir: str | None = None,
             limits: dict[str, int | None] | None = None, workers: int | None = None,
             shard_size: int = SHARD_SIZE, restart: bool = False, verify: bool = False,
             progress: bool = True) -> Store:
@@ -387,9 +387,10 @@ def _write_failure(out: Path, error: OSError) -> str:
             f"and run the same command again")
 
 
-def _prepare(source: str, out: Path, input_size: int, *, data_dir, limits, workers,
+def _prepare(source: str | data.DataSource, out: Path, input_size: int, *, data_dir, limits, workers,
              shard_size, restart, verify, progress) -> Store:
     """prepare's work, in a checked and locked out."""
+    source = data.resolve_source(source, data_dir)
     size = data.stored_size(input_size)
     limits = {s: (limits or {}).get(s) for s in SPLITS}
     params = {"format": FORMAT, "source": str(source), "data_dir": data_dir,
@@ -428,9 +429,7 @@ def _prepare(source: str, out: Path, input_size: int, *, data_dir, limits, worke
             initializer=_start_worker, initargs=(os.getpid(),)) as pool:
         try:
             for split in SPLITS:
-                items, names, total = (
-                    data._folder_items(source, split, limits[split]) if data._is_folder(source)
-                    else data._tfds_items(source, split, data_dir, limits[split]))
+                items, names, total = source.items(split, limits[split])
                 if class_names is None:
                     class_names = names
                 items = _relabel(items, names, class_names, split)

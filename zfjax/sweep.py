@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import NamedTuple
 
 from zfjax import checkpoints
+from zfjax.run import RunDir
 
 TABLE_CSV, TABLE_MD = "table3.csv", "table3.md"
 
@@ -32,20 +32,13 @@ class Row(NamedTuple):
     val_top5_error: float
 
 
-def read_metrics(run_dir) -> list[dict]:
-    """The lines of a run's metrics.jsonl (empty when there is none)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def state(run_dir, epochs: int) -> str:
     """'done' (metrics reach ``epochs``), 'stopped' (checkpoints, not done) or 'new'."""
-    metrics = read_metrics(run_dir)
+    run = RunDir(run_dir)
+    metrics = run.read_metrics()
     if metrics and metrics[-1]["epoch"] >= epochs:
         return "done"
-    ckpt = Path(run_dir) / checkpoints.CHECKPOINT_DIR
+    ckpt = run.checkpoint_dir
     return "stopped" if ckpt.is_dir() and any(ckpt.iterdir()) else "new"
 
 
@@ -53,12 +46,12 @@ def parameter_count(run_dir) -> int:
     """Parameters of the run's network, from its config.json (nothing is loaded)."""
     from zfjax import network
 
-    return network.param_count(checkpoints.model_config(checkpoints.read_config(run_dir)))
+    return network.param_count(checkpoints.model_config(RunDir(run_dir).read_config()))
 
 
 def row(run_dir, variant: str) -> Row:
     """Table 3's line for one finished (or stopped) run: its last recorded epoch."""
-    metrics = read_metrics(run_dir)
+    metrics = RunDir(run_dir).read_metrics()
     if not metrics:
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl lines yet; train it first")
     last = metrics[-1]
@@ -70,7 +63,7 @@ def row(run_dir, variant: str) -> Row:
 def table_rows(sweep_dir, variants) -> list[Row]:
     """Rows of the variants whose run folders have metrics, in the given order."""
     return [row(Path(sweep_dir) / v, v) for v in variants
-            if read_metrics(Path(sweep_dir) / v)]
+            if RunDir(Path(sweep_dir) / v).read_metrics()]
 
 
 def table_csv(rows: list[Row]) -> str:

@@ -1,7 +1,7 @@
 """The training loop: data, epochs, evaluation, snapshots, checkpoints, metrics.
 
-``fit(run, out)`` trains ``run`` (a Run: model config, training config, data
-source) into the run folder ``out`` (layout in zfjax.checkpoints) and returns the
+``fit(run, out)`` trains ``run`` (a run.RunSpec: model config, training config,
+data) into the run folder ``out`` (layout in zfjax.checkpoints) and returns the
 folder. ``fit(run, out, resume=True)`` continues a stopped run from its newest
 checkpoint using the folder's own config.json; it ends with the same parameters
 as an uninterrupted run, because data order and dropout keys are functions of
@@ -25,79 +25,16 @@ import math
 import shlex
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from zfjax import checkpoints, data, interrupts, loader, training
+from zfjax import artifacts, checkpoints, data, interrupts, loader, tensorboard_events, training
+from zfjax.figures import curves
+from zfjax.run import RunDir, RunSpec
 from zfjax.progress import bar as progress_bar
-from zfjax.model import ZFNetConfig
-from zfjax.training import TrainConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-IMAGENETTE_DIR = ROOT.parent / "shared" / "data" / "imagenette"
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """What to train on what. num_classes is taken from the data.
-
-    data: a TFDS name or an image folder <root>/<split>/<class>/<image>.
-    train_limit / val_limit: use at most this many images (spread over the classes).
-    probe_count: validation images in the Fig. 4 probe (zfjax.evolution).
-    """
-
-    model: ZFNetConfig
-    train: TrainConfig
-    data: str
-    data_dir: str | None = None
-    train_limit: int | None = None
-    val_limit: int | None = None
-    probe_count: int = 1000
-
-
-def _imagenette() -> str:
-    return str(IMAGENETTE_DIR) if IMAGENETTE_DIR.is_dir() else "imagenette/320px-v2"
-
-
-def _he_with_paper_conv1(config: ZFNetConfig) -> ZFNetConfig:
-    """He-normal weights, but conv1 from the paper's N(0, 1e-2) (see presets)."""
-    return dataclasses.replace(config, init_std=None, first_init_std=0.01)
-
-
-def presets() -> dict[str, Run]:
-    """The named runs of train.py --preset."""
-    return {
-        # The paper: ImageNet 2012, 224 px, 70 epochs, N(0, 1e-2) init.
-        "paper": Run(ZFNetConfig(num_classes=1000), TrainConfig(epochs=70), "imagenet2012"),
-        # Full ZFNet at 224 on imagenette; 64 epochs so every Fig. 4 epoch exists.
-        # He-normal init (init_std=None) for this and the cpu and demo presets: with
-        # N(0, 1e-2) and zero biases the signal fades through the 8 layers and the cpu
-        # preset stayed at chance (loss 2.303) for 2 full epochs; imagenette has 74 steps
-        # an epoch, not ImageNet's 10,000, to wait that out. conv1 alone keeps the paper's
-        # N(0, 1e-2) (first_init_std): He-normal puts its filters above the renormalisation
-        # radius from the start, and they stayed noise (Fig. 6); from 1e-2 the cpu preset's
-        # conv1 learnt edges and colour blobs, for 1.9 points less val top-1 (0.677 vs
-        # 0.696 after 10 epochs).
-        "imagenette": Run(_he_with_paper_conv1(ZFNetConfig(num_classes=10)),
-                          TrainConfig(epochs=64), _imagenette()),
-        # 10 epochs of imagenette on 2 CPU cores: 64 px, half width (XLA:CPU runs
-        # convolutions with few output channels slowly, so width 0.25 is no faster).
-        "cpu": Run(_he_with_paper_conv1(ZFNetConfig(num_classes=10, image_size=64, width=0.5)),
-                   TrainConfig(epochs=10, batch_size=64, lr_schedule="step", lr_steps=(8,)),
-                   _imagenette()),
-        # The README's figures (docs/): 112 px, half width, 20 epochs of imagenette, so
-        # Fig. 4 has epochs 1, 2, 5, 10 and 20. A train step costs about 3x the cpu
-        # preset's (measured side by side), so about 30 minutes on 2 quiet CPU cores;
-        # on 2 cores shared with two other jobs an epoch took 150-260 s.
-        "demo": Run(_he_with_paper_conv1(ZFNetConfig(num_classes=10, image_size=112, width=0.5)),
-                    TrainConfig(epochs=20, batch_size=64, lr_schedule="step", lr_steps=(15,)),
-                    _imagenette()),
-    }
-
 
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN, infinite or diverged (over DIVERGED_LOSS); no
@@ -107,32 +44,6 @@ class NonFiniteLoss(FloatingPointError):
 class Interrupted(KeyboardInterrupt):
     """Training was stopped with Ctrl-C; the message says where the last checkpoint is
     and how to continue."""
-
-
-# Settings a resumed run cannot change (they decide the parameters' shapes, the update
-# or the data every checkpointed step saw), with the train.py flag that sets each.
-RESUME_FIXED = {"image_size": "--size", "width": "--width", "batch_size": "--batch",
-                "seed": "--seed", "data": "--data", "data_dir": "--data-dir",
-                "train_limit": "--limit", "variant": "--variant",
-                "filter_radius": "--no-renorm", "shuffle_labels": "--shuffle-labels"}
-
-
-class Requested(NamedTuple):
-    """A setting of RESUME_FIXED asked for on --resume: its value, and the words of the
-    command line that asked for it ('--size 96', '--no-renorm', '--preset cpu ...')."""
-
-    value: object
-    flag: str
-
-
-def resume_settings(run: Run) -> dict:
-    """The run's values of the settings a resume cannot change (keys of RESUME_FIXED)."""
-    model = run.model
-    variant = "alexnet" if model.arch == "alexnet" else (model.variant or "zfnet")
-    return {"image_size": model.image_size, "width": model.width,
-            "batch_size": run.train.batch_size, "seed": run.train.seed, "data": run.data,
-            "data_dir": run.data_dir, "train_limit": run.train_limit, "variant": variant,
-            "filter_radius": run.train.filter_radius, "shuffle_labels": run.train.shuffle_labels}
 
 
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
@@ -174,20 +85,18 @@ def _say(message: str) -> None:
 
 # ---------------------------------------------------------------------------- the run
 
-def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None,
-        learning_rate: float | None = None, fixed: dict | None = None,
-        progress: bool = True, checkpoint_every: int | None = None,
-        memory_budget: int | None = None, store_dir=None, workers: int | None = None,
-        download: bool = False, snapshots=None) -> Path:
+def fit(run: RunSpec | None, out, *, resume: bool = False, epochs: int | None = None,
+        learning_rate: float | None = None, progress: bool = True,
+        checkpoint_every: int | None = None, memory_budget: int | None = None, store_dir=None,
+        workers: int | None = None, download: bool = False, snapshots=None) -> Path:
     """Trains run into the folder out; returns it.
 
     resume: continue the run in out from its newest checkpoint with out's config.json
       (run is then ignored and may be None). epochs: train up to this epoch (default:
       the run's; on resume it may extend the stored run). learning_rate: on resume, the
       learning rate from now on (recorded in config.json under 'resumes'; for a run
-      that has no checkpoint yet, a restart with it). fixed: on resume, settings the
-      caller asked for that cannot change (keys of RESUME_FIXED -> Requested, or a plain
-      value); one that differs from the run's is refused.
+      that has no checkpoint yet, a restart with it). The caller checks first that what
+      it asks for matches the stored run (RunDir.read_spec, RunSpec.differences).
     checkpoint_every: also checkpoint every this many steps inside an epoch, so a
       resume continues from that step (only the newest such checkpoint is kept).
     memory_budget, store_dir, workers: how the data is fed (loader.choose): bytes a
@@ -204,7 +113,7 @@ def fit(run: Run | None, out, *, resume: bool = False, epochs: int | None = None
     disk refuses a write; the last good checkpoint stays loadable in each case.
     """
     run_dir = Path(out).absolute()
-    options = dict(resume=resume, epochs=epochs, learning_rate=learning_rate, fixed=fixed,
+    options = dict(resume=resume, epochs=epochs, learning_rate=learning_rate,
                    progress=progress, checkpoint_every=checkpoint_every,
                    memory_budget=memory_budget, store_dir=store_dir, workers=workers,
                    download=download, snapshots=snapshots)
@@ -231,12 +140,11 @@ def _last_checkpoint(run_dir: Path) -> str:
     return checkpoints.last_checkpoint_message(run_dir)
 
 
-def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, progress,
+def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, progress,
          checkpoint_every, memory_budget, store_dir, workers, download, snapshots) -> Path:
     mgr_dir = run_dir / checkpoints.CHECKPOINT_DIR
     if resume:
-        run = _stored_run(run_dir)
-        _check_fixed(run, fixed or {}, run_dir)
+        run = RunDir(run_dir).read_spec()
         done = checkpoints.finished_epochs(run_dir)
         target = epochs or run.train.epochs
         if done and done[-1] >= target:
@@ -252,12 +160,13 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
     mesh = training.make_mesh()
     training.check_batch_size(tcfg.batch_size, mesh)
 
+    source = run.data.resolve()
     train_feed, val_feed, data_mean, how = loader.choose(
-        run.data, run.model.image_size, data_dir=run.data_dir,
-        limits={"train": run.train_limit, "val": run.val_limit}, budget=memory_budget,
+        source, run.model.image_size, data_dir=run.data.data_dir,
+        limits={"train": run.data.train_limit, "val": run.data.val_limit}, budget=memory_budget,
         store_dir=store_dir, workers=workers, download=download,
         progress=progress and _is_main())
-    data.check_classes(train_feed.class_names, f"the training split of {run.data}")
+    data.check_classes(train_feed.class_names, f"the training split of {source}")
     if len(train_feed) < tcfg.batch_size:
         raise ValueError(f"{len(train_feed)} training images are fewer than one batch of "
                          f"{tcfg.batch_size}; pass a smaller --batch")
@@ -272,7 +181,7 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
             if tcfg.shuffle_labels else ""))
     mean_file = run_dir / checkpoints.MEAN_FILE
     mean = np.load(mean_file) if resume and mean_file.exists() else data_mean
-    probe_count = min(run.probe_count, len(val_feed))
+    probe_count = min(run.data.probe_count, len(val_feed))
     probe = (snapshots.make_probe(val_feed.subset(probe_count), mean, config, seed=tcfg.seed,
                                   count=probe_count)
              if snapshots else None)
@@ -303,78 +212,47 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, fixed, pro
             checkpoints.write_json(run_dir / checkpoints.CONFIG_FILE, run_config)
             if fresh:
                 checkpoints.save_mean(run_dir, mean)
-                _write_metrics(run_dir, [])
-        _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
-                mean, probe, snapshots, progress, checkpoint_every, watch)
+                RunDir(run_dir).write_metrics([])
+        events = _event_writer(RunDir(run_dir)) if _is_main() else None
+        try:
+            _Loop(RunDir(run_dir), mgr, step_mgr, config, tcfg, mesh, train_feed, val_feed,
+                  training.replicate(np.asarray(mean, np.float32), mesh), probe, snapshots,
+                  progress, checkpoint_every, watch, events).run(state, meta)
+        finally:
+            if events is not None:
+                events.close()
     finally:
         mgr.close()
         step_mgr.close()
     _say(f"done: {tcfg.epochs} epochs in {run_dir}\n  checkpoints: {mgr_dir}\n"
-         f"  metrics: {run_dir / 'metrics.jsonl'}\n  curves: {run_dir / 'curves.png'}"
+         f"  metrics: {run_dir / 'metrics.jsonl'}\n  curves: {run_dir / 'curves.png'}\n"
+         f"  TensorBoard: tensorboard --logdir {RunDir(run_dir).tensorboard_dir}"
          + (f"\n  snapshots: {run_dir / 'snapshots'}" if snapshots else ""))
     return run_dir
 
 
-def _run_config(run: Run, train_set, val_set, probe) -> dict:
+def _event_writer(run_dir: RunDir):
+    """The run's TensorBoard event writer, or None (with a note) if tensorboard is not
+    installed."""
+    try:
+        return tensorboard_events.EventWriter(run_dir.tensorboard_dir)
+    except ImportError as e:
+        _say(f"note: no TensorBoard events ({e}); pip install tensorboard to get them")
+        return None
+
+
+def _run_config(run: RunSpec, train_set, val_set, probe) -> dict:
     """The contents of config.json."""
     return {
         "format": checkpoints.RUN_FORMAT,
         "model": checkpoints.config_dict(run.model), "train": checkpoints.config_dict(run.train),
-        "data": {"source": run.data, "data_dir": run.data_dir, "train_limit": run.train_limit,
-                 "val_limit": run.val_limit, "train_images": len(train_set),
-                 "val_images": len(val_set), "probe_count": run.probe_count,
+        "data": {**dataclasses.asdict(run.data), "train_images": len(train_set),
+                 "val_images": len(val_set),
                  "train_skipped": train_set.skipped, "val_skipped": val_set.skipped},
         "class_names": list(train_set.class_names), "probe": _probe_info(probe),
         "devices": {"platform": jax.devices()[0].platform, "count": jax.device_count(),
                     "processes": jax.process_count()},
     }
-
-
-def _check_fixed(run: Run, fixed: dict, run_dir: Path) -> None:
-    """Raises ValueError if a setting in `fixed` (name -> Requested, or a plain value,
-    None meaning not asked for) differs from the stored run's."""
-    stored = resume_settings(run)
-    for name, asked in fixed.items():
-        if not isinstance(asked, Requested):
-            if asked is None:
-                continue
-            asked = Requested(asked, f"{RESUME_FIXED[name]} {asked}")
-        if _same(stored[name], asked.value):
-            continue
-        raise ValueError(
-            f"{asked.flag} differs from the run's {name} {stored[name]!r}; "
-            f"--resume can only change the learning rate (--lr) and the number of epochs "
-            f"(--epochs); start a new run (another --out) to change {asked.flag.split()[0]}")
-
-
-def _same(stored, given) -> bool:
-    if stored == given:
-        return True
-    if isinstance(stored, str) and isinstance(given, str):  # the same folder spelt another way
-        return Path(stored).expanduser().absolute() == Path(given).expanduser().absolute()
-    return False
-
-
-def _stored_run(run_dir: Path) -> Run:
-    """The Run config.json records; ValueError naming what is missing or does not fit."""
-    stored = checkpoints.read_config(run_dir)
-    path = run_dir / checkpoints.CONFIG_FILE
-    sections = {key: stored.get(key) for key in ("train", "data")}
-    for key, section in sections.items():
-        if not isinstance(section, dict):
-            raise ValueError(f"{path} has no '{key}' section; it was not written by train.py "
-                             f"or is damaged")
-    d = sections["data"]
-    if not isinstance(d.get("source"), str):
-        raise ValueError(f"{path} has no data source ('data': {{'source': ...}}); it was not "
-                         f"written by train.py or is damaged")
-    try:
-        train = TrainConfig(**sections["train"])
-    except TypeError as e:
-        raise ValueError(f"the 'train' section of {path} does not fit TrainConfig: {e}") \
-            from None
-    return Run(checkpoints.model_config(stored), train, d["source"], d.get("data_dir"),
-               d.get("train_limit"), d.get("val_limit"), d.get("probe_count", Run.probe_count))
 
 
 def _resume(run_dir, mgr, step_mgr, run_config, config, tcfg, mesh):
@@ -408,7 +286,8 @@ def _resume(run_dir, mgr, step_mgr, run_config, config, tcfg, mesh):
             step_mgr.delete(number)
     epoch = meta["epoch"]
     if _is_main():
-        _write_metrics(run_dir, [m for m in _read_metrics(run_dir) if m["epoch"] <= epoch])
+        folder = RunDir(run_dir)
+        folder.write_metrics([m for m in folder.read_metrics() if m["epoch"] <= epoch])
     _say(f"resuming after epoch {epoch}" + (
         f", at step {meta['next_step']} of epoch {epoch + 1}" if "next_step" in meta else ""))
     return state, meta
@@ -423,11 +302,11 @@ def _probe_info(probe) -> dict | None:
             "maps": {k: np.asarray(v).tolist() for k, v in probe.maps.items()}}
 
 
-def _banner(run: Run, run_dir, mesh, resume: bool) -> str:
+def _banner(run: RunSpec, run_dir, mesh, resume: bool) -> str:
     config = {"model": checkpoints.config_dict(run.model),
               "train": checkpoints.config_dict(run.train),
-              "data": {"source": run.data, "data_dir": run.data_dir,
-                       "train_limit": run.train_limit, "val_limit": run.val_limit},
+              "data": {k: v for k, v in dataclasses.asdict(run.data).items()
+                       if k != "probe_count"},
               "devices": f"{mesh.size} x {mesh.devices.flat[0].platform}"}
     text = f"{'resuming' if resume else 'training'} into {run_dir}\n{json.dumps(config)}"
     if mesh.devices.flat[0].platform == "cpu" and run.model.image_size >= 160:
@@ -437,105 +316,167 @@ def _banner(run: Run, run_dir, mesh, resume: bool) -> str:
 
 # --------------------------------------------------------------------------- the loop
 
-def _epochs(run_dir, mgr, step_mgr, state, meta, config, tcfg, mesh, train_feed, val_feed,
-            mean, probe, snapshots, progress, checkpoint_every, watch):
-    step_fn = training.make_stored_train_step(config, tcfg.filter_radius, mesh)
-    loss_fn = training.make_stored_loss(config, mesh)
-    eval_fn = training.make_stored_eval_step(config, mesh)
-    mean_dev = training.replicate(np.asarray(mean, np.float32), mesh)
-    rng = training.dropout_key(tcfg)
-    plateau = training.Plateau(**meta["plateau"])
-    history = _read_metrics(run_dir)
-    partial = meta if "next_step" in meta else None  # resuming inside an epoch
-    steps = len(train_feed) // tcfg.batch_size
-    for epoch in range(meta["epoch"] + 1, tcfg.epochs + 1):
-        lr = training.learning_rate(state)
-        start = time.perf_counter()
-        state, train_metrics, last_batch = _train_epoch(
-            state, step_fn, loss_fn, rng, mean_dev, run_dir, step_mgr, epoch, tcfg, mesh,
-            train_feed, config, progress, checkpoint_every, plateau, partial, watch)
-        partial = None
-        train_seconds = time.perf_counter() - start
-        top1, top5 = evaluate_feed(state.params, eval_fn, val_feed, mean_dev, tcfg.batch_size,
-                                   mesh, watch)
-        eval_seconds = time.perf_counter() - start - train_seconds
-        if snapshots and _is_main():
-            snapshots(run_dir, epoch, config, _local_copy(state.params), probe)
-        snapshot_seconds = time.perf_counter() - start - train_seconds - eval_seconds
-        plateau, next_lr = training.next_learning_rate(tcfg, plateau, epoch, 1 - top1, lr)
-        state = training.with_learning_rate(state, next_lr)
-        steps_run = train_metrics.pop("steps_run")
-        metrics = {"epoch": epoch, "step": epoch * steps, **train_metrics,
-                   "val_top1": top1, "val_top5": top5, "learning_rate": lr,
-                   "images_per_s": steps_run * tcfg.batch_size / train_seconds,
-                   "seconds": time.perf_counter() - start, "train_seconds": train_seconds,
-                   "eval_seconds": eval_seconds, "snapshot_seconds": snapshot_seconds}
-        history.append(metrics)
-        if _is_main():  # metrics first: a resume drops lines after its checkpoint
-            _write_metrics(run_dir, history)
-            plot_curves(history, run_dir / "curves.png")
-        _save_if_sound(mgr, epoch, state, {"epoch": epoch, "step": metrics["step"],
-                                           "plateau": dataclasses.asdict(plateau),
-                                           "metrics": metrics}, run_dir, epoch, steps - 1,
-                       loss_fn, last_batch, mean_dev, rng)
-        for old in step_mgr.all_steps():  # superseded by this epoch's checkpoint
-            step_mgr.delete(old)
-        wait = metrics["input_wait_seconds"]
-        bound = "input" if wait > 0.1 * train_seconds else "step"
-        _say(f"epoch {epoch}: train loss {metrics['train_loss']:.3f} top-1 "
-             f"{metrics['train_top1']:.3f} | val top-1 {top1:.3f} top-5 {top5:.3f} | lr {lr:g}"
-             f" | {metrics['images_per_s']:.0f} img/s, {metrics['seconds']:.0f} s | waited "
-             f"{wait:.1f} s of {train_seconds:.0f} s for input: {bound}-bound")
+@dataclasses.dataclass
+class _Loop:
+    """What every epoch and step of one fit shares: where to write (folder, checkpoint
+    managers, TensorBoard events), what to train (config, recipe, mesh, feeds, the
+    replicated mean and dropout key, compiled steps) and the hooks."""
+
+    run_dir: RunDir
+    mgr: object  # orbax CheckpointManager of the epochs' checkpoints
+    step_mgr: object  # ... of the mid-epoch checkpoint
+    config: object
+    tcfg: training.TrainConfig
+    mesh: object
+    train_feed: object
+    val_feed: object
+    mean_dev: jax.Array
+    probe: object
+    snapshots: object
+    progress: bool
+    checkpoint_every: int | None
+    watch: interrupts.Watch
+    events: object = None  # tensorboard_events.EventWriter on process 0, else None
+
+    def __post_init__(self):
+        self.step_fn = training.make_stored_train_step(self.config, self.tcfg.filter_radius,
+                                                       self.mesh)
+        self.loss_fn = training.make_stored_loss(self.config, self.mesh)
+        self.eval_fn = training.make_stored_eval_step(self.config, self.mesh)
+        self.rng = training.dropout_key(self.tcfg)
+        self.steps = len(self.train_feed) // self.tcfg.batch_size
+
+    def run(self, state, meta: dict) -> None:
+        """Trains from after meta['epoch'] (and meta['next_step'] inside the next epoch,
+        when resuming there) up to tcfg.epochs."""
+        tcfg, run_dir = self.tcfg, self.run_dir
+        plateau = training.Plateau(**meta["plateau"])
+        history = run_dir.read_metrics()
+        partial = meta if "next_step" in meta else None  # resuming inside an epoch
+        for epoch in range(meta["epoch"] + 1, tcfg.epochs + 1):
+            lr = training.learning_rate(state)
+            start = time.perf_counter()
+            state, train_metrics, last_batch = self.train_epoch(state, epoch, plateau, partial)
+            partial = None
+            train_seconds = time.perf_counter() - start
+            top1, top5 = evaluate_feed(state.params, self.eval_fn, self.val_feed, self.mean_dev,
+                                       tcfg.batch_size, self.mesh, self.watch)
+            eval_seconds = time.perf_counter() - start - train_seconds
+            snapshot = None
+            if self.snapshots and _is_main():
+                snapshot = self.snapshots(run_dir.path, epoch, self.config,
+                                          _local_copy(state.params), self.probe)
+            snapshot_seconds = time.perf_counter() - start - train_seconds - eval_seconds
+            plateau, next_lr = training.next_learning_rate(tcfg, plateau, epoch, 1 - top1, lr)
+            state = training.with_learning_rate(state, next_lr)
+            steps_run = train_metrics.pop("steps_run")
+            metrics = {"epoch": epoch, "step": epoch * self.steps, **train_metrics,
+                       "val_top1": top1, "val_top5": top5, "learning_rate": lr,
+                       "images_per_s": steps_run * tcfg.batch_size / train_seconds,
+                       "seconds": time.perf_counter() - start, "train_seconds": train_seconds,
+                       "eval_seconds": eval_seconds, "snapshot_seconds": snapshot_seconds}
+            history.append(metrics)
+            if _is_main():  # metrics first: a resume drops lines after its checkpoint
+                run_dir.write_metrics(history)
+                artifacts.save_png(curves.plot_curves(history), run_dir.curves_file, dpi=90)
+                self._log_epoch(metrics, snapshot)
+            self.save_if_sound(self.mgr, epoch, state, {
+                "epoch": epoch, "step": metrics["step"], "plateau": dataclasses.asdict(plateau),
+                "metrics": metrics}, epoch, self.steps - 1, last_batch)
+            for old in self.step_mgr.all_steps():  # superseded by this epoch's checkpoint
+                self.step_mgr.delete(old)
+            wait = metrics["input_wait_seconds"]
+            bound = "input" if wait > 0.1 * train_seconds else "step"
+            _say(f"epoch {epoch}: train loss {metrics['train_loss']:.3f} top-1 "
+                 f"{metrics['train_top1']:.3f} | val top-1 {top1:.3f} top-5 {top5:.3f} | lr "
+                 f"{lr:g} | {metrics['images_per_s']:.0f} img/s, {metrics['seconds']:.0f} s | "
+                 f"waited {wait:.1f} s of {train_seconds:.0f} s for input: {bound}-bound")
+
+    def train_epoch(self, state, epoch: int, plateau: training.Plateau, partial: dict | None):
+        """One pass over the training batches (from partial['next_step'] when resuming
+        inside the epoch); stops with KeyboardInterrupt between steps once watch saw
+        Ctrl-C. Returns (state, {'train_loss', 'train_top1', 'input_wait_seconds',
+        'steps_run'}, the last batch trained or None)."""
+        tcfg, steps = self.tcfg, self.steps
+        first = partial["next_step"] if partial else 0
+        sums = (partial["loss_sum"], partial["acc_sum"]) if partial else (0.0, 0.0)
+        host = self.train_feed.train(tcfg.batch_size, self.config.image_size, seed=tcfg.seed,
+                                     epoch=epoch, start_step=first)
+        # A thread reads and transfers the next batches while this one trains.
+        batches = loader.prefetch(training.put_local_batch(self.mesh, *b) for b in host)
+        bar = progress_bar(total=steps, initial=first, desc=f"epoch {epoch}/{tcfg.epochs}",
+                           unit="step", disable=not (self.progress and _is_main()), leave=False)
+        pending, start, wait, batch = None, time.perf_counter(), 0.0, None
+        with bar:
+            for i in range(first, steps):
+                self.watch.check()
+                t = time.perf_counter()
+                batch = next(batches)
+                wait += time.perf_counter() - t
+                state, metrics = self.step_fn(state, batch, self.mean_dev, self.rng)
+                # Read the previous step's numbers while this one runs.
+                if pending is not None:
+                    sums = self._check(pending, sums, i - 1, epoch)
+                    speed = (i - first) * tcfg.batch_size / (time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{sums[0] / i:.3f}", acc=f"{sums[1] / i:.3f}",
+                                    img_s=f"{speed:.0f}")
+                    bar.update()
+                pending = metrics
+                every = self.checkpoint_every
+                if every and (i + 1) % every == 0 and i + 1 < steps:
+                    sums, pending = self._check(pending, sums, i, epoch), None
+                    bar.update()
+                    self.save_if_sound(
+                        self.step_mgr, int(training.local_value(state.step)), state, {
+                            "epoch": epoch - 1, "next_step": i + 1, "loss_sum": sums[0],
+                            "acc_sum": sums[1], "plateau": dataclasses.asdict(plateau)},
+                        epoch, i, batch)
+            if pending is not None:
+                sums = self._check(pending, sums, steps - 1, epoch)
+                bar.update()
+        return state, {"train_loss": sums[0] / steps, "train_top1": sums[1] / steps,
+                       "input_wait_seconds": wait, "steps_run": steps - first}, batch
+
+    def _check(self, metrics, sums: tuple[float, float], index: int, epoch: int):
+        """_check of a step's metrics, its loss also logged to TensorBoard at its global step."""
+        loss_sum, acc_sum = _check(metrics, *sums, index, epoch, self.run_dir.path)
+        if self.events is not None:
+            self.events.scalars((epoch - 1) * self.steps + index + 1, {
+                "step/train_loss": loss_sum - sums[0], "step/train_top1": acc_sum - sums[1]})
+        return loss_sum, acc_sum
+
+    def _log_epoch(self, metrics: dict, snapshot) -> None:
+        """The epoch's metrics (and its Fig. 4 snapshot, a saved .npz path or None) as
+        TensorBoard events at the epoch's last global step."""
+        if self.events is None:
+            return
+        self.events.scalars(metrics["step"], {f"epoch/{k}": v for k, v in metrics.items()
+                                              if k not in ("epoch", "step")})
+        if isinstance(snapshot, Path):  # the hook's saved .npz (evolution.EpochSnapshots)
+            self.events.image("fig4_snapshot", metrics["step"], tensorboard_events.snapshot_image(
+                artifacts.load_npz(snapshot)))
+
+    def save_if_sound(self, mgr, number: int, state, meta: dict, epoch: int, index: int,
+                      batch) -> None:
+        """checkpoints.save, unless the state exploded: parameters or optimizer state hold
+        a NaN or an infinity, or the loss of these parameters on the batch just trained
+        has diverged (_diverged; the training loss of a step is that of the parameters
+        before its update, so an exploded update shows there only a step later; a saved
+        one made --resume diverge again at once). Then NonFiniteLoss, and the last good
+        checkpoint stays the newest. batch: the last batch trained (None: not checked)."""
+        sound = bool(training.local_value(_all_finite((state.params, state.opt_state))))
+        what = "the parameters became non-finite"
+        if sound and batch is not None:
+            loss = float(training.local_value(self.loss_fn(state.params, batch, self.mean_dev,
+                                                           self.rng)))
+            sound, what = not _diverged(loss), f"the loss after the update became {loss:g}"
+        if not sound:
+            raise _non_finite(what, epoch, index, self.run_dir.path)
+        checkpoints.save(mgr, number, state, meta)
 
 
 TIMING_KEYS = ("images_per_s", "seconds", "train_seconds", "eval_seconds", "snapshot_seconds",
                "input_wait_seconds")
-
-
-def _train_epoch(state, step_fn, loss_fn, rng, mean_dev, run_dir, step_mgr, epoch, tcfg, mesh,
-                 feed, config, progress, checkpoint_every, plateau, partial, watch):
-    """One pass over the training batches (from partial['next_step'] when resuming inside
-    the epoch); stops with KeyboardInterrupt between steps once watch saw Ctrl-C.
-    Returns (state, {'train_loss', 'train_top1', 'input_wait_seconds', 'steps_run'}, the
-    last batch trained or None)."""
-    steps = len(feed) // tcfg.batch_size
-    first = partial["next_step"] if partial else 0
-    loss_sum, acc_sum = (partial["loss_sum"], partial["acc_sum"]) if partial else (0.0, 0.0)
-    host = feed.train(tcfg.batch_size, config.image_size, seed=tcfg.seed, epoch=epoch,
-                      start_step=first)
-    # A thread reads and transfers the next batches while this one trains.
-    batches = loader.prefetch(training.put_local_batch(mesh, *b) for b in host)
-    bar = progress_bar(total=steps, initial=first, desc=f"epoch {epoch}/{tcfg.epochs}",
-                       unit="step", disable=not (progress and _is_main()), leave=False)
-    pending, start, wait, batch = None, time.perf_counter(), 0.0, None
-    with bar:
-        for i in range(first, steps):
-            watch.check()
-            t = time.perf_counter()
-            batch = next(batches)
-            wait += time.perf_counter() - t
-            state, metrics = step_fn(state, batch, mean_dev, rng)
-            # Read the previous step's numbers while this one runs.
-            if pending is not None:
-                loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i - 1, epoch, run_dir)
-                done = i - first
-                bar.set_postfix(loss=f"{loss_sum / i:.3f}", acc=f"{acc_sum / i:.3f}",
-                                img_s=f"{done * tcfg.batch_size / (time.perf_counter() - start):.0f}")
-                bar.update()
-            pending = metrics
-            if checkpoint_every and (i + 1) % checkpoint_every == 0 and i + 1 < steps:
-                loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, i, epoch, run_dir)
-                pending = None
-                bar.update()
-                _save_if_sound(step_mgr, int(training.local_value(state.step)), state, {
-                    "epoch": epoch - 1, "next_step": i + 1, "loss_sum": loss_sum,
-                    "acc_sum": acc_sum, "plateau": dataclasses.asdict(plateau)}, run_dir,
-                    epoch, i, loss_fn, batch, mean_dev, rng)
-        if pending is not None:
-            loss_sum, acc_sum = _check(pending, loss_sum, acc_sum, steps - 1, epoch, run_dir)
-            bar.update()
-    return state, {"train_loss": loss_sum / steps, "train_top1": acc_sum / steps,
-                   "input_wait_seconds": wait, "steps_run": steps - first}, batch
 
 
 # A mean cross-entropy above this has diverged, finite or not: chance is ln(classes)
@@ -567,24 +508,6 @@ def _non_finite(what: str, epoch: int, index: int, run_dir) -> NonFiniteLoss:
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)
                               if jnp.issubdtype(a.dtype, jnp.inexact)]))
-
-
-def _save_if_sound(mgr, number: int, state, meta: dict, run_dir, epoch: int, index: int,
-                   loss_fn, batch, mean_dev, rng):
-    """checkpoints.save, unless the state exploded: parameters or optimizer state hold a
-    NaN or an infinity, or the loss of these parameters on the batch just trained has
-    diverged (_diverged; the training loss of a step is that of the parameters before its update, so
-    an exploded update shows there only a step later; a saved one made --resume diverge
-    again at once). Then NonFiniteLoss, and the last good checkpoint stays the newest.
-    loss_fn: training.make_stored_loss's; batch: the last batch trained (None: not checked)."""
-    sound = bool(training.local_value(_all_finite((state.params, state.opt_state))))
-    what = "the parameters became non-finite"
-    if sound and batch is not None:
-        loss = float(training.local_value(loss_fn(state.params, batch, mean_dev, rng)))
-        sound, what = not _diverged(loss), f"the loss after the update became {loss:g}"
-    if not sound:
-        raise _non_finite(what, epoch, index, run_dir)
-    checkpoints.save(mgr, number, state, meta)
 
 
 def evaluate_feed(params, eval_fn, feed, mean_dev, batch_size, mesh, watch=None):
@@ -620,47 +543,3 @@ def evaluate(params, eval_fn, images: data.ImageSet, mean, config, batch_size, m
 def _local_copy(params):
     """The replicated params as arrays on this process's first device."""
     return jax.tree.map(lambda a: a.addressable_data(0), params)
-
-
-# ---------------------------------------------------------------------- metrics files
-
-def _read_metrics(run_dir) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_metrics(run_dir, history: list[dict]) -> None:
-    # Rewritten whole (atomically) rather than appended: a kill can never leave half a line.
-    text = "".join(json.dumps(m) + "\n" for m in history)
-    checkpoints.atomic_write(Path(run_dir) / "metrics.jsonl", lambda f: f.write(text.encode()))
-
-
-def plot_curves(history: list[dict], out_png) -> Path:
-    """Draws loss, top-1/top-5 and learning rate per epoch into out_png."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [m["epoch"] for m in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(epochs, [m["train_loss"] for m in history], "o-")
-    axes[0].set(title="training loss", xlabel="epoch")
-    axes[1].plot(epochs, [m["train_top1"] for m in history], "o-", label="train top-1")
-    axes[1].plot(epochs, [m["val_top1"] for m in history], "o-", label="val top-1")
-    axes[1].plot(epochs, [m["val_top5"] for m in history], "o--", label="val top-5")
-    axes[1].set(title="accuracy", xlabel="epoch", ylim=(0, 1))
-    axes[1].legend()
-    axes[2].semilogy(epochs, [m["learning_rate"] for m in history], "o-")
-    axes[2].set(title="learning rate", xlabel="epoch")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    out_png = Path(out_png)
-    checkpoints.atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=90))
-    plt.close(fig)
-    return out_png
-

@@ -340,7 +340,7 @@ def scratch_accuracy(config: model.Network, train: data.ImageSet, test: data.Ima
     The paper's recipe at a constant learning rate: SGD with momentum 0.9, dropout,
     filter renormalisation, random crops and flips (data.train_batches), inputs minus
     the mean image of ``train``. He-normal init whatever config says: with N(0, 1e-2)
-    a few hundred steps stay at chance (see trainer.presets). The batch is the largest
+    a few hundred steps stay at chance (see run.PRESETS). The batch is the largest
     multiple of the device count <= min(batch_size, len(train)).
     """
     config = dataclasses.replace(config, num_classes=len(train.class_names), init_std=None)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import os
 import pathlib
 import re
@@ -21,6 +20,7 @@ import numpy as np
 
 from zfjax import argtypes, artifacts, atlas, checkpoints, cli, data, model, progress, render
 from zfjax.figures import atlas_site
+from zfjax.run import RunDir
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
@@ -65,14 +65,13 @@ def _bar(desc: str, total: int):
 def run_files(run_dir) -> dict:
     """What the index shows of a run folder: its config.json (paths cut to their last
     name, ``render.shown_paths``), metrics.jsonl lines and curves.png (each where present)."""
-    run_dir = pathlib.Path(run_dir)
-    found = {"config": render.shown_paths(checkpoints.read_config(run_dir))}
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        found["metrics"] = [json.loads(line) for line in metrics.read_text().splitlines()
-                            if line.strip()]
-    if (run_dir / "curves.png").is_file():
-        found["curves"] = run_dir / "curves.png"
+    run = RunDir(run_dir)
+    found = {"config": render.shown_paths(run.read_config())}
+    metrics = run.read_metrics()
+    if metrics:
+        found["metrics"] = metrics
+    if run.curves_file.is_file():
+        found["curves"] = run.curves_file
     return found
 
 
