@@ -38,9 +38,9 @@ def activations():
 
 
 @functools.lru_cache(maxsize=None)
-def built():
+def built():  # no sanity scores: model.init_params compiles for seconds (the CLI tests have them)
     return atlas.build(TINY, params(), images(), LABELS, layers=("conv1", "conv2"), k=5,
-                       num_classes=4, batch_size=4)
+                       num_classes=4, batch_size=4, sanity_seed=None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,6 +96,45 @@ def test_projections_equal_the_dense_reverse_pass_of_each_winner():
                 np.testing.assert_allclose(layer_atlas.projections[ch, j], want, rtol=1e-4,
                                            atol=1e-5 * np.abs(want).max())
                 assert np.abs(want).max() > 0
+
+
+def test_top1_views_equal_the_gradient_of_each_maps_strongest_unit():
+    """Chunked, padded, batched attributions == jax.grad of the unit, cropped (guided
+    backprop goes through the same code: it is only checked to be another picture)."""
+    import jax
+
+    layer = "conv2"
+    layer_atlas = built().layers[layer]
+    top, top1 = layer_atlas.top, layer_atlas.top1
+    assert set(top1) == set(atlas.METHODS) and top1["gradient"].shape == (64, 27, 27, 3)
+    live = np.flatnonzero(top.value[:, 0] > 0)  # a silent unit has no gradient
+    assert live[0] < 32 <= live[-1]  # 64 maps go in two chunks of 32: both checked
+    for ch in live[[0, len(live) // 2, -1]]:
+        i, y, x = int(top.image[ch, 0]), int(top.y[ch, 0]), int(top.x[ch, 0])
+        unit = lambda im: model.forward(TINY, params(), im)[1]["activations"][layer][0, y, x, ch]
+        grad = np.asarray(jax.grad(unit)(images()[i:i + 1]))
+        want = crop_to_receptive_field(TINY, layer, grad, [y], [x])[0]
+        assert np.abs(want).max() > 0
+        np.testing.assert_allclose(top1["gradient"][ch], want, rtol=1e-4,
+                                   atol=1e-5 * np.abs(want).max())
+        guided = top1["guided_backprop"][ch]
+        assert np.abs(guided).max() > 0 and not np.allclose(guided, want)
+    assert layer_atlas.sanity is None and built().sanity_seed is None
+
+
+def test_sanity_score_is_1_against_the_trained_network_and_lower_against_a_random_one():
+    layer = "conv2"
+    top = built().layers[layer].top
+    same = atlas.layer_sanity(TINY, params(), params(), layer, top, images())
+    np.testing.assert_allclose(same, 1.0, atol=1e-6)
+    fresh = random_params(TINY, seed=7)
+    randomised = atlas.cascade_randomised(TINY, params(), fresh, layer)
+    assert randomised["conv1"] is params()["conv1"]  # below: trained
+    assert all(randomised[name] is fresh[name] for name in ("conv2", "conv3", "fc6", "fc8"))
+    scores = atlas.layer_sanity(TINY, params(), fresh, layer, top, images())
+    assert scores.shape == (64,) and (np.abs(scores) <= 1).all() and scores.mean() < 0.9
+    a = np.random.default_rng(0).normal(size=(2, 5, 5, 3))
+    np.testing.assert_allclose(atlas.sanity_scores(a, -2 * a), 1.0, atol=1e-6)  # |.|, scale-free
 
 
 def test_fewer_images_than_k_leave_unfilled_slots_with_zero_projections():
