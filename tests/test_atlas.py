@@ -217,6 +217,52 @@ def test_layer_pages_show_every_map_with_a_stable_anchor_and_its_pictures(atlas_
         assert im.format == "JPEG" and np.asarray(im).std() > 10  # pictures, not blanks
 
 
+def test_full_views_show_three_methods_and_atlas_json_the_sanity_score_of_each_layer(atlas_site):
+    _, site, _ = atlas_site
+    manifest = json.loads((site / site_writer.MANIFEST).read_text())
+    assert manifest["version"] == 3 and manifest["views"] == ["deconvnet", "guided_backprop",
+                                                               "gradient"]
+    sanity = manifest["sanity"]
+    assert sanity["seed"] == atlas.SANITY_SEED and "cascading" in sanity["randomisation"]
+    for layer, maps in (("conv1", 24), ("conv2", 64)):
+        score = sanity["layers"][layer]
+        assert len(score["per_map"]) == maps == score["maps"]
+        assert -1 <= score["min"] <= score["mean"] <= score["max"] <= 1 and score["std"] >= 0
+        assert np.isclose(score["mean"], np.mean(score["per_map"]))
+        for view in ("deconvnet", "guided", "gradient"):
+            assert len(list((site / layer).glob(f"map-???-{view}.jpg"))) == maps
+        page = (site / f"{layer}.html").read_text()
+        assert f"Sanity score of {layer}: {score['mean']:.2f} &plusmn; {score['std']:.2f}" in page
+        assert page.count("<figcaption>guided backprop (Springenberg") == maps
+    assert "<th>sanity score</th>" in (site / "index.html").read_text()
+
+
+def test_rerun_over_a_version_2_atlas_replaces_it(atlas_site, run_cli, tmp_path):
+    """An atlas written before the methods views (version 2: no views, no sanity) is still
+    recognised and replaced; --deconvnet-only writes neither views nor scores."""
+    import shutil
+
+    run, site, _ = atlas_site
+    out = tmp_path / "site"
+    shutil.copytree(site, out)
+    manifest = json.loads((out / site_writer.MANIFEST).read_text())
+    for name in manifest["files"]:
+        if re.search(r"-(deconvnet|guided|gradient)\.jpg$", name):
+            (out / name).unlink()
+    manifest = {**{k: v for k, v in manifest.items() if k not in ("views", "sanity")},
+                "version": 2, "files": sorted(p.relative_to(out).as_posix()
+                                              for p in out.rglob("*") if p.is_file())}
+    (out / site_writer.MANIFEST).write_text(json.dumps(manifest))
+    assert site_writer.read_manifest(out).version == 2
+    code, _, err = run_cli(["atlas", str(run), "--out", str(out), "--layers", "conv1",
+                            "--deconvnet-only"])
+    assert code == 0 and "kept" not in err, err
+    rewritten = json.loads((out / site_writer.MANIFEST).read_text())
+    assert rewritten["version"] == 3 and rewritten["views"] == [] and "sanity" not in rewritten
+    assert not list((out / "conv1").glob("*-guided.jpg")) and not (out / "conv2").exists()
+    assert "Sanity score" not in (out / "conv1.html").read_text()
+
+
 def test_rerun_replaces_the_site_keeps_the_users_files_and_writes_nothing_beside_it(
         atlas_site, run_cli, tmp_path):
     run, _, _ = atlas_site
