@@ -137,6 +137,27 @@ def test_sanity_score_is_1_against_the_trained_network_and_lower_against_a_rando
     np.testing.assert_allclose(atlas.sanity_scores(a, -2 * a), 1.0, atol=1e-6)  # |.|, scale-free
 
 
+def test_sanity_scores_only_count_the_part_of_a_crop_inside_the_image():
+    """A crop's zero padding past the image edge is equal in both pictures: not agreement."""
+    from zfjax.receptive_field import receptive_field
+
+    ys, xs = np.array([0, 6]), np.array([0, 6])  # conv2 units: a corner one and an inner one
+    r = 27
+    trained = np.zeros((2, r, r, 3), np.float32)
+    randomised = np.zeros_like(trained)
+    top, left, _, _ = receptive_field(TINY, "conv2", ys, xs, clip=False)
+    inside = np.stack(receptive_field(TINY, "conv2", ys, xs), axis=1)
+    values = np.random.default_rng(0).uniform(1, 2, (2, r, r, 1)).astype(np.float32)
+    for i in range(2):  # inside the image: opposite rankings of |value|
+        y0, y1, x0, x1 = inside[i, [0, 2, 1, 3]] - [top[i], top[i], left[i], left[i]]
+        trained[i, y0:y1, x0:x1] = values[i, y0:y1, x0:x1]
+        randomised[i, y0:y1, x0:x1] = 1 / values[i, y0:y1, x0:x1]
+    assert -top[0] > 0 and top[1] >= 0  # the corner unit's field runs past the edge
+    np.testing.assert_allclose(atlas.inside_image_scores(TINY, "conv2", trained, randomised, ys, xs),
+                               -1, atol=1e-6)
+    assert atlas.sanity_scores(trained, randomised)[0] > -0.9  # the padding counted as agreement
+
+
 def test_fewer_images_than_k_leave_unfilled_slots_with_zero_projections():
     few = atlas.build(TINY, params(), images()[:3], layers=("conv1",), k=5)
     layer = few.layers["conv1"]

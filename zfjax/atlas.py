@@ -29,7 +29,7 @@ import numpy as np
 
 from zfjax import attribution, deconv, model, similarity, strongest
 from zfjax.network import param_shapes
-from zfjax.receptive_field import crop_to_receptive_field, receptive_field_size
+from zfjax.receptive_field import crop_to_receptive_field, receptive_field, receptive_field_size
 
 TOP = strongest.TOP  # activations kept per feature map (the paper's 3x3 grids)
 PROJECTION_CHUNK = 128  # units projected per compiled call (one forward of their images)
@@ -236,7 +236,7 @@ def sanity_scores(trained: np.ndarray, randomised: np.ndarray) -> np.ndarray:
     """How alike two stacks of projections are: per map, the Spearman rank correlation
     (``similarity.rank_correlation``) of their absolute values summed over colour.
 
-    trained, randomised: float (C, R, R, 3). Returns float32 (C,) in [-1, 1]; 0 where
+    trained, randomised: float (C, h, w, 3). Returns float32 (C,) in [-1, 1]; 0 where
     either picture is constant.
     """
     if not len(trained):
@@ -258,8 +258,27 @@ def layer_sanity(config: model.Network, params, fresh: dict, layer: str, top: st
     trained = project_top(config, params, layer, top1, inputs, from_one=True, progress=progress)
     randomised = project_top(config, cascade_randomised(config, params, fresh, layer), layer,
                              top1, inputs, from_one=True, progress=progress)
-    scores = sanity_scores(trained[:, 0], randomised[:, 0])
+    scores = inside_image_scores(config, layer, trained[:, 0], randomised[:, 0],
+                                 top1.y[:, 0], top1.x[:, 0])
     return np.where(np.isfinite(top1.value[:, 0]), scores, np.nan).astype(np.float32)
+
+
+def inside_image_scores(config: model.Network, layer: str, trained: np.ndarray,
+                        randomised: np.ndarray, ys, xs) -> np.ndarray:
+    """``sanity_scores`` of receptive-field crops (C, R, R, 3) of units at (ys, xs) (C,),
+    each on the part of its crop inside the image: the zero padding past the edge is
+    equal in both and would count as agreement. Crops of one shape go together (few
+    compilations). Returns float32 (C,)."""
+    ys, xs = np.asarray(ys), np.asarray(xs)
+    top, left, _, _ = receptive_field(config, layer, ys, xs, clip=False)
+    c_top, c_left, c_bottom, c_right = receptive_field(config, layer, ys, xs, clip=True)
+    boxes = np.stack([c_top - top, c_bottom - top, c_left - left, c_right - left], axis=1)
+    scores = np.zeros(len(boxes), np.float32)
+    for box in np.unique(boxes, axis=0) if len(boxes) else ():
+        same = np.flatnonzero((boxes == box).all(axis=1))
+        y0, y1, x0, x1 = box.tolist()
+        scores[same] = sanity_scores(trained[same, y0:y1, x0:x1], randomised[same, y0:y1, x0:x1])
+    return scores
 
 
 def build(config: model.Network, params, inputs, labels=None, *, layers=None, k: int = TOP,
