@@ -256,8 +256,13 @@ def layer_sanity(config: model.Network, params, fresh: dict, layer: str, top: st
     """
     top1 = strongest.TopK(*(np.asarray(a)[:, :1] for a in top))
     trained = project_top(config, params, layer, top1, inputs, from_one=True, progress=progress)
-    randomised = project_top(config, cascade_randomised(config, params, fresh, layer), layer,
-                             top1, inputs, from_one=True, progress=progress)
+    # Placed as the trained leaves are: a committed and an uncommitted array are
+    # different arguments to jit, and the compiled projection would not be reused.
+    swapped = jax.tree.map(lambda new, old: (jax.device_put(new, old.sharding)
+                                             if isinstance(old, jax.Array) else np.asarray(new)),
+                           cascade_randomised(config, params, fresh, layer), params)
+    randomised = project_top(config, swapped, layer, top1, inputs, from_one=True,
+                             progress=progress)
     scores = inside_image_scores(config, layer, trained[:, 0], randomised[:, 0],
                                  top1.y[:, 0], top1.x[:, 0])
     return np.where(np.isfinite(top1.value[:, 0]), scores, np.nan).astype(np.float32)
