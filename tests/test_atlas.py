@@ -38,9 +38,9 @@ def activations():
 
 
 @functools.lru_cache(maxsize=None)
-def built():
+def built():  # no sanity scores: model.init_params compiles for seconds (the CLI tests have them)
     return atlas.build(TINY, params(), images(), LABELS, layers=("conv1", "conv2"), k=5,
-                       num_classes=4, batch_size=4)
+                       num_classes=4, batch_size=4, sanity_seed=None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,6 +96,66 @@ def test_projections_equal_the_dense_reverse_pass_of_each_winner():
                 np.testing.assert_allclose(layer_atlas.projections[ch, j], want, rtol=1e-4,
                                            atol=1e-5 * np.abs(want).max())
                 assert np.abs(want).max() > 0
+
+
+def test_top1_views_equal_the_gradient_of_each_maps_strongest_unit():
+    """Chunked, padded, batched attributions == jax.grad of the unit, cropped (guided
+    backprop goes through the same code: it is only checked to be another picture)."""
+    import jax
+
+    layer = "conv2"
+    layer_atlas = built().layers[layer]
+    top, top1 = layer_atlas.top, layer_atlas.top1
+    assert set(top1) == set(atlas.METHODS) and top1["gradient"].shape == (64, 27, 27, 3)
+    live = np.flatnonzero(top.value[:, 0] > 0)  # a silent unit has no gradient
+    assert live[0] < 32 <= live[-1]  # 64 maps go in two chunks of 32: both checked
+    for ch in live[[0, len(live) // 2, -1]]:
+        i, y, x = int(top.image[ch, 0]), int(top.y[ch, 0]), int(top.x[ch, 0])
+        unit = lambda im: model.forward(TINY, params(), im)[1]["activations"][layer][0, y, x, ch]
+        grad = np.asarray(jax.grad(unit)(images()[i:i + 1]))
+        want = crop_to_receptive_field(TINY, layer, grad, [y], [x])[0]
+        assert np.abs(want).max() > 0
+        np.testing.assert_allclose(top1["gradient"][ch], want, rtol=1e-4,
+                                   atol=1e-5 * np.abs(want).max())
+        guided = top1["guided_backprop"][ch]
+        assert np.abs(guided).max() > 0 and not np.allclose(guided, want)
+    assert layer_atlas.sanity is None and built().sanity_seed is None
+
+
+def test_sanity_score_is_1_against_the_trained_network_and_lower_against_a_random_one():
+    layer = "conv2"
+    top = built().layers[layer].top
+    same = atlas.layer_sanity(TINY, params(), params(), layer, top, images())
+    np.testing.assert_allclose(same, 1.0, atol=1e-6)
+    fresh = random_params(TINY, seed=7)
+    randomised = atlas.cascade_randomised(TINY, params(), fresh, layer)
+    assert randomised["conv1"] is params()["conv1"]  # below: trained
+    assert all(randomised[name] is fresh[name] for name in ("conv2", "conv3", "fc6", "fc8"))
+    scores = atlas.layer_sanity(TINY, params(), fresh, layer, top, images())
+    assert scores.shape == (64,) and (np.abs(scores) <= 1).all() and scores.mean() < 0.9
+    a = np.random.default_rng(0).normal(size=(2, 5, 5, 3))
+    np.testing.assert_allclose(atlas.sanity_scores(a, -2 * a), 1.0, atol=1e-6)  # |.|, scale-free
+
+
+def test_sanity_scores_only_count_the_part_of_a_crop_inside_the_image():
+    """A crop's zero padding past the image edge is equal in both pictures: not agreement."""
+    from zfjax.receptive_field import receptive_field
+
+    ys, xs = np.array([0, 6]), np.array([0, 6])  # conv2 units: a corner one and an inner one
+    r = 27
+    trained = np.zeros((2, r, r, 3), np.float32)
+    randomised = np.zeros_like(trained)
+    top, left, _, _ = receptive_field(TINY, "conv2", ys, xs, clip=False)
+    inside = np.stack(receptive_field(TINY, "conv2", ys, xs), axis=1)
+    values = np.random.default_rng(0).uniform(1, 2, (2, r, r, 1)).astype(np.float32)
+    for i in range(2):  # inside the image: opposite rankings of |value|
+        y0, y1, x0, x1 = inside[i, [0, 2, 1, 3]] - [top[i], top[i], left[i], left[i]]
+        trained[i, y0:y1, x0:x1] = values[i, y0:y1, x0:x1]
+        randomised[i, y0:y1, x0:x1] = 1 / values[i, y0:y1, x0:x1]
+    assert -top[0] > 0 and top[1] >= 0  # the corner unit's field runs past the edge
+    np.testing.assert_allclose(atlas.inside_image_scores(TINY, "conv2", trained, randomised, ys, xs),
+                               -1, atol=1e-6)
+    assert atlas.sanity_scores(trained, randomised)[0] > -0.9  # the padding counted as agreement
 
 
 def test_fewer_images_than_k_leave_unfilled_slots_with_zero_projections():
@@ -176,6 +236,52 @@ def test_layer_pages_show_every_map_with_a_stable_anchor_and_its_pictures(atlas_
 
     with Image.open(site / "conv2" / "map-007.jpg") as im:
         assert im.format == "JPEG" and np.asarray(im).std() > 10  # pictures, not blanks
+
+
+def test_full_views_show_three_methods_and_atlas_json_the_sanity_score_of_each_layer(atlas_site):
+    _, site, _ = atlas_site
+    manifest = json.loads((site / site_writer.MANIFEST).read_text())
+    assert manifest["version"] == 3 and manifest["views"] == ["deconvnet", "guided_backprop",
+                                                               "gradient"]
+    sanity = manifest["sanity"]
+    assert sanity["seed"] == atlas.SANITY_SEED and "cascading" in sanity["randomisation"]
+    for layer, maps in (("conv1", 24), ("conv2", 64)):
+        score = sanity["layers"][layer]
+        assert len(score["per_map"]) == maps == score["maps"]
+        assert -1 <= score["min"] <= score["mean"] <= score["max"] <= 1 and score["std"] >= 0
+        assert np.isclose(score["mean"], np.mean(score["per_map"]))
+        for view in ("deconvnet", "guided", "gradient"):
+            assert len(list((site / layer).glob(f"map-???-{view}.jpg"))) == maps
+        page = (site / f"{layer}.html").read_text()
+        assert f"Sanity score of {layer}: {score['mean']:.2f} &plusmn; {score['std']:.2f}" in page
+        assert page.count("<figcaption>guided backprop (Springenberg") == maps
+    assert "<th>sanity score</th>" in (site / "index.html").read_text()
+
+
+def test_rerun_over_a_version_2_atlas_replaces_it(atlas_site, run_cli, tmp_path):
+    """An atlas written before the methods views (version 2: no views, no sanity) is still
+    recognised and replaced; --deconvnet-only writes neither views nor scores."""
+    import shutil
+
+    run, site, _ = atlas_site
+    out = tmp_path / "site"
+    shutil.copytree(site, out)
+    manifest = json.loads((out / site_writer.MANIFEST).read_text())
+    for name in manifest["files"]:
+        if re.search(r"-(deconvnet|guided|gradient)\.jpg$", name):
+            (out / name).unlink()
+    manifest = {**{k: v for k, v in manifest.items() if k not in ("views", "sanity")},
+                "version": 2, "files": sorted(p.relative_to(out).as_posix()
+                                              for p in out.rglob("*") if p.is_file())}
+    (out / site_writer.MANIFEST).write_text(json.dumps(manifest))
+    assert site_writer.read_manifest(out).version == 2
+    code, _, err = run_cli(["atlas", str(run), "--out", str(out), "--layers", "conv1",
+                            "--deconvnet-only"])
+    assert code == 0 and "kept" not in err, err
+    rewritten = json.loads((out / site_writer.MANIFEST).read_text())
+    assert rewritten["version"] == 3 and rewritten["views"] == [] and "sanity" not in rewritten
+    assert not list((out / "conv1").glob("*-guided.jpg")) and not (out / "conv2").exists()
+    assert "Sanity score" not in (out / "conv1.html").read_text()
 
 
 def test_rerun_replaces_the_site_keeps_the_users_files_and_writes_nothing_beside_it(

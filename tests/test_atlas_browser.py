@@ -101,6 +101,9 @@ def test_browse_index_layer_map_and_back(browser, atlas_site, how, request, tmp_
     full.wait_for(state="visible")
     page.wait_for_function("() => [...document.querySelectorAll('#map-5 .full img')]"
                            ".every(i => i.complete && i.naturalWidth > 0)")
+    views = full.locator(".views img")  # the top 1 under deconvnet, guided backprop, gradient
+    assert views.count() == 3 and views.evaluate_all(
+        "imgs => imgs.every(i => i.complete && i.naturalWidth > 0)")
     assert full.locator(".src span").count() == 8  # a box on each source image ...
     outside = page.evaluate("""() => [...document.querySelectorAll('#map-5 .src')].filter(f => {
         const box = f.querySelector('span').getBoundingClientRect();

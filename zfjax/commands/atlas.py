@@ -40,6 +40,9 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--top", type=argtypes.positive_int, default=atlas.TOP,
                         help="activations kept per feature map")
     parser.add_argument("--batch-size", type=argtypes.positive_int, default=64)
+    parser.add_argument("--deconvnet-only", action="store_true",
+                        help="skip each map's guided backprop and gradient views and the "
+                             "layers' sanity scores (cascade-randomised network): a faster build")
     parser.set_defaults(run=run)
     return parser
 
@@ -165,8 +168,13 @@ def run(args) -> list[pathlib.Path]:
                                  leftover=atlas_site.is_partial_site) as tmp:
         result = atlas.build(config, loaded.params, inputs, labels, layers=layers,
                              k=min(args.top, len(stored)), batch_size=args.batch_size,
-                             num_classes=len(loaded.class_names or []) or None, progress=_bar)
-        facts["build time"] = f"{time.perf_counter() - start:.1f} s (mining and projections)"
+                             num_classes=len(loaded.class_names or []) or None,
+                             methods=() if args.deconvnet_only else atlas.METHODS,
+                             sanity_seed=None if args.deconvnet_only else atlas.SANITY_SEED,
+                             progress=_bar)
+        work = ("mining and projections" if args.deconvnet_only
+                else "mining, projections, other methods and sanity scores")
+        facts["build time"] = f"{time.perf_counter() - start:.1f} s ({work})"
         atlas_site.write_site(config, result, display, tmp, names=names,
                               class_names=loaded.class_names, rgb=loaded.preprocessing.rgb,
                               snapshots=snapshots, run=run_info, source=source, progress=_bar)

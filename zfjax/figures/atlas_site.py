@@ -4,9 +4,11 @@
     <layer>.html        every feature map of the layer: its top-k deconvnet projections
                         beside the image patches (paper Fig. 2), its strongest classes and,
                         for runs with snapshots, its evolution over the saved epochs (Fig. 4)
-    <layer>.html#map-C  map C's full view (stable URL): its top-k at full size, the images
-                        they came from with the receptive field boxed, its mean activation
-                        per class (shown with the CSS :target rule, no script needed)
+    <layer>.html#map-C  map C's full view (stable URL): its top-k at full size, its
+                        strongest activation under the deconvnet, guided backprop and the
+                        gradient, the images they came from with the receptive field boxed,
+                        its mean activation per class (shown with the CSS :target rule, no
+                        script needed); each layer page also shows the layer's sanity score
     <layer>/map-CCC*.jpg  the pictures, compressed JPEG, loaded lazily
     images/NNNNN.jpg    each source image once, at its own size (boxes are drawn over it)
     style.css, atlas.json (what was built: layers, images, every file written; its
@@ -35,7 +37,8 @@ from zfjax.receptive_field import crop_to_receptive_field, receptive_field, rece
 from zfjax.figures.topk import mosaic
 
 MANIFEST = "atlas.json"  # what was built; its format marker makes the folder a zfjax atlas
-FORMAT, VERSION = "zfjax-atlas", 2  # version 1 (no marker, no file list): see read_manifest
+FORMAT, VERSION = "zfjax-atlas", 3  # version 1 (no marker, no file list): see read_manifest;
+# 3 added the top-1 views of other methods (map-CCC-<view>.jpg) and "views", "sanity"
 MANIFEST_MAX_BYTES = 64 << 20  # a larger atlas.json is not one zfjax wrote
 CARD_SIDE = 48  # at least this many px per tile on the layer pages (whole multiples of
 CARD_MAX = 64   # the receptive field's pixels), at most this many (thumbnails)
@@ -44,6 +47,16 @@ SOURCE_SIDE = 160  # px a source image is shown at (stored once, at its own size
 JPEG_QUALITY = 85
 CLASSES_ON_CARD = 3
 CLASS_BARS = 30  # classes listed in a map's full view (the strongest; all if fewer)
+VIEWS = {  # a map's strongest activation, beside the deconvnet: file suffix, label
+    "deconvnet": ("deconvnet", "deconvnet (Zeiler &amp; Fergus 2014)"),
+    "guided_backprop": ("guided", "guided backprop (Springenberg et al. 2015)"),
+    "gradient": ("gradient", "gradient (Simonyan et al. 2014)"),
+}
+SANITY_MEASURE = ("Spearman rank correlation of |projection| summed over colour, inside the "
+                  "unit's receptive field; both deconvnet reverse passes start from 1")
+SANITY_RANDOMISATION = ("cascading (Adebayo et al. 2018): the trained weights with every layer "
+                        "from the top down to and including this one re-initialised as for "
+                        "training (model.init_params) with jax.random.key(seed)")
 
 STYLE = """\
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d1d1f;
@@ -71,6 +84,8 @@ margin:10px 0 40px}
 .src span{position:absolute;box-sizing:border-box;border:2px solid #ffd200;outline:1px solid #000}
 .src figcaption{font-size:11px;overflow-wrap:anywhere}
 .bars td{padding:1px 6px;font-size:12px}.bar{background:#c65d00;height:10px}
+.views{display:flex;flex-wrap:wrap;gap:12px}.views figure{margin:0}
+.views figcaption{max-width:14em}
 .layers img{max-width:320px;height:auto;image-rendering:pixelated}
 """
 
@@ -164,9 +179,12 @@ def _index_page(layers, summary: dict, run: dict, entries: list[str]) -> str:
                 f"({html.escape(summary['source'])}), projected to pixels by the deconvnet "
                 "(left, Zeiler &amp; Fergus 2014, Fig. 2) beside the image patches under "
                 "their receptive fields (right). Click a map for its full view.</p>")
+    sanity = ("<th>sanity score</th>" if summary.get("sanity") else "")
     body.append("<h2>Layers</h2><table class=\"layers\"><tr><th>layer</th><th>maps</th>"
-                "<th>map size</th><th>receptive field</th><th>strongest map</th></tr>"
+                f"<th>map size</th><th>receptive field</th>{sanity}<th>strongest map</th></tr>"
                 + "".join(entries) + "</table>")
+    if summary.get("sanity"):
+        body.append(f'<p class="note">{SANITY_NOTE}</p>')
     if run.get("curves"):
         body.append(f"<h2>Training curves</h2>{_img('curves.png', run['curves_size'], 'training curves')}")
     if run.get("metrics"):
@@ -180,6 +198,36 @@ def _index_page(layers, summary: dict, run: dict, entries: list[str]) -> str:
         body.append("<h2>Configuration</h2><pre>"
                     + html.escape(json.dumps(run["config"], indent=2)) + "</pre>")
     return _page(run.get("title", "zfjax atlas"), _nav(layers, None), "\n".join(body))
+
+
+SANITY_NOTE = (
+    "Sanity score (Adebayo et al. 2018, cascading randomisation): for each map's strongest "
+    "activation, the Spearman rank correlation between its deconvnet projection in the "
+    "trained network and the same unit's projection (same image, same position) in the "
+    "network with every layer from the top down to and including this one re-initialised; "
+    "computed on the absolute values summed over colour, inside the unit's receptive field. "
+    "Mean &plusmn; standard deviation over the layer's maps. Near 1: the picture barely depends "
+    "on the layer's learned weights (it shows the image and the layers below); lower: more "
+    "of the picture is the trained layer.")
+
+
+def _sanity_text(scores: np.ndarray) -> str:
+    """'0.62 &plusmn; 0.08 (24 maps)' for a layer's per-map scores (NaN: a map with no image)."""
+    shown = scores[np.isfinite(scores)]
+    if not len(shown):
+        return "-"
+    return f"{shown.mean():.2f} &plusmn; {shown.std():.2f} ({len(shown)} maps)"
+
+
+def _sanity_summary(scores: np.ndarray) -> dict:
+    """A layer's sanity scores for atlas.json: mean, std, min, max over its maps with an
+    image, their count, and every map's score (null for a map with no image)."""
+    shown = scores[np.isfinite(scores)].astype(np.float64)
+    stats = ({"mean": float(shown.mean()), "std": float(shown.std()),
+              "min": float(shown.min()), "max": float(shown.max())} if len(shown)
+             else {"mean": None, "std": None, "min": None, "max": None})
+    return {**stats, "maps": int(len(shown)),
+            "per_map": [round(float(v), 6) if np.isfinite(v) else None for v in scores]}
 
 
 def _cell(value) -> str:
@@ -234,21 +282,32 @@ def write_site(config: model.Network, atlas, display, folder, *, names=None, cla
             pages.append(page)
             c = model.num_channels(config, layer)
             h = model.layer_sizes(config)[layer]
+            sanity = ("" if layer_atlas.sanity is None
+                      else f"<td>{_sanity_text(layer_atlas.sanity)}</td>")
             entries.append(f'<tr><td><a href="{layer}.html">{layer}</a></td><td>{c}</td>'
                            f"<td>{h}&times;{h}</td><td>{receptive_field_size(config, layer)} px</td>"
-                           f"<td>{strongest_card}</td></tr>")
+                           f"{sanity}<td>{strongest_card}</td></tr>")
     finally:
         if bar is not None:
             bar.close()
+    has_sanity = all(a.sanity is not None for a in atlas.layers.values())
     summary = {"k": int(next(iter(atlas.layers.values())).top.value.shape[1]),
-               "images": int(atlas.count), "source": source}
+               "images": int(atlas.count), "source": source, "sanity": has_sanity}
     index = folder / "index.html"
     index.write_text(_index_page(layers, summary, run, entries))
     files = sorted({MANIFEST} | {name for name in _walk_files(folder)
                                  if written_by_atlas(name, layers)})
+    first = next(iter(atlas.layers.values()))
     manifest = {"format": FORMAT, "version": VERSION,
                 "layers": {layer: int(len(a.top.value)) for layer, a in atlas.layers.items()},
-                "images": int(atlas.count), "source": source, "k": summary["k"], "files": files}
+                "images": int(atlas.count), "source": source, "k": summary["k"],
+                "views": _views(first),
+                "files": files}
+    if has_sanity:
+        manifest["sanity"] = {
+            "method": "deconvnet", "measure": SANITY_MEASURE,
+            "randomisation": SANITY_RANDOMISATION, "seed": atlas.sanity_seed,
+            "layers": {layer: _sanity_summary(a.sanity) for layer, a in atlas.layers.items()}}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return [index] + pages
 
@@ -322,7 +381,8 @@ def written_by_atlas(name: str, layers) -> bool:
     if len(parts) == 2 and parts[0] == "images":
         return re.fullmatch(r"\d{5,}\.jpg", parts[1]) is not None
     if len(parts) == 2 and parts[0] in layers:
-        return re.fullmatch(r"map-\d{3,}(-full|-evolution)?\.jpg", parts[1]) is not None
+        return re.fullmatch(r"map-\d{3,}(-full|-evolution|-deconvnet|-guided|-gradient)?\.jpg",
+                            parts[1]) is not None
     return False
 
 
@@ -383,7 +443,8 @@ def _followed_maps(snapshots, layers) -> dict:
 
 def _layer_page(folder, config, layer, layer_atlas, display, names, labels, counts, rgb,
                 followed, count, source, layers, bar, written) -> tuple[pathlib.Path, str]:
-    top, projections, class_mean = layer_atlas
+    top, projections, class_mean = layer_atlas.top, layer_atlas.projections, layer_atlas.class_mean
+    views, sanity = _views(layer_atlas), layer_atlas.sanity
     (folder / layer).mkdir(exist_ok=True)
     c, k = top.value.shape
     r = receptive_field_size(config, layer)
@@ -407,6 +468,11 @@ def _layer_page(folder, config, layer, layer_atlas, display, names, labels, coun
             pictures = pairs_pictures(shown, patches, sorted({card_side, full_side}))
             card = save_jpeg(pictures[0], folder / f"{stem}.jpg")
             full = save_jpeg(pictures[-1], folder / f"{full_name}") if len(pictures) > 1 else card
+            if views:  # the strongest activation under each method, cut and scaled alike
+                explained = np.stack([projections[ch][filled[0]]]
+                                     + [layer_atlas.top1[m][ch] for m in views[1:]])
+                tiles, _ = render.fit_pairs(rgb(explained), np.repeat(patches[:1], len(views), 0),
+                                            full_side)
             for i, picture in zip(image.tolist(), sources):
                 if i not in written:  # each source image once for the whole site
                     written[i] = save_jpeg(picture, folder / _source_path(i))
@@ -443,6 +509,16 @@ def _layer_page(folder, config, layer, layer_atlas, display, names, labels, coun
                          f"images, strongest first: deconvnet projections (left) and the image "
                          f"patches under their {r}&times;{r} px receptive fields "
                          f"(right).</figcaption></figure>")
+            if views:
+                score = ("" if sanity is None or not np.isfinite(sanity[ch]) else
+                         f" Sanity score of this map: {sanity[ch]:.2f} (rank correlation of "
+                         f"its deconvnet projection with the same unit's in the cascade-"
+                         f"randomised network; see the note at the top).")
+                parts.append("<h4>The strongest activation, three ways</h4>"
+                             + _view_figures(folder, stem, alt, dict(zip(views, tiles)), zoom)
+                             + f'<p class="note">The first activation above explained by '
+                             f"each method, each picture stretched on its own (grey is 0); its "
+                             f"image patch is the first on the right above.{score}</p>")
             parts.append("<h4>The images they came from, receptive field boxed</h4>"
                          + _sources(config, layer, image, values, ys, xs, names))
         else:
@@ -464,10 +540,34 @@ def _layer_page(folder, config, layer, layer_atlas, display, names, labels, coun
             f"beside the image patches under their receptive fields (right); each projection "
             f"is contrast-stretched on its own.{followed_note} Click a map for its full view; "
             f"its address ({layer}.html#map-N) is stable.</p>"
-            f'<div class="grid">' + "\n".join(sections) + "</div>")
+            + ("" if sanity is None else
+               f"<p class=\"note\"><b>Sanity score of {layer}: {_sanity_text(sanity)}</b>. "
+               f"{SANITY_NOTE}</p>")
+            + '<div class="grid">' + "\n".join(sections) + "</div>")
     page = folder / f"{layer}.html"
     page.write_text(_page(f"{layer} | zfjax atlas", _nav(layers, layer), body))
     return page, strongest_card
+
+
+def _views(layer_atlas) -> list[str]:
+    """The methods a map's full view shows its strongest activation under ([] when only
+    the top-k deconvnet picture): the deconvnet, then those of ``layer_atlas.top1``."""
+    if not layer_atlas.top1:
+        return []
+    return ["deconvnet"] + [m for m in VIEWS if m in layer_atlas.top1]
+
+
+def _view_figures(folder, stem: str, alt: str, tiles: dict, zoom: int) -> str:
+    """A map's strongest activation under each method, one labelled picture each.
+
+    tiles: method -> uint8 (S, S, 3), each written to ``<stem>-<suffix>.jpg``."""
+    figures = []
+    for method, tile in tiles.items():
+        suffix, label = VIEWS[method]
+        size = save_jpeg(tile, folder / f"{stem}-{suffix}.jpg")
+        figures.append(f"<figure>{_img(f'{stem}-{suffix}.jpg', (size[0] * zoom, size[1] * zoom), f'{alt}: {html.unescape(label)}')}"
+                       f"<figcaption>{label}</figcaption></figure>")
+    return '<div class="views">' + "".join(figures) + "</div>"
 
 
 def _source_path(i: int) -> str:
