@@ -183,12 +183,39 @@ def dense(stage: Dense, params: dict, x: jax.Array, dtype) -> jax.Array:
     return x @ params[stage.name]["kernel"].astype(dtype) + params[stage.name]["bias"].astype(dtype)
 
 
-def batch_norm(stage: BatchNorm, params: dict, x: jax.Array, dtype) -> jax.Array:
-    """Inference batch norm with the running statistics: (x - mean) * scale / sqrt(var + eps)
-    + bias, per channel (last axis), in ``dtype``."""
+def batch_norm(stage: BatchNorm, params: dict, x: jax.Array, dtype,
+               batch_stats: dict | None = None) -> jax.Array:
+    """Batch norm, per channel (last axis), in ``dtype``: (x - mean) * scale / sqrt(var +
+    eps) + bias with the running statistics (inference), or, given a ``batch_stats`` dict
+    (training), with the batch's; then the batch's mean and unbiased variance (what
+    torchvision averages) go into ``batch_stats[stage.name]`` as {'mean', 'var'}."""
     p = params[stage.name]
-    inverse = p["scale"] * lax.rsqrt(p["var"] + stage.eps)
-    return ((x - p["mean"].astype(dtype)) * inverse.astype(dtype) + p["bias"].astype(dtype))
+    if batch_stats is None:
+        inverse = p["scale"] * lax.rsqrt(p["var"] + stage.eps)
+        return ((x - p["mean"].astype(dtype)) * inverse.astype(dtype) + p["bias"].astype(dtype))
+    x32 = x.astype(jnp.float32)
+    mean, var = x32.mean(axis=(0, 1, 2)), x32.var(axis=(0, 1, 2))
+    count = x.size // x.shape[-1]
+    batch_stats[stage.name] = {"mean": lax.stop_gradient(mean),
+                               "var": lax.stop_gradient(var * count / max(count - 1, 1))}
+    inverse = p["scale"] * lax.rsqrt(var + stage.eps)
+    return ((x32 - mean) * inverse + p["bias"]).astype(dtype)
+
+
+def update_batch_norm(config: Network, params: dict, batch_stats: dict) -> dict:
+    """``params`` with each batch norm's running statistics moved towards the batch's
+    (``forward(train=True)``'s aux['batch_stats']): running = (1 - momentum) * running +
+    momentum * batch, torchvision's rule. The same dict without batch norm."""
+    if not batch_stats:
+        return params
+    out = dict(params)
+    for stage in stages(config):
+        if isinstance(stage, BatchNorm):
+            m = stage.momentum
+            out[stage.name] = {**params[stage.name], **{
+                key: (1 - m) * params[stage.name][key] + m * batch_stats[stage.name][key]
+                for key in network.BATCH_NORM_STATS}}
+    return out
 
 
 def fold_batch_norm(config: Network, params: dict) -> dict:
@@ -215,8 +242,9 @@ def fold_batch_norm(config: Network, params: dict) -> dict:
 
 class StageRun(NamedTuple):
     """How ``apply_stages`` runs a stage: compute dtype, training mode and dropout key,
-    the stage's index in the table, the ReLU and normalisation to use, and ``window``:
-    the input is a window that already holds the padding (spatial stages run unpadded)."""
+    the stage's index in the table, the ReLU and normalisation to use, ``window``: the
+    input is a window that already holds the padding (spatial stages run unpadded), and
+    ``batch_stats``: in training, the dict batch norms put their batch statistics in."""
 
     dtype: Any
     train: bool
@@ -225,6 +253,7 @@ class StageRun(NamedTuple):
     relu: Callable
     normalize: Callable
     window: bool
+    batch_stats: dict | None = None
 
 
 class StageRule(NamedTuple):
@@ -284,8 +313,8 @@ STAGE_RULES: dict[type, StageRule] = {
                    _identity_reverse),
     # Its scale is folded into the conv's filters (fold_batch_norm); its shift is a bias,
     # which the deconvnet does not use.
-    BatchNorm: StageRule(lambda stage, params, x, run: (batch_norm(stage, params, x, run.dtype),
-                                                        None),
+    BatchNorm: StageRule(lambda stage, params, x, run: (batch_norm(
+        stage, params, x, run.dtype, run.batch_stats if run.train else None), None),
                          _identity_reverse),
     Flatten: StageRule(lambda stage, params, x, run: (x.reshape(x.shape[0], -1), None), None),
     Dense: StageRule(lambda stage, params, x, run: (dense(stage, params, x, run.dtype), None),
@@ -297,7 +326,8 @@ STAGE_RULES: dict[type, StageRule] = {
 def apply_stages(config: Network, params: dict, x: jax.Array, start: int = 0,
                  stop: int | None = None, *, train: bool = False,
                  dropout_key: jax.Array | None = None, record: bool = True,
-                 relu=nn.relu, normalize=None, window: bool = False):
+                 relu=nn.relu, normalize=None, window: bool = False,
+                 batch_stats: dict | None = None):
     """Run stages[start:stop] on x. Returns (output, activations dict, switches dict).
 
     A named stage's activation is recorded after the batch norm and ReLU that follow
@@ -306,7 +336,9 @@ def apply_stages(config: Network, params: dict, x: jax.Array, start: int = 0,
     lrn_stage)`` (default ``contrast_normalize``) stand for those stages: the attribution
     methods pass versions with the same values and their own backward rule
     (zfjax.attribution). ``window``: x is a window of the map that already holds the
-    padding (occlusion's incremental forward): convs and pools run unpadded.
+    padding (occlusion's incremental forward): convs and pools run unpadded. With
+    ``train``, batch norms normalise with the batch's statistics and put them in
+    ``batch_stats`` (a dict, filled in place: {name: {'mean', 'var'}}).
     """
     table = stages(config)
     stop = len(table) if stop is None else stop
@@ -314,7 +346,8 @@ def apply_stages(config: Network, params: dict, x: jax.Array, start: int = 0,
     record_at = {network.map_end(table, i) - 1: s.name for i, s in enumerate(table)
                  if isinstance(s, network.NAMED) and start <= i < stop and s.name != last_dense}
     run = StageRun(config.compute_dtype, train, dropout_key, start, relu,
-                   normalize or contrast_normalize, window)
+                   normalize or contrast_normalize, window,
+                   ({} if batch_stats is None else batch_stats) if train else None)
     acts, switches = {}, {}
     for i in range(start, stop):
         stage = table[i]
@@ -347,14 +380,20 @@ def forward(config: Network, params: dict, images: jax.Array, *,
     aux = {'activations': {layer: array}, 'switches': {pool: int array}}: every
     conv map (rectified, (N, h, w, C)), pool map (before normalisation) and hidden
     dense layer (rectified, before dropout). ``dropout_key`` is required when
-    ``train`` is True.
+    ``train`` is True; then aux also holds 'batch_stats' ({batch norm: {'mean', 'var'}}
+    of this batch, empty without batch norm; ``update_batch_norm`` takes it).
     """
     if train and dropout_key is None:
         raise ValueError("forward(train=True) needs dropout_key")
     check_images(config, images)
+    batch_stats: dict = {}
     logits, acts, switches = apply_stages(config, params, images.astype(config.compute_dtype),
-                                          train=train, dropout_key=dropout_key)
-    return logits.astype(jnp.float32), {"activations": acts, "switches": switches}
+                                          train=train, dropout_key=dropout_key,
+                                          batch_stats=batch_stats)
+    aux = {"activations": acts, "switches": switches}
+    if train:
+        aux["batch_stats"] = batch_stats
+    return logits.astype(jnp.float32), aux
 
 
 forward_jit = jax.jit(forward, static_argnames=("config", "train"))
