@@ -399,12 +399,14 @@ def test_every_weight_file_figure_runs_on_a_vgg_bn_file(tmp_path, run_cli):
     tensors["features.1.num_batches_tracked"] = np.array(7, np.int64)  # as torchvision saves it
     path = tmp_path / "vgg11_bn.safetensors"
     save_file(tensors, str(path))
-    image = tmp_path / "cat.jpg"
+    image, other = tmp_path / "cat.jpg", tmp_path / "dog.jpg"
     Image.fromarray(rng.integers(0, 256, (240, 300, 3), np.uint8)).save(image)
-    (tmp_path / "parts.json").write_text(json.dumps({"images": [
-        {"path": str(image), "parts": {"eye": [40, 100, 80, 140]}}]}))
+    Image.fromarray(rng.integers(0, 256, (240, 300, 3), np.uint8)).save(other)
+    (tmp_path / "parts.json").write_text(json.dumps({"images": [  # correspondence needs 2
+        {"path": str(path_), "parts": {"eye": [40, 100, 80, 140]}} for path_ in (image, other)]}))
     w = ["--arch", "vgg11_bn", "--weights", str(path)]
     commands = {
+        "correspondence": ["--parts", str(tmp_path / "parts.json"), "--draws", "1"],
         "topk": ["--images", str(image), "--layers", "conv5_2", "pool5", "--count", "2",
                  "--top", "1"],
         "occlusion": ["--images", str(image), "--layer", "conv5_2", "--size", "112",
@@ -414,7 +416,6 @@ def test_every_weight_file_figure_runs_on_a_vgg_bn_file(tmp_path, run_cli):
                        "--rotations", "0"],
         "reconstructions": ["--images", str(image), "--layers", "pool1", "pool5"],
         "maximize": ["--layer", "conv5_2", "--units", "0", "--steps", "2"],
-        "correspondence": ["--parts", str(tmp_path / "parts.json"), "--draws", "1"],
     }
     for command, options in commands.items():
         out = tmp_path / command
