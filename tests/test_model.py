@@ -1,6 +1,7 @@
 """ZFNet forward: sizes, parameter count, switches, pooling gradient, input checks."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from zfjax import model
+from zfjax import model, training
 
 SMALL = model.ZFNetConfig(num_classes=7, image_size=64, width=0.25, init_std=None)
 
@@ -178,3 +179,33 @@ def test_unused_switches_are_not_computed_under_jit():
     # Switches are the only int8 values in the network.
     assert "s8[" in compiled_hlo(lambda p, x: model.forward(SMALL, p, x))
     assert "s8[" not in compiled_hlo(lambda p, x: model.forward(SMALL, p, x)[0])
+
+
+def test_a_train_step_updates_batch_norm_running_statistics_and_checkpoints_keep_them(tmp_path):
+    """vgg11_bn: training normalises with the batch's statistics and moves the running
+    ones 10% towards them (torchvision's momentum 0.1, unbiased variance); the running
+    statistics are params (no gradient reaches them) and a checkpoint round trip keeps
+    them."""
+    from zfjax import checkpoints
+
+    config = model.Network(arch="vgg11_bn", num_classes=3, image_size=32, width=0.0625,
+                           init_std=None)
+    tcfg = training.TrainConfig(batch_size=4, learning_rate=0.1, filter_radius=None)
+    state = training.init_state(config, tcfg, jax.random.key(0))
+    images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    labels = jnp.array([0, 1, 2, 0], jnp.int32)
+    new, _ = jax.jit(functools.partial(training.train_step, config=config, filter_radius=None))(
+        state, (images, labels), jax.random.key(2))
+    # conv1_1's output on the batch, before its batch norm: the batch statistics.
+    conv1 = model.conv(model.stages(config)[0], state.params, images, jnp.float32)
+    n = conv1.size // conv1.shape[-1]
+    mean, var = conv1.mean((0, 1, 2)), conv1.var((0, 1, 2)) * n / (n - 1)
+    np.testing.assert_allclose(new.params["bn1_1"]["mean"], 0.1 * mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(new.params["bn1_1"]["var"], 0.9 + 0.1 * var, rtol=1e-4, atol=1e-6)
+    assert np.any(np.asarray(new.params["bn1_1"]["scale"]) != 1.0)  # SGD trains scale and shift
+    mgr = checkpoints.manager(tmp_path / "ckpt")
+    checkpoints.save(mgr, 1, new, {"epoch": 1})
+    mgr.wait_until_finished()
+    restored, _ = checkpoints.restore(mgr, 1, jax.eval_shape(lambda: new), config)
+    for key in ("mean", "var", "scale"):
+        np.testing.assert_array_equal(restored.params["bn5_2"][key], new.params["bn5_2"][key])

@@ -5,6 +5,7 @@ fields of every architecture are checked against independent references written
 with XLA's own max-pool (lax.reduce_window) and jax.vjp.
 """
 
+import dataclasses
 import functools
 import json
 
@@ -21,6 +22,21 @@ from helpers import random_params
 ALEX = model.Network(arch="alexnet", num_classes=5, image_size=64, width=0.125, init_std=None)
 VGG = model.Network(arch="vgg16", num_classes=5, image_size=32, width=0.0625, init_std=None)
 ZF = model.Network(num_classes=5, image_size=64, width=0.25, init_std=None)
+VGG_BN = model.Network(arch="vgg11_bn", num_classes=5, image_size=32, width=0.0625, init_std=None)
+
+
+def batch_norm_params(config, params, seed=0):
+    """params with every batch norm given trained-looking values (scale 0.5..1.5, shift and
+    running mean N(0, 0.1^2), running var 0.5..2), so the tests see it."""
+    rng = np.random.default_rng(seed)
+    out = dict(params)
+    for stage in model.stages(config):
+        if isinstance(stage, model.BatchNorm):
+            c = params[stage.name]["scale"].shape
+            out[stage.name] = {"scale": rng.uniform(0.5, 1.5, c), "bias": rng.normal(0, 0.1, c),
+                               "mean": rng.normal(0, 0.1, c), "var": rng.uniform(0.5, 2, c)}
+            out[stage.name] = {k: v.astype(np.float32) for k, v in out[stage.name].items()}
+    return out
 
 
 def test_alexnet_in_torchvision_layout_at_224():
@@ -68,7 +84,8 @@ def test_config_is_hashable_and_old_run_configs_load_as_zfnet():
     assert checkpoints.config_dict(VGG)["arch"] == "vgg16"
     with pytest.raises(ValueError, match="unknown keys depth"):
         network.from_dict({**old, "depth": 3})
-    with pytest.raises(ValueError, match="unknown arch 'resnet'; expected one of zfnet, alexnet, vgg16"):
+    with pytest.raises(ValueError, match="unknown arch 'resnet'; expected one of zfnet, alexnet, vgg11, vgg11_bn, "
+                                         "vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn$"):
         model.Network(arch="resnet")
     with pytest.raises(ValueError, match="image_size 16 is too small for vgg16"):
         model.Network(arch="vgg16", image_size=16)
@@ -110,31 +127,41 @@ deconv_relu.defvjp(lambda x: (jnp.maximum(x, 0), None), lambda _, g: (jnp.maximu
 
 
 def reference_features(config, params, images, layer):
-    """Up to ``layer`` with XLA's conv and max-pool, the deconvnet ReLU rule, no LRN
-    in the backward direction (the test networks here have none)."""
-    x = images
-    for stage in model.stages(config):
+    """Up to ``layer`` with XLA's conv and max-pool, batch norm written out, the
+    deconvnet ReLU rule, no LRN in the backward direction (the test networks here have
+    none)."""
+    x, named = images, None
+    table = model.stages(config)
+    for i, stage in enumerate(table):
         if isinstance(stage, model.Conv):
             p = stage.padding
             x = lax.conv_general_dilated(x, params[stage.name]["kernel"], (stage.stride,) * 2,
                                          [(p, p), (p, p)], dimension_numbers=("NHWC", "HWIO", "NHWC"))
-            x = deconv_relu(x + params[stage.name]["bias"])  # every conv here has a ReLU
+            x = x + params[stage.name]["bias"]
+        elif isinstance(stage, model.BatchNorm):
+            p = params[stage.name]
+            x = (x - p["mean"]) / jnp.sqrt(p["var"] + stage.eps) * p["scale"] + p["bias"]
+        elif isinstance(stage, model.ReLU) and x.ndim == 4:  # every conv here has a ReLU
+            x = deconv_relu(x)
         elif isinstance(stage, model.MaxPool):
             x = _xla_pool(x, stage)
-        if getattr(stage, "name", None) == layer:
-            return x
+        if isinstance(stage, (model.Conv, model.MaxPool, model.Dense)):
+            named = stage.name
+        after = table[i + 1] if i + 1 < len(table) else None
+        if named == layer and not isinstance(after, (model.BatchNorm, model.ReLU)):
+            return x  # the map after the conv's batch norm and ReLU
     raise AssertionError(layer)
 
 
 @functools.lru_cache(maxsize=None)
 def setup(config):
-    params = random_params(config, bias_std=0.05)
+    params = batch_norm_params(config, random_params(config, bias_std=0.05))
     images = jax.random.normal(jax.random.key(3), (2, config.image_size, config.image_size, 3))
     logits, aux = model.forward_jit(config, params, images)
     return params, images, logits, aux
 
 
-@pytest.mark.parametrize("config", [ALEX, VGG], ids=["alexnet", "vgg16"])
+@pytest.mark.parametrize("config", [ALEX, VGG, VGG_BN], ids=["alexnet", "vgg16", "vgg11_bn"])
 def test_forward_records_every_layer_like_the_reference(config):
     params, images, logits, aux = setup(config)
     assert logits.shape == (2, 5)
@@ -146,7 +173,7 @@ def test_forward_records_every_layer_like_the_reference(config):
     assert aux["activations"]["fc7"].shape == (2, model.num_channels(config, "fc7"))
 
 
-@pytest.mark.parametrize("config", [ALEX, VGG], ids=["alexnet", "vgg16"])
+@pytest.mark.parametrize("config", [ALEX, VGG, VGG_BN], ids=["alexnet", "vgg16", "vgg11_bn"])
 def test_dense_and_windowed_projections_equal_the_reference_vjp(config):
     params, images, _, aux = setup(config)
     for layer in model.projectable_layers(config):
@@ -181,7 +208,8 @@ def test_unknown_layer_names_the_networks_layers():
         model.check_layers(VGG, ["conv5"])
 
 
-@pytest.mark.parametrize("config, layer", [(ALEX, "conv5"), (VGG, "conv4_2")], ids=["alexnet", "vgg16"])
+@pytest.mark.parametrize("config, layer", [(ALEX, "conv5"), (VGG, "conv4_2"), (VGG_BN, "conv4_2")],
+                         ids=["alexnet", "vgg16", "vgg11_bn"])
 def test_incremental_occlusion_forward_equals_whole_forwards(config, layer):
     from zfjax import occlusion
 
@@ -195,3 +223,19 @@ def test_incremental_occlusion_forward_equals_whole_forwards(config, layer):
         np.testing.assert_allclose(getattr(fast, key), getattr(slow, key), rtol=2e-4, atol=1e-5,
                                    err_msg=key)
     np.testing.assert_array_equal(fast.top_class, slow.top_class)
+
+
+def test_batch_norm_folded_into_its_conv_gives_the_same_forward():
+    """fold_batch_norm: vgg11_bn's params folded run as vgg11 (the same convs, no batch norm)
+    and give the same maps and logits; a network without batch norm is left as it is."""
+    params, images, logits, aux = setup(VGG_BN)
+    folded = model.fold_batch_norm(VGG_BN, params)
+    assert not any(name.startswith("bn") for name in folded)
+    plain = dataclasses.replace(VGG_BN, arch="vgg11")
+    folded_logits, folded_aux = model.forward_jit(plain, folded, images)
+    np.testing.assert_allclose(folded_logits, logits, rtol=1e-4, atol=1e-5)
+    for layer in model.projectable_layers(VGG_BN):
+        np.testing.assert_allclose(folded_aux["activations"][layer], aux["activations"][layer],
+                                   rtol=1e-4, atol=1e-5, err_msg=layer)
+    vgg_params = setup(VGG)[0]
+    assert model.fold_batch_norm(VGG, vgg_params) is vgg_params

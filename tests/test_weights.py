@@ -10,6 +10,12 @@ from zfjax import model, network, preprocessing, weights
 from helpers import write_keras3
 
 VGG_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+# torchvision.models.vgg's cfgs "A", "B", "D", "E" (vgg11, vgg13, vgg16, vgg19)
+VGG_CFGS = {11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+            13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+            16: VGG_CFG,
+            19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+                 512, 512, 512, 512, "M"]}
 
 
 def torchvision_alexnet(nn, width=1.0, classes=1000):
@@ -32,13 +38,19 @@ def torchvision_alexnet(nn, width=1.0, classes=1000):
 
 def torchvision_vgg16(nn, width=1.0, classes=1000):
     """torchvision.models.vgg16 (no batch norm), written out."""
+    return torchvision_vgg(nn, 16, False, width, classes)
+
+
+def torchvision_vgg(nn, depth, batch_norm, width=1.0, classes=1000):
+    """torchvision.models.vgg{depth}[_bn], written out (torchvision's make_layers)."""
     layers, cin = [], 3
-    for v in VGG_CFG:
+    for v in VGG_CFGS[depth]:
         if v == "M":
             layers.append(nn.MaxPool2d(2, 2))
         else:
             cout = round(v * width)
-            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(True)]
+            layers.append(nn.Conv2d(cin, cout, 3, padding=1))
+            layers += [nn.BatchNorm2d(cout), nn.ReLU(True)] if batch_norm else [nn.ReLU(True)]
             cin = cout
     h = round(4096 * width)
     net = nn.Module()
@@ -68,6 +80,55 @@ def test_full_size_key_table_equals_torchvision(arch, build):
         net = build(torch.nn)
     want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     assert weights.torchvision_shapes(model.Network(arch=arch)) == want
+
+
+@pytest.mark.parametrize("depth", sorted(VGG_CFGS))
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["", "bn"])
+def test_full_size_vgg_key_tables_equal_torchvision(depth, batch_norm):
+    """vgg11 ... vgg19_bn: every key and shape of torchvision's state dict (vgg19_bn:
+    conv at features.0, 3, 7, ... with its batch norm at the next index)."""
+    torch = pytest.importorskip("torch")
+    with torch.device("meta"):
+        net = torchvision_vgg(torch.nn, depth, batch_norm)
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+    arch = f"vgg{depth}" + ("_bn" if batch_norm else "")
+    assert weights.torchvision_shapes(model.Network(arch=arch)) == want
+    torch_count = sum(p.numel() for p in net.parameters())
+    assert network.param_count(model.Network(arch=arch)) == torch_count
+
+
+def test_vgg19_bn_keys_by_hand():
+    keys = weights.torchvision_keys(model.Network(arch="vgg19_bn"))
+    assert keys["conv1_1"] == ("features.0.weight", "features.0.bias")
+    assert keys["bn1_1"] == ("features.1.weight", "features.1.bias", "features.1.running_mean",
+                             "features.1.running_var")
+    assert keys["conv1_2"][0] == "features.3.weight" and keys["bn1_2"][0] == "features.4.weight"
+    assert keys["conv2_1"][0] == "features.7.weight"  # after ReLU 5, pool 6
+    assert keys["conv5_4"][0] == "features.49.weight" and keys["bn5_4"][0] == "features.50.weight"
+    assert keys["fc6"][0] == "classifier.0.weight" and keys["fc8"][0] == "classifier.6.weight"
+
+
+def test_converted_vgg_bn_forward_equals_pytorch_in_eval_mode(tmp_path):
+    """vgg11_bn at width 1/16 with random running statistics: torchvision's key names,
+    ours == PyTorch's eval forward."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torchvision_vgg(torch.nn, 11, True, 0.0625, classes=7)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.1)
+                m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2)
+    path = tmp_path / "vgg11_bn.safetensors"
+    save_file(state_dict(net), str(path))  # with num_batches_tracked, as torchvision saves it
+    loaded = weights.load(path, "vgg11_bn")
+    assert loaded.config == model.Network(arch="vgg11_bn", num_classes=7, width=0.0625,
+                                          init_std=None)
+    x = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype(np.float32)
+    ours, _ = model.forward_jit(loaded.config, loaded.params, x)
+    ref = run_torch(torch, net, x)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("arch, build, width", [("alexnet", torchvision_alexnet, 0.25),
@@ -251,7 +312,7 @@ def test_visualize_runs_the_two_vgg16_systems_on_a_weight_file(tmp_path, run_cli
     code, out, err = run_cli(["reconstructions", "--weights", str(tmp_path / "vgg16.safetensors"),
                               "--images", str(tmp_path / "cat.jpg")])
     assert (code, err) == (2, "visualize.py reconstructions: error: --weights needs --arch "
-                              "(zfnet, alexnet or vgg16)\n")
+                              f"(one of {', '.join(network.ARCHITECTURES)})\n")
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -315,3 +376,49 @@ def test_pretrained_imagenet_weights_take_a_folder_of_named_classes(tmp_path, ca
         stored, labels, _ = load(["cat", "goldfish"])
     assert len(stored) == 2 and labels is None
     assert "class 'cat' (of 1) is not one of the weights' 1000 classes" in caplog.text
+
+
+def test_every_weight_file_figure_runs_on_a_vgg_bn_file(tmp_path, run_cli):
+    """topk, occlusion, filters, invariance, reconstructions, maximize and correspondence
+    from --arch vgg11_bn --weights (torchvision's key names, width 1/16, random weights
+    and running statistics) on one image. Costly (about a minute: each command compiles
+    its own 224 px programs); vgg11_bn is the smallest network with batch norm."""
+    import json
+    from PIL import Image
+
+    config = model.Network(arch="vgg11_bn", num_classes=1000, width=0.0625)
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for key, s in weights.torchvision_shapes(config).items():
+        if key.endswith("running_var"):
+            tensors[key] = rng.uniform(0.5, 2, s).astype(np.float32)
+        elif len(s) > 1:
+            tensors[key] = (rng.normal(size=s) * np.sqrt(2 / np.prod(s[1:]))).astype(np.float32)
+        else:
+            tensors[key] = rng.normal(0, 0.1, s).astype(np.float32)
+    tensors["features.1.num_batches_tracked"] = np.array(7, np.int64)  # as torchvision saves it
+    path = tmp_path / "vgg11_bn.safetensors"
+    save_file(tensors, str(path))
+    image, other = tmp_path / "cat.jpg", tmp_path / "dog.jpg"
+    Image.fromarray(rng.integers(0, 256, (240, 300, 3), np.uint8)).save(image)
+    Image.fromarray(rng.integers(0, 256, (240, 300, 3), np.uint8)).save(other)
+    (tmp_path / "parts.json").write_text(json.dumps({"images": [  # correspondence needs 2
+        {"path": str(path_), "parts": {"eye": [40, 100, 80, 140]}} for path_ in (image, other)]}))
+    w = ["--arch", "vgg11_bn", "--weights", str(path)]
+    commands = {
+        "correspondence": ["--parts", str(tmp_path / "parts.json"), "--draws", "1"],
+        "topk": ["--images", str(image), "--layers", "conv5_2", "pool5", "--count", "2",
+                 "--top", "1"],
+        "occlusion": ["--images", str(image), "--layer", "conv5_2", "--size", "112",
+                      "--stride", "112"],
+        "filters": ["--images", str(image), "--maps", "2"],
+        "invariance": ["--images", str(image), "--translations", "0", "8", "--scales", "1",
+                       "--rotations", "0"],
+        "reconstructions": ["--images", str(image), "--layers", "pool1", "pool5"],
+        "maximize": ["--layer", "conv5_2", "--units", "0", "--steps", "2"],
+    }
+    for command, options in commands.items():
+        out = tmp_path / command
+        code, printed, err = run_cli([command, *w, *options, "--out", str(out)])
+        assert code == 0, (command, err)
+        assert any(out.glob("*.png")), command

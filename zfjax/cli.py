@@ -24,7 +24,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, metavar="FILE",
                         help="pretrained weights instead of a run: torchvision .safetensors or "
                              "Keras .h5 (with --arch)")
-    parser.add_argument("--arch", default=None, choices=sorted(network.ARCHITECTURES),
+    parser.add_argument("--arch", default=None, choices=list(network.ARCHITECTURES),
                         help="network held by --weights")
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="output folder (default: <run>/figures, or figures/ beside --weights)")
@@ -57,7 +57,7 @@ def load_model(args_or_target) -> loading.Model:
         raise ValueError("give a run folder or --weights FILE --arch ARCH (exactly one)")
     if weights is not None:
         if arch is None:
-            raise ValueError("--weights needs --arch (zfnet, alexnet or vgg16)")
+            raise ValueError(f"--weights needs --arch (one of {', '.join(network.ARCHITECTURES)})")
         return loading.load(weights, arch=arch)
     if arch is not None:
         raise ValueError("--arch goes with --weights; a run folder records its own network")

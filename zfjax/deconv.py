@@ -5,7 +5,11 @@ time, by the inverse of each forward stage:
 
 * max-pool     -> unpool: scatter-add to the recorded switch positions;
 * relu + conv  -> rectify the signal with ReLU, then filter it with the same
-  filters transposed (``lax.conv_transpose(..., transpose_kernel=True)``).
+  filters transposed (``lax.conv_transpose(..., transpose_kernel=True)``);
+  a batch norm between them is folded into the conv's filters.
+
+The rule of each stage kind lives in ``model.STAGE_RULES`` (the one interpreter of
+the stage table); this module walks the conv/pool ops and their windows.
 
 Contrast normalisation is *not* inverted: the reverse pass treats it as the
 identity, as the paper does. Biases are not used. Overlapping pooling windows
@@ -40,27 +44,16 @@ from zfjax import strongest as strongest_activations
 from zfjax.network import Network, SpatialOp, grow, layer_order, ops_below
 from zfjax.receptive_field import crop_to_receptive_field
 
-_DIMS = ("NHWC", "HWIO", "NHWC")
-
-
 def reverse_stage(op: SpatialOp, signal: jax.Array, params: dict, switches: jax.Array | None):
     """Invert one conv or pool on an NHWC window, onto every input position it touches.
 
     signal (N, w, w, C_out) -> (N, (w-1)*stride + kernel, ..., C_in); the result's
     first row/column is input position ``offset * stride - padding``. A conv
-    followed by a ReLU first rectifies the signal (the deconvnet rule).
+    followed by a ReLU first rectifies the signal (the deconvnet rule). The stages of
+    the op's segment are inverted by their rules in ``model.STAGE_RULES``; params with
+    batch norm folded into the convs (``model.fold_batch_norm``).
     """
-    if op.kind == "pool":
-        return model.unpool_full(signal, switches, op.stage)
-    kernel = params[op.name]["kernel"].astype(signal.dtype)
-    k = op.kernel
-    if op.relu:
-        signal = jax.nn.relu(signal)
-    return lax.conv_transpose(
-        signal, kernel, (op.stride, op.stride),
-        padding=((k - 1, k - 1), (k - 1, k - 1)), dimension_numbers=_DIMS,
-        transpose_kernel=True,
-    )
+    return model.reverse_segment(op.segment, params, signal, switches)
 
 
 def check_layer_signal(aux: dict, layer: str, signal_shape) -> None:
@@ -73,6 +66,7 @@ def check_layer_signal(aux: dict, layer: str, signal_shape) -> None:
 
 @partial(jax.jit, static_argnames=("config", "layer"))
 def _project_dense(config, params, aux, layer, signal):
+    params = model.fold_batch_norm(config, params)
     x = signal
     for op in ops_below(config, layer):
         x = reverse_stage(op, x, params, aux["switches"].get(op.name))
@@ -196,6 +190,7 @@ def window_sizes(config: Network, layer: str) -> list[int]:
 
 @partial(jax.jit, static_argnames=("config", "layer", "batch_size"))
 def _project_units(config, params, aux, layer, units, batch_size):
+    params = model.fold_batch_norm(config, params)
     below = ops_below(config, layer)
     sizes = window_sizes(config, layer)
     # Pad each switch map by its window so every dynamic slice stays in bounds. The pad

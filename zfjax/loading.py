@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from zfjax import data, preprocessing, weights
+from zfjax import data, network, preprocessing, weights
 from zfjax.network import Network
 
 
@@ -54,7 +54,7 @@ def load(target, *, arch: str | None = None, epoch: int | None = None) -> Model:
     if arch is not None or is_weight_file(target):
         if arch is None:
             raise ValueError(f"{target} is a weight file; say which network it holds with "
-                             f"--arch (one of zfnet, alexnet, vgg16)")
+                             f"--arch (one of {', '.join(network.ARCHITECTURES)})")
         loaded = weights.load(target, arch)
         classes = imagenet_classes() if loaded.config.num_classes == 1000 else None
         info = {"weights": str(pathlib.Path(target).absolute()), "run_dir": None, "epoch": None,

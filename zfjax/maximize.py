@@ -72,7 +72,7 @@ def step_flops(config: model.Network) -> float:
     network, 3 x the forward's multiply-adds at 2 FLOPs each (e.g. VGG16 at 224: 93 G)."""
     sizes, shapes = network.layer_sizes(config), network.param_shapes(config)
     macs = sum((sizes[layer] ** 2 if len(shape["kernel"]) == 4 else 1) * int(np.prod(shape["kernel"]))
-               for layer, shape in shapes.items())
+               for layer, shape in shapes.items() if "kernel" in shape)  # batch norms: ~0
     return 6.0 * macs
 
 

@@ -3,17 +3,25 @@
 ``forward(config, params, images)`` returns ``(logits, aux)``: aux records every
 named layer's activations and the max-pooling *switches* (Zeiler & Fergus 2014,
 section 2.1). Nothing here is specific to one network: the stage table in
-``zfjax.network`` drives it (ZFNet, AlexNet, VGG16).
+``zfjax.network`` drives it (ZFNet, AlexNet, VGG, VGG with batch norm).
+
+This module is the one interpreter of the stage table: ``STAGE_RULES`` says, per stage
+kind, how it runs forward (``apply_stages``: the forward, occlusion's windowed
+incremental forward, the attribution methods) and backward in the deconvnet
+(``reverse_segment``: ``zfjax.deconv``). A new stage kind is a stage in
+``zfjax.network`` and a rule here.
 
 Layout: images and activations are NHWC, conv kernels HWIO, dense kernels (in, out).
-Parameters: {layer name: {'kernel', 'bias'}} for every conv and dense layer.
+Parameters: {layer name: {'kernel', 'bias'}} for every conv and dense layer,
+{'scale', 'bias', 'mean', 'var'} for a batch norm.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import partial
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -22,7 +30,7 @@ from jax import lax
 
 from zfjax import network
 from zfjax.network import (  # re-exported: the names model users reach for
-    LRN, Conv, Dense, Dropout, Flatten, MaxPool, Network, ReLU, SpatialOp, ZFNetConfig,
+    LRN, BatchNorm, Conv, Dense, Dropout, Flatten, MaxPool, Network, ReLU, SpatialOp, ZFNetConfig,
     check_layers, conv_layers, dense_layers, fc_layers, grow, layer_sizes, num_channels,
     ops_below, param_shapes, pool_layers, projectable_layers, scaled, spatial_ops, stages,
     unknown_layer,
@@ -175,51 +183,194 @@ def dense(stage: Dense, params: dict, x: jax.Array, dtype) -> jax.Array:
     return x @ params[stage.name]["kernel"].astype(dtype) + params[stage.name]["bias"].astype(dtype)
 
 
+def batch_norm(stage: BatchNorm, params: dict, x: jax.Array, dtype,
+               batch_stats: dict | None = None) -> jax.Array:
+    """Batch norm, per channel (last axis), in ``dtype``: (x - mean) * scale / sqrt(var +
+    eps) + bias with the running statistics (inference), or, given a ``batch_stats`` dict
+    (training), with the batch's; then the batch's mean and unbiased variance (what
+    torchvision averages) go into ``batch_stats[stage.name]`` as {'mean', 'var'}."""
+    p = params[stage.name]
+    if batch_stats is None:
+        inverse = p["scale"] * lax.rsqrt(p["var"] + stage.eps)
+        return ((x - p["mean"].astype(dtype)) * inverse.astype(dtype) + p["bias"].astype(dtype))
+    x32 = x.astype(jnp.float32)
+    mean, var = x32.mean(axis=(0, 1, 2)), x32.var(axis=(0, 1, 2))
+    count = x.size // x.shape[-1]
+    batch_stats[stage.name] = {"mean": lax.stop_gradient(mean),
+                               "var": lax.stop_gradient(var * count / max(count - 1, 1))}
+    inverse = p["scale"] * lax.rsqrt(var + stage.eps)
+    return ((x32 - mean) * inverse + p["bias"]).astype(dtype)
+
+
+def update_batch_norm(config: Network, params: dict, batch_stats: dict) -> dict:
+    """``params`` with each batch norm's running statistics moved towards the batch's
+    (``forward(train=True)``'s aux['batch_stats']): running = (1 - momentum) * running +
+    momentum * batch, torchvision's rule. The same dict without batch norm."""
+    if not batch_stats:
+        return params
+    out = dict(params)
+    for stage in stages(config):
+        if isinstance(stage, BatchNorm):
+            m = stage.momentum
+            out[stage.name] = {**params[stage.name], **{
+                key: (1 - m) * params[stage.name][key] + m * batch_stats[stage.name][key]
+                for key in network.BATCH_NORM_STATS}}
+    return out
+
+
+def fold_batch_norm(config: Network, params: dict) -> dict:
+    """``params`` with every batch norm folded into the conv before it (at inference the
+    two are one conv): kernel * s, (bias - mean) * s + beta, s = scale / sqrt(var + eps)
+    per output map; the batch norm entries dropped. The same dict for a network without
+    batch norm. The deconvnet's reverse pass runs on these (``reverse_segment``)."""
+    table = stages(config)
+    norms = [(table[i - 1], s) for i, s in enumerate(table) if isinstance(s, BatchNorm)]
+    if not norms:
+        return params
+    folded = dict(params)
+    for conv_stage, norm in norms:
+        p, c = params[norm.name], params[conv_stage.name]
+        s = p["scale"] * lax.rsqrt(p["var"] + norm.eps)
+        folded[conv_stage.name] = {"kernel": c["kernel"] * s,
+                                   "bias": (c["bias"] - p["mean"]) * s + p["bias"]}
+        del folded[norm.name]
+    return folded
+
+
+# ---- the interpreter: one rule per stage kind ------------------------------------
+
+
+class StageRun(NamedTuple):
+    """How ``apply_stages`` runs a stage: compute dtype, training mode and dropout key,
+    the stage's index in the table, the ReLU and normalisation to use, ``window``: the
+    input is a window that already holds the padding (spatial stages run unpadded), and
+    ``batch_stats``: in training, the dict batch norms put their batch statistics in."""
+
+    dtype: Any
+    train: bool
+    dropout_key: jax.Array | None
+    index: int
+    relu: Callable
+    normalize: Callable
+    window: bool
+    batch_stats: dict | None = None
+
+
+class StageRule(NamedTuple):
+    """One stage kind in the interpreter.
+
+    forward(stage, params, x, run: StageRun) -> (x, switches or None).
+    reverse(stage, params, signal, switches) -> signal: the deconvnet's inverse (on a
+    window, onto every input position it touches); None: not below a projectable map.
+    """
+
+    forward: Callable
+    reverse: Callable | None
+
+
+def _conv_forward(stage, params, x, run):
+    return conv(stage, params, x, run.dtype, padding="VALID" if run.window else None), None
+
+
+def _pool_forward_rule(stage, params, x, run):
+    pool = (stage if not run.window
+            else dataclasses.replace(stage, padding=0, ceil=False))  # the window holds the padding
+    return max_pool_with_switches(x, pool)
+
+
+def _dropout_forward(stage, params, x, run):
+    if not (run.train and stage.rate > 0):
+        return x, None
+    keep = jax.random.bernoulli(jax.random.fold_in(run.dropout_key, run.index), 1 - stage.rate,
+                                x.shape)
+    return jnp.where(keep, x / (1 - stage.rate), 0).astype(x.dtype), None
+
+
+def _conv_reverse(stage, params, signal, switches):
+    """The transposed filter, full padding: each output position to every input it read."""
+    kernel = params[stage.name]["kernel"].astype(signal.dtype)
+    k = stage.kernel
+    return lax.conv_transpose(
+        signal, kernel, (stage.stride, stage.stride),
+        padding=((k - 1, k - 1), (k - 1, k - 1)), dimension_numbers=_DIMS,
+        transpose_kernel=True,
+    )
+
+
+def _identity_reverse(stage, params, signal, switches):
+    return signal
+
+
+STAGE_RULES: dict[type, StageRule] = {
+    Conv: StageRule(_conv_forward, _conv_reverse),
+    MaxPool: StageRule(_pool_forward_rule,
+                       lambda stage, params, signal, switches: unpool_full(signal, switches, stage)),
+    # The deconvnet rule: rectify the signal on the way down.
+    ReLU: StageRule(lambda stage, params, x, run: (run.relu(x), None),
+                    lambda stage, params, signal, switches: jax.nn.relu(signal)),
+    # Not inverted: the paper passes the signal through contrast normalisation.
+    LRN: StageRule(lambda stage, params, x, run: (run.normalize(x, stage), None),
+                   _identity_reverse),
+    # Its scale is folded into the conv's filters (fold_batch_norm); its shift is a bias,
+    # which the deconvnet does not use.
+    BatchNorm: StageRule(lambda stage, params, x, run: (batch_norm(
+        stage, params, x, run.dtype, run.batch_stats if run.train else None), None),
+                         _identity_reverse),
+    Flatten: StageRule(lambda stage, params, x, run: (x.reshape(x.shape[0], -1), None), None),
+    Dense: StageRule(lambda stage, params, x, run: (dense(stage, params, x, run.dtype), None),
+                     None),
+    Dropout: StageRule(_dropout_forward, None),
+}
+
+
 def apply_stages(config: Network, params: dict, x: jax.Array, start: int = 0,
                  stop: int | None = None, *, train: bool = False,
                  dropout_key: jax.Array | None = None, record: bool = True,
-                 relu=nn.relu, normalize=None):
+                 relu=nn.relu, normalize=None, window: bool = False,
+                 batch_stats: dict | None = None):
     """Run stages[start:stop] on x. Returns (output, activations dict, switches dict).
 
-    A named stage's activation is recorded after the ReLU that follows it (if
-    any), before normalisation and dropout; the last dense layer (the logits)
-    is returned, not recorded. ``relu(x)`` and ``normalize(x, lrn_stage)`` (default
-    ``contrast_normalize``) stand for those stages: the attribution methods pass
-    versions with the same values and their own backward rule (zfjax.attribution).
+    A named stage's activation is recorded after the batch norm and ReLU that follow
+    it (if any; ``network.map_end``), before normalisation and dropout; the last dense
+    layer (the logits) is returned, not recorded. ``relu(x)`` and ``normalize(x,
+    lrn_stage)`` (default ``contrast_normalize``) stand for those stages: the attribution
+    methods pass versions with the same values and their own backward rule
+    (zfjax.attribution). ``window``: x is a window of the map that already holds the
+    padding (occlusion's incremental forward): convs and pools run unpadded. With
+    ``train``, batch norms normalise with the batch's statistics and put them in
+    ``batch_stats`` (a dict, filled in place: {name: {'mean', 'var'}}).
     """
-    normalize = normalize or contrast_normalize
-    dtype = config.compute_dtype
     table = stages(config)
+    stop = len(table) if stop is None else stop
     last_dense = dense_layers(config)[-1]
+    record_at = {network.map_end(table, i) - 1: s.name for i, s in enumerate(table)
+                 if isinstance(s, network.NAMED) and start <= i < stop and s.name != last_dense}
+    run = StageRun(config.compute_dtype, train, dropout_key, start, relu,
+                   normalize or contrast_normalize, window,
+                   ({} if batch_stats is None else batch_stats) if train else None)
     acts, switches = {}, {}
-    pending = None
-    for i in range(start, len(table) if stop is None else stop):
+    for i in range(start, stop):
         stage = table[i]
-        if isinstance(stage, Conv):
-            x = conv(stage, params, x, dtype)
-        elif isinstance(stage, MaxPool):
-            x, switches[stage.name] = max_pool_with_switches(x, stage)
-        elif isinstance(stage, Dense):
-            x = dense(stage, params, x, dtype)
-        elif isinstance(stage, ReLU):
-            x = relu(x)
-        elif isinstance(stage, LRN):
-            x = normalize(x, stage)
-        elif isinstance(stage, Flatten):
-            x = x.reshape(x.shape[0], -1)
-        elif isinstance(stage, Dropout):
-            if train and stage.rate > 0:
-                keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, i), 1 - stage.rate,
-                                            x.shape)
-                x = jnp.where(keep, x / (1 - stage.rate), 0).astype(x.dtype)
-        if isinstance(stage, network.NAMED):
-            pending = stage.name
-        nxt = table[i + 1] if i + 1 < len(table) else None
-        if record and pending is not None and not isinstance(nxt, ReLU):
-            if pending != last_dense:
-                acts[pending] = x
-            pending = None
+        x, stage_switches = STAGE_RULES[type(stage)].forward(stage, params, x,
+                                                             run._replace(index=i))
+        if stage_switches is not None:
+            switches[stage.name] = stage_switches
+        if record and i in record_at:
+            acts[record_at[i]] = x
     return x, acts, switches
+
+
+def reverse_segment(segment, params: dict, signal: jax.Array, switches: jax.Array | None):
+    """The deconvnet's inverse of ``segment`` (a ``SpatialOp.segment``: a conv or pool and
+    the stages up to the next one), last stage first, on an NHWC window. params: with
+    batch norm folded (``fold_batch_norm``). Returns the signal on every input position
+    the op touches: (N, (w-1)*stride + kernel, ..., C_in)."""
+    for stage in reversed(segment):
+        reverse = STAGE_RULES[type(stage)].reverse
+        if reverse is None:
+            raise ValueError(f"the deconvnet cannot reverse a {type(stage).__name__} stage")
+        signal = reverse(stage, params, signal, switches)
+    return signal
 
 
 def forward(config: Network, params: dict, images: jax.Array, *,
@@ -229,14 +380,20 @@ def forward(config: Network, params: dict, images: jax.Array, *,
     aux = {'activations': {layer: array}, 'switches': {pool: int array}}: every
     conv map (rectified, (N, h, w, C)), pool map (before normalisation) and hidden
     dense layer (rectified, before dropout). ``dropout_key`` is required when
-    ``train`` is True.
+    ``train`` is True; then aux also holds 'batch_stats' ({batch norm: {'mean', 'var'}}
+    of this batch, empty without batch norm; ``update_batch_norm`` takes it).
     """
     if train and dropout_key is None:
         raise ValueError("forward(train=True) needs dropout_key")
     check_images(config, images)
+    batch_stats: dict = {}
     logits, acts, switches = apply_stages(config, params, images.astype(config.compute_dtype),
-                                          train=train, dropout_key=dropout_key)
-    return logits.astype(jnp.float32), {"activations": acts, "switches": switches}
+                                          train=train, dropout_key=dropout_key,
+                                          batch_stats=batch_stats)
+    aux = {"activations": acts, "switches": switches}
+    if train:
+        aux["batch_stats"] = batch_stats
+    return logits.astype(jnp.float32), aux
 
 
 forward_jit = jax.jit(forward, static_argnames=("config", "train"))
@@ -257,11 +414,12 @@ def init_params(config: Network, key: jax.Array) -> dict:
     """Fresh float32 parameters: {'conv1': {'kernel': HWIO, 'bias'}, ..., 'fc8': ...}.
 
     Weights from N(0, init_std^2), or He-normal (fan-in) when init_std is None; the
-    first conv layer's from N(0, first_init_std^2) when that is set; biases 0.
+    first conv layer's from N(0, first_init_std^2) when that is set; biases 0; batch
+    norms the identity (scale 1, bias 0, mean 0, var 1).
     """
     init = (nn.initializers.normal(config.init_std) if config.init_std is not None
             else nn.initializers.he_normal())
-    shapes = param_shapes(config)
+    shapes = {name: s for name, s in param_shapes(config).items() if "kernel" in s}
     first = next(iter(shapes))  # the first conv layer
     keys = jax.random.split(key, len(shapes))
 
@@ -270,9 +428,14 @@ def init_params(config: Network, key: jax.Array) -> dict:
             return nn.initializers.normal(config.first_init_std)
         return init
 
-    return {name: {"kernel": kernel_init(name)(k, s["kernel"], jnp.float32),
-                   "bias": jnp.zeros(s["bias"], jnp.float32)}
-            for k, (name, s) in zip(keys, shapes.items())}
+    params = {name: {"kernel": kernel_init(name)(k, s["kernel"], jnp.float32),
+                     "bias": jnp.zeros(s["bias"], jnp.float32)}
+              for k, (name, s) in zip(keys, shapes.items())}
+    # Batch norm starts as the identity (torchvision's init): scale 1, shift 0, var 1.
+    params.update({name: {entry: (jnp.ones if entry in ("scale", "var") else jnp.zeros)(s, jnp.float32)
+                          for entry, s in layer.items()}
+                   for name, layer in param_shapes(config).items() if "kernel" not in layer})
+    return {name: params[name] for name in param_shapes(config)}
 
 
 def abstract_params(config: Network) -> dict:

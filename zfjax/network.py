@@ -7,8 +7,10 @@ it is a static ``jax.jit`` argument). Its ``arch`` picks a stage table:
   contrast normalisation after pool1 and pool2);
 * ``alexnet``: AlexNet in torchvision's layout (11x11/4 pad 2 conv1, floor-mode
   3x3/2 pools, 64-192-384-256-256, classifier 4096-4096-classes, no LRN);
-* ``vgg16``: Simonyan & Zisserman's configuration D (13 3x3/1 pad 1 convs, five
-  2x2/2 pools; conv1_1 ... conv5_3, pool1 ... pool5, fc6, fc7, fc8).
+* ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19``: Simonyan & Zisserman's configurations
+  A, B, D, E in torchvision's layout (3x3/1 pad 1 convs, five 2x2/2 pools; conv1_1 ...
+  conv5_x, pool1 ... pool5, fc6, fc7, fc8); ``vgg11_bn`` ... ``vgg19_bn`` add a batch
+  norm (bn1_1, ...) between each conv and its ReLU.
 
 From the stage table this module derives, without touching arrays: layer names
 and kinds, map sizes, channel counts, parameter shapes and the geometry of every
@@ -73,6 +75,18 @@ class LRN:
 
 
 @dataclasses.dataclass(frozen=True)
+class BatchNorm:
+    """Batch normalisation of the conv map before it (torchvision's BatchNorm2d): per map,
+    (x - mean) / sqrt(var + eps) * scale + bias. Params {'scale', 'bias', 'mean', 'var'};
+    mean and var are running averages (updated with ``momentum`` in training, used at
+    inference), not trained. Must directly follow a Conv (it folds into it)."""
+
+    name: str
+    eps: float = 1e-5
+    momentum: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
 class Flatten:
     """(N, h, w, C) -> (N, h*w*C), NHWC order."""
 
@@ -88,8 +102,12 @@ class Dropout:
     rate: float = 0.5
 
 
-Stage = Union[Conv, ReLU, MaxPool, LRN, Flatten, Dense, Dropout]
-NAMED = (Conv, MaxPool, Dense)
+Stage = Union[Conv, ReLU, MaxPool, LRN, BatchNorm, Flatten, Dense, Dropout]
+NAMED = (Conv, MaxPool, Dense)  # stages whose output map is recorded under their name
+# Stages that belong to the map of the named stage before them: its recorded activation
+# is taken after them (conv -> batch norm -> ReLU: after the ReLU).
+MAP_STAGES = (BatchNorm, ReLU)
+BATCH_NORM_STATS = ("mean", "var")  # BatchNorm params that are running averages, not trained
 
 
 # ---- the config ------------------------------------------------------------------
@@ -112,7 +130,8 @@ class Network:
         paper's 1e-2: a He-normal conv1 (ZFNet: std 0.117) starts above the filter
         renormalisation radius of 0.1, is clamped from the first step and stays
         noise; from 1e-2 its filters grow into edges and colour blobs (Fig. 6).
-    arch: 'zfnet', 'alexnet' or 'vgg16' (``ARCHITECTURES``).
+    arch: 'zfnet', 'alexnet', 'vgg11', 'vgg13', 'vgg16', 'vgg19' or one of these with
+        '_bn' (batch norm; torchvision's names) (``ARCHITECTURES``).
     variant: '' or one of ``VARIANT_CHANGES`` (zfnet only): a named change to the
         stage table, the paper's Table 3 (``with_variant`` sets it by name).
     """
@@ -216,21 +235,37 @@ def alexnet_stages(net: Network) -> tuple[Stage, ...]:
     ])
 
 
-VGG16_BLOCKS = (64, 128, 256, 512, 512), (2, 2, 3, 3, 3)
+# torchvision's VGG configurations: maps per block, convs per block (Simonyan & Zisserman's
+# A, B, D, E). 2x2/2 pools end each block.
+VGG_BLOCK_FEATURES = (64, 128, 256, 512, 512)
+VGG_BLOCK_CONVS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3),
+                   19: (2, 2, 4, 4, 4)}
+VGG16_BLOCKS = VGG_BLOCK_FEATURES, VGG_BLOCK_CONVS[16]
 
 
-def vgg16_stages(net: Network) -> tuple[Stage, ...]:
-    """VGG16 (configuration D), torchvision's / Keras's layer order."""
+def vgg_stages(net: Network, depth: int = 16, batch_norm: bool = False) -> tuple[Stage, ...]:
+    """VGG ``depth`` (11, 13, 16, 19) in torchvision's layer order (conv1_1 ... conv5_x,
+    pool1 ... pool5, fc6, fc7, fc8); with ``batch_norm`` a BatchNorm ('bn1_1', ...)
+    between each conv and its ReLU, as torchvision's ``vgg*_bn``."""
     out: list[Stage] = []
-    for b, (features, convs) in enumerate(zip(*VGG16_BLOCKS), start=1):
+    for b, (features, convs) in enumerate(zip(VGG_BLOCK_FEATURES, VGG_BLOCK_CONVS[depth]), 1):
         for i in range(1, convs + 1):
-            out += [Conv(f"conv{b}_{i}", scaled(features, net.width), 3, 1, 1), ReLU()]
+            out.append(Conv(f"conv{b}_{i}", scaled(features, net.width), 3, 1, 1))
+            out += [BatchNorm(f"bn{b}_{i}")] if batch_norm else []
+            out.append(ReLU())
         out.append(MaxPool(f"pool{b}", 2, 2, 0, ceil=False))
     return tuple(out + _classifier(net, 4096, dropout_first=False))
 
 
+def vgg16_stages(net: Network) -> tuple[Stage, ...]:
+    """VGG16 (configuration D), torchvision's / Keras's layer order."""
+    return vgg_stages(net, 16)
+
+
 ARCHITECTURES: dict[str, Callable[[Network], tuple[Stage, ...]]] = {
-    "zfnet": zfnet_stages, "alexnet": alexnet_stages, "vgg16": vgg16_stages,
+    "zfnet": zfnet_stages, "alexnet": alexnet_stages,
+    **{f"vgg{depth}{suffix}": functools.partial(vgg_stages, depth=depth, batch_norm=bool(suffix))
+       for depth in VGG_BLOCK_CONVS for suffix in ("", "_bn")},
 }
 
 
@@ -322,11 +357,15 @@ def pool_output_size(size: int, pool: MaxPool) -> int:
 
 
 class SpatialOp(NamedTuple):
-    """One conv or max-pool as the deconvnet and receptive fields see it.
+    """One conv or max-pool as the deconvnet, occlusion and receptive fields see it.
 
-    relu: a ReLU follows directly (the recorded map is rectified; the reverse pass
-    rectifies the signal before the transposed filter). norm: the LRN applied to
-    the recorded map before the next stage, or None. ``index``: position in stages.
+    relu: a ReLU is among the stages of its recorded map (the map is rectified; the
+    reverse pass rectifies the signal before the transposed filter). norm: the LRN
+    applied to the recorded map before the next op, or None. ``index``: position in
+    stages. ``segment``: stages[index:end], the op and every stage up to the next op
+    (or the flatten); its first ``recorded`` stages make the recorded map (the op,
+    then its ``MAP_STAGES``: batch norm, ReLU). ``model.apply_stages`` runs a segment
+    forward, ``model.reverse_segment`` backward.
     """
 
     name: str
@@ -341,18 +380,42 @@ class SpatialOp(NamedTuple):
     norm: LRN | None
     stage: Any  # the Conv or MaxPool
     index: int
+    segment: tuple = ()
+    recorded: int = 1
+
+    @property
+    def end(self) -> int:
+        """Index (in stages) after the op's segment."""
+        return self.index + len(self.segment)
+
+    @property
+    def map_end(self) -> int:
+        """Index (in stages) after the stages of the op's recorded map."""
+        return self.index + self.recorded
+
+
+def map_end(table, i: int) -> int:
+    """Index after the stages that make named stage ``i``'s recorded map: ``i`` and the
+    ``MAP_STAGES`` (batch norm, ReLU) that follow it directly."""
+    j = i + 1
+    while j < len(table) and isinstance(table[j], MAP_STAGES):
+        j += 1
+    return j
 
 
 @functools.lru_cache(maxsize=256)
 def spatial_ops(net: Network) -> tuple[SpatialOp, ...]:
-    """Every conv and max-pool in order, with sizes; raises ValueError for a too-small image."""
+    """Every conv and max-pool in order, with sizes; raises ValueError for a too-small image
+    (or a batch norm that does not follow a conv)."""
     out, size, channels = [], net.image_size, 3
     table = stages(net)
+    flatten = next((i for i, s in enumerate(table) if isinstance(s, (Flatten, Dense))), len(table))
+    starts = [i for i, s in enumerate(table[:flatten]) if isinstance(s, (Conv, MaxPool))]
     for i, stage in enumerate(table):
-        if isinstance(stage, (Flatten, Dense)):
-            break
-        if not isinstance(stage, (Conv, MaxPool)):
-            continue
+        if isinstance(stage, BatchNorm) and not (i and isinstance(table[i - 1], Conv)):
+            raise ValueError(f"batch norm {stage.name} of {net.arch} must directly follow a conv")
+    for i, end in zip(starts, starts[1:] + [flatten]):
+        stage = table[i]
         if isinstance(stage, Conv):
             if size + 2 * stage.padding < stage.kernel:
                 raise _too_small(net, stage.name)
@@ -364,12 +427,12 @@ def spatial_ops(net: Network) -> tuple[SpatialOp, ...]:
                 raise _too_small(net, stage.name)
             new = pool_output_size(size, stage)
             kind, kernel = "pool", stage.window
-        after = table[i + 1:]
-        relu = bool(after) and isinstance(after[0], ReLU)
-        rest = after[1:] if relu else after
-        norm = rest[0] if rest and isinstance(rest[0], LRN) else None
+        recorded = map_end(table, i) - i
+        segment = table[i:end]
+        relu = any(isinstance(s, ReLU) for s in segment[:recorded])
+        norm = next((s for s in segment[recorded:] if isinstance(s, LRN)), None)
         out.append(SpatialOp(stage.name, kind, kernel, stage.stride, stage.padding, size, new,
-                             channels, relu, norm, stage, i))
+                             channels, relu, norm, stage, i, segment, recorded))
         size = new
     return tuple(out)
 
@@ -458,7 +521,8 @@ def grow(op: SpatialOp, size, offset):
 
 
 def param_shapes(net: Network) -> dict[str, dict[str, tuple[int, ...]]]:
-    """{'conv1': {'kernel': (7, 7, 3, 96) HWIO, 'bias': (96,)}, ..., 'fc8': {'kernel': (in, out), ...}}."""
+    """{'conv1': {'kernel': (7, 7, 3, 96) HWIO, 'bias': (96,)}, ..., 'fc8': {'kernel': (in, out), ...}};
+    a batch norm: {'bn1_1': {'scale', 'bias', 'mean', 'var'}, each (channels,)}."""
     shapes, channels, flat = {}, 3, None
     ops = {op.index: op for op in spatial_ops(net)}
     for i, stage in enumerate(stages(net)):
@@ -466,6 +530,8 @@ def param_shapes(net: Network) -> dict[str, dict[str, tuple[int, ...]]]:
             shapes[stage.name] = {"kernel": (stage.kernel, stage.kernel, channels, stage.features),
                                   "bias": (stage.features,)}
             channels = stage.features
+        elif isinstance(stage, BatchNorm):
+            shapes[stage.name] = {key: (channels,) for key in ("scale", "bias", *BATCH_NORM_STATS)}
         elif isinstance(stage, Flatten):
             last = [op for j, op in ops.items() if j < i][-1]
             flat = last.output_size ** 2 * channels
@@ -476,7 +542,9 @@ def param_shapes(net: Network) -> dict[str, dict[str, tuple[int, ...]]]:
 
 
 def param_count(net: Network) -> int:
-    return sum(math.prod(s) for layer in param_shapes(net).values() for s in layer.values())
+    """Trained parameters (batch norm running statistics not counted, as in torchvision)."""
+    return sum(math.prod(s) for layer in param_shapes(net).values()
+               for key, s in layer.items() if key not in BATCH_NORM_STATS)
 
 
 def shape_setting(net: Network, layer: str, name: str) -> str:

@@ -23,7 +23,6 @@ The figure is ``zfjax.figures.occlusion``, the command ``zfjax.commands.occlusio
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from typing import NamedTuple
 
@@ -135,9 +134,12 @@ def _overlay(window, start, patch, at):
     return jnp.where(inside[..., None], taken, window)
 
 
-def _post(op, x):
-    """What follows an op's recorded (h, w, C) map before the next op reads it (its LRN, if any)."""
-    return model.contrast_normalize(x[None], op.norm)[0] if op.norm is not None else x
+def _after_map(config, params, op, x):
+    """What follows an op's recorded (h, w, C) map before the next op reads it (its LRN,
+    if any): the rest of its segment, run by the interpreter."""
+    if op.map_end == op.end:
+        return x
+    return model.apply_stages(config, params, x[None], op.map_end, op.end, record=False)[0][0]
 
 
 def _incremental_readout(config, params, image, fill, clean, top, left, *, size, layer, channel,
@@ -145,8 +147,10 @@ def _incremental_readout(config, params, image, fill, clean, top, left, *, size,
     """The readouts of the image occluded at (top, left), recomputing only changed windows.
 
     clean: layer -> the unoccluded (h, w, C) map (model.forward's activations of image).
-    Every conv and pool of the network description is recomputed on the window the
-    square can change; the stages after the last pool run on the whole map.
+    Every conv and pool of the network description, with the stages of its recorded map
+    (batch norm, ReLU), is recomputed on the window the square can change
+    (``model.apply_stages`` on the window); the stages after the last pool run on the
+    whole map.
     """
     dtype = config.compute_dtype
     ops = model.spatial_ops(config)
@@ -164,18 +168,15 @@ def _incremental_readout(config, params, image, fill, clean, top, left, *, size,
         window = lax.dynamic_slice(padded, (in_at[0] + k, in_at[1] + k, 0),
                                    (n_in, n_in, below.shape[-1]))
         window = _overlay(window, in_at, patch, at)[None].astype(dtype)
-        if op.kind == "conv":
-            out = model.conv(op.stage, params, window, dtype, padding="VALID")
-        else:
-            exact = dataclasses.replace(op.stage, padding=0, ceil=False)  # padding is in the window
-            out = model.max_pool_with_switches(window, exact)[0]
-        out = jax.nn.relu(out)[0] if op.relu else out[0]
+        out = model.apply_stages(config, params, window, op.index, op.map_end, record=False,
+                                 window=True)[0][0]
         if op.name == layer:
             followed = _overlay(clean[op.name], jnp.zeros(2, jnp.int32), out, out_at)
-        at, below, patch = out_at, _post(op, clean[op.name]), _post(op, out)
+        at = out_at
+        below, patch = (_after_map(config, params, op, clean[op.name]),
+                        _after_map(config, params, op, out))
     top_map = _overlay(below, jnp.zeros(2, jnp.int32), patch, at)
-    flatten = next(i for i, st in enumerate(model.stages(config)) if isinstance(st, model.Flatten))
-    logits, _, _ = model.apply_stages(config, params, top_map[None], flatten, record=False)
+    logits, _, _ = model.apply_stages(config, params, top_map[None], ops[-1].end, record=False)
     return _scores(logits[0].astype(jnp.float32), followed[..., channel].astype(jnp.float32),
                    y, x, label)
 

@@ -122,17 +122,18 @@ def renormalize_filters(params: dict, radius: float) -> dict:
         rms = jnp.sqrt(jnp.mean(jnp.square(kernel), axis=(0, 1, 2), keepdims=True))
         return kernel * jnp.where(rms > radius, radius / rms, 1.0).astype(kernel.dtype)
 
-    return {name: ({**layer, "kernel": fix(layer["kernel"])} if layer["kernel"].ndim == 4
-                   else layer)
+    return {name: ({**layer, "kernel": fix(layer["kernel"])}
+                   if "kernel" in layer and layer["kernel"].ndim == 4 else layer)
             for name, layer in params.items()}
 
 
 def loss_and_accuracy(params, images, labels, config: ZFNetConfig, dropout_key):
-    """Mean softmax cross-entropy and top-1 accuracy of a training-mode forward."""
-    logits, _ = model.forward(config, params, images, train=True, dropout_key=dropout_key)
+    """Mean softmax cross-entropy and (top-1 accuracy, the batch norms' batch statistics)
+    of a training-mode forward."""
+    logits, aux = model.forward(config, params, images, train=True, dropout_key=dropout_key)
     logits = logits.astype(jnp.float32)  # bfloat16 compute: the loss in float32
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
+    return loss, (jnp.mean(jnp.argmax(logits, -1) == labels), aux["batch_stats"])
 
 
 def train_step(state: TrainState, batch, rng: jax.Array, *, config: ZFNetConfig,
@@ -141,15 +142,18 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, config: ZFNetConfig,
 
     rng is the run's dropout key; this step's key is fold_in(rng, state.step), so a
     resumed run draws the same masks. Learning rate and momentum come from the state.
-    Returns (new state, {'loss', 'accuracy'}).
+    Batch norms' running statistics live in params (no gradient reaches them, so SGD
+    leaves them) and move towards the batch's after the update
+    (``model.update_batch_norm``). Returns (new state, {'loss', 'accuracy'}).
     """
     images, labels = batch
     key = jax.random.fold_in(rng, state.step)
-    (loss, acc), grads = jax.value_and_grad(loss_and_accuracy, has_aux=True)(
+    (loss, (acc, batch_stats)), grads = jax.value_and_grad(loss_and_accuracy, has_aux=True)(
         state.params, images, labels, config, key)
     # The numbers given here are unused: update() reads them from state.opt_state.
     updates, opt_state = make_optimizer(0.0, 0.0).update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = model.update_batch_norm(config, optax.apply_updates(state.params, updates),
+                                     batch_stats)
     if filter_radius is not None:
         params = renormalize_filters(params, filter_radius)
     return TrainState(state.step + 1, params, opt_state), {"loss": loss, "accuracy": acc}

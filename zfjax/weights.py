@@ -18,7 +18,9 @@ Two sources, each bringing its own preprocessing (``zfjax.preprocessing``):
 
 The torchvision key of a layer is derived from the network description: its
 index among the stages before the flatten (``features``) or after it
-(``classifier``), as torchvision's ``nn.Sequential`` numbers them.
+(``classifier``), as torchvision's ``nn.Sequential`` numbers them (vgg19_bn:
+conv1_1 is features.0, its batch norm features.1 with ``weight``, ``bias``,
+``running_mean``, ``running_var``, its ReLU features.2).
 A file of another architecture fails with one line naming the first missing key
 or mismatched shape.
 """
@@ -35,7 +37,10 @@ from zfjax.network import Network
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
-BASE_FIRST_CONV = {"zfnet": 96, "alexnet": 64, "vgg16": 64}
+# zfjax param entry -> torchvision state dict suffix (a conv's or linear's 'weight' is its
+# kernel; a batch norm's, its scale).
+TORCH_SUFFIXES = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean",
+                  "var": "running_var"}
 
 
 class Pretrained(NamedTuple):
@@ -49,15 +54,19 @@ class Pretrained(NamedTuple):
 # ---- key tables derived from the description --------------------------------------
 
 
-def torchvision_keys(config: Network) -> dict[str, tuple[str, str]]:
-    """zfjax layer -> (weight key, bias key) of torchvision's layout."""
+def torchvision_keys(config: Network) -> dict[str, tuple[str, ...]]:
+    """zfjax layer -> its torchvision keys, one per entry of ``network.param_shapes`` in
+    that order: (weight key, bias key) of a conv or dense layer; (weight, bias,
+    running_mean, running_var) of a batch norm."""
     table = network.stages(config)
     flat = next(i for i, s in enumerate(table) if isinstance(s, network.Flatten))
+    shapes = network.param_shapes(config)
     keys = {}
     for i, stage in enumerate(table):
-        if isinstance(stage, (network.Conv, network.Dense)):
+        if getattr(stage, "name", None) in shapes:
             prefix = f"features.{i}" if i < flat else f"classifier.{i - flat - 1}"
-            keys[stage.name] = (f"{prefix}.weight", f"{prefix}.bias")
+            keys[stage.name] = tuple(f"{prefix}.{TORCH_SUFFIXES[entry]}"
+                                     for entry in shapes[stage.name])
     return keys
 
 
@@ -65,10 +74,12 @@ def torchvision_shapes(config: Network) -> dict[str, tuple[int, ...]]:
     """Every torchvision key with its shape (OIHW kernels, (out, in) dense weights)."""
     shapes = network.param_shapes(config)
     out = {}
-    for layer, (weight, bias) in torchvision_keys(config).items():
-        kernel = shapes[layer]["kernel"]
-        out[weight] = (kernel[3], kernel[2], kernel[0], kernel[1]) if len(kernel) == 4 else kernel[::-1]
-        out[bias] = shapes[layer]["bias"]
+    for layer, keys in torchvision_keys(config).items():
+        for entry, key in zip(shapes[layer], keys):
+            shape = shapes[layer][entry]
+            if entry == "kernel":
+                shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
+            out[key] = shape
     return out
 
 
@@ -136,7 +147,7 @@ def _config_from(arch, path, arrays, first_key, last_key, first_axis, last_axis)
     for key in (first_key, last_key):
         if key not in arrays:
             raise ValueError(f"{path.name} does not hold {arch} weights: missing key {key}")
-    width = arrays[first_key].shape[first_axis] / BASE_FIRST_CONV[arch]
+    width = arrays[first_key].shape[first_axis] / network.stages(Network(arch=arch))[0].features
     return Network(arch=arch, num_classes=int(arrays[last_key].shape[last_axis]),
                    width=width, init_std=None)
 
@@ -169,8 +180,13 @@ def from_torchvision(config: Network, tensors: dict, path_name: str = "state dic
     _check(path_name, config, tensors, torchvision_shapes(config))
     first_dense = network.dense_layers(config)[0]
     conv_channels = network.param_shapes(config)[network.conv_layers(config)[-1]]["bias"][0]
-    params = {}
-    for layer, (weight, bias) in torchvision_keys(config).items():
+    params, shapes = {}, network.param_shapes(config)
+    for layer, keys in torchvision_keys(config).items():
+        if "kernel" not in shapes[layer]:  # a batch norm: per-map vectors, as they are
+            params[layer] = {entry: np.asarray(tensors[key], np.float32)
+                             for entry, key in zip(shapes[layer], keys)}
+            continue
+        weight, bias = keys
         w = np.asarray(tensors[weight], np.float32)
         if w.ndim == 4:
             kernel = w.transpose(2, 3, 1, 0)  # OIHW -> HWIO
