@@ -180,3 +180,17 @@ def press_ctrl_c_inside_a_finalizer() -> None:
     ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGINT))
     del thing
     assert ref() is None
+
+
+def batch_norm_params(config, params, seed=0):
+    """params with every batch norm given trained-looking values (scale 0.5..1.5, shift and
+    running mean N(0, 0.1^2), running var 0.5..2), so the tests see it."""
+    rng = np.random.default_rng(seed)
+    out = dict(params)
+    for stage in model.stages(config):
+        if isinstance(stage, model.BatchNorm):
+            c = params[stage.name]["scale"].shape
+            out[stage.name] = {"scale": rng.uniform(0.5, 1.5, c), "bias": rng.normal(0, 0.1, c),
+                               "mean": rng.normal(0, 0.1, c), "var": rng.uniform(0.5, 2, c)}
+            out[stage.name] = {k: v.astype(np.float32) for k, v in out[stage.name].items()}
+    return out

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TINY, random_params
+from helpers import TINY, batch_norm_params, random_params
 
 from zfjax import attribution, deconv, model
 from zfjax.attribution import LOGITS, Target
@@ -89,6 +89,7 @@ def test_deconvnet_equals_deconv_project(net):
 
 ALEXNET = model.Network(arch="alexnet", num_classes=3, image_size=128, width=0.125,
                         init_std=None)
+VGG_BN = model.Network(arch="vgg11_bn", num_classes=3, image_size=32, width=0.0625, init_std=None)
 
 
 def edge_units(config, layer):
@@ -100,19 +101,21 @@ def edge_units(config, layer):
     return Target(layer, jnp.array(channels), jnp.array(ys), jnp.array(xs))
 
 
-@pytest.mark.parametrize("config, layer", [(TINY, "pool2"), (ALEXNET, "conv3")],
-                         ids=["tiny-pool2", "alexnet-conv3"])
+@pytest.mark.parametrize("config, layer", [(TINY, "pool2"), (ALEXNET, "conv3"),
+                                           (VGG_BN, "conv2_1")],
+                         ids=["tiny-pool2", "alexnet-conv3", "vgg11_bn-conv2_1"])
 def test_windowed_unit_attribution_equals_dense(config, layer):
     """Windows down to the image: ZFNet's ceil pools, padding 1 and contrast norm;
     AlexNet's floor pools and padding 2. (TINY conv5's window covers conv4's whole map,
     which then runs dense: the jax.grad and project_units tests above cover it.) Biases > 0, so a window that kept the conv's output
-    off the map (relu(bias)) instead of the padding would differ at the edges."""
-    params = random_params(config, seed=1, bias_std=0.1)
+    off the map (relu(bias)) instead of the padding would differ at the edges. vgg11_bn:
+    the map is recorded after the batch norm and ReLU that follow the conv."""
+    params = batch_norm_params(config, random_params(config, seed=1, bias_std=0.1))
     n = config.image_size
     image = np.random.default_rng(0).normal(size=(1, n, n, 3)).astype(np.float32)
     images = jnp.asarray(np.repeat(image, 6, axis=0))
     target = edge_units(config, layer)
-    assert attribution.unit_cone(config, layer)[-1][0].name == "conv1"
+    assert attribution.unit_cone(config, layer)[-1][0] == model.spatial_ops(config)[0]
     for method in attribution.RULES:
         windowed = attribution.attribute(config, params, images, target, method)
         dense = attribution.attribute(config, params, images, target, method, window=False)

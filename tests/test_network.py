@@ -17,26 +17,12 @@ from jax import lax
 
 from zfjax import checkpoints, deconv, model, network
 from zfjax.receptive_field import receptive_field
-from helpers import random_params
+from helpers import batch_norm_params, random_params
 
 ALEX = model.Network(arch="alexnet", num_classes=5, image_size=64, width=0.125, init_std=None)
 VGG = model.Network(arch="vgg16", num_classes=5, image_size=32, width=0.0625, init_std=None)
 ZF = model.Network(num_classes=5, image_size=64, width=0.25, init_std=None)
 VGG_BN = model.Network(arch="vgg11_bn", num_classes=5, image_size=32, width=0.0625, init_std=None)
-
-
-def batch_norm_params(config, params, seed=0):
-    """params with every batch norm given trained-looking values (scale 0.5..1.5, shift and
-    running mean N(0, 0.1^2), running var 0.5..2), so the tests see it."""
-    rng = np.random.default_rng(seed)
-    out = dict(params)
-    for stage in model.stages(config):
-        if isinstance(stage, model.BatchNorm):
-            c = params[stage.name]["scale"].shape
-            out[stage.name] = {"scale": rng.uniform(0.5, 1.5, c), "bias": rng.normal(0, 0.1, c),
-                               "mean": rng.normal(0, 0.1, c), "var": rng.uniform(0.5, 2, c)}
-            out[stage.name] = {k: v.astype(np.float32) for k, v in out[stage.name].items()}
-    return out
 
 
 def test_alexnet_in_torchvision_layout_at_224():

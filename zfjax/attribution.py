@@ -30,7 +30,6 @@ window=False)``).
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from typing import NamedTuple
 
@@ -41,7 +40,7 @@ from jax import lax
 
 from zfjax import model
 from zfjax.deconv import check_range
-from zfjax.network import LRN, Network, ReLU, SpatialOp, grow, ops_below, stages
+from zfjax.network import LRN, Network, SpatialOp, grow, map_end, ops_below, stages
 
 LOGITS = "logits"
 
@@ -134,26 +133,27 @@ _norm_passed_through.defvjp(lambda lrn, x: (model.contrast_normalize(x, lrn), No
 
 
 def run_stages(config: Network, params: dict, x: jax.Array, start: int, stop: int,
-               rule: Rule) -> jax.Array:
+               rule: Rule, *, window: bool = False) -> jax.Array:
     """stages(config)[start:stop] on x at inference (no dropout), with the rule's ReLU
     and contrast normalisation (``model.apply_stages``, the one interpreter of the
-    stage table): the forward values are the network's, the backward is the rule's."""
+    stage table): the forward values are the network's, the backward is the rule's.
+    ``window``: x is a window that already holds the padding (convs and pools unpadded)."""
     normalize = (model.contrast_normalize if rule.norm == "grad"
                  else lambda x, lrn: _norm_passed_through(lrn, x))
     out, _, _ = model.apply_stages(config, params, x, start, stop,
                                    record=False, relu=partial(_ruled_relu, rule.relu),
-                                   normalize=normalize)
+                                   normalize=normalize, window=window)
     return out
 
 
 def stop_after(config: Network, layer: str) -> int:
     """The end (exclusive) of the stages whose output is ``layer``'s recorded map
-    (after its ReLU, before normalisation); ``LOGITS``: every stage."""
+    (after its batch norm and ReLU, before normalisation; ``network.map_end``);
+    ``LOGITS``: every stage."""
     table = stages(config)
     if layer == LOGITS:
         return len(table)
-    i = next(i for i, s in enumerate(table) if getattr(s, "name", None) == layer)
-    return i + 2 if i + 1 < len(table) and isinstance(table[i + 1], ReLU) else i + 1
+    return map_end(table, next(i for i, s in enumerate(table) if getattr(s, "name", None) == layer))
 
 
 # ---- one image, one target ---------------------------------------------------------
@@ -241,11 +241,8 @@ def _unit_attribution_one(config, params, image, channel, y, x, layer, rule):
             op, side, out_offset, op_in_side, op_in_offset = windows[i]
             fill = jnp.array(fill_value[op.kind], h.dtype)
             h = jnp.where(_inside(op_in_offset, op_in_side, op.input_size), h, fill)
-            if op.kind == "conv":
-                h = model.conv(op.stage, params, h, config.compute_dtype, padding="VALID")
-            else:
-                h, _ = model.max_pool_with_switches(
-                    h, dataclasses.replace(op.stage, padding=0, ceil=False))
+            h = run_stages(config, params, h, i, i + 1, rule, window=True)
+            if op.kind == "pool":
                 # Off-map outputs of windows that were all padding are -inf: zero them
                 # before normalisation turns them into NaN.
                 h = jnp.where(_inside(out_offset, side, op.output_size), h, 0)
