@@ -41,7 +41,7 @@ def checks():
 
 
 def test_layers_are_randomised_top_down_cascading_or_one_at_a_time():
-    assert sanity.top_down_layers(TINY) == ("fc8", "fc7", "fc6", "conv5", "conv4", "conv3",
+    assert model.top_down_layers(TINY) == ("fc8", "fc7", "fc6", "conv5", "conv4", "conv3",
                                             "conv2", "conv1")
     params = {name: {"kernel": 0} for name in ("conv1", "fc6", "fc7", "fc8")}
     fresh = {name: {"kernel": 1} for name in params}
@@ -69,7 +69,7 @@ def test_step_0_is_the_trained_networks_maps_and_randomising_changes_the_gradien
     all_checks = checks()
     assert sanity._method_maps._cache_size() == 1
     for check in all_checks.values():
-        assert check.steps == ("trained",) + sanity.top_down_layers(TINY)
+        assert check.steps == ("trained",) + model.top_down_layers(TINY)
         assert check.maps.absolute.shape == (9, 1, 2, 64, 64)
         np.testing.assert_array_equal(check.maps.absolute[0], trained.absolute)
         np.testing.assert_array_equal(check.maps.signed[0], trained.signed)

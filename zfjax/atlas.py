@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from zfjax import attribution, deconv, model, similarity, strongest
-from zfjax.network import param_shapes
 from zfjax.receptive_field import crop_to_receptive_field, receptive_field, receptive_field_size
 
 TOP = strongest.TOP  # activations kept per feature map (the paper's 3x3 grids)
@@ -226,10 +225,10 @@ def cascade_randomised(config: model.Network, trained: dict, fresh: dict, layer:
     parameters with every layer from the top down to and including ``layer`` taken from
     ``fresh`` (a re-initialised tree, ``model.init_params``). The layers above ``layer``
     do not change its projections; they are swapped too, as the method defines it."""
-    names = list(param_shapes(config))
-    if layer not in names:
+    order = model.top_down_layers(config)
+    if layer not in order:
         raise model.unknown_layer(config, layer)
-    return {**trained, **{name: fresh[name] for name in names[names.index(layer):]}}
+    return model.with_layers(trained, fresh, order[:order.index(layer) + 1])
 
 
 def sanity_scores(trained: np.ndarray, randomised: np.ndarray) -> np.ndarray:

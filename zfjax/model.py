@@ -438,6 +438,20 @@ def init_params(config: Network, key: jax.Array) -> dict:
     return {name: params[name] for name in param_shapes(config)}
 
 
+def top_down_layers(config: Network) -> tuple[str, ...]:
+    """The parameter layers from the logits down to the first conv (the stage table in
+    reverse): the order of cascading randomisation (Adebayo et al. 2018). ZFNet: fc8,
+    fc7, fc6, conv5 .. conv1."""
+    return tuple(reversed(list(param_shapes(config))))
+
+
+def with_layers(params: dict, fresh: dict, layers) -> dict:
+    """``params`` with the named layers' parameters taken from ``fresh`` (e.g. an
+    ``init_params`` tree): a partly re-initialised network."""
+    chosen = set(layers)
+    return {name: fresh[name] if name in chosen else value for name, value in params.items()}
+
+
 def abstract_params(config: Network) -> dict:
     """The parameter tree as jax.ShapeDtypeStruct leaves (no arrays made)."""
     return {name: {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in layer.items()}

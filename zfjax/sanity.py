@@ -4,7 +4,7 @@ maps"): do a method's maps change when the network they explain is randomised?
 * Cascading randomisation: re-initialise the parameter layers from the top (the logits)
   down, one layer more at each step, and recompute every method's maps of the same images
   for the same targets. Step 0 is the trained network; step k has the top k layers
-  random (``top_down_layers`` order).
+  random (``model.top_down_layers`` order).
 * Independent randomisation: step k re-initialises only the k-th layer from the top.
 * Data randomisation: the maps of a network trained on permuted labels
   (``train.py --shuffle-labels``) against the trained network's.
@@ -46,7 +46,7 @@ import numpy as np
 from zfjax import attribution, model, similarity
 from zfjax.attribution import LOGITS, Target
 from zfjax.deconv import check_range
-from zfjax.network import Network, conv_layers, param_shapes
+from zfjax.network import Network, conv_layers
 
 METHODS = ("deconvnet", "guided_backprop", "gradient", "gradient_x_input", "smoothgrad",
            "integrated_gradients", "grad_cam")
@@ -113,27 +113,15 @@ def check_methods(methods) -> tuple[str, ...]:
     return methods
 
 
-def top_down_layers(config: Network) -> tuple[str, ...]:
-    """The parameter layers from the logits down to the first conv (the stage table in
-    reverse): the order of cascading randomisation. ZFNet: fc8, fc7, fc6, conv5 .. conv1."""
-    return tuple(reversed(list(param_shapes(config))))
-
-
 def default_cam_layer(config: Network) -> str:
     """The last conv layer (its rectified map): Grad-CAM's usual choice."""
     return conv_layers(config)[-1]
 
 
-def with_layers(params: dict, fresh: dict, layers) -> dict:
-    """``params`` with the named layers' weights and biases taken from ``fresh``."""
-    chosen = set(layers)
-    return {name: fresh[name] if name in chosen else value for name, value in params.items()}
-
-
 def randomised_networks(params: dict, fresh: dict, layers, kind: str) -> list[dict]:
     """The parameter trees of every step of a randomisation: [params, then one per layer].
 
-    layers: the top-down order (``top_down_layers``); kind 'cascading' (step k: layers[:k]
+    layers: the top-down order (``model.top_down_layers``); kind 'cascading' (step k: layers[:k]
     from ``fresh``) or 'independent' (step k: layers[k - 1] alone from ``fresh``).
     """
     if kind not in RANDOMISATIONS:
@@ -142,7 +130,7 @@ def randomised_networks(params: dict, fresh: dict, layers, kind: str) -> list[di
     layers = tuple(layers)
     picked = [layers[:k] if kind == "cascading" else layers[k - 1:k]
               for k in range(1, len(layers) + 1)]
-    return [params] + [with_layers(params, fresh, chosen) for chosen in picked]
+    return [params] + [model.with_layers(params, fresh, chosen) for chosen in picked]
 
 
 def normalize(maps: jax.Array) -> Maps:
@@ -239,7 +227,7 @@ def model_randomisation(config: Network, params: dict, images: jax.Array, classe
     D = layers + 1 steps; step 0 is ``params``. progress: called with each step's name
     after it is done (None: silent)."""
     methods = check_methods(methods)
-    layers = top_down_layers(config)
+    layers = model.top_down_layers(config)
     # Every tree on one device, committed: jit keys its cache on that too, and loaded
     # (committed) layers mixed with fresh (uncommitted) ones compiled once per step.
     device = jax.devices()[0]

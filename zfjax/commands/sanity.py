@@ -90,7 +90,7 @@ def run(args) -> list[pathlib.Path]:
     classes = (np.full(len(images.inputs), target_class, np.int32) if target_class is not None
                else np.asarray(sanity.predicted_classes(config, params, images.inputs)))
 
-    layers = sanity.top_down_layers(config)
+    layers = model.top_down_layers(config)
     total = 2 * (len(layers) + 1) + (other is not None)
     checks = []
     with progress_bar(total=total, desc=f"sanity: {len(methods)} method(s), "
