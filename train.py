@@ -142,6 +142,13 @@ def resume_refusal(args, stored) -> str | None:
             f"a new run (another --out) to change {words.split()[0]}")
 
 
+def curves_hook():
+    """The training curves drawn into curves.png after every epoch (zfjax.figures.curves)."""
+    from zfjax.figures.curves import plot_curves
+
+    return plot_curves
+
+
 def snapshot_hook():
     """The per-epoch Fig. 4 snapshots the training loop takes (zfjax.evolution)."""
     from zfjax import evolution
@@ -242,7 +249,8 @@ def main(argv=None) -> int:
         budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
         feeding = dict(progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
                        memory_budget=budget, store_dir=args.store, workers=args.workers,
-                       download=not args.offline, snapshots=snapshot_hook())
+                       download=not args.offline, snapshots=snapshot_hook(),
+                       curves=curves_hook())
         if args.resume:
             refusal = resume_refusal(args, RunDir(out).read_spec())
             if refusal:

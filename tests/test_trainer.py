@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from zfjax import checkpoints, evolution, model, trainer, training
+from zfjax.figures.curves import plot_curves
 from zfjax.run import PRESETS, DataSpec, RunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +73,8 @@ def test_smoke_run_on_real_images_learns_and_writes_everything(tmp_path):
     he = dataclasses.replace(TINY, first_init_std=None)
     run = RunSpec(he, training.TrainConfig(epochs=2, batch_size=16, lr_schedule="constant"),
                   DataSpec(str(IMAGENETTE), train_limit=320, val_limit=100, probe_count=40))
-    out = trainer.fit(run, tmp_path / "run", progress=False, snapshots=evolution.EpochSnapshots())
+    out = trainer.fit(run, tmp_path / "run", progress=False, snapshots=evolution.EpochSnapshots(),
+                      curves=plot_curves)
     metrics = _metrics(out)
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert metrics[1]["train_loss"] < metrics[0]["train_loss"] < 2.4, metrics

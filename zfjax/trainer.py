@@ -32,7 +32,6 @@ import numpy as np
 from tqdm import tqdm
 
 from zfjax import artifacts, checkpoints, data, interrupts, loader, tensorboard_events, training
-from zfjax.figures import curves
 from zfjax.run import RunDir, RunSpec
 from zfjax.progress import bar as progress_bar
 
@@ -88,7 +87,8 @@ def _say(message: str) -> None:
 def fit(run: RunSpec | None, out, *, resume: bool = False, epochs: int | None = None,
         learning_rate: float | None = None, progress: bool = True,
         checkpoint_every: int | None = None, memory_budget: int | None = None, store_dir=None,
-        workers: int | None = None, download: bool = False, snapshots=None) -> Path:
+        workers: int | None = None, download: bool = False, snapshots=None,
+        curves=None) -> Path:
     """Trains run into the folder out; returns it.
 
     resume: continue the run in out from its newest checkpoint with out's config.json
@@ -107,6 +107,9 @@ def fit(run: RunSpec | None, out, *, resume: bool = False, epochs: int | None = 
       paper's Fig. 4): ``snapshots.make_probe(val_images, mean, config, seed=, count=)``
       once, then ``snapshots(run_dir, epoch, config, params, probe)`` after every epoch on
       process 0. None: no snapshots.
+    curves: ``curves(history) -> matplotlib Figure`` drawn into curves.png after every
+      epoch on process 0 (train.py passes ``zfjax.figures.curves.plot_curves``); None: no
+      curves.png.
     The run folder is locked while training (checkpoints.lock_run_folder).
     Raises NonFiniteLoss if the loss diverges (no exploded state is ever saved),
     Interrupted on Ctrl-C, and checkpoints.RunFolderError / CheckpointError when the
@@ -116,7 +119,7 @@ def fit(run: RunSpec | None, out, *, resume: bool = False, epochs: int | None = 
     options = dict(resume=resume, epochs=epochs, learning_rate=learning_rate,
                    progress=progress, checkpoint_every=checkpoint_every,
                    memory_budget=memory_budget, store_dir=store_dir, workers=workers,
-                   download=download, snapshots=snapshots)
+                   download=download, snapshots=snapshots, curves=curves)
     try:
         if not resume:
             checkpoints.check_new_run_folder(run_dir)
@@ -141,7 +144,8 @@ def _last_checkpoint(run_dir: Path) -> str:
 
 
 def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, progress,
-         checkpoint_every, memory_budget, store_dir, workers, download, snapshots) -> Path:
+         checkpoint_every, memory_budget, store_dir, workers, download, snapshots,
+         curves) -> Path:
     mgr_dir = run_dir / checkpoints.CHECKPOINT_DIR
     if resume:
         run = RunDir(run_dir).read_spec()
@@ -217,7 +221,7 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, progress,
         try:
             _Loop(RunDir(run_dir), mgr, step_mgr, config, tcfg, mesh, train_feed, val_feed,
                   training.replicate(np.asarray(mean, np.float32), mesh), probe, snapshots,
-                  progress, checkpoint_every, watch, events).run(state, meta)
+                  progress, checkpoint_every, watch, curves, events).run(state, meta)
         finally:
             if events is not None:
                 events.close()
@@ -225,8 +229,9 @@ def _fit(run, run_dir: Path, *, watch, resume, epochs, learning_rate, progress,
         mgr.close()
         step_mgr.close()
     _say(f"done: {tcfg.epochs} epochs in {run_dir}\n  checkpoints: {mgr_dir}\n"
-         f"  metrics: {run_dir / 'metrics.jsonl'}\n  curves: {run_dir / 'curves.png'}\n"
-         f"  TensorBoard: tensorboard --logdir {RunDir(run_dir).tensorboard_dir}"
+         f"  metrics: {run_dir / 'metrics.jsonl'}\n"
+         + (f"  curves: {run_dir / 'curves.png'}\n" if curves else "")
+         + f"  TensorBoard: tensorboard --logdir {RunDir(run_dir).tensorboard_dir}"
          + (f"\n  snapshots: {run_dir / 'snapshots'}" if snapshots else ""))
     return run_dir
 
@@ -336,6 +341,7 @@ class _Loop:
     progress: bool
     checkpoint_every: int | None
     watch: interrupts.Watch
+    curves: object = None  # history -> Figure, or None
     events: object = None  # tensorboard_events.EventWriter on process 0, else None
 
     def __post_init__(self):
@@ -378,7 +384,8 @@ class _Loop:
             history.append(metrics)
             if _is_main():  # metrics first: a resume drops lines after its checkpoint
                 run_dir.write_metrics(history)
-                artifacts.save_png(curves.plot_curves(history), run_dir.curves_file, dpi=90)
+                if self.curves is not None:
+                    artifacts.save_png(self.curves(history), run_dir.curves_file, dpi=90)
                 self._log_epoch(metrics, snapshot)
             self.save_if_sound(self.mgr, epoch, state, {
                 "epoch": epoch, "step": metrics["step"], "plateau": dataclasses.asdict(plateau),
