@@ -1,6 +1,9 @@
 """Attribution methods (zfjax.attribution): the engine's rules, gradient == jax.grad,
 deconvnet == zfjax.deconv, Captum references, completeness, batching, bad input."""
 
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -196,46 +199,12 @@ def test_integrated_gradients_completeness(net, baseline):
 
 
 def torch_network(params, config):
-    """The whole network (flatten in NHWC order, true contrast normalisation) as
-    torch.nn.Sequential, and layer -> the module whose output is its recorded map."""
-    torch = pytest.importorskip("torch")
-    from torch import nn
+    """bench/torch_reference.py's torch copy of the network (skips without torch)."""
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import torch_reference
 
-    class FlattenNHWC(nn.Module):
-        def forward(self, x):
-            return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
-
-    def tensor(a):
-        return torch.from_numpy(np.ascontiguousarray(a, np.float32))
-
-    layers, modules = [], {}
-    for stage in model.stages(config):
-        if isinstance(stage, model.Conv):
-            kernel = np.asarray(params[stage.name]["kernel"])
-            layer = nn.Conv2d(kernel.shape[2], kernel.shape[3], stage.kernel, stage.stride,
-                              stage.padding)
-            layer.weight.data = tensor(kernel.transpose(3, 2, 0, 1))
-            layer.bias.data = tensor(params[stage.name]["bias"])
-        elif isinstance(stage, model.Dense):
-            kernel = np.asarray(params[stage.name]["kernel"])
-            layer = nn.Linear(*kernel.shape)
-            layer.weight.data = tensor(kernel.T)
-            layer.bias.data = tensor(params[stage.name]["bias"])
-        elif isinstance(stage, model.MaxPool):
-            layer = nn.MaxPool2d(stage.window, stage.stride, stage.padding, ceil_mode=stage.ceil)
-        elif isinstance(stage, model.ReLU):
-            layer = nn.ReLU()
-        elif isinstance(stage, model.LRN):
-            layer = nn.LocalResponseNorm(stage.size, stage.alpha, stage.beta, stage.k)
-        elif isinstance(stage, model.Flatten):
-            layer = FlattenNHWC()
-        else:  # dropout: inference
-            continue
-        if isinstance(stage, (model.Conv, model.MaxPool)) or (
-                isinstance(stage, model.ReLU) and isinstance(layers[-1], nn.Conv2d)):
-            modules[getattr(stage, "name", None) or list(modules)[-1]] = layer
-        layers.append(layer)
-    return nn.Sequential(*layers).eval(), modules
+    return torch_reference.torch_network(params, config)
 
 
 def test_methods_equal_captum(net):
