@@ -1,4 +1,4 @@
-"""Prepare a dataset once for streamed training: decode, resize and shard it (zfjax.store).
+"""Prepare a dataset once for streamed training: decode, resize and shard it (zfjax.inputs.store).
 
 Examples:
   python prepare.py ../shared/data/imagenette stores/nette-224 --size 224
@@ -43,7 +43,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    from zfjax import store
+    from zfjax.inputs import store
 
     try:
         prepared = store.prepare(args.source, args.store, args.size, data_dir=args.data_dir,

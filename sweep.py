@@ -6,7 +6,7 @@ Each variant trains into <out>/<variant>/ with train.py and TRAIN_OPTIONS (e.g.
 `-- --preset cpu --epochs 3 --limit 2000`). Run the same command again to
 continue: finished variants are skipped, a stopped one is resumed. After every
 variant <out>/table3.csv and <out>/table3.md are rewritten: parameters, train
-top-1, val top-1 and val top-5 error per variant (see zfjax/sweep.py).
+top-1, val top-1 and val top-5 error per variant (see zfjax/train/sweep.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def parse_args(argv=None):
-    from zfjax import network
+    from zfjax.nets import network
 
     p = argparse.ArgumentParser(prog="sweep.py", description=__doc__.splitlines()[0],
                                 epilog=__doc__.split("\n", 2)[2],
@@ -44,7 +44,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     import train
-    from zfjax import sweep
+    from zfjax.train import sweep
 
     out = Path(args.out)
     note = f"`python sweep.py --out {args.out} -- {shlex.join(args.train_options)}`"

@@ -1,4 +1,4 @@
-"""Train ZFNet with the recipe of Zeiler & Fergus (2014); see zfjax/trainer.py.
+"""Train ZFNet with the recipe of Zeiler & Fergus (2014); see zfjax/train/trainer.py.
 
 Examples:
   python train.py --preset cpu --out runs/cpu          # 10 epochs of imagenette on a CPU
@@ -23,7 +23,9 @@ from typing import Callable, NamedTuple
 
 
 def parse_args(argv=None):
-    from zfjax import argtypes, network, run
+    from zfjax import argtypes
+    from zfjax.nets import network
+    from zfjax.train import run
 
     names = list(run.PRESETS)
     p = argparse.ArgumentParser(
@@ -126,7 +128,7 @@ def resume_refusal(args, stored) -> str | None:
     run.RunSpec), or None: one comparison of the stored spec with the requested one
     (the stored spec with the flags applied, or --preset with them), naming the flags
     given explicitly first."""
-    from zfjax import run
+    from zfjax.train import run
 
     flags = flag_settings(args)
     base = run.PRESETS[args.preset] if args.preset is not None else stored
@@ -150,15 +152,15 @@ def curves_hook():
 
 
 def snapshot_hook():
-    """The per-epoch Fig. 4 snapshots the training loop takes (zfjax.evolution)."""
-    from zfjax import evolution
+    """The per-epoch Fig. 4 snapshots the training loop takes (zfjax.analyses.evolution)."""
+    from zfjax.analyses import evolution
 
     return evolution.EpochSnapshots()
 
 
 def build_run(args):
     """The preset with the command line's settings applied (a run.RunSpec)."""
-    from zfjax import run
+    from zfjax.train import run
 
     spec = run.PRESETS[args.preset or DEFAULT_PRESET]
     changes = {name: value for name, (value, _) in flag_settings(args).items()}
@@ -238,8 +240,8 @@ def main(argv=None) -> int:
         code = start_distributed(args)
         if code:
             return code
-    from zfjax import checkpoints, trainer
-    from zfjax.run import RunDir
+    from zfjax.train import checkpoints, trainer
+    from zfjax.train.run import RunDir
 
     if args.resume and not args.out:
         print("error: --resume needs --out, the run folder to continue", file=sys.stderr)
@@ -277,7 +279,7 @@ def leave(code: int):
     down under them crashed with SIGSEGV (3 runs in 3) after the resume hint had been
     printed. Every file a run writes is complete by then (atomic writes, deferred saves)."""
     if code == 130:
-        from zfjax import checkpoints
+        from zfjax.train import checkpoints
         checkpoints.leave_now(code)
     sys.exit(code)
 

@@ -15,7 +15,8 @@ import argparse
 import importlib
 import sys
 
-from zfjax import checkpoints, cli, interrupts
+from zfjax import cli, interrupts
+from zfjax.train import checkpoints
 
 # One command module per analysis, zfjax.commands.<name>; each defines
 # add_cli(subparsers) -> parser whose defaults hold run(args) -> list of written paths.

@@ -50,7 +50,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from zfjax import atlas, deconv, maximize, model, occlusion  # noqa: E402
+from zfjax.analyses import atlas, maximize, occlusion  # noqa: E402
+from zfjax.nets import deconv, model
 from bench_chunk import strongest_per_map  # noqa: E402
 from bench_train import peak_tflops, synthetic_rows  # noqa: E402
 from common import forward_flops, in_turns, random_params, write_results  # noqa: E402
@@ -211,7 +212,7 @@ def streamed_rows(plan: Plan, folder: Path) -> tuple[list[dict], str | None]:
                     f"(README: 'On a GPU machine without network' carries them as wheels)")
     import train
     from bench_data import epoch_row
-    from zfjax import loader, store
+    from zfjax.inputs import loader, store
 
     cores = os.cpu_count() or 1
     made = write_random_jpegs(folder / "jpegs", plan.jpegs, plan.jpeg_side)
@@ -247,7 +248,7 @@ def streamed_rows(plan: Plan, folder: Path) -> tuple[list[dict], str | None]:
         wait, train_seconds = epoch["input_wait_seconds"], epoch["train_seconds"]
         row.update(images_per_s=epoch["images_per_s"], seconds=train_seconds,
                    input_wait_seconds=wait,
-                   # zfjax.trainer's rule for its epoch line
+                   # zfjax.train.trainer's rule for its epoch line
                    bound="input" if wait > 0.1 * train_seconds else "step")
     rows.append(row)
     return rows, None

@@ -3,10 +3,10 @@
     python bench/bench_analyses.py [--size 224] [--width 1.0] [--batch 32] [--batches 4]
                                    [--out bench/results/analyses.json]
 
-* Mining (paper Fig. 2, zfjax.strongest.mine over conv1..conv5) streams the same
+* Mining (paper Fig. 2, zfjax.nets.strongest.mine over conv1..conv5) streams the same
   batches as a bare forward pass; the two alternate, best of --repeats each, so
   machine load hits both alike. Target: at most 15% more than the forward.
-* Occlusion (paper Fig. 7, zfjax.occlusion.occlusion_maps): 625 positions (32 px
+* Occlusion (paper Fig. 7, zfjax.analyses.occlusion.occlusion_maps): 625 positions (32 px
   square, stride 8) on one 224 image at full width; incremental (only the windows
   the square changes) and whole-forward, against a PyTorch loop doing Captum
   Occlusion's work (batched full forwards, bench/torch_reference.py) in the same
@@ -30,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # torch_reference
-from zfjax import model, occlusion, strongest  # noqa: E402
+from zfjax.analyses import occlusion  # noqa: E402
+from zfjax.nets import model, strongest
 from common import write_results  # noqa: E402  (bench/common.py)
 
 CAPTUM_OCCLUSION_S = 12.4  # 224 px, 32 px window, stride 8, 625 positions (FACTS.md)

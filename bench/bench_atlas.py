@@ -12,7 +12,7 @@ over the same images plus the projections. Side by side, alternating, best of
   winners (their pooling switches), then ``deconv.project_units`` of every winner
   (the same units the atlas projects), 512 units per call (full-size projections of
   a 224 px layer's 3,456 winners would need 7 GB at once);
-* atlas core: ``zfjax.atlas.build``: the one mining pass (top-9 and per-class sums
+* atlas core: ``zfjax.analyses.atlas.build``: the one mining pass (top-9 and per-class sums
   of every conv layer), then the projections chunked by image, cropped to receptive
   fields;
 * site: ``figures.atlas_site.write_site`` of that result (JPEG encoding, pages).
@@ -35,7 +35,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zfjax import atlas, cli, data, deconv, loading, model  # noqa: E402
+from zfjax import cli, loading  # noqa: E402
+from zfjax.analyses import atlas
+from zfjax.inputs import data
+from zfjax.nets import deconv, model
 from zfjax.figures import atlas_site  # noqa: E402
 from common import write_results  # noqa: E402  (bench/common.py)
 

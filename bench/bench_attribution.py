@@ -1,4 +1,4 @@
-"""Speed of zfjax.attribution against Captum, side by side in one run.
+"""Speed of zfjax.nets.attribution against Captum, side by side in one run.
 
     python bench/bench_attribution.py [--size 224] [--width 1] [--units 256] [--images 16]
                                       [--steps 32] [--samples 16] [--rounds 3]
@@ -45,8 +45,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zfjax import attribution, deconv, model  # noqa: E402
-from zfjax.attribution import LOGITS, Target  # noqa: E402
+from zfjax.nets import attribution, deconv, model  # noqa: E402
+from zfjax.nets.attribution import LOGITS, Target  # noqa: E402
 from common import in_turns, random_params, write_results  # noqa: E402  (bench/common.py)
 
 RACES = ("guided", "ig", "smoothgrad")

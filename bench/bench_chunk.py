@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zfjax import deconv, model  # noqa: E402
+from zfjax.nets import deconv, model  # noqa: E402
 from common import write_results  # noqa: E402  (bench/common.py)
 
 SETTINGS = ((64, 0.5), (112, 0.5), (224, 1.0))

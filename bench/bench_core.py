@@ -31,7 +31,7 @@ from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zfjax import deconv, model  # noqa: E402
+from zfjax.nets import deconv, model  # noqa: E402
 from common import write_results  # noqa: E402  (bench/common.py)
 
 

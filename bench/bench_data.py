@@ -1,7 +1,7 @@
 """Benchmark of the training input pipeline: one epoch streamed as train.py streams it.
 
 Prepares FOLDER into a store (a temporary one unless --store names one to reuse),
-then reads one training epoch through zfjax.loader exactly as zfjax.trainer does
+then reads one training epoch through zfjax.inputs.loader exactly as zfjax.train.trainer does
 (host batches of uint8 stored-size images plus crop parameters; the device work is
 not part of this), and prints images/s, images/s per decoding worker and peak RSS
 (this process, and this process plus its workers, sampled every 50 ms). Writes JSON
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from zfjax import data, loader, store  # noqa: E402
+from zfjax.inputs import data, loader, store  # noqa: E402
 from common import write_results  # noqa: E402  (bench/common.py)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imagenette"

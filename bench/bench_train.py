@@ -1,6 +1,6 @@
 """Benchmark of training: train-step throughput, input pipeline, Fig. 4 snapshot cost.
 
-* JAX train step (zfjax.training.make_train_step: SGD + momentum, filter
+* JAX train step (zfjax.train.training.make_train_step: SGD + momentum, filter
   renormalisation, donated state), full-width ZFNet, float32, batch 32, at input
   112 and 224; also without donation. Where torch is importable, the same ZFNet
   train step in PyTorch (channels-last), measured in the same rounds, interleaved.
@@ -27,7 +27,9 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from zfjax import data, model, training  # noqa: E402
+from zfjax.inputs import data  # noqa: E402
+from zfjax.nets import model
+from zfjax.train import training
 from common import random_params, write_results  # noqa: E402  (bench/common.py)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imagenette"
@@ -148,7 +150,7 @@ def pipeline_rows(folder, sizes, batch, limit):
 
 def snapshot_row(folder, count, train_images_per_s):
     """take_snapshot cost on a count-image probe at 224, vs an imagenette epoch."""
-    from zfjax import evolution
+    from zfjax.analyses import evolution
     config = model.ZFNetConfig(num_classes=10)
     val = data.load_split(folder, "val", 224, limit=count, progress=False)
     probe = evolution.make_probe(val, data.mean_image(val), config, count=count)

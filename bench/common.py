@@ -63,7 +63,7 @@ def forward_flops(config) -> int:
     """FLOPs of one image's forward pass from the network's shapes: 2 per multiply-add
     of every conv (output side^2 x k^2 x C_in x C_out) and dense layer; pooling,
     normalisation and ReLUs left out. (ZFNet at 224: about 2.3 GFLOP.)"""
-    from zfjax import network
+    from zfjax.nets import network
 
     sides = {op.name: op.output_size for op in network.spatial_ops(config)}
     total = 0
@@ -79,7 +79,7 @@ def random_params(config, seed: int = 0) -> dict:
     model.init_params compiles one sampler per shape (5-7 s for a tiny VGG16 on CPU);
     this draws the same kind of weights in well under a second.
     """
-    from zfjax import network
+    from zfjax.nets import network
 
     rng = np.random.default_rng(seed)
     params = {}

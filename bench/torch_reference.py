@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zfjax import model
+from zfjax.nets import model
 
 
 class TorchDeconvnet:

@@ -8,7 +8,9 @@ import jax
 import numpy as np
 from PIL import Image
 
-from zfjax import data, model
+from zfjax import artifacts
+from zfjax.inputs import data
+from zfjax.nets import model
 
 
 def random_params(config, seed=0, bias_std=0.0):
@@ -72,7 +74,7 @@ def write_tiny_run(root: Path, config=TINY, checkpoint_config=None) -> Path:
 
     checkpoint_config: write the weights of another config (a mismatched checkpoint).
     """
-    from zfjax import checkpoints, training
+    from zfjax.train import checkpoints, training
 
     rng = np.random.default_rng(0)
     folder = root / "images"
@@ -96,7 +98,7 @@ def write_tiny_run(root: Path, config=TINY, checkpoint_config=None) -> Path:
     mgr.wait_until_finished()
     mgr.close()
     checkpoints.save_mean(run, mean)
-    checkpoints.write_json(run / checkpoints.CONFIG_FILE, {
+    artifacts.write_json(run / checkpoints.CONFIG_FILE, {
         "model": checkpoints.config_dict(config), "train": checkpoints.config_dict(tcfg),
         "data": {"source": str(folder), "data_dir": None}, "class_names": ["alpha", "beta"]})
     return run
@@ -118,12 +120,12 @@ def write_keras3(tmp_path, layers):
 
 
 def hanging_write_shard(out, name, chunk, size):
-    """zfjax.store._write_shard that waits before every shard after the second (an hour,
+    """zfjax.inputs.store._write_shard that waits before every shard after the second (an hour,
     or $ZFJAX_TEST_SHARD_WAIT seconds), so a test can stop a preparation at a known point
     (runs in prepare's worker processes)."""
     import time
 
-    from zfjax import store
+    from zfjax.inputs import store
 
     if int(name.rsplit("-", 1)[1]) >= 2:
         time.sleep(float(os.environ.get("ZFJAX_TEST_SHARD_WAIT", 3600)))
@@ -131,10 +133,11 @@ def hanging_write_shard(out, name, chunk, size):
 
 
 def write_snapshots(run_dir, *, epochs, layers, maps=3, seed=0):
-    """Per-epoch Fig. 4 snapshots (zfjax.evolution's layout) for ``maps`` maps of each layer
+    """Per-epoch Fig. 4 snapshots (zfjax.analyses.evolution's layout) for ``maps`` maps of each layer
     of the run, with random projections and patches: what a page of evolution needs."""
-    from zfjax import checkpoints, evolution
-    from zfjax.receptive_field import receptive_field_size
+    from zfjax.analyses import evolution
+    from zfjax.train import checkpoints
+    from zfjax.nets.receptive_field import receptive_field_size
 
     config = checkpoints.model_config(checkpoints.read_config(run_dir))
     rng = np.random.default_rng(seed)

@@ -45,7 +45,7 @@ def test_quick_accelerator_bench_runs_every_part_and_writes_one_json(tmp_path, c
 def test_default_units_per_step_by_backend(monkeypatch):
     import jax
 
-    from zfjax import deconv, model
+    from zfjax.nets import deconv, model
 
     zfnet, vgg = model.Network(), model.Network(arch="vgg16")
     # CPU: 8 per step (bench_chunk); VGG16's 8 conv5_3 units all at once, the program of

@@ -10,9 +10,10 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pytest
 
-from zfjax import atlas, deconv, model
+from zfjax.analyses import atlas
+from zfjax.nets import deconv, model
 from zfjax.figures import atlas_site as site_writer
-from zfjax.receptive_field import crop_to_receptive_field
+from zfjax.nets.receptive_field import crop_to_receptive_field
 from helpers import TINY, random_params
 
 N = 11  # streamed in batches of 4: two full batches and a padded one of 3
@@ -139,7 +140,7 @@ def test_sanity_score_is_1_against_the_trained_network_and_lower_against_a_rando
 
 def test_sanity_scores_only_count_the_part_of_a_crop_inside_the_image():
     """A crop's zero padding past the image edge is equal in both pictures: not agreement."""
-    from zfjax.receptive_field import receptive_field
+    from zfjax.nets.receptive_field import receptive_field
 
     ys, xs = np.array([0, 6]), np.array([0, 6])  # conv2 units: a corner one and an inner one
     r = 27
@@ -322,7 +323,7 @@ def test_rerun_replaces_the_site_keeps_the_users_files_and_writes_nothing_beside
 
 def test_a_folder_holding_only_a_failed_runs_lock_is_used(atlas_site, run_cli, tmp_path):
     """A failed train.py leaves its folder holding only .lock: that is no user's file."""
-    from zfjax import checkpoints
+    from zfjax.train import checkpoints
     from zfjax.commands import atlas as command
 
     run, _, _ = atlas_site

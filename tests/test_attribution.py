@@ -1,5 +1,5 @@
-"""Attribution methods (zfjax.attribution): the engine's rules, gradient == jax.grad,
-deconvnet == zfjax.deconv, Captum references, completeness, batching, bad input."""
+"""Attribution methods (zfjax.nets.attribution): the engine's rules, gradient == jax.grad,
+deconvnet == zfjax.nets.deconv, Captum references, completeness, batching, bad input."""
 
 import sys
 from pathlib import Path
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from helpers import TINY, batch_norm_params, random_params
 
-from zfjax import attribution, deconv, model
-from zfjax.attribution import LOGITS, Target
+from zfjax.nets import attribution, deconv, model
+from zfjax.nets.attribution import LOGITS, Target
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import data, trainer, training
-from zfjax.run import DataSpec, RunSpec
-from zfjax.model import ZFNetConfig
+from zfjax.inputs import data
+from zfjax.train import trainer, training
+from zfjax.train.run import DataSpec, RunSpec
+from zfjax.nets.model import ZFNetConfig
 
 TINY = ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
 

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 
 from helpers import BATCH, TINY10 as TINY
-from zfjax import deconv, model, training
+from zfjax.nets import deconv, model
+from zfjax.train import training
 
 
 def relative_error(low, high) -> float:

@@ -1,4 +1,4 @@
-"""Tests for zfjax.checkpoints: saving, keeping, loading runs, config checks, kill -9."""
+"""Tests for zfjax.train.checkpoints: saving, keeping, loading runs, config checks, kill -9."""
 
 import json
 import os
@@ -13,7 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from zfjax import checkpoints, model, training
+from zfjax import artifacts
+from zfjax.nets import model
+from zfjax.train import checkpoints, training
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
@@ -82,7 +84,7 @@ def _make_run(run_dir, state, config=TINY):
     """A run folder as the trainer writes it, with one checkpoint (epoch 1)."""
     mean = np.random.default_rng(1).uniform(0, 255, (73, 73, 3)).astype(np.float32)
     checkpoints.save_mean(run_dir, mean)
-    checkpoints.write_json(run_dir / "config.json", {
+    artifacts.write_json(run_dir / "config.json", {
         "model": checkpoints.config_dict(config),
         "train": checkpoints.config_dict(training.TrainConfig()),
         "data": {"source": "somewhere"}, "class_names": [str(i) for i in range(10)]})
@@ -126,7 +128,7 @@ def test_load_run_refuses_a_config_that_does_not_fit(tmp_path):
 
 SAVER = textwrap.dedent("""
     import sys, numpy as np
-    from zfjax import checkpoints, training
+    from zfjax.train import checkpoints, training
     mgr = checkpoints.manager(sys.argv[1])
     def state(v):  # 100 MB of incompressible numbers: a save takes a while
         w = np.random.default_rng(v).standard_normal(25_000_000, np.float32)
@@ -170,10 +172,10 @@ def test_kill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
 
 
 def test_checkpoints_is_reachable_after_a_plain_import_zfjax(monkeypatch):
-    """Issue 15 item 20: the README's zfjax.checkpoints.load_run(...) after `import zfjax`."""
+    """Issue 15 item 20: the README's zfjax.train.checkpoints.load_run(...) after `import zfjax`."""
     import zfjax
 
     monkeypatch.delattr(zfjax, "checkpoints")  # as in a fresh process: not imported yet
-    assert zfjax.checkpoints.load_run is checkpoints.load_run
+    assert zfjax.train.checkpoints.load_run is checkpoints.load_run
     with pytest.raises(AttributeError, match="has no attribute 'no_such_module'"):
         zfjax.no_such_module

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import filters, model, render, weights
+from zfjax import render
+from zfjax.analyses import filters
+from zfjax.nets import model, weights
 from helpers import random_params, write_keras3
 
 

@@ -6,7 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from zfjax import checkpoints, convergence, data, evolution, model, strongest
+from zfjax.analyses import convergence, evolution
+from zfjax.inputs import data
+from zfjax.nets import model, strongest
+from zfjax.train import checkpoints
 from zfjax.figures.convergence import plot_convergence
 from helpers import random_params
 from helpers import TINY, write_tiny_run
@@ -79,7 +82,7 @@ def test_snapshot_convergence_compares_every_epoch_with_the_last():
 def test_cli_on_a_run_with_two_checkpoints_and_snapshots(tmp_path, monkeypatch, capsys, run_cli):
     run = write_tiny_run(tmp_path)
     # A second epoch: other weights, saved as checkpoint 2; snapshots of both epochs.
-    from zfjax import training
+    from zfjax.train import training
     tcfg = training.TrainConfig(epochs=2, batch_size=4)
     import functools
     abstract = jax.eval_shape(functools.partial(training.init_state, TINY, tcfg), jax.random.key(0))

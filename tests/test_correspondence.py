@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import correspondence as corr
+from zfjax.analyses import correspondence as corr
 from zfjax.commands.correspondence import read_parts
 from zfjax.figures.correspondence import plot_correspondence
-from zfjax import data, model
+from zfjax.inputs import data
+from zfjax.nets import model
 from helpers import random_params
 
 # The config of test_topk.write_tiny_run, so the CLI tests reuse these compilations.

@@ -1,4 +1,4 @@
-"""Tests for zfjax.data: folder and TFDS loading, preprocessing and batches."""
+"""Tests for zfjax.inputs.data: folder and TFDS loading, preprocessing and batches."""
 
 import shutil
 import tempfile
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import data
+from zfjax.inputs import data
 
 IMAGENETTE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenette"
 needs_imagenette = pytest.mark.skipif(

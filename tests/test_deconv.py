@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from zfjax import deconv, model
-from zfjax.receptive_field import receptive_field
+from zfjax.nets import deconv, model
+from zfjax.nets.receptive_field import receptive_field
 
 SMALL = model.ZFNetConfig(num_classes=5, image_size=64, width=0.25, init_std=None)
 FULL = model.ZFNetConfig(num_classes=10, image_size=224, init_std=None)

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import data, deconv, evolution, model, render, strongest
+from zfjax import render
+from zfjax.analyses import evolution
+from zfjax.inputs import data
+from zfjax.nets import deconv, model, strongest
 from zfjax.commands.evolution import plot_evolution
 from zfjax.figures import evolution as evolution_figure
-from zfjax.receptive_field import receptive_field, receptive_field_size
+from zfjax.nets.receptive_field import receptive_field, receptive_field_size
 
 SMALL = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
@@ -239,13 +242,13 @@ def test_evolution_block_places_each_map_epoch_and_patch():
     rng = np.random.default_rng(0)
     projections = rng.normal(size=(3, 2, 9, 9, 3)).astype(np.float32)  # 3 epochs, 2 maps
     patches = rng.integers(1, 256, (2, 9, 9, 3), np.uint8)
-    block = evolution_figure.evolution_block(projections, patches, side)
-    step = side + evolution_figure._GAP
-    assert block.shape == (2 * step - evolution_figure._GAP, 4 * step - evolution_figure._GAP + evolution_figure._PATCH_GAP, 3)
+    block = render.evolution_block(projections, patches, side)
+    step = side + render.TILE_GAP
+    assert block.shape == (2 * step - render.TILE_GAP, 4 * step - render.TILE_GAP + render.PATCH_GAP, 3)
     for i in range(2):
         for j in range(3):
             np.testing.assert_array_equal(block[i * step:i * step + side, j * step:j * step + side],
                                           render.fit(render.to_display(projections[j, i]), side))
-        x = 3 * step + evolution_figure._PATCH_GAP
+        x = 3 * step + render.PATCH_GAP
         np.testing.assert_array_equal(block[i * step:i * step + side, x:x + side],
                                       render.fit(patches[i], side))

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import artifacts, filters, model
+from zfjax import artifacts
+from zfjax.analyses import filters
+from zfjax.nets import model
 from zfjax.figures import filters as filters_figure
-from zfjax.receptive_field import receptive_field_size
+from zfjax.nets.receptive_field import receptive_field_size
 from helpers import random_params
 
 # The config of test_topk.write_tiny_run, so the CLI tests reuse these compilations.

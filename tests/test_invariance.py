@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import artifacts, invariance, model
+from zfjax import artifacts
+from zfjax.analyses import invariance
+from zfjax.nets import model
 from zfjax.figures.invariance import plot_invariance
 from helpers import random_params
 

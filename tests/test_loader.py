@@ -1,11 +1,13 @@
-"""Tests for zfjax.loader and on-device augmentation: the network sees what data.py's
+"""Tests for zfjax.inputs.loader and on-device augmentation: the network sees what data.py's
 numpy path gives, from memory or streamed from a store, on one host or several."""
 
 import jax
 import numpy as np
 import pytest
 
-from zfjax import data, loader, model, store, trainer, training
+from zfjax.inputs import data, loader, store
+from zfjax.nets import model
+from zfjax.train import trainer, training
 
 from helpers import random_params, write_image_folder
 
@@ -163,7 +165,7 @@ def test_a_store_of_another_size_is_refused_in_one_line(folder, prepared):
 
 _STREAM_AND_EXIT = """
 import sys
-from zfjax import loader, store
+from zfjax.inputs import loader, store
 if __name__ == "__main__":  # (Grain starts its workers by spawn)
     feed = loader.Streamed(store.open_store(sys.argv[1]), "train", workers=1, threads=1)
     for epoch in range(2):

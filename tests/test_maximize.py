@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import artifacts, maximize, model
+from zfjax import artifacts
+from zfjax.analyses import maximize
+from zfjax.nets import model
 from zfjax.figures.maximize import plot_maximize
 from helpers import random_params
 

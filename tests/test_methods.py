@@ -1,11 +1,12 @@
-"""``visualize.py methods`` (zfjax.methods): attribution methods side by side, and its bad
+"""``visualize.py methods`` (zfjax.analyses.methods): attribution methods side by side, and its bad
 input (issue 17, items 3 and 6)."""
 
 import numpy as np
 import pytest
 from helpers import TINY, random_params, write_tiny_run
 
-from zfjax import methods, model, strongest
+from zfjax.analyses import methods
+from zfjax.nets import model, strongest
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from zfjax import model, training
+from zfjax.nets import model
+from zfjax.train import training
 
 SMALL = model.ZFNetConfig(num_classes=7, image_size=64, width=0.25, init_std=None)
 
@@ -186,7 +187,7 @@ def test_a_train_step_updates_batch_norm_running_statistics_and_checkpoints_keep
     ones 10% towards them (torchvision's momentum 0.1, unbiased variance); the running
     statistics are params (no gradient reaches them) and a checkpoint round trip keeps
     them."""
-    from zfjax import checkpoints
+    from zfjax.train import checkpoints
 
     config = model.Network(arch="vgg11_bn", num_classes=3, image_size=32, width=0.0625,
                            init_std=None)

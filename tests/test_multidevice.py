@@ -14,7 +14,10 @@ import pytest
 
 import test_training
 from helpers import TINY10, random_params
-from zfjax import atlas, data, deconv, model, training
+from zfjax.analyses import atlas
+from zfjax.inputs import data
+from zfjax.nets import deconv, model
+from zfjax.train import training
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = TINY10

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from zfjax import checkpoints, deconv, model, network
-from zfjax.receptive_field import receptive_field
+from zfjax.nets import deconv, model, network
+from zfjax.train import checkpoints
+from zfjax.nets.receptive_field import receptive_field
 from helpers import batch_norm_params, random_params
 
 ALEX = model.Network(arch="alexnet", num_classes=5, image_size=64, width=0.125, init_std=None)
@@ -197,7 +198,7 @@ def test_unknown_layer_names_the_networks_layers():
 @pytest.mark.parametrize("config, layer", [(ALEX, "conv5"), (VGG, "conv4_2"), (VGG_BN, "conv4_2")],
                          ids=["alexnet", "vgg16", "vgg11_bn"])
 def test_incremental_occlusion_forward_equals_whole_forwards(config, layer):
-    from zfjax import occlusion
+    from zfjax.analyses import occlusion
 
     params, images, _, _ = setup(config)
     size = config.image_size // 4

@@ -79,7 +79,7 @@ def test_training_figures_and_bench_run_without_tensorflow(tmp_path):
 
 def test_only_the_tfds_loader_imports_tensorflow():
     """Every import of either package in the code, outside function bodies included, is
-    inside zfjax/data.py's _import_tfds (what the TFDS paths call): so no command or
+    inside zfjax/inputs/data.py's _import_tfds (what the TFDS paths call): so no command or
     bench imports it where only a folder or a store is read."""
     places = []
     files = [*(ROOT / "zfjax").rglob("*.py"), *(ROOT / "bench").glob("*.py"),
@@ -94,4 +94,4 @@ def test_only_the_tfds_loader_imports_tensorflow():
                 visit(child, child.name if isinstance(child, ast.FunctionDef) else where)
 
         visit(ast.parse(path.read_text()), "<module>")
-    assert places and set(places) == {("zfjax/data.py", "_import_tfds")}, places
+    assert places and set(places) == {("zfjax/inputs/data.py", "_import_tfds")}, places

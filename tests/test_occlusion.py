@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import data, model, occlusion, preprocessing
+from zfjax.analyses import occlusion
+from zfjax.inputs import data
+from zfjax.nets import model, preprocessing
 from zfjax.commands.occlusion import class_index
-from zfjax.receptive_field import receptive_field
+from zfjax.nets.receptive_field import receptive_field
 from helpers import random_params
 
 # At 128 px an 8 px square changes only part of the maps up to conv3, so the

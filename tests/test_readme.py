@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from safetensors.numpy import save_file
 
-from zfjax import model, weights
+from zfjax.nets import model, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette"
@@ -50,3 +50,21 @@ def test_readme_test_commands_are_ci_and_the_registered_quick_loop():
     assert (ROOT / ".ci" / "run").read_text().rstrip().endswith("\npython -m pytest -q")
     settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]
     assert any(m.startswith("slow:") for m in settings["ini_options"]["markers"])
+
+
+def test_where_things_live_names_every_folder_and_module():
+    """The README's last section is the map of the tree: every layer folder and every
+    module in it (a moved or new module must be placed there)."""
+    text = (ROOT / "README.md").read_text().split("## Where things live", 1)[1]
+    package = ROOT / "zfjax"
+    missing = []
+    for folder in ("inputs", "nets", "train", "analyses"):
+        if f"`zfjax/{folder}/`" not in text:
+            missing.append(f"zfjax/{folder}/")
+        missing += [f"zfjax/{folder}/{p.name}" for p in sorted((package / folder).glob("*.py"))
+                    if p.stem != "__init__" and f"`{p.stem}`" not in text]
+    missing += [f"zfjax/{folder}/" for folder in ("figures", "commands")
+                if f"`zfjax/{folder}/`" not in text]
+    missing += [f"zfjax/{p.name}" for p in sorted(package.glob("*.py"))
+                if not p.stem.startswith("_") and f"`{p.stem}`" not in text]
+    assert not missing, f"README's 'Where things live' does not mention {missing}"

@@ -6,7 +6,9 @@ import jax
 import numpy as np
 from PIL import Image
 
-from zfjax import deconv, model, reconstructions, render
+from zfjax import render
+from zfjax.analyses import reconstructions
+from zfjax.nets import deconv, model
 from zfjax.figures.reconstructions import plot_reconstructions
 from helpers import random_params
 

@@ -1,12 +1,13 @@
-"""zfjax.run: the run folder (RunDir) and what a run asks for."""
+"""zfjax.train.run: the run folder (RunDir) and what a run asks for."""
 
 import json
 
 import pytest
 
 import zfjax
-from zfjax import checkpoints, cli
-from zfjax.run import CheckpointRecord, RunDir
+from zfjax import cli
+from zfjax.train import checkpoints
+from zfjax.train.run import CheckpointRecord, RunDir
 
 
 def test_metrics_written_and_read_back_whole(tmp_path):
@@ -54,7 +55,7 @@ def test_output_folder_of_a_checkpoint_target_is_the_runs_figures(tmp_path):
 def test_the_data_source_is_classified_once_per_choice(tmp_path, monkeypatch):
     """Issue 18: the source string was classified again in four places."""
     from helpers import write_image_folder
-    from zfjax import data, loader
+    from zfjax.inputs import data, loader
 
     folder = str(write_image_folder(tmp_path / "images", ["a", "b"], 2, shape=(20, 20)))
     calls = []

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from helpers import interruptible, write_image_folder
-from zfjax import artifacts, checkpoints, data, progress, trainer
+from zfjax import artifacts, progress
+from zfjax.inputs import data
+from zfjax.train import checkpoints, trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -363,7 +365,7 @@ def test_distributed_without_a_cluster_is_one_line():
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from zfjax import checkpoints
+    from zfjax.train import checkpoints
     with checkpoints.lock_run_folder(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(600)
@@ -428,7 +430,7 @@ def test_written_files_honour_the_umask(tmp_path, umask, mode):
 
     old = os.umask(umask)
     try:
-        checkpoints.write_json(tmp_path / "config.json", {"a": 1})
+        artifacts.write_json(tmp_path / "config.json", {"a": 1})
         checkpoints.save_mean(tmp_path, np.zeros((2, 2, 3), np.float32))
         artifacts.save_npz(tmp_path / "x.npz", a=np.zeros(2))
         artifacts.save_png(plt.figure(), tmp_path / "x.png")

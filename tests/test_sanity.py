@@ -12,7 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from zfjax import checkpoints, data, loader, model, run, sanity
+from zfjax.analyses import sanity
+from zfjax.inputs import data, loader
+from zfjax.nets import model
+from zfjax.train import checkpoints, run
 from helpers import TINY, random_params, write_tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,11 +1,11 @@
-"""zfjax.similarity against independent references: scipy's Spearman (ties averaged) and a
+"""zfjax.analyses.similarity against independent references: scipy's Spearman (ties averaged) and a
 direct NumPy SSIM over every window."""
 
 import numpy as np
 import scipy.stats
 from numpy.lib.stride_tricks import sliding_window_view
 
-from zfjax import similarity
+from zfjax.analyses import similarity
 
 
 def _maps(seed=0):

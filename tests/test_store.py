@@ -1,4 +1,4 @@
-"""Tests for zfjax.store and prepare.py: prepared ArrayRecord stores."""
+"""Tests for zfjax.inputs.store and prepare.py: prepared ArrayRecord stores."""
 
 import json
 import logging
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zfjax import data, store
+from zfjax.inputs import data, store
 
 from helpers import interruptible, write_image_folder
 
@@ -257,7 +257,7 @@ def test_a_damaged_shard_is_named_in_one_line_and_prepare_redoes_only_it(folder,
                                                                         tmp_path, how):
     import shutil
 
-    from zfjax import loader
+    from zfjax.inputs import loader
 
     out = tmp_path / "s"
     shutil.copytree(prepared.path, out)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from helpers import write_image_folder, write_snapshots
-from zfjax import data, store
+from zfjax.inputs import data, store
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from zfjax import strongest
+from zfjax.nets import strongest
 
 
 def test_per_image_and_strongest_map_equal_argmax_with_ties_first():

@@ -1,4 +1,4 @@
-"""TensorBoard events of a run (zfjax.tensorboard_events), read back with tensorboard's
+"""TensorBoard events of a run (zfjax.train.tensorboard_events), read back with tensorboard's
 own EventAccumulator."""
 
 import io
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import tensorboard_events
+from zfjax.train import tensorboard_events
 
 pytest.importorskip("tensorboard")
 
@@ -58,7 +58,7 @@ class _RandomSnapshots:
         return None
 
     def __call__(self, run_dir, epoch, config, params, probe):
-        from zfjax import evolution
+        from zfjax.analyses import evolution
 
         rng = np.random.default_rng(epoch)
         return evolution.save_snapshot(run_dir, epoch, {
@@ -69,8 +69,8 @@ class _RandomSnapshots:
 def test_a_run_and_its_resume_write_step_and_epoch_scalars_and_snapshots(tmp_path, monkeypatch):
     """A tiny training run (its step compiles: about 10 s): 8 images in batches of 4."""
     from helpers import TINY, write_image_folder
-    from zfjax import trainer, training
-    from zfjax.run import DataSpec, RunDir, RunSpec
+    from zfjax.train import trainer, training
+    from zfjax.train.run import DataSpec, RunDir, RunSpec
 
     folder = write_image_folder(tmp_path / "images", ["a", "b"], 4, shape=(40, 40))
     spec = RunSpec(TINY, training.TrainConfig(epochs=1, batch_size=4), DataSpec(str(folder)))

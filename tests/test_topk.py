@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import data, deconv, model, render, strongest, topk
+from zfjax import render
+from zfjax.analyses import topk
+from zfjax.inputs import data
+from zfjax.nets import deconv, model, strongest
 from zfjax.figures import topk as topk_figure
-from zfjax.receptive_field import receptive_field, receptive_field_size
+from zfjax.nets.receptive_field import receptive_field, receptive_field_size
 from helpers import random_params
 
 SMALL = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)

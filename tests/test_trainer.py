@@ -1,4 +1,4 @@
-"""Tests for zfjax.trainer and train.py: a real smoke run, exact resume after kill -9, errors."""
+"""Tests for zfjax.train.trainer and train.py: a real smoke run, exact resume after kill -9, errors."""
 
 import dataclasses
 import json
@@ -15,9 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfjax import checkpoints, evolution, model, trainer, training
+from zfjax import artifacts
+from zfjax.analyses import evolution
+from zfjax.nets import model
+from zfjax.train import checkpoints, trainer, training
 from zfjax.figures.curves import plot_curves
-from zfjax.run import PRESETS, DataSpec, RunSpec
+from zfjax.train.run import PRESETS, DataSpec, RunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -88,7 +91,7 @@ def test_smoke_run_on_real_images_learns_and_writes_everything(tmp_path):
     assert config == he and record.epoch == 2 and mean.shape == (73, 73, 3)
     assert record.metrics["val_top1"] == metrics[1]["val_top1"]
     mesh = training.make_mesh()
-    from zfjax import data
+    from zfjax.inputs import data
     val = data.load_split(str(IMAGENETTE), "val", 64, limit=100, progress=False)
     top1, top5 = trainer.evaluate(training.replicate(params, mesh),
                                   training.make_eval_step(config, mesh), val, mean, config, 16,
@@ -104,7 +107,7 @@ def test_smoke_run_on_real_images_learns_and_writes_everything(tmp_path):
 # resumed in this process (which has them compiled already) writes its own.
 KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
-    from zfjax import training
+    from zfjax.train import training
     import train
     train.snapshot_hook = lambda: None
     make_step = training.make_stored_train_step
@@ -197,7 +200,7 @@ def test_ctrl_c_names_the_mid_epoch_checkpoint_that_resume_uses(folder, tmp_path
 
 def test_existing_run_needs_resume(folder, tmp_path):
     (tmp_path / "checkpoints" / "1").mkdir(parents=True)
-    checkpoints.write_json(tmp_path / "config.json", {"format": checkpoints.RUN_FORMAT})
+    artifacts.write_json(tmp_path / "config.json", {"format": checkpoints.RUN_FORMAT})
     run = RunSpec(TINY, training.TrainConfig(batch_size=16), DataSpec(str(folder)))
     with pytest.raises(FileExistsError, match="already holds checkpoints; pass --resume"):
         trainer.fit(run, tmp_path, progress=False)

@@ -1,4 +1,4 @@
-"""Tests for zfjax.training: filter renormalisation, the step, learning-rate rules, devices."""
+"""Tests for zfjax.train.training: filter renormalisation, the step, learning-rate rules, devices."""
 
 import dataclasses
 import sys
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from helpers import BATCH, TINY10 as TINY  # the shared tiny network: one compile per process
-from zfjax import model, training
+from zfjax.nets import model
+from zfjax.train import training
 
 ROOT = Path(__file__).resolve().parents[1]
 

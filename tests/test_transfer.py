@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from zfjax import data, model, network, transfer
+from zfjax.analyses import transfer
+from zfjax.inputs import data
+from zfjax.nets import model, network
 from helpers import random_params
 from helpers import TINY, write_image_folder, write_tiny_run
 

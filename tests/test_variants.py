@@ -9,8 +9,10 @@ import pytest
 import csv
 
 import train
-from zfjax import checkpoints, deconv, model, network, training
-from zfjax.run import RunDir
+from zfjax import artifacts
+from zfjax.nets import deconv, model, network
+from zfjax.train import checkpoints, training
+from zfjax.train.run import RunDir
 from helpers import random_params
 from test_training import TINY, _batch, _rms
 
@@ -30,14 +32,15 @@ def test_no_renorm_switches_off_filter_renormalisation():
 # ---- the Table 3 sweep: reading run folders back -------------------------------------
 
 def _fake_run(run_dir, config, metrics):
-    from zfjax import checkpoints
-    checkpoints.write_json(run_dir / checkpoints.CONFIG_FILE,
+    from zfjax.train import checkpoints
+    artifacts.write_json(run_dir / checkpoints.CONFIG_FILE,
                            {"model": checkpoints.config_dict(config)})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
 
 
 def test_sweep_rows_are_the_last_epochs_errors_and_the_parameter_count(tmp_path):
-    from zfjax import model, sweep
+    from zfjax.nets import model
+    from zfjax.train import sweep
     from helpers import random_params
 
     assert sweep.state(tmp_path / "a", 2) == "new"
@@ -127,7 +130,7 @@ def test_sweep_trains_each_variant_once_resumes_and_writes_table3(tmp_path, caps
                                                                   monkeypatch):
     import sweep as sweep_cli
     from PIL import Image
-    from zfjax import sweep
+    from zfjax.train import sweep
 
     # Without train.py's per-epoch Fig. 4 snapshots (nothing here reads them): their
     # compiles, every layer's projections for each variant, were 40% of this test's CPU.

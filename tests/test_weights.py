@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from zfjax import model, network, preprocessing, weights
+from zfjax.nets import model, network, preprocessing, weights
 from helpers import write_keras3
 
 VGG_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -273,6 +274,18 @@ def _exchange(a: Path, b: Path) -> None:
         raise
     os.rename(aside / "old", a)
     os.rmdir(aside)
+
+
+def write_json(path, obj) -> None:
+    """Writes obj as JSON atomically (temporary file + rename)."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def atomic_write(path, write) -> None:
+    """Calls write(binary file) on a temporary file next to path, then renames it to
+    path (atomic_path: all or nothing, with the umask's permissions)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def save_npz(path, **arrays) -> Path:

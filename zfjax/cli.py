@@ -14,7 +14,9 @@ import numpy as np
 
 from typing import NamedTuple
 
-from zfjax import argtypes, artifacts, data, loading, network
+from zfjax import argtypes, artifacts, loading
+from zfjax.inputs import data
+from zfjax.nets import network
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,7 +171,7 @@ def output_folder(args, info: dict) -> pathlib.Path:
 def check_output_folder(args) -> None:
     """Raises ValueError unless the output folder of ``args`` (``--out``, else the
     target's <run>/figures) exists as a writable folder or can be made; makes nothing."""
-    from zfjax.run import RunDir
+    from zfjax.train.run import RunDir
 
     if getattr(args, "out", None) is not None:
         folder, flag = pathlib.Path(args.out).absolute(), f"--out {args.out}"

@@ -19,8 +19,9 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from zfjax import data, network, preprocessing, weights
-from zfjax.network import Network
+from zfjax.inputs import data
+from zfjax.nets import network, preprocessing, weights
+from zfjax.nets.network import Network
 
 
 class Model(NamedTuple):
@@ -61,7 +62,7 @@ def load(target, *, arch: str | None = None, epoch: int | None = None) -> Model:
                 "class_names": classes, "data": None}
         return Model(loaded.config, jax.device_put(loaded.params), loaded.preprocessing, classes,
                      info)
-    from zfjax.run import RunDir
+    from zfjax.train.run import RunDir
 
     run_dir, found_epoch = RunDir.locate(target)
     params, config, mean, record = run_dir.load(epoch if epoch is not None else found_epoch)

@@ -204,3 +204,31 @@ def fit_pairs(projections, patches, side: int) -> tuple[np.ndarray, np.ndarray]:
         out_p[i] = fit(trim(shown[i], box), side)
         out_q[i] = fit(trim(flat_q[i], box), side)
     return out_p.reshape(lead + out_p.shape[1:]), out_q.reshape(lead + out_q.shape[1:])
+
+
+TILE_GAP, PATCH_GAP = 2, 8  # pixels between the tiles of a Fig. 4 block, and before its patches
+
+
+def evolution_block(projections: np.ndarray, patches: np.ndarray, side: int) -> np.ndarray:
+    """One layer's block of Fig. 4: rows = maps, columns = epochs, then the patch column.
+
+    projections float32 (E, K, R, R, 3) (epoch-major), patches uint8 (K, R, R, 3).
+    Each tile is cut to the part inside the image (``content_box``; the
+    patch with the last epoch's projection), each projection stretched on its own
+    (``to_display``) and scaled to ``side`` px. Returns uint8
+    (K*(side+gap)-gap, (E+1)*(side+gap)-gap+patch_gap, 3) on white.
+    """
+    e, k = projections.shape[:2]
+    step = side + TILE_GAP
+    out = np.full((k * step - TILE_GAP, (e + 1) * step - TILE_GAP + PATCH_GAP, 3), 255, np.uint8)
+    shown = to_display(projections)
+    for i in range(k):
+        y = i * step
+        for j in range(e):  # each epoch's winner may sit elsewhere: trim each tile alone
+            box = content_box(projections[j, i])
+            out[y:y + side, j * step:j * step + side] = fit(
+                trim(shown[j, i], box), side)
+        box = content_box(projections[-1, i], patches[i])
+        x = e * step + PATCH_GAP
+        out[y:y + side, x:x + side] = fit(trim(patches[i], box), side)
+    return out

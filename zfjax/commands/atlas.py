@@ -1,6 +1,6 @@
 """``visualize.py atlas RUN_OR_WEIGHTS --out DIR``: a browsable static site of a network.
 
-Mines every conv layer in one pass over the split (``zfjax.atlas``), then writes the
+Mines every conv layer in one pass over the split (``zfjax.analyses.atlas``), then writes the
 site (``zfjax.figures.atlas_site``) into a temporary folder beside DIR and swaps it in,
 so DIR is always a whole atlas. A re-run replaces what the earlier atlas wrote and keeps
 everything else in DIR (files the user added), saying so in one line.
@@ -18,9 +18,13 @@ import time
 
 import numpy as np
 
-from zfjax import argtypes, artifacts, atlas, checkpoints, cli, data, model, progress, render
+from zfjax import argtypes, artifacts, cli, progress, render
+from zfjax.analyses import atlas
+from zfjax.inputs import data
+from zfjax.nets import model
+from zfjax.train import checkpoints
 from zfjax.figures import atlas_site
-from zfjax.run import RunDir
+from zfjax.train.run import RunDir
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
@@ -148,7 +152,7 @@ def run(args) -> list[pathlib.Path]:
     run_info["facts"] = facts
     snapshots = None
     if info.get("run_dir"):
-        from zfjax import evolution
+        from zfjax.analyses import evolution
 
         if evolution.snapshot_dir(info["run_dir"]).is_dir():
             snapshots = evolution.load_snapshots(info["run_dir"])

@@ -1,4 +1,4 @@
-"""``visualize.py convergence RUN``: paper Fig. 4 measured (core ``zfjax.convergence``,
+"""``visualize.py convergence RUN``: paper Fig. 4 measured (core ``zfjax.analyses.convergence``,
 figure ``zfjax.figures.convergence``)."""
 
 from __future__ import annotations
@@ -8,7 +8,10 @@ import pathlib
 
 import numpy as np
 
-from zfjax import argtypes, artifacts, checkpoints, cli, convergence, evolution, strongest
+from zfjax import argtypes, artifacts, cli
+from zfjax.analyses import convergence, evolution
+from zfjax.nets import strongest
+from zfjax.train import checkpoints
 from zfjax.figures.convergence import plot_convergence
 
 

@@ -1,5 +1,5 @@
 """``visualize.py correspondence``: paper Table 1 from a parts file (core
-``zfjax.correspondence``, figure ``zfjax.figures.correspondence``)."""
+``zfjax.analyses.correspondence``, figure ``zfjax.figures.correspondence``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import jax
 import numpy as np
 from PIL import Image
 
-from zfjax import argtypes, artifacts, cli, correspondence, data, model
+from zfjax import argtypes, artifacts, cli
+from zfjax.analyses import correspondence
+from zfjax.inputs import data
+from zfjax.nets import model
 from zfjax.figures.correspondence import plot_correspondence
 
 

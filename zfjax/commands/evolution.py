@@ -1,12 +1,13 @@
 """``visualize.py evolution RUN_DIR``: paper Fig. 4 from the snapshots train.py saved (core
-``zfjax.evolution``, figure ``zfjax.figures.evolution``)."""
+``zfjax.analyses.evolution``, figure ``zfjax.figures.evolution``)."""
 
 from __future__ import annotations
 
 import argparse
 import pathlib
 
-from zfjax import argtypes, artifacts, evolution
+from zfjax import argtypes, artifacts
+from zfjax.analyses import evolution
 from zfjax.figures.evolution import DPI, evolution_figure
 
 

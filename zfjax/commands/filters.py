@@ -1,5 +1,5 @@
 """``visualize.py filters``: paper Fig. 6 for one run or two side by side (core
-``zfjax.filters``, figure ``zfjax.figures.filters``)."""
+``zfjax.analyses.filters``, figure ``zfjax.figures.filters``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pathlib
 
 import numpy as np
 
-from zfjax import argtypes, artifacts, cli, filters, model
+from zfjax import argtypes, artifacts, cli
+from zfjax.analyses import filters
+from zfjax.nets import model
 from zfjax.figures.filters import plot_filters
 
 MAPS = 36  # conv2 maps shown

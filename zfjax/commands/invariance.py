@@ -1,4 +1,4 @@
-"""``visualize.py invariance``: paper Fig. 5 (core ``zfjax.invariance``, figure
+"""``visualize.py invariance``: paper Fig. 5 (core ``zfjax.analyses.invariance``, figure
 ``zfjax.figures.invariance``)."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import pathlib
 
 import numpy as np
 
-from zfjax import argtypes, artifacts, cli, invariance
+from zfjax import argtypes, artifacts, cli
+from zfjax.analyses import invariance
 from zfjax.figures.invariance import plot_invariance
 
 IMAGES = 5  # the paper's five example images

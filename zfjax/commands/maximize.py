@@ -1,4 +1,4 @@
-"""``visualize.py maximize``: activation maximisation (core ``zfjax.maximize``, figure
+"""``visualize.py maximize``: activation maximisation (core ``zfjax.analyses.maximize``, figure
 ``zfjax.figures.maximize``)."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import sys
 import jax
 import numpy as np
 
-from zfjax import argtypes, artifacts, cli, maximize, model, render
+from zfjax import argtypes, artifacts, cli, render
+from zfjax.analyses import maximize
+from zfjax.nets import model
 from zfjax.figures.maximize import plot_maximize
 from zfjax.progress import bar as progress_bar
 

@@ -1,4 +1,4 @@
-"""``visualize.py methods``: attribution methods side by side (core ``zfjax.methods``,
+"""``visualize.py methods``: attribution methods side by side (core ``zfjax.analyses.methods``,
 figure ``zfjax.figures.methods``)."""
 
 from __future__ import annotations
@@ -8,10 +8,13 @@ import pathlib
 
 import numpy as np
 
-from zfjax import argtypes, artifacts, cli, data, methods, model, render
+from zfjax import argtypes, artifacts, cli, render
+from zfjax.analyses import methods
+from zfjax.inputs import data
+from zfjax.nets import model
 from zfjax.commands.occlusion import class_index
 from zfjax.figures.methods import plot_methods
-from zfjax.receptive_field import receptive_field
+from zfjax.nets.receptive_field import receptive_field
 
 IMAGES = 3  # rows of images in the figure by default
 

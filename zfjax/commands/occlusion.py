@@ -1,4 +1,4 @@
-"""``visualize.py occlusion``: paper Fig. 7 (core ``zfjax.occlusion``, figure
+"""``visualize.py occlusion``: paper Fig. 7 (core ``zfjax.analyses.occlusion``, figure
 ``zfjax.figures.occlusion``)."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import pathlib
 import jax
 import numpy as np
 
-from zfjax import argtypes, artifacts, cli, model, occlusion, render
+from zfjax import argtypes, artifacts, cli, render
+from zfjax.analyses import occlusion
+from zfjax.nets import model
 from zfjax.figures.occlusion import plot_occlusion
 
 IMAGES = 3  # rows of the figure, as in the paper

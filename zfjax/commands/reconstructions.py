@@ -1,5 +1,5 @@
 """``visualize.py reconstructions``: whole layer and strongest activation after each pooling
-stage (core ``zfjax.reconstructions``, figure ``zfjax.figures.reconstructions``)."""
+stage (core ``zfjax.analyses.reconstructions``, figure ``zfjax.figures.reconstructions``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pathlib
 import jax
 import numpy as np
 
-from zfjax import artifacts, cli, model, reconstructions
+from zfjax import artifacts, cli
+from zfjax.analyses import reconstructions
+from zfjax.nets import model
 from zfjax.figures.reconstructions import plot_reconstructions
 
 

@@ -1,4 +1,4 @@
-"""``visualize.py sanity``: the sanity checks of Adebayo et al. 2018 (core ``zfjax.sanity``,
+"""``visualize.py sanity``: the sanity checks of Adebayo et al. 2018 (core ``zfjax.analyses.sanity``,
 figures ``zfjax.figures.sanity``)."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import pathlib
 import jax
 import numpy as np
 
-from zfjax import argtypes, artifacts, attribution, cli, model, network, sanity
+from zfjax import argtypes, artifacts, cli
+from zfjax.analyses import sanity
+from zfjax.nets import attribution, model, network
 from zfjax.figures.sanity import plot_maps, plot_similarity
 from zfjax.progress import bar as progress_bar
 

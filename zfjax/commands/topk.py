@@ -1,4 +1,4 @@
-"""``visualize.py topk``: paper Fig. 2 over a split (core ``zfjax.topk``, figure
+"""``visualize.py topk``: paper Fig. 2 over a split (core ``zfjax.analyses.topk``, figure
 ``zfjax.figures.topk``)."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ import pathlib
 
 import numpy as np
 
-from zfjax import argtypes, artifacts, cli, model, strongest, topk
+from zfjax import argtypes, artifacts, cli
+from zfjax.analyses import topk
+from zfjax.nets import model, strongest
 from zfjax.figures.topk import plot_topk
 from zfjax.render import shown_path
 

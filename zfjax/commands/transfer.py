@@ -1,4 +1,4 @@
-"""``visualize.py transfer``: paper Tables 4-7 and Fig. 9 (core ``zfjax.transfer``, figure
+"""``visualize.py transfer``: paper Tables 4-7 and Fig. 9 (core ``zfjax.analyses.transfer``, figure
 ``zfjax.figures.transfer``)."""
 
 from __future__ import annotations
@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from zfjax import argtypes, artifacts, cli, data, transfer
+from zfjax import argtypes, artifacts, cli
+from zfjax.analyses import transfer
+from zfjax.inputs import data
 from zfjax.figures.transfer import plot_transfer
 from zfjax.render import shown_path
 

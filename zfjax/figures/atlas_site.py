@@ -31,9 +31,9 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from zfjax import model, render
-from zfjax.figures.evolution import evolution_block
-from zfjax.receptive_field import crop_to_receptive_field, receptive_field, receptive_field_size
+from zfjax import render
+from zfjax.nets import model
+from zfjax.nets.receptive_field import crop_to_receptive_field, receptive_field, receptive_field_size
 from zfjax.figures.topk import mosaic
 
 MANIFEST = "atlas.json"  # what was built; its format marker makes the folder a zfjax atlas
@@ -244,7 +244,7 @@ def write_site(config: model.Network, atlas, display, folder, *, names=None, cla
                progress=None) -> list[pathlib.Path]:
     """Write the atlas site into ``folder`` (made if missing; existing files are overwritten).
 
-    atlas: ``zfjax.atlas.Atlas``; display: uint8 (N, H, W, 3) images as shown (or lazily
+    atlas: ``zfjax.analyses.atlas.Atlas``; display: uint8 (N, H, W, 3) images as shown (or lazily
     made: indexable by an int array), indexed by the atlas's image indices; names: N image
     names or None; class_names: the run's class names (WordNet ids become ImageNet names);
     rgb: the model's ``Preprocessing.rgb`` (projections of BGR networks become RGB);
@@ -494,7 +494,7 @@ def _layer_page(folder, config, layer, layer_atlas, display, names, labels, coun
                 for i in best[:CLASSES_ON_CARD]) + "</p>")
         if followed and ch in followed:
             epochs, evo_projections, evo_patch = followed[ch]
-            block = evolution_block(rgb(evo_projections)[:, None], evo_patch[None], CARD_SIDE)
+            block = render.evolution_block(rgb(evo_projections)[:, None], evo_patch[None], CARD_SIDE)
             size = save_jpeg(block, folder / f"{stem}-evolution.jpg")
             parts.append(f'<div class="evo">evolution over epochs {epochs[0]}&ndash;{epochs[-1]} '
                          f"(strongest projection on the run's probe images each epoch, then the "

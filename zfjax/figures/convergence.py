@@ -1,11 +1,11 @@
 """Paper Fig. 4 measured: features compared with the final epoch's, against epochs (core
-``zfjax.convergence``)."""
+``zfjax.analyses.convergence``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from zfjax.convergence import SETTLED, Convergence
+from zfjax.analyses.convergence import SETTLED, Convergence
 
 
 def plot_convergence(result: Convergence, *, title: str | None = None,

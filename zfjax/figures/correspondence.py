@@ -1,5 +1,5 @@
 """Paper Table 1 as a figure: the images with their part boxes, and Delta per part and layer
-(core ``zfjax.correspondence``)."""
+(core ``zfjax.analyses.correspondence``)."""
 
 from __future__ import annotations
 

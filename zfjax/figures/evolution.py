@@ -1,47 +1,23 @@
 """Paper Fig. 4: feature evolution, one block per layer, maps (rows) over epochs (columns),
-from the snapshots of ``zfjax.evolution``."""
+from the snapshots of ``zfjax.analyses.evolution``."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from zfjax import model, render
+from zfjax import render
+from zfjax.nets import model
 
 DPI = 100
 _SCREEN_WIDTH = 1900  # pixels the whole figure aims to fit
-_GAP, _PATCH_GAP, _BLOCK_GAP = 2, 8, 44  # pixels between tiles, before patches, between blocks
+_BLOCK_GAP = 44  # pixels between blocks
 _HEADER, _FOOTER = 44, 30  # pixels for the title and column heads, and the layer names
 
 
 def tile_side(layers: int, columns: int, screen: int = _SCREEN_WIDTH) -> int:
     """Pixel side of one tile so that ``layers`` blocks of ``columns`` tiles fit ``screen``."""
-    per_block = (screen - _BLOCK_GAP * (layers + 1)) / layers - _PATCH_GAP
-    return int(min(96, max(32, per_block // columns - _GAP)))
-
-
-def evolution_block(projections: np.ndarray, patches: np.ndarray, side: int) -> np.ndarray:
-    """One layer's block of Fig. 4: rows = maps, columns = epochs, then the patch column.
-
-    projections float32 (E, K, R, R, 3) (epoch-major), patches uint8 (K, R, R, 3).
-    Each tile is cut to the part inside the image (``render.content_box``; the
-    patch with the last epoch's projection), each projection stretched on its own
-    (``render.to_display``) and scaled to ``side`` px. Returns uint8
-    (K*(side+gap)-gap, (E+1)*(side+gap)-gap+patch_gap, 3) on white.
-    """
-    e, k = projections.shape[:2]
-    step = side + _GAP
-    out = np.full((k * step - _GAP, (e + 1) * step - _GAP + _PATCH_GAP, 3), 255, np.uint8)
-    shown = render.to_display(projections)
-    for i in range(k):
-        y = i * step
-        for j in range(e):  # each epoch's winner may sit elsewhere: trim each tile alone
-            box = render.content_box(projections[j, i])
-            out[y:y + side, j * step:j * step + side] = render.fit(
-                render.trim(shown[j, i], box), side)
-        box = render.content_box(projections[-1, i], patches[i])
-        x = e * step + _PATCH_GAP
-        out[y:y + side, x:x + side] = render.fit(render.trim(patches[i], box), side)
-    return out
+    per_block = (screen - _BLOCK_GAP * (layers + 1)) / layers - render.PATCH_GAP
+    return int(min(96, max(32, per_block // columns - render.TILE_GAP)))
 
 
 def evolution_figure(snapshots: dict, epochs, *, title: str | None = None):
@@ -60,7 +36,7 @@ def evolution_figure(snapshots: dict, epochs, *, title: str | None = None):
     layers = sorted((key.split("/")[0] for key in last if key.endswith("/channels")),
                     key=model.network.layer_order)
     side = tile_side(len(layers), len(epochs) + 1)
-    blocks = [evolution_block(
+    blocks = [render.evolution_block(
         np.stack([snapshots[e][f"{layer}/projections"] for e in epochs]),
         last[f"{layer}/patches"], side) for layer in layers]
     width = _BLOCK_GAP + sum(b.shape[1] + _BLOCK_GAP for b in blocks)
@@ -72,10 +48,10 @@ def evolution_figure(snapshots: dict, epochs, *, title: str | None = None):
         ax = fig.add_axes((x / width, 1 - (_HEADER + bh) / height, bw / width, bh / height))
         ax.imshow(block, interpolation="nearest")
         ax.set_axis_off()
-        step = side + _GAP
+        step = side + render.TILE_GAP
         heads = [str(e) for e in epochs] + ["patch"]
         for j, head in enumerate(heads):
-            cx = j * step + side / 2 + (_PATCH_GAP if j == len(epochs) else 0)
+            cx = j * step + side / 2 + (render.PATCH_GAP if j == len(epochs) else 0)
             ax.text(cx, -4, head, ha="center", va="bottom", fontsize=7)
         for i, channel in enumerate(last[f"{layer}/channels"]):
             ax.text(-4, i * step + side / 2, f"#{int(channel)}", ha="right", va="center",

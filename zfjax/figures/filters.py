@@ -1,5 +1,5 @@
 """Paper Fig. 6: conv1 filters, their strengths and conv2 features, one column per run
-(core ``zfjax.filters``)."""
+(core ``zfjax.analyses.filters``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 
-from zfjax import filters, render
+from zfjax import render
+from zfjax.analyses import filters
 
 
 def grid(patches: np.ndarray, columns: int | None = None, *, pad: int = 1,

@@ -1,10 +1,10 @@
-"""Paper Fig. 5: invariance to translation, scale and rotation (core ``zfjax.invariance``)."""
+"""Paper Fig. 5: invariance to translation, scale and rotation (core ``zfjax.analyses.invariance``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from zfjax.invariance import LAYER7, TRANSFORMS
+from zfjax.analyses.invariance import LAYER7, TRANSFORMS
 
 AXIS_LABELS = {"translate": "vertical translation (pixels)", "scale": "scale (ratio)",
                "rotate": "rotation (degrees)"}

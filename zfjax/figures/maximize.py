@@ -1,5 +1,5 @@
 """Activation maximisation: the optimised images and their responses over the steps (core
-``zfjax.maximize``)."""
+``zfjax.analyses.maximize``)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """Attribution methods side by side: two rows per image (its strongest unit, its predicted
-class), one column per method (core ``zfjax.methods``)."""
+class), one column per method (core ``zfjax.analyses.methods``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from zfjax import render
-from zfjax.methods import TARGETS
+from zfjax.analyses.methods import TARGETS
 
 TITLES = {"deconvnet": "deconvnet", "guided_backprop": "guided backprop",
           "gradient": "gradient", "gradient_x_input": "gradient × input",

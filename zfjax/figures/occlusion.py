@@ -1,4 +1,4 @@
-"""Paper Fig. 7: occlusion sensitivity, five columns per image (core ``zfjax.occlusion``)."""
+"""Paper Fig. 7: occlusion sensitivity, five columns per image (core ``zfjax.analyses.occlusion``)."""
 
 from __future__ import annotations
 

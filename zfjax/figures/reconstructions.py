@@ -1,5 +1,5 @@
 """Deconvnet reconstructions, whole layer and strongest activation (core
-``zfjax.reconstructions``)."""
+``zfjax.analyses.reconstructions``)."""
 
 from __future__ import annotations
 

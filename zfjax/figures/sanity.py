@@ -1,6 +1,6 @@
 """Sanity checks (Adebayo et al. 2018): the maps as the network is randomised (their
 Fig. 2) and the similarity to the trained network's maps against randomisation depth
-(core ``zfjax.sanity``)."""
+(core ``zfjax.analyses.sanity``)."""
 
 from __future__ import annotations
 

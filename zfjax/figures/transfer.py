@@ -1,11 +1,11 @@
 """Paper Table 7 and Fig. 9: accuracy of linear classifiers per layer, and of the top
-layer's softmax against training images per class (core ``zfjax.transfer``)."""
+layer's softmax against training images per class (core ``zfjax.analyses.transfer``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from zfjax.transfer import Curve, LayerResult, Scratch
+from zfjax.analyses.transfer import Curve, LayerResult, Scratch
 
 
 def plot_transfer(rows: list[LayerResult], curve: Curve | None, *, title: str | None = None,

@@ -1,0 +1,458 @@
+"""Attribution methods: one reverse engine, each method a rule at the ReLUs.
+
+The engine re-runs the forward pass over the network's stage table with two
+stages swapped for rule-carrying twins whose forward is unchanged and whose
+backward is the method's rule, then pulls a starting signal on the target back
+to the input with ``jax.vjp`` (convs transpose, max-pools unpool through their
+switches with a scatter-add, as in ``zfjax.nets.deconv``):
+
+============  ==============================  =====================  ==================
+method        backward at a ReLU (signal g)   contrast norm          starting signal
+============  ==============================  =====================  ==================
+deconvnet     relu(g)                         passed through         target activation
+guided        relu(g) * (forward act > 0)     true gradient          1 on the target
+gradient      g * (forward act > 0)           true gradient          1 on the target
+============  ==============================  =====================  ==================
+
+``gradient`` is exactly ``jax.grad`` of the target. Built on top, batched with
+``vmap``: gradient x input, SmoothGrad, integrated gradients and Grad-CAM.
+
+Targets (``Target``): one unit (layer, channel, y, x), a whole feature map
+(layer, channel) or a class logit (``LOGITS``, class). Every function is pure,
+jit-compiled and vmappable; each image has its own target.
+
+A single-unit target runs inside the unit's receptive-field window (``unit_cone``),
+as ``deconv.project_units`` does: the forward re-runs on each op's window only, with
+the full forward's zero / -inf padding where the window leaves the map, so its values,
+ReLU masks and switches, hence the maps, are the dense pass's (``attribute(...,
+window=False)``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from zfjax.nets import model
+from zfjax.nets.deconv import check_range
+from zfjax.nets.network import LRN, Network, SpatialOp, grow, map_end, ops_below, stages
+
+LOGITS = "logits"
+
+
+class Rule(NamedTuple):
+    """How a method runs backwards: ``relu`` 'rectify' | 'guided' | 'mask' (table above);
+    ``norm`` 'pass' (identity) | 'grad' (true VJP); ``start`` 'activation' | 'one'."""
+
+    relu: str
+    norm: str
+    start: str
+
+
+RULES = {
+    "deconvnet": Rule("rectify", "pass", "activation"),
+    "guided_backprop": Rule("guided", "grad", "one"),
+    "gradient": Rule("mask", "grad", "one"),
+}
+
+
+class Target(NamedTuple):
+    """What to explain, per image. ``layer``: a map layer (``model.projectable_layers``)
+    or ``LOGITS``. ``channel``: the map, or the class for logits; int () or (N,).
+    ``y``, ``x``: a single unit's position, int () or (N,); None for the whole map
+    (and for logits)."""
+
+    layer: str
+    channel: object
+    y: object = None
+    x: object = None
+
+
+class Attribution(NamedTuple):
+    """maps float32 (N, H, W, 3): attribution per input value; outputs float32 (N,):
+    the target's value at each input (a unit's activation, a map's sum, a logit)."""
+
+    maps: jax.Array
+    outputs: jax.Array
+
+
+class PathAttribution(NamedTuple):
+    """Integrated gradients: maps float32 (N, H, W, 3); outputs and baseline_outputs
+    float32 (N,), the target at the input and at the baseline. Completeness:
+    maps.sum((1, 2, 3)) ~= outputs - baseline_outputs, closer with more steps."""
+
+    maps: jax.Array
+    outputs: jax.Array
+    baseline_outputs: jax.Array
+
+
+class GradCam(NamedTuple):
+    """maps float32 (N, h, w): relu(sum_c weights_c * activation_c) on the chosen layer's
+    grid; weights float32 (N, C): the target's gradient averaged over that grid."""
+
+    maps: jax.Array
+    weights: jax.Array
+
+
+# ---- the rules at ReLU and contrast normalisation ----------------------------------
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _ruled_relu(rule: str, x):
+    return jax.nn.relu(x)
+
+
+def _ruled_relu_fwd(rule, x):
+    out = jax.nn.relu(x)
+    return out, out
+
+
+def _ruled_relu_bwd(rule, out, g):
+    if rule == "rectify":
+        return (jax.nn.relu(g),)
+    if rule == "guided":
+        return (jnp.where(out > 0, jax.nn.relu(g), 0).astype(g.dtype),)
+    return (jnp.where(out > 0, g, 0).astype(g.dtype),)
+
+
+_ruled_relu.defvjp(_ruled_relu_fwd, _ruled_relu_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _norm_passed_through(lrn: LRN, x):
+    return model.contrast_normalize(x, lrn)
+
+
+_norm_passed_through.defvjp(lambda lrn, x: (model.contrast_normalize(x, lrn), None),
+                            lambda lrn, _, g: (g,))
+
+
+def run_stages(config: Network, params: dict, x: jax.Array, start: int, stop: int,
+               rule: Rule, *, window: bool = False) -> jax.Array:
+    """stages(config)[start:stop] on x at inference (no dropout), with the rule's ReLU
+    and contrast normalisation (``model.apply_stages``, the one interpreter of the
+    stage table): the forward values are the network's, the backward is the rule's.
+    ``window``: x is a window that already holds the padding (convs and pools unpadded)."""
+    normalize = (model.contrast_normalize if rule.norm == "grad"
+                 else lambda x, lrn: _norm_passed_through(lrn, x))
+    out, _, _ = model.apply_stages(config, params, x, start, stop,
+                                   record=False, relu=partial(_ruled_relu, rule.relu),
+                                   normalize=normalize, window=window)
+    return out
+
+
+def stop_after(config: Network, layer: str) -> int:
+    """The end (exclusive) of the stages whose output is ``layer``'s recorded map
+    (after its batch norm and ReLU, before normalisation; ``network.map_end``);
+    ``LOGITS``: every stage."""
+    table = stages(config)
+    if layer == LOGITS:
+        return len(table)
+    return map_end(table, next(i for i, s in enumerate(table) if getattr(s, "name", None) == layer))
+
+
+# ---- one image, one target ---------------------------------------------------------
+
+
+def _selection(shape, kind: str, channel, y, x) -> jax.Array:
+    """1 on the target, 0 elsewhere, over one image's output (h, w, C) or (classes,)."""
+    on_channel = jnp.arange(shape[-1]) == channel
+    if kind == "unit":
+        h, w, _ = shape
+        on_channel = ((jnp.arange(h)[:, None, None] == y) & (jnp.arange(w)[None, :, None] == x)
+                      & on_channel)
+    return jnp.broadcast_to(on_channel, shape).astype(jnp.float32)
+
+
+def _input_attribution_one(config, params, image, channel, y, x, layer, kind, rule):
+    """(H, W, 3) attribution and the target's value, for one image."""
+    stop = stop_after(config, layer)
+    out, pull_back = jax.vjp(lambda im: run_stages(config, params, im, 0, stop, rule), image[None])
+    selected = _selection(out.shape[1:], kind, channel, y, x)
+    value = jnp.sum(selected * out[0])
+    signal = selected * out[0] if rule.start == "activation" else selected
+    (maps,) = pull_back(signal[None].astype(out.dtype))
+    return maps[0].astype(jnp.float32), value.astype(jnp.float32)
+
+
+@partial(jax.jit, static_argnames=("config", "layer", "kind", "rule"))
+def _input_attribution(config, params, images, channel, y, x, layer, kind, rule):
+    return jax.vmap(_input_attribution_one, in_axes=(None, None, 0, 0, 0, 0, None, None, None))(
+        config, params, images, channel, y, x, layer, kind, rule)
+
+
+# ---- one image, one unit, inside the unit's receptive field -----------------------
+
+
+def unit_cone(config: Network, layer: str) -> tuple[tuple[SpatialOp, int], ...]:
+    """The spatial ops a unit of ``layer`` depends on, top first, each with the static
+    side of the unit's window on its output: from ``layer`` down to the first op whose
+    input window covers its whole input map (or down to the image). Below that op the
+    maps are computed whole (a window there would be no smaller)."""
+    cone, side = [], 1
+    for op in ops_below(config, layer):
+        cone.append((op, side))
+        side, _ = grow(op, side, 0)
+        if side >= op.input_size:
+            break
+    return tuple(cone)
+
+
+def _inside(offset: jax.Array, side: int, size: int) -> jax.Array:
+    """(1, side, side, 1) bool: which positions of a window at ``offset`` (y, x) lie on a
+    size x size map."""
+    pos = offset[:, None] + jnp.arange(side)
+    inside = (pos >= 0) & (pos < size)
+    return (inside[0][:, None] & inside[1][None, :])[None, :, :, None]
+
+
+def _unit_attribution_one(config, params, image, channel, y, x, layer, rule):
+    """(H, W, 3) attribution of one unit and its value, for one image: the forward runs
+    only on the unit's window at each op (``unit_cone``), with VALID convs and pools.
+    Window positions off the map hold what the full forward pads with there (0 before a
+    conv, -inf before a max-pool), so every value, ReLU mask and pooling switch in the
+    window is the full forward's and so is the pull-back; the input outside the
+    receptive field gets exactly 0, as in the dense pass."""
+    cone = unit_cone(config, layer)
+    windows, offset = {}, jnp.stack([y, x]).astype(jnp.int32)
+    for op, side in cone:
+        in_side, in_offset = grow(op, side, offset)
+        windows[op.index] = (op, side, offset, in_side, in_offset)
+        offset = in_offset
+    bottom, _, _, in_side, in_offset = windows[cone[-1][0].index]
+    fill_value = {"conv": 0.0, "pool": -jnp.inf}
+
+    def windowed(image):
+        below = run_stages(config, params, image[None], 0, bottom.index, rule)
+        fill = jnp.array(fill_value[bottom.kind], below.dtype)
+        padded = jnp.pad(below, ((0, 0), (in_side, in_side), (in_side, in_side), (0, 0)),
+                         constant_values=fill)
+        h = lax.dynamic_slice(padded, (0, in_offset[0] + in_side, in_offset[1] + in_side, 0),
+                              (1, in_side, in_side, below.shape[-1]))
+        for i in range(bottom.index, stop_after(config, layer)):
+            if i not in windows:  # ReLU, contrast normalisation, dropout: pointwise in space
+                h = run_stages(config, params, h, i, i + 1, rule)
+                continue
+            op, side, out_offset, op_in_side, op_in_offset = windows[i]
+            fill = jnp.array(fill_value[op.kind], h.dtype)
+            h = jnp.where(_inside(op_in_offset, op_in_side, op.input_size), h, fill)
+            h = run_stages(config, params, h, i, i + 1, rule, window=True)
+            if op.kind == "pool":
+                # Off-map outputs of windows that were all padding are -inf: zero them
+                # before normalisation turns them into NaN.
+                h = jnp.where(_inside(out_offset, side, op.output_size), h, 0)
+        return h[0, 0, 0]
+
+    out, pull_back = jax.vjp(windowed, image)
+    selected = (jnp.arange(out.shape[-1]) == channel).astype(out.dtype)
+    value = jnp.sum(selected * out)
+    signal = selected * out if rule.start == "activation" else selected
+    (maps,) = pull_back(signal)
+    return maps.astype(jnp.float32), value.astype(jnp.float32)
+
+
+@partial(jax.jit, static_argnames=("config", "layer", "rule"))
+def _unit_attribution(config, params, images, channel, y, x, layer, rule):
+    return jax.vmap(_unit_attribution_one, in_axes=(None, None, 0, 0, 0, 0, None, None))(
+        config, params, images, channel, y, x, layer, rule)
+
+
+# ---- the methods -------------------------------------------------------------------
+
+
+def attribute(config: Network, params: dict, images: jax.Array, target: Target,
+              method: str = "gradient", *, window: bool = True) -> Attribution:
+    """One engine pass per image: ``method`` in ``RULES`` (deconvnet, guided_backprop,
+    gradient). images (N, H, W, 3) network inputs. Returns ``Attribution``.
+
+    The deconvnet starts from the target's activations (a unit's value, a whole map:
+    ``deconv.feature_map_signal``), as ``deconv.project`` does; the others from 1.
+
+    ``window``: a unit target's pass runs only inside the unit's receptive field
+    (``unit_cone``; the same maps as the dense pass, to float rounding, and faster);
+    False runs the dense pass. Map and logit targets always run dense.
+    """
+    if method not in RULES:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(RULES)}")
+    images = jnp.asarray(images)
+    model.check_images(config, images)
+    kind, channel, y, x = _checked_target(config, target, images.shape[0])
+    if kind == "unit" and window:
+        maps, outputs = _unit_attribution(config, params, images, channel, y, x, target.layer,
+                                          RULES[method])
+    else:
+        maps, outputs = _input_attribution(config, params, images, channel, y, x, target.layer,
+                                           kind, RULES[method])
+    return Attribution(maps, outputs)
+
+
+def gradient_x_input(config: Network, params: dict, images: jax.Array,
+                     target: Target) -> Attribution:
+    """The target's gradient times the input, elementwise (Shrikumar et al. 2016)."""
+    grads = attribute(config, params, images, target, "gradient")
+    return Attribution(grads.maps * jnp.asarray(images, jnp.float32), grads.outputs)
+
+
+def smoothgrad_noise(key: jax.Array, images: jax.Array, samples: int, noise: float) -> jax.Array:
+    """SmoothGrad's noise: (N, samples, H, W, 3), Gaussian with standard deviation
+    ``noise`` times each image's value range (max - min)."""
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples <= 0:
+        raise ValueError(f"samples must be a positive whole number, got {samples!r}")
+    if not np.isfinite(noise) or noise < 0:
+        raise ValueError(f"noise must be a fraction of the input range >= 0, got {noise!r}")
+    images = jnp.asarray(images, jnp.float32)
+    spread = (images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3)))[:, None, None, None, None]
+    return noise * spread * jax.random.normal(key, (images.shape[0], samples, *images.shape[1:]))
+
+
+def smoothgrad(config: Network, params: dict, images: jax.Array, target: Target, *,
+               key: jax.Array, samples: int = 16, noise: float = 0.15,
+               method: str = "gradient") -> Attribution:
+    """SmoothGrad (Smilkov et al. 2017): ``method``'s maps averaged over ``samples``
+    noisy copies of each image (``smoothgrad_noise``), all in one batched pass.
+    outputs: the target at the clean images."""
+    images = jnp.asarray(images, jnp.float32)
+    return smoothgrad_with_noise(config, params, images, target,
+                                 smoothgrad_noise(key, images, samples, noise), method=method)
+
+
+def smoothgrad_with_noise(config: Network, params: dict, images: jax.Array, target: Target,
+                          noise: jax.Array, *, method: str = "gradient") -> Attribution:
+    """SmoothGrad with given noise (N, S, H, W, 3) (``smoothgrad_noise``)."""
+    images, noise = jnp.asarray(images, jnp.float32), jnp.asarray(noise, jnp.float32)
+    n = images.shape[0]
+    if noise.ndim != 5 or noise.shape[0] != n or noise.shape[2:] != images.shape[1:]:
+        raise ValueError(f"noise must have shape (N, samples, H, W, 3) = ({n}, S, "
+                         f"{', '.join(map(str, images.shape[1:]))}); got {tuple(noise.shape)}")
+    samples = noise.shape[1]
+    noisy = (images[:, None] + noise).reshape(n * samples, *images.shape[1:])
+    clean = attribute(config, params, images, target, method)
+    spread = _repeat_target(target, n, samples)
+    maps = attribute(config, params, noisy, spread, method).maps
+    return Attribution(maps.reshape(n, samples, *images.shape[1:]).mean(1), clean.outputs)
+
+
+def integrated_gradients(config: Network, params: dict, images: jax.Array, target: Target,
+                         baseline: jax.Array, *, steps: int = 32) -> PathAttribution:
+    """Integrated gradients (Sundararajan et al. 2017): (input - baseline) times the
+    gradient averaged over ``steps`` points of the straight path, at the middle of each
+    step (Riemann midpoint rule), all steps in one batched pass.
+
+    baseline: (H, W, 3) for every image or (N, H, W, 3) per image, in network-input
+    units: a black image's network input (e.g. ``-mean / 255`` for a zfjax run), or
+    ``blurred_baseline(images)``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps <= 0:
+        raise ValueError(f"steps must be a positive whole number, got {steps!r}")
+    images = jnp.asarray(images, jnp.float32)
+    baseline = jnp.asarray(baseline, jnp.float32)
+    n = images.shape[0]
+    if baseline.shape == images.shape[1:]:
+        baseline = jnp.broadcast_to(baseline, images.shape)
+    if baseline.shape != images.shape:
+        raise ValueError(f"baseline must have the shape of one image {tuple(images.shape[1:])} "
+                         f"or of the images {tuple(images.shape)}; got {tuple(baseline.shape)}")
+    alphas = (jnp.arange(steps, dtype=jnp.float32) + 0.5) / steps
+    delta = images - baseline
+    path = baseline[:, None] + alphas[None, :, None, None, None] * delta[:, None]
+    ends = attribute(config, params, jnp.concatenate([images, baseline]),
+                     _repeat_target(target, n, 1, copies=2), "gradient").outputs
+    grads = attribute(config, params, path.reshape(n * steps, *images.shape[1:]),
+                      _repeat_target(target, n, steps), "gradient").maps
+    mean_grad = grads.reshape(n, steps, *images.shape[1:]).mean(1)
+    return PathAttribution(delta * mean_grad, ends[:n], ends[n:])
+
+
+def blurred_baseline(images: jax.Array, sigma: float = 8.0) -> jax.Array:
+    """Each image blurred by a Gaussian of ``sigma`` pixels (edges: nearest value),
+    per channel: (N, H, W, 3), a baseline for ``integrated_gradients``."""
+    if not np.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"sigma must be > 0 pixels, got {sigma!r}")
+    images = jnp.asarray(images, jnp.float32)
+    radius = int(np.ceil(3 * sigma))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps = jnp.asarray(taps / taps.sum(), jnp.float32)
+    x = jnp.pad(images, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
+    size = images.shape[1]
+    x = sum(taps[i] * x[:, i : i + size] for i in range(2 * radius + 1))
+    return sum(taps[i] * x[:, :, i : i + images.shape[2]] for i in range(2 * radius + 1))
+
+
+def grad_cam(config: Network, params: dict, images: jax.Array, target: Target,
+             layer: str) -> GradCam:
+    """Grad-CAM (Selvaraju et al. 2017) on a conv or pool ``layer`` (its recorded,
+    rectified map) for a target above it (usually a class logit). Returns ``GradCam``."""
+    if layer not in model.projectable_layers(config):
+        raise model.unknown_layer(config, layer)
+    images = jnp.asarray(images)
+    model.check_images(config, images)
+    kind, channel, y, x = _checked_target(config, target, images.shape[0])
+    if stop_after(config, target.layer) <= stop_after(config, layer):
+        raise ValueError(f"Grad-CAM on {layer} needs a target above it; got one on "
+                         f"{target.layer}")
+    return _grad_cam(config, params, images, channel, y, x, layer, target.layer, kind)
+
+
+@partial(jax.jit, static_argnames=("config", "cam_layer", "layer", "kind"))
+def _grad_cam(config, params, images, channel, y, x, cam_layer, layer, kind):
+    rule = RULES["gradient"]
+
+    def one(image, channel, y, x):
+        below = stop_after(config, cam_layer)
+        acts = run_stages(config, params, image[None], 0, below, rule)
+        out, pull_back = jax.vjp(
+            lambda a: run_stages(config, params, a, below, stop_after(config, layer), rule), acts)
+        (grads,) = pull_back(_selection(out.shape[1:], kind, channel, y, x)[None].astype(out.dtype))
+        weights = grads[0].astype(jnp.float32).mean(axis=(0, 1))
+        return jax.nn.relu(jnp.einsum("hwc,c->hw", acts[0].astype(jnp.float32), weights)), weights
+
+    return GradCam(*jax.vmap(one)(images, channel, y, x))
+
+
+# ---- targets -----------------------------------------------------------------------
+
+
+def _checked_target(config: Network, target: Target, count: int):
+    """(kind, channel, y, x), each int32 (count,) (y, x zeros when unused); ValueError
+    for an unknown layer or a target out of range (checked unless traced)."""
+    if target.layer == LOGITS:
+        kind = "logit"
+        check_range("class", target.channel, config.num_classes, LOGITS)
+    elif target.layer in model.projectable_layers(config):
+        size = model.layer_sizes(config)[target.layer]
+        kind = "map" if target.y is None and target.x is None else "unit"
+        if kind == "unit" and (target.y is None or target.x is None):
+            raise ValueError(f"a unit target on {target.layer} needs both y and x; got "
+                             f"y={target.y!r}, x={target.x!r}")
+        check_range("channel", target.channel, model.num_channels(config, target.layer),
+                     target.layer)
+        if kind == "unit":
+            check_range("y", target.y, size, target.layer)
+            check_range("x", target.x, size, target.layer)
+    else:
+        raise ValueError(f"unknown target layer {target.layer!r}; expected one of "
+                         f"{', '.join(model.projectable_layers(config))} or {LOGITS!r}")
+    values = []
+    for name, v in (("channel", target.channel), ("y", target.y), ("x", target.x)):
+        v = jnp.zeros((), jnp.int32) if v is None else jnp.asarray(v)
+        if v.ndim > 1 or (v.ndim == 1 and v.shape[0] != count):
+            raise ValueError(f"target {name} must be one number or one per image ({count},); "
+                             f"got shape {tuple(v.shape)}")
+        values.append(jnp.broadcast_to(v.astype(jnp.int32), (count,)))
+    return (kind, *values)
+
+
+def _repeat_target(target: Target, count: int, times: int, copies: int = 1) -> Target:
+    """The target of each of ``count`` images repeated ``times`` in a row (image-major),
+    the whole ``copies`` times over."""
+    def spread(v):
+        if v is None or jnp.ndim(v) == 0:
+            return v
+        return jnp.tile(jnp.repeat(jnp.asarray(v), times), copies)
+
+    return Target(target.layer, spread(target.channel), spread(target.y), spread(target.x))

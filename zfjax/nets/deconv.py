@@ -1,0 +1,341 @@
+"""The deconvnet reverse pass (Zeiler & Fergus 2014, section 2.1).
+
+A signal placed on one layer's map is sent down to pixels, one stage at a
+time, by the inverse of each forward stage:
+
+* max-pool     -> unpool: scatter-add to the recorded switch positions;
+* relu + conv  -> rectify the signal with ReLU, then filter it with the same
+  filters transposed (``lax.conv_transpose(..., transpose_kernel=True)``);
+  a batch norm between them is folded into the conv's filters.
+
+The rule of each stage kind lives in ``model.STAGE_RULES`` (the one interpreter of
+the stage table); this module walks the conv/pool ops and their windows.
+
+Contrast normalisation is *not* inverted: the reverse pass treats it as the
+identity, as the paper does. Biases are not used. Overlapping pooling windows
+that share an argmax add their values (exact adjoint of max selection); ties
+inside a window were resolved to the first position in row-major order by the
+forward pass (see ``model.max_pool_with_switches``).
+
+Two ways to run it, with identical results:
+
+* ``project(config, params, aux, layer, signal)``: dense; any signal shaped
+  like the layer's map (one unit, one map, the whole layer).
+* ``project_units(config, params, aux, layer, units)``: many single units at
+  once; each unit's reverse pass only touches the window of its receptive
+  field: 0.47 GFLOP per ZFNet conv5 unit at 224 px, against 2.2 dense.
+
+Both are pure, jit-compiled and vmappable; ``aux`` is the record returned by
+``model.forward``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from zfjax.nets import model
+from zfjax.nets import strongest as strongest_activations
+from zfjax.nets.network import Network, SpatialOp, grow, layer_order, ops_below
+from zfjax.nets.receptive_field import crop_to_receptive_field
+
+def reverse_stage(op: SpatialOp, signal: jax.Array, params: dict, switches: jax.Array | None):
+    """Invert one conv or pool on an NHWC window, onto every input position it touches.
+
+    signal (N, w, w, C_out) -> (N, (w-1)*stride + kernel, ..., C_in); the result's
+    first row/column is input position ``offset * stride - padding``. A conv
+    followed by a ReLU first rectifies the signal (the deconvnet rule). The stages of
+    the op's segment are inverted by their rules in ``model.STAGE_RULES``; params with
+    batch norm folded into the convs (``model.fold_batch_norm``).
+    """
+    return model.reverse_segment(op.segment, params, signal, switches)
+
+
+def check_layer_signal(aux: dict, layer: str, signal_shape) -> None:
+    """Raise ValueError unless ``signal_shape`` matches the layer's recorded map."""
+    want = tuple(_layer_activations(aux, layer).shape)
+    if tuple(signal_shape) != want:
+        raise ValueError(f"signal for {layer} must have the shape of its map {want} (NHWC); "
+                         f"got {tuple(signal_shape)}")
+
+
+@partial(jax.jit, static_argnames=("config", "layer"))
+def _project_dense(config, params, aux, layer, signal):
+    params = model.fold_batch_norm(config, params)
+    x = signal
+    for op in ops_below(config, layer):
+        x = reverse_stage(op, x, params, aux["switches"].get(op.name))
+        # The full-grown output starts at input position -padding.
+        x = model.fit(x, op.padding, op.input_size, op.input_size)
+    return x
+
+
+def project(config: Network, params: dict, aux: dict, layer: str, signal: jax.Array) -> jax.Array:
+    """Project a signal on ``layer``'s map down to pixels.
+
+    signal: (N, h, w, C), shaped like ``aux['activations'][layer]``; zero
+    everywhere except the activations to visualise. Returns (N, H, W, 3) in
+    the signal's dtype. Layers: ``network.projectable_layers(config)`` (conv
+    maps, rectified, and pool maps).
+    """
+    if layer not in model.projectable_layers(config):
+        raise model.unknown_layer(config, layer)
+    check_layer_signal(aux, layer, signal.shape)
+    return _project_dense(config, params, aux, layer, signal)
+
+
+# ---- selections of the paper's modes -----------------------------------------------
+
+
+def feature_map_signal(aux: dict, layer: str, channel) -> jax.Array:
+    """The layer's activations with every channel but ``channel`` zeroed: (N, h, w, C)."""
+    acts = _layer_activations(aux, layer)
+    _check_channels(channel, acts.shape[-1], layer)
+    return jnp.where(jnp.arange(acts.shape[-1]) == channel, acts, 0)
+
+
+def unit_signal(aux: dict, layer: str, channel, y, x) -> jax.Array:
+    """Only the activation at (channel, y, x) kept, per image: (N, h, w, C)."""
+    acts = _layer_activations(aux, layer)
+    _check_units(layer, acts.shape, channel, y, x)
+    n, h, w, c = acts.shape
+    keep = ((jnp.arange(h)[:, None, None] == y) & (jnp.arange(w)[None, :, None] == x)
+            & (jnp.arange(c) == channel))
+    return jnp.where(keep, acts, 0)
+
+
+def strongest(aux: dict, layer: str, channels) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Where each image's given feature maps are strongest.
+
+    channels: int (K,). Returns (value, y, x), each (N, K). Ties go to the
+    first position in row-major order.
+    """
+    acts = _layer_activations(aux, layer)
+    _check_channels(channels, acts.shape[-1], layer)
+    return strongest_activations.per_image(acts[..., jnp.asarray(channels)])
+
+
+class Units(NamedTuple):
+    """A batch of single activations: image index, channel, y, x; each int (K,)."""
+
+    image: jax.Array
+    channel: jax.Array
+    y: jax.Array
+    x: jax.Array
+
+
+def strongest_units(aux: dict, layer: str, channels, image: int = 0) -> Units:
+    """The strongest activation of each given feature map of one image (paper's mode)."""
+    channels = jnp.atleast_1d(jnp.asarray(channels, jnp.int32))
+    one_image = {"activations": {layer: _layer_activations(aux, layer)[image : image + 1]}}
+    _, ys, xs = strongest(one_image, layer, channels)
+    return Units(jnp.full(channels.shape, image, jnp.int32), channels, ys[0], xs[0])
+
+
+def project_units(config: Network, params: dict, aux: dict, layer: str, units: Units, *,
+                  batch_size: int | None = None) -> jax.Array:
+    """Project K single activations, each alone, down to pixels: (K, H, W, 3).
+
+    Each unit keeps its recorded activation value; everything else on its layer
+    is zero. Equal to ``project`` of ``unit_signal`` for that unit, but each
+    reverse pass only computes inside the unit's receptive field window.
+
+    The K reverse passes run inside one compiled call, ``batch_size`` at a time
+    (``lax.map``); default: ``default_batch_size``.
+    """
+    if layer not in model.projectable_layers(config):
+        raise model.unknown_layer(config, layer)
+    acts = _layer_activations(aux, layer)
+    units = Units(*(jnp.atleast_1d(jnp.asarray(u, jnp.int32)) for u in units))
+    _check_units(layer, acts.shape, units.channel, units.y, units.x, units.image)
+    if batch_size is None:
+        batch_size = default_batch_size(config, layer, units.channel.shape[0])
+    return _project_units(config, params, aux, layer, units, batch_size)
+
+
+def default_batch_size(config: Network, layer: str, count: int) -> int:
+    """Units ``project_units`` projects per step when not told (at most ``count``).
+
+    CPU, every network: 8, the best or within 25% of the best of 1/4/8/16/64 for ZFNet
+    conv3 and conv5 at 64, 112 and 224 px on a quiet 2-core machine (1.2-2.8x faster
+    than one at a time, 1.4x faster than all 256 at once; bench/bench_chunk.py). Up to
+    8 units that is all of them at once: VGG16's 8 conv5_3 units run the very program
+    of vmapping all 8 (bench_core.py: bit-identical; its 2.34 s against 1.28 s came
+    from the order of the timings). Larger steps also compile far longer: the unit loop
+    is unrolled (64 conv5 units per step: 111 s against 13 s for 8, loaded machine).
+    GPU/TPU: all units up to 64 per step, a guess until bench/accelerator.py has run
+    there (its projection table times 1/8/64/256/all and their first calls).
+    """
+    del config, layer  # the same on every network so far
+    return min(count, 8 if jax.default_backend() == "cpu" else 64)
+
+
+def window_sizes(config: Network, layer: str) -> list[int]:
+    """Static side of a unit's window at each op's output, top first (``ops_below``).
+
+    A window that would outgrow the map below becomes the whole map from there on.
+    """
+    sizes, size = [], 1
+    for op in ops_below(config, layer):
+        sizes.append(size)
+        size, _ = grow(op, size, 0)
+        size = min(size, op.input_size)
+    return sizes
+
+
+@partial(jax.jit, static_argnames=("config", "layer", "batch_size"))
+def _project_units(config, params, aux, layer, units, batch_size):
+    params = model.fold_batch_norm(config, params)
+    below = ops_below(config, layer)
+    sizes = window_sizes(config, layer)
+    # Pad each switch map by its window so every dynamic slice stays in bounds. The pad
+    # value, window**2, names no position: unpooling sends nothing from outside the map.
+    padded = {
+        op.name: jnp.pad(aux["switches"][op.name], ((0, 0), (w, w), (w, w), (0, 0)),
+                         constant_values=op.kernel ** 2)
+        for op, w in zip(below, sizes) if op.kind == "pool"
+    }
+    acts = aux["activations"][layer]
+    count = units.channel.shape[0]
+    batch_size = max(1, min(batch_size, count))
+    groups = -(-count // batch_size)
+    # The last group is filled up with copies of the last unit, dropped at the end.
+    fill = groups * batch_size - count
+    grouped = Units(*(jnp.concatenate([u, jnp.repeat(u[-1:], fill)]).reshape(groups, batch_size)
+                      for u in units))
+
+    def group(unit: Units) -> jax.Array:
+        """batch_size units side by side: (B, H, W, 3). Switch windows are sliced and
+        results pasted one unit at a time: vmapped, each slice would become a gather and
+        each paste a scatter, which made the whole pass 1.2-1.3x slower on CPU."""
+        channels = acts.shape[-1]
+        value = acts[unit.image, unit.y, unit.x, unit.channel]
+        x = jnp.where(jnp.arange(channels) == unit.channel[:, None], value[:, None], 0)
+        x = x[:, None, None, :]
+        offset = jnp.stack([unit.y, unit.x], axis=1)  # (B, 2): the window's top-left
+        for op, w, next_op in zip(below, sizes, below[1:] + (None,)):
+            switches = None
+            if op.kind == "pool":
+                full = padded[op.name]
+                switches = jnp.concatenate([
+                    lax.dynamic_slice(full, (unit.image[i], offset[i, 0] + w, offset[i, 1] + w, 0),
+                                      (1, w, w, full.shape[-1])) for i in range(batch_size)])
+            x = reverse_stage(op, x, params, switches)
+            grown, offset = grow(op, w, offset)
+            if next_op is None or grown >= op.input_size:
+                # Onto the whole map (last op: the image); the rest is cut off.
+                x = jnp.stack([_paste(x[i], offset[i], op.input_size) for i in range(batch_size)])
+                offset = jnp.zeros_like(offset)
+            elif next_op.kind == "conv":
+                # Zero what falls outside the map (the forward conv's zero padding). An
+                # unpooling below needs no mask: outside the map its switches are the pad
+                # value, and unpooled values only land on switch positions, inside.
+                # (Masking there too made the whole pass 1.4x slower on CPU: XLA fused the
+                # mask into the unpooling once per window position.)
+                pos = offset[:, :, None] + jnp.arange(grown)
+                inside = (pos >= 0) & (pos < op.input_size)
+                x = x * (inside[:, 0, :, None] & inside[:, 1, None, :])[..., None]
+        return x
+
+    out = lax.map(group, grouped)
+    return out.reshape(groups * batch_size, *out.shape[2:])[:count]
+
+
+def _paste(window: jax.Array, offset: jax.Array, size: int) -> jax.Array:
+    """Place a (w, w, C) window at a (possibly negative) offset on a zero (size, size, C) canvas."""
+    w = window.shape[0]
+    canvas = jnp.zeros((size + 2 * w, size + 2 * w, window.shape[-1]), window.dtype)
+    canvas = lax.dynamic_update_slice(canvas, window, (offset[0] + w, offset[1] + w, 0))
+    return canvas[w : w + size, w : w + size]
+
+
+# ---- argument checks (skipped for traced values) -----------------------------------
+
+
+def _layer_activations(aux: dict, layer: str) -> jax.Array:
+    acts = aux["activations"]
+    if layer not in acts or acts[layer].ndim != 4:
+        maps = sorted((name for name, a in acts.items() if a.ndim == 4), key=layer_order)
+        raise ValueError(f"unknown layer {layer!r}; expected one of {', '.join(maps)}")
+    return acts[layer]
+
+
+
+def _concrete(v):
+    """v as a numpy array, or None when it is traced (checks then happen nowhere)."""
+    if isinstance(v, jax.core.Tracer):
+        return None
+    return np.asarray(v)
+
+
+def check_range(what: str, v, limit: int, layer: str) -> None:
+    """Raises ValueError naming the first of v (int or array; skipped while traced) not in
+    0..limit-1."""
+    arr = _concrete(v)
+    if arr is not None and arr.size and (arr.min() < 0 or arr.max() >= limit):
+        bad = arr[(arr < 0) | (arr >= limit)].ravel()[0]
+        raise ValueError(f"{what} {int(bad)} is out of range for {layer}: expected 0..{limit - 1}")
+
+
+def _check_channels(channel, num: int, layer: str) -> None:
+    check_range("channel", channel, num, layer)
+
+
+def _check_units(layer, shape, channel, y, x, image=None) -> None:
+    n, h, w, c = shape
+    _check_channels(channel, c, layer)
+    check_range("y", y, h, layer)
+    check_range("x", x, w, layer)
+    if image is not None:
+        check_range("image index", image, n, layer)
+
+
+
+class StrongestProjections(NamedTuple):
+    """``strongest_projections`` of one layer, K followed maps, R = receptive_field_size:
+    channels int32 (K,); values float32 (K,) each map's strongest activation over the set;
+    images int32 (K,) the index of the image it is in; positions int32 (K, 2) its (y, x)
+    on the map; projections float32 (K, R, R, 3) its deconvnet projection and patches
+    uint8 (K, R, R, 3) the image patch, both cropped to its receptive field (zero-padded
+    past the image edge)."""
+
+    channels: np.ndarray
+    values: np.ndarray
+    images: np.ndarray
+    positions: np.ndarray
+    projections: np.ndarray
+    patches: np.ndarray
+
+
+def strongest_projections(config: Network, params, inputs: np.ndarray, display: np.ndarray,
+                          maps: dict, *, batch_size: int = 128) -> dict[str, StrongestProjections]:
+    """Each given map's strongest activation over a set, projected to pixels (Fig. 4, Fig. 6).
+
+    inputs float32 and display uint8 (N, H, W, 3); maps: layer -> int (K,) channels.
+    Returns layer -> ``StrongestProjections``.
+    """
+    best = strongest_activations.strongest_over(config, params, inputs, maps,
+                                                batch_size=batch_size)
+    layers = list(best)
+    # Re-run the forward on just the winning images, one per unit (a fixed shape, so
+    # no recompilation from call to call), to get the switches to project through.
+    winners = np.concatenate([best[layer][1] for layer in layers])
+    _, aux = model.forward_jit(config, params, inputs[winners])
+    out, first = {}, 0
+    for layer in layers:
+        value, image, y, x = best[layer]
+        k = len(value)
+        units = Units(np.arange(first, first + k, dtype=np.int32), maps[layer], y, x)
+        projections = np.asarray(project_units(config, params, aux, layer, units), np.float32)
+        first += k
+        out[layer] = StrongestProjections(
+            np.asarray(maps[layer], np.int32), value.astype(np.float32), image.astype(np.int32),
+            np.stack([y, x], axis=1).astype(np.int32),
+            crop_to_receptive_field(config, layer, projections, y, x),
+            crop_to_receptive_field(config, layer, display[image], y, x))
+    return out
