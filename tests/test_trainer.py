@@ -107,7 +107,7 @@ def test_smoke_run_on_real_images_learns_and_writes_everything(tmp_path):
 KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
     from zfjax.train import training
-    import train
+    from zfjax.commands import train
     train.snapshot_hook = lambda: None
     make_step = training.make_stored_train_step
     def dying(*args):  # kill -9 before step 3 of epoch 2 (6 steps an epoch)
