@@ -210,8 +210,8 @@ def streamed_rows(plan: Plan, folder: Path) -> tuple[list[dict], str | None]:
     if missing:
         return [], (f"streamed pipeline skipped: {' and '.join(missing)} not importable "
                     f"(README: 'On a GPU machine without network' carries them as wheels)")
-    import train
     from bench_data import epoch_row
+    from zfjax.commands import train
     from zfjax.inputs import loader, store
 
     cores = os.cpu_count() or 1

@@ -27,10 +27,11 @@ def tiny_network() -> TinyNetwork:
 def run_cli(monkeypatch, capsys):
     """Call visualize.main(argv) with only argv[0]'s subcommand registered; returns
     (exit code, stdout, stderr)."""
-    import visualize
+    from zfjax import commands
+    from zfjax.commands import visualize
 
     def call(argv):
-        monkeypatch.setattr(visualize, "ANALYSES", (argv[0],))
+        monkeypatch.setattr(commands, "SUBCOMMANDS", (argv[0],))
         code = visualize.main(argv)
         out, err = capsys.readouterr()
         return code, out, err
@@ -57,8 +58,8 @@ def atlas_site(tmp_path_factory):
     import contextlib
     import io
 
-    import visualize
     from helpers import write_snapshots, write_tiny_run
+    from zfjax.commands import visualize
 
     root = tmp_path_factory.mktemp("atlas")
     run = write_tiny_run(root)

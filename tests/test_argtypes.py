@@ -1,15 +1,9 @@
 """Numeric options are checked at parse time, by one rule per kind (zfjax.argtypes), in
 train.py and every visualize.py subcommand; the message names the flag (issue 9, item 5)."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
-import visualize  # noqa: E402
+from zfjax.commands import train, visualize
 
 
 def _parse_error(parse, argv, capsys) -> str:

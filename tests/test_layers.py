@@ -5,7 +5,8 @@ zfjax/inputs -> zfjax/nets -> zfjax/train -> zfjax/analyses -> zfjax/figures ->
 zfjax/commands, with a few helpers at the top of zfjax/ that any layer may use. Each
 analysis is a pure core (zfjax/analyses/<analysis>.py), a figure module
 (zfjax/figures/<analysis>.py) and a command (zfjax/commands/<analysis>.py); argparse
-lives only in the commands, zfjax/cli.py, zfjax/argtypes.py and the top-level scripts.
+lives only in the commands (train, prepare, sweep and visualize among them: the top-level
+scripts only call them), zfjax/cli.py and zfjax/argtypes.py.
 """
 
 import ast
@@ -13,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import visualize
+from zfjax.commands import SUBCOMMANDS as ANALYSES
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "zfjax"
-ANALYSES = visualize.ANALYSES
 ARGPARSE_ALLOWED = {"zfjax.cli", "zfjax.argtypes"}  # besides zfjax.commands.* and scripts
 
 

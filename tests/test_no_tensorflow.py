@@ -43,7 +43,8 @@ WITHOUT_TENSORFLOW = textwrap.dedent("""
 
     root, work = Path(sys.argv[1]), Path(sys.argv[2])
     sys.path[:0] = [str(root), str(root / "bench"), str(root / "tests")]
-    import train, visualize, zfjax.commands
+    import zfjax.commands
+    from zfjax.commands import train, visualize
     import accelerator, bench_chunk, bench_data, bench_train, common  # the accelerator bench
     for module in pkgutil.iter_modules(zfjax.commands.__path__):
         importlib.import_module(f"zfjax.commands.{{module.name}}")

@@ -20,13 +20,11 @@ import pytest
 
 from helpers import interruptible, write_image_folder
 from zfjax import artifacts, progress
+from zfjax.commands import train, visualize
 from zfjax.inputs import data
 from zfjax.train import checkpoints, trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
-import visualize  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
@@ -501,7 +499,7 @@ def test_progress_in_a_log_is_sparse_whole_lines(folder, monkeypatch):
 
 QUIET_TRAIN = textwrap.dedent("""
     import sys
-    import train
+    from zfjax.commands import train
     train.snapshot_hook = lambda: None
     if __name__ == "__main__":
         sys.exit(train.main(sys.argv[1:]))

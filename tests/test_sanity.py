@@ -5,22 +5,18 @@ attribution method costs its own compilation of the network)."""
 import dataclasses
 import functools
 import json
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 from zfjax.analyses import sanity
+from zfjax.commands import train
 from zfjax.inputs import data, loader
 from zfjax.nets import model
 from zfjax.train import checkpoints, run
 from helpers import TINY, random_params, write_tiny_run
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402  (the CLI at the repo root)
 
 METHODS = ("gradient",)
 

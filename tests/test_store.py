@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zfjax.commands import prepare
 from zfjax.inputs import data, store
 
 from helpers import interruptible, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import prepare  # noqa: E402  (the command at the repo root)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +97,8 @@ def test_a_complete_store_is_reused_and_other_settings_are_refused(folder, prepa
 
 
 _HANGING = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import helpers; "
-            "from zfjax import store; store._write_shard = helpers.hanging_write_shard; "
-            "import prepare; sys.exit(prepare.main(sys.argv[1:]))")
+            "from zfjax.inputs import store; store._write_shard = helpers.hanging_write_shard; "
+            "from zfjax.commands import prepare; sys.exit(prepare.main(sys.argv[1:]))")
 
 
 def _start_waiting_preparation(root, out, wait_s: float = 3600):

@@ -6,19 +6,15 @@ train of a 64 px, width-0.25 ZFNet (2 epochs for convergence) on 12 images, 10-4
 
 import contextlib
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers import write_image_folder, write_snapshots
+from zfjax.commands import prepare, train
 from zfjax.inputs import data, store
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import prepare  # noqa: E402
-import train  # noqa: E402
 
 # The module fixture (prepare.py, then two train.py epochs) is its cost: end to end.
 pytestmark = pytest.mark.slow

@@ -17,14 +17,13 @@ from PIL import Image
 
 from zfjax import artifacts
 from zfjax.analyses import evolution
+from zfjax.commands import train
 from zfjax.nets import model
 from zfjax.train import checkpoints, trainer, training
 from zfjax.figures.curves import plot_curves
 from zfjax.train.run import PRESETS, DataSpec, RunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402  (the CLI at the repo root)
 from helpers import press_ctrl_c_inside_a_finalizer  # noqa: E402
 
 IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette"
@@ -108,7 +107,7 @@ def test_smoke_run_on_real_images_learns_and_writes_everything(tmp_path):
 KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
     from zfjax.train import training
-    import train
+    from zfjax.commands import train
     train.snapshot_hook = lambda: None
     make_step = training.make_stored_train_step
     def dying(*args):  # kill -9 before step 3 of epoch 2 (6 steps an epoch)

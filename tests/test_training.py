@@ -235,7 +235,7 @@ def test_stored_loss_is_the_steps_loss_and_compiles_once_per_config_and_mesh():
 
 def test_train_py_dtype_defaults_to_float32_on_cpu():
     sys.path.insert(0, str(ROOT))
-    import train
+    from zfjax.commands import train
     assert train.build_run(train.parse_args(["--preset", "cpu"])).model.dtype == "float32"
     assert train.build_run(train.parse_args(["--preset", "cpu", "--dtype", "bfloat16"])
                            ).model.dtype == "bfloat16"

@@ -8,8 +8,8 @@ import pytest
 
 import csv
 
-import train
 from zfjax import artifacts
+from zfjax.commands import train
 from zfjax.nets import deconv, model, network
 from zfjax.train import checkpoints, training
 from zfjax.train.run import RunDir
@@ -128,7 +128,7 @@ def test_train_py_variant_flag():
 @pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_sweep_trains_each_variant_once_resumes_and_writes_table3(tmp_path, capsys,
                                                                   monkeypatch):
-    import sweep as sweep_cli
+    from zfjax.commands import sweep as sweep_cli
     from PIL import Image
     from zfjax.train import sweep
 
