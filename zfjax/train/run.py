@@ -118,7 +118,8 @@ def _same(a, b) -> bool:
 
 # ------------------------------------------------------------------------ presets
 
-IMAGENETTE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
+# ../shared/data/imagenette beside the checkout (zfjax/train/run.py -> the checkout's parent)
+IMAGENETTE_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "imagenette"
 IMAGENETTE = str(IMAGENETTE_DIR) if IMAGENETTE_DIR.is_dir() else "imagenette/320px-v2"
 
 
