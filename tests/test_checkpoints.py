@@ -175,7 +175,10 @@ def test_checkpoints_is_reachable_after_a_plain_import_zfjax(monkeypatch):
     """Issue 15 item 20: the README's zfjax.train.checkpoints.load_run(...) after `import zfjax`."""
     import zfjax
 
-    monkeypatch.delattr(zfjax, "checkpoints")  # as in a fresh process: not imported yet
+    # As in a fresh process: neither zfjax.train nor its checkpoints imported yet (the
+    # module moved into zfjax/train/, so zfjax itself has no checkpoints attribute).
+    monkeypatch.delattr(zfjax.train, "checkpoints")
+    monkeypatch.delattr(zfjax, "train")
     assert zfjax.train.checkpoints.load_run is checkpoints.load_run
     with pytest.raises(AttributeError, match="has no attribute 'no_such_module'"):
         zfjax.no_such_module

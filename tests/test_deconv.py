@@ -10,6 +10,7 @@ from jax import lax
 
 from zfjax.nets import deconv, model
 from zfjax.nets.receptive_field import receptive_field
+from helpers import random_params
 
 SMALL = model.ZFNetConfig(num_classes=5, image_size=64, width=0.25, init_std=None)
 FULL = model.ZFNetConfig(num_classes=10, image_size=224, init_std=None)
@@ -17,10 +18,12 @@ FULL = model.ZFNetConfig(num_classes=10, image_size=224, init_std=None)
 
 @functools.lru_cache(maxsize=None)
 def network(config, n_images=2, seed=0):
-    """(params, images, aux) for random He-initialised weights and random images."""
-    params = model.init_params(config, jax.random.key(seed))
+    """(params, images, aux) for random He-initialised weights and random images (numpy
+    draws: init_params and jax.random compile a program per shape, seconds each here)."""
+    params = random_params(config, seed=seed)
     size = config.image_size
-    images = jax.random.normal(jax.random.key(seed + 1), (n_images, size, size, 3))
+    images = np.random.default_rng(seed + 1).normal(size=(n_images, size, size, 3))
+    images = images.astype(np.float32)
     _, aux = model.forward_jit(config, params, images)
     return params, images, aux
 

@@ -3,7 +3,6 @@
 import functools
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,6 +14,7 @@ from zfjax.nets import deconv, model, strongest
 from zfjax.commands.evolution import plot_evolution
 from zfjax.figures import evolution as evolution_figure
 from zfjax.nets.receptive_field import receptive_field, receptive_field_size
+from helpers import random_params
 
 SMALL = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
@@ -39,7 +39,7 @@ def probe_and_mean():
 
 @functools.lru_cache(maxsize=None)
 def params(seed=0):
-    return model.init_params(SMALL, jax.random.key(seed))
+    return random_params(SMALL, seed=seed)  # init_params would compile a program per shape
 
 
 @functools.lru_cache(maxsize=None)

@@ -46,10 +46,13 @@ def test_readme_test_commands_are_ci_and_the_registered_quick_loop():
     section = readme.split("## Test\n", 1)[1].split("\n## ", 1)[0]
     commands = [line.split("#")[0].strip() for line in section.splitlines()
                 if line.startswith("python -m pytest")]
-    assert commands == ["python -m pytest -q", 'python -m pytest -q -m "not slow"']
-    assert (ROOT / ".ci" / "run").read_text().rstrip().endswith("\npython -m pytest -q")
-    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]
-    assert any(m.startswith("slow:") for m in settings["ini_options"]["markers"])
+    everything = "python -m pytest -q -n 2 --dist loadfile"
+    assert commands == [everything, everything + ' -m "not slow"']
+    assert (ROOT / ".ci" / "run").read_text().rstrip().endswith("\n" + everything)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert any(m.startswith("slow:") for m in project["tool"]["pytest"]["ini_options"]["markers"])
+    extra = project["project"]["optional-dependencies"]["test"]  # what CI installs
+    assert any(r.startswith("pytest-xdist") for r in extra)  # -n, --dist
 
 
 def test_where_things_live_names_every_folder_and_module():
