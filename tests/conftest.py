@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import pytest
 
 if TYPE_CHECKING:
-    from zfjax.nets.model import ZFNetConfig
+    from zfjax.nets.network import ZFNetConfig
 
 
 class TinyNetwork(NamedTuple):

@@ -14,7 +14,7 @@ from PIL import Image
 from zfjax.inputs import data
 from zfjax.train import trainer, training
 from zfjax.train.run import DataSpec, RunSpec
-from zfjax.nets.model import ZFNetConfig
+from zfjax.nets.network import ZFNetConfig
 
 TINY = ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax.nets import attribution, model, strongest
+from zfjax.nets import attribution, model, network, strongest
 from zfjax.nets.attribution import LOGITS, Target
 from zfjax.nets.deconv import check_range
 from zfjax.nets.network import Network
@@ -75,9 +75,9 @@ def check_methods(methods) -> tuple[str, ...]:
 def check_settings(config: Network, settings: Settings) -> None:
     """ValueError (one line) for a layer the network lacks, a channel or class out of
     range, samples or steps <= 0, or negative or non-finite noise."""
-    (layer,) = model.check_layers(config, [settings.layer])
+    (layer,) = network.check_layers(config, [settings.layer])
     if settings.channel is not None:
-        check_range("channel", settings.channel, model.num_channels(config, layer), layer)
+        check_range("channel", settings.channel, network.num_channels(config, layer), layer)
     if settings.label is not None:
         check_range("class", settings.label, config.num_classes, LOGITS)
     for name in ("samples", "steps"):
@@ -105,7 +105,7 @@ def check_baseline(config: Network, baseline) -> None:
 def cam_layer_below(config: Network, layer: str) -> str | None:
     """The conv or pool layer just below ``layer`` (Grad-CAM's layer for a unit of
     ``layer``), or None for the first one."""
-    layers = model.projectable_layers(config)
+    layers = network.projectable_layers(config)
     i = layers.index(layer)
     return layers[i - 1] if i > 0 else None
 

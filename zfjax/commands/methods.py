@@ -11,7 +11,7 @@ import numpy as np
 from zfjax import argtypes, artifacts, cli, render
 from zfjax.analyses import methods
 from zfjax.inputs import data
-from zfjax.nets import model
+from zfjax.nets import network
 from zfjax.commands.occlusion import class_index
 from zfjax.figures.methods import plot_methods
 from zfjax.nets.receptive_field import receptive_field
@@ -80,7 +80,7 @@ def run(args) -> list[pathlib.Path]:
     """Every chosen method on --limit images (or --images); write methods.png and .npz."""
     loaded = cli.load_model(args)
     config = loaded.config
-    layer = args.layer or model.conv_layers(config)[-1]
+    layer = args.layer or network.conv_layers(config)[-1]
     label = (None if args.label is None
              else class_index(args.label, loaded.class_names, config.num_classes))
     settings = methods.Settings(layer, args.channel, label, args.samples, args.noise, args.steps,

@@ -75,8 +75,8 @@ def run(args) -> list[pathlib.Path]:
     loaded = cli.load_model(args)
     config, params, info = loaded.config, loaded.params, loaded.info
     if args.cam_layer is not None and "grad_cam" in methods:
-        if args.cam_layer not in model.projectable_layers(config):
-            raise model.unknown_layer(config, args.cam_layer)
+        if args.cam_layer not in network.projectable_layers(config):
+            raise network.unknown_layer(config, args.cam_layer)
     target_class = args.target_class
     if target_class is not None and not 0 <= target_class < config.num_classes:
         raise ValueError(f"--target {target_class} is out of range: expected a class "

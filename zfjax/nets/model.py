@@ -29,11 +29,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from zfjax.nets import network
-from zfjax.nets.network import (  # re-exported: the names model users reach for
-    LRN, BatchNorm, Conv, Dense, Dropout, Flatten, MaxPool, Network, ReLU, SpatialOp, ZFNetConfig,
-    check_layers, conv_layers, dense_layers, fc_layers, grow, layer_sizes, num_channels,
-    ops_below, param_shapes, pool_layers, projectable_layers, scaled, spatial_ops, stages,
-    unknown_layer,
+from zfjax.nets.network import (
+    LRN, BatchNorm, Conv, Dense, Dropout, Flatten, MaxPool, Network, ReLU, dense_layers,
+    param_shapes, stages,
 )
 
 ZFNET_POOL = MaxPool("pool", 3, 2, 0, ceil=True)

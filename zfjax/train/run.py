@@ -26,7 +26,7 @@ from zfjax import artifacts
 from zfjax.inputs import data
 from zfjax.nets import network
 from zfjax.train import checkpoints
-from zfjax.nets.model import ZFNetConfig
+from zfjax.nets.network import ZFNetConfig
 from zfjax.nets.network import Network
 from zfjax.train.training import TrainConfig
 

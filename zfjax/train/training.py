@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from zfjax.inputs import data
 from zfjax.nets import model
-from zfjax.nets.model import ZFNetConfig
+from zfjax.nets.network import ZFNetConfig
 
 SCHEDULES = ("plateau", "step", "constant")
 
