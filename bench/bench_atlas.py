@@ -61,7 +61,7 @@ def inputs_of(args):
         inputs = loaded.preprocessing(split.images, config.image_size)
         display = np.ascontiguousarray(data.centre_crop(split.images, config.image_size))
         return config, loaded.params, inputs, display, split.labels, loaded.class_names
-    config = network.ZFNetConfig(num_classes=10, image_size=args.size, width=args.width,
+    config = network.Network(num_classes=10, image_size=args.size, width=args.width,
                                init_std=None)
     params = model.init_params(config, jax.random.key(0))
     rng = np.random.default_rng(1)

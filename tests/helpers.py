@@ -59,13 +59,13 @@ def write_image_folder(root, classes, per_class, *, splits=("train", "val"), sha
 # The tiny network most tests share. Equal configs (and equal batch shapes: use batches of
 # BATCH) share compiled programs within a process, so a test that needs no other network
 # takes this one, or the session fixture tiny_network (conftest.py) with its weights.
-TINY10 = network.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
+TINY10 = network.Network(num_classes=10, image_size=64, width=0.25, init_std=None)
 BATCH = 16
 
 
 # ---- a tiny real run folder, as train.py leaves it -------------------------------------
 
-TINY = network.ZFNetConfig(num_classes=2, image_size=64, width=0.25, init_std=None)
+TINY = network.Network(num_classes=2, image_size=64, width=0.25, init_std=None)
 
 
 def write_tiny_run(root: Path, config=TINY, checkpoint_config=None) -> Path:

@@ -18,7 +18,7 @@ from zfjax.nets import model, network
 from zfjax.train import checkpoints, training
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = network.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
+TINY = network.Network(num_classes=10, image_size=64, width=0.25, init_std=None)
 
 
 def _state(config=TINY, seed=0):
@@ -68,8 +68,8 @@ def _shapes(config):
 ])
 def test_mismatch_says_what_differs(saved, wanted, message):
     with pytest.raises(ValueError) as err:
-        checkpoints.check_shapes(_shapes(network.ZFNetConfig(**saved)),
-                                 _shapes(network.ZFNetConfig(**wanted)), network.ZFNetConfig(**wanted))
+        checkpoints.check_shapes(_shapes(network.Network(**saved)),
+                                 _shapes(network.Network(**wanted)), network.Network(**wanted))
     assert str(err.value) == message
 
 
@@ -122,7 +122,7 @@ def test_load_run_refuses_a_config_that_does_not_fit(tmp_path):
         checkpoints.load_run(tmp_path)
     with pytest.raises(ValueError, match="conv1 kernel"):
         checkpoints.check_checkpoint(tmp_path / "checkpoints" / "1",
-                                     network.ZFNetConfig(num_classes=10, image_size=64, width=0.5))
+                                     network.Network(num_classes=10, image_size=64, width=0.5))
     checkpoints.check_checkpoint(tmp_path / "checkpoints" / "1", TINY)  # fits: no error
 
 

@@ -11,8 +11,8 @@ from jax import lax
 from zfjax.nets import deconv, model, network
 from zfjax.nets.receptive_field import receptive_field
 
-SMALL = network.ZFNetConfig(num_classes=5, image_size=64, width=0.25, init_std=None)
-FULL = network.ZFNetConfig(num_classes=10, image_size=224, init_std=None)
+SMALL = network.Network(num_classes=5, image_size=64, width=0.25, init_std=None)
+FULL = network.Network(num_classes=10, image_size=224, init_std=None)
 
 
 @functools.lru_cache(maxsize=None)

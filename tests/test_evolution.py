@@ -16,7 +16,7 @@ from zfjax.commands.evolution import plot_evolution
 from zfjax.figures import evolution as evolution_figure
 from zfjax.nets.receptive_field import receptive_field, receptive_field_size
 
-SMALL = network.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
+SMALL = network.Network(num_classes=10, image_size=64, width=0.25, init_std=None)
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
 PROBE_COUNT = 40  # with batch_size 16: two full batches and a padded one of 8
 

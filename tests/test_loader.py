@@ -11,7 +11,7 @@ from zfjax.train import trainer, training
 
 from helpers import random_params, write_image_folder
 
-TINY = network.ZFNetConfig(num_classes=3, image_size=64, width=0.25, init_std=None)
+TINY = network.Network(num_classes=3, image_size=64, width=0.25, init_std=None)
 
 
 @pytest.fixture(scope="module")

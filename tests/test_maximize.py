@@ -14,7 +14,7 @@ from zfjax.figures.maximize import plot_maximize
 from helpers import random_params
 
 # The config of test_topk.write_tiny_run, so the CLI tests reuse these compilations.
-SMALL = network.ZFNetConfig(num_classes=2, image_size=64, width=0.25, init_std=None)
+SMALL = network.Network(num_classes=2, image_size=64, width=0.25, init_std=None)
 STEPS = 25
 
 
@@ -195,7 +195,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_run, monkeypatch, cap
 
 
 def test_cli_refuses_a_checkpoint_of_another_shape(tmp_path, monkeypatch, capsys, run_cli):
-    run = write_tiny_run(tmp_path, checkpoint_config=network.ZFNetConfig(
+    run = write_tiny_run(tmp_path, checkpoint_config=network.Network(
         num_classes=2, image_size=64, width=0.5, init_std=None))
     code, out, err = run_cli(["maximize", str(run)])
     assert code == 2 and out == "" and len(err.splitlines()) == 1

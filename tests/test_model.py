@@ -12,11 +12,11 @@ from jax import lax
 from zfjax.nets import model, network
 from zfjax.train import training
 
-SMALL = network.ZFNetConfig(num_classes=7, image_size=64, width=0.25, init_std=None)
+SMALL = network.Network(num_classes=7, image_size=64, width=0.25, init_std=None)
 
 
 def test_size_table_and_parameter_count_at_224():
-    config = network.ZFNetConfig(num_classes=10)
+    config = network.Network(num_classes=10)
     assert network.layer_sizes(config) == {
         "input": 224, "conv1": 110, "pool1": 55, "conv2": 26, "pool2": 13,
         "conv3": 13, "conv4": 13, "conv5": 13, "pool5": 6,
@@ -29,7 +29,7 @@ def test_size_table_and_parameter_count_at_224():
 
 @pytest.mark.parametrize("size, pool5", [(64, 1), (112, 3), (160, 4), (256, 7)])
 def test_other_input_sizes_build(size, pool5):
-    config = network.ZFNetConfig(num_classes=3, image_size=size, width=0.25)
+    config = network.Network(num_classes=3, image_size=size, width=0.25)
     assert network.layer_sizes(config)["pool5"] == pool5
     params = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
     assert params["fc6"]["kernel"].shape[0] == pool5 * pool5 * 64
@@ -146,7 +146,7 @@ def test_training_forward_uses_dropout_and_needs_a_key():
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
-    config = network.ZFNetConfig(num_classes=7, image_size=64, width=0.25, dtype="bfloat16")
+    config = network.Network(num_classes=7, image_size=64, width=0.25, dtype="bfloat16")
     params = model.init_params(config, jax.random.key(0))
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
     logits, aux = model.forward_jit(config, params, jnp.ones((1, 64, 64, 3)))
@@ -163,11 +163,11 @@ def test_wrong_image_shape_says_what_was_expected(shape):
 
 def test_bad_config_values_are_refused():
     with pytest.raises(ValueError, match="too small"):
-        network.ZFNetConfig(image_size=32)
+        network.Network(image_size=32)
     with pytest.raises(ValueError, match="dtype"):
-        network.ZFNetConfig(dtype="float64")
+        network.Network(dtype="float64")
     with pytest.raises(ValueError, match="width"):
-        network.ZFNetConfig(width=0)
+        network.Network(width=0)
 
 
 def test_unused_switches_are_not_computed_under_jit():

@@ -57,7 +57,7 @@ def test_zfnet_is_unchanged():
     assert network.projectable_layers(net) == ("conv1", "pool1", "conv2", "pool2", "conv3",
                                              "conv4", "conv5", "pool5")
     assert network.param_count(net) == 58_301_578
-    assert net == network.ZFNetConfig(num_classes=10) and net.arch == "zfnet"
+    assert net == network.Network(num_classes=10) and net.arch == "zfnet"
 
 
 def test_config_is_hashable_and_old_run_configs_load_as_zfnet():

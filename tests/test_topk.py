@@ -17,7 +17,7 @@ from zfjax.figures import topk as topk_figure
 from zfjax.nets.receptive_field import receptive_field, receptive_field_size
 from helpers import random_params
 
-SMALL = network.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
+SMALL = network.Network(num_classes=10, image_size=64, width=0.25, init_std=None)
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
 N = 23  # streamed in batches of 5: four full batches and a padded one of 3
 
@@ -207,7 +207,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_run, monkeypatch, cap
 
 
 def test_cli_refuses_a_checkpoint_of_another_shape(tmp_path, monkeypatch, capsys, run_cli):
-    run = write_tiny_run(tmp_path, checkpoint_config=network.ZFNetConfig(
+    run = write_tiny_run(tmp_path, checkpoint_config=network.Network(
         num_classes=2, image_size=64, width=0.5, init_std=None))
     code, out, err = run_cli(["topk", str(run)])
     assert code == 2 and out == "" and len(err.splitlines()) == 1

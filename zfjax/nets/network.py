@@ -176,7 +176,6 @@ class Network:
         return stages(self)
 
 
-ZFNetConfig = Network  # the name the first ZFNet-only code used
 
 
 def from_dict(d: dict) -> Network:
