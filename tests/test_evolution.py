@@ -248,7 +248,7 @@ def test_evolution_block_places_each_map_epoch_and_patch():
     for i in range(2):
         for j in range(3):
             np.testing.assert_array_equal(block[i * step:i * step + side, j * step:j * step + side],
-                                          render.fit(render.to_display(projections[j, i]), side))
+                                          render.fit_tile(render.to_display(projections[j, i]), side))
         x = 3 * step + render.PATCH_GAP
         np.testing.assert_array_equal(block[i * step:i * step + side, x:x + side],
-                                      render.fit(patches[i], side))
+                                      render.fit_tile(patches[i], side))

@@ -22,7 +22,7 @@ def test_size_table_and_parameter_count_at_224():
         "conv3": 13, "conv4": 13, "conv5": 13, "pool5": 6,
     }
     params = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
-    assert model.param_count(params) == 58_301_578
+    assert model.count_params(params) == 58_301_578
     assert params["conv1"]["kernel"].shape == (7, 7, 3, 96)
     assert params["fc6"]["kernel"].shape == (6 * 6 * 256, 4096)
 

@@ -1,5 +1,6 @@
 """One name per meaning: retired aliases and indirections stay retired (read from the source)."""
 
+import ast
 import re
 import subprocess
 from pathlib import Path
@@ -13,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def python_sources() -> dict[str, str]:
     paths = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split()
-    return {path: (ROOT / path).read_text() for path in paths if (ROOT / path).exists()}
+    this = Path(__file__).resolve().relative_to(ROOT).as_posix()  # it names the retired names
+    return {path: (ROOT / path).read_text() for path in paths
+            if path != this and (ROOT / path).exists()}
 
 
 def uses(pattern: str) -> list[str]:
@@ -37,3 +40,15 @@ def test_zfnetconfig_is_retired_for_network():
     assert not hasattr(network, "ZFNetConfig")
     assert "ZFNetConfig" not in zfjax.__all__
     assert uses(r"\bZFNetConfig\b") == []
+
+
+def test_each_of_these_function_names_has_one_meaning():
+    """param_count (a network's or a params tree's), to_display (projections' or images')
+    and fit (crop a window, scale a tile, train a run) once meant two or three things."""
+    defined_in = {}
+    for path in sorted((ROOT / "zfjax").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef):
+                defined_in.setdefault(node.name, []).append(str(path.relative_to(ROOT)))
+    assert {name: defined_in[name] for name in ("param_count", "to_display", "fit")
+            if len(defined_in.get(name, [])) > 1} == {}

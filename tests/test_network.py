@@ -35,7 +35,7 @@ def test_alexnet_in_torchvision_layout_at_224():
     assert shapes["conv1"]["kernel"] == (11, 11, 3, 64)
     assert [shapes[f"conv{i}"]["bias"][0] for i in range(1, 6)] == [64, 192, 384, 256, 256]
     assert shapes["fc6"]["kernel"] == (6 * 6 * 256, 4096)
-    assert network.param_count(net) == 61_100_840  # torchvision's alexnet()
+    assert network.parameter_count(net) == 61_100_840  # torchvision's alexnet()
 
 
 def test_vgg16_names_sizes_and_parameter_count_at_224():
@@ -49,14 +49,14 @@ def test_vgg16_names_sizes_and_parameter_count_at_224():
     assert [sizes[f"pool{i}"] for i in range(1, 6)] == [112, 56, 28, 14, 7]
     assert sizes["conv5_3"] == 14
     assert network.param_shapes(net)["fc6"]["kernel"] == (7 * 7 * 512, 4096)
-    assert network.param_count(net) == 138_357_544  # torchvision's / Keras's vgg16
+    assert network.parameter_count(net) == 138_357_544  # torchvision's / Keras's vgg16
 
 
 def test_zfnet_is_unchanged():
     net = network.Network(num_classes=10)
     assert network.projectable_layers(net) == ("conv1", "pool1", "conv2", "pool2", "conv3",
                                              "conv4", "conv5", "pool5")
-    assert network.param_count(net) == 58_301_578
+    assert network.parameter_count(net) == 58_301_578
     assert net == network.Network(num_classes=10) and net.arch == "zfnet"
 
 

@@ -95,7 +95,7 @@ def test_full_size_vgg_key_tables_equal_torchvision(depth, batch_norm):
     arch = f"vgg{depth}" + ("_bn" if batch_norm else "")
     assert weights.torchvision_shapes(network.Network(arch=arch)) == want
     torch_count = sum(p.numel() for p in net.parameters())
-    assert network.param_count(network.Network(arch=arch)) == torch_count
+    assert network.parameter_count(network.Network(arch=arch)) == torch_count
 
 
 def test_vgg19_bn_keys_by_hand():
@@ -282,7 +282,7 @@ def test_zfnet_layout_round_trips_through_torchvision_keys():
     assert keys["conv2"] == ("features.4.weight", "features.4.bias")
     assert keys["fc6"] == ("classifier.0.weight", "classifier.0.bias")
     assert set(weights.torchvision_shapes(config)) == {k for pair in keys.values() for k in pair}
-    assert network.param_count(config) == sum(
+    assert network.parameter_count(config) == sum(
         int(np.prod(s)) for s in weights.torchvision_shapes(config).values())
 
 

@@ -61,9 +61,9 @@ def _same_network(config, other, path) -> None:
     if (network.param_shapes(config) != network.param_shapes(other)
             or config.image_size != other.image_size):
         raise ValueError(f"--random-labels {path}: its network ({other.arch}, "
-                         f"{other.image_size} px, {network.param_count(other):,} parameters) "
+                         f"{other.image_size} px, {network.parameter_count(other):,} parameters) "
                          f"is not the one checked ({config.arch}, {config.image_size} px, "
-                         f"{network.param_count(config):,}); train it with the same recipe and "
+                         f"{network.parameter_count(config):,}); train it with the same recipe and "
                          f"--shuffle-labels")
 
 

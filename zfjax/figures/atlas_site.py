@@ -106,7 +106,7 @@ def pairs_pictures(projections: np.ndarray, patches: np.ndarray, sides) -> list[
 
     projections float32 (k, R, R, 3) in RGB, patches uint8 (k, R, R, 3); each pair is cut
     to the image and scaled to the largest side (``render.fit_pairs``: the costly part,
-    done once), smaller sides are scaled down from it (``render.fit``). Returns one
+    done once), smaller sides are scaled down from it (``render.fit_tile``). Returns one
     uint8 (H, W, 3) picture per side.
     """
     sides = list(sides)
@@ -114,7 +114,7 @@ def pairs_pictures(projections: np.ndarray, patches: np.ndarray, sides) -> list[
     pictures = []
     for side in sides:
         if side != max(sides):
-            shown_s, patches_s = ([render.fit(t, side) for t in tiles] for tiles in (shown, patches))
+            shown_s, patches_s = ([render.fit_tile(t, side) for t in tiles] for tiles in (shown, patches))
         else:
             shown_s, patches_s = shown, patches
         grid = int(np.ceil(np.sqrt(len(shown))))

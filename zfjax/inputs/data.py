@@ -579,7 +579,7 @@ def preprocess(images_uint8: np.ndarray, mean: np.ndarray, input_size: int) -> n
     return x
 
 
-def to_display(images: np.ndarray, mean_crop: np.ndarray) -> np.ndarray:
+def to_pixels(images: np.ndarray, mean_crop: np.ndarray) -> np.ndarray:
     """Inverse of preprocess: returns uint8 images * PIXEL_SCALE + mean_crop, clipped to
     [0, 255]. mean_crop is the mean window the images were made with, e.g.
     centre_crop(mean, input_size)."""

@@ -71,7 +71,7 @@ def _project_dense(config, params, aux, layer, signal):
     for op in ops_below(config, layer):
         x = reverse_stage(op, x, params, aux["switches"].get(op.name))
         # The full-grown output starts at input position -padding.
-        x = model.fit(x, op.padding, op.input_size, op.input_size)
+        x = model.fit_window(x, op.padding, op.input_size, op.input_size)
     return x
 
 
