@@ -52,3 +52,19 @@ def test_each_of_these_function_names_has_one_meaning():
                 defined_in.setdefault(node.name, []).append(str(path.relative_to(ROOT)))
     assert {name: defined_in[name] for name in ("param_count", "to_display", "fit")
             if len(defined_in.get(name, [])) > 1} == {}
+
+
+def test_no_module_calls_a_private_helper_of_another():
+    """A helper another module needs is public, with a name and docstring to match."""
+    reaching = []
+    for path in sorted((ROOT / "zfjax").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        modules = {alias.asname or alias.name for node in ast.walk(tree)
+                   if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("zfjax")
+                   for alias in node.names}
+        reaching += [f"{path.relative_to(ROOT)}:{node.lineno} {node.value.id}.{node.attr}"
+                     for node in ast.walk(tree)
+                     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                     and node.value.id in modules and node.attr.startswith("_")
+                     and not node.attr.startswith("__")]
+    assert reaching == []

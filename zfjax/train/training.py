@@ -165,7 +165,7 @@ def augment(images, mean, ys, xs, flips, input_size: int) -> jax.Array:
 
     images uint8 (B, S, S, 3) at the stored size; mean float32 (S, S, 3); ys, xs int
     (B,) window offsets; flips bool (B,). Each input is (window - mean's window) /
-    PIXEL_SCALE, mirrored left-right where flips: the arithmetic of data._crops, so
+    PIXEL_SCALE, mirrored left-right where flips: the arithmetic of data.crop_windows, so
     the network sees the same numbers as data.train_batches.
     """
     shape = (input_size, input_size, 3)
@@ -192,14 +192,14 @@ def stored_eval_step(params, images, labels, mask, mean, *, config: Network,
                      ten_crop: bool = False) -> jax.Array:
     """eval_step on uint8 stored-size images (B, S, S, 3): the centre crop, or with
     ten_crop the mean softmax of the ten crops (centre, four corners and their mirror
-    images, data._ten_crop_windows). Returns float32 (3,) counts as eval_step."""
+    images, data.ten_crop_windows). Returns float32 (3,) counts as eval_step."""
     size, n = images.shape[1], images.shape[0]
     if not ten_crop:
         c = jnp.full((n,), (size - config.image_size) // 2, jnp.int32)
         x = augment(images, mean, c, c, jnp.zeros(n, bool), config.image_size)
         return eval_step(params, x, labels, mask, config=config)
     probs = 0.0
-    for y, x, flip in zip(*data._ten_crop_windows(size, config.image_size)):
+    for y, x, flip in zip(*data.ten_crop_windows(size, config.image_size)):
         crops = augment(images, mean, jnp.full((n,), y), jnp.full((n,), x),
                         jnp.full((n,), bool(flip)), config.image_size)
         probs = probs + jax.nn.softmax(model.forward(config, params, crops)[0].astype(
