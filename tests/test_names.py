@@ -1,5 +1,6 @@
 """One name per meaning: retired aliases and indirections stay retired (read from the source)."""
 
+import argparse
 import ast
 import re
 import subprocess
@@ -68,3 +69,15 @@ def test_no_module_calls_a_private_helper_of_another():
                      and node.value.id in modules and node.attr.startswith("_")
                      and not node.attr.startswith("__")]
     assert reaching == []
+
+
+def test_methods_and_sanity_share_one_methods_tuple_and_one_set_of_method_options():
+    from zfjax.analyses import methods as methods_core, sanity as sanity_core
+    from zfjax.commands import methods, sanity
+
+    assert not hasattr(methods_core, "METHODS") and not hasattr(sanity_core, "METHODS")
+    subparsers = argparse.ArgumentParser().add_subparsers()
+    options = [{action.dest: (action.default, action.type, action.help)
+                for action in command.add_cli(subparsers)._actions
+                if action.dest in ("samples", "noise", "steps")} for command in (methods, sanity)]
+    assert options[0] == options[1] and len(options[0]) == 3

@@ -43,6 +43,9 @@ from zfjax.nets.deconv import check_range
 from zfjax.nets.network import LRN, Network, SpatialOp, grow, map_end, ops_below, stages
 
 LOGITS = "logits"
+# The methods the methods and sanity commands compare, in their figures' order.
+METHODS = ("deconvnet", "guided_backprop", "gradient", "gradient_x_input", "smoothgrad",
+           "integrated_gradients", "grad_cam")
 
 
 class Rule(NamedTuple):
