@@ -174,8 +174,11 @@ def test_kill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
 def test_checkpoints_is_reachable_after_a_plain_import_zfjax(monkeypatch):
     """Issue 15 item 20: the README's zfjax.train.checkpoints.load_run(...) after `import zfjax`."""
     import zfjax
+    import zfjax.train
 
-    monkeypatch.delattr(zfjax, "checkpoints")  # as in a fresh process: not imported yet
+    # As in a fresh process: neither the layer package nor checkpoints imported yet.
+    monkeypatch.delattr(zfjax.train, "checkpoints")
+    monkeypatch.delattr(zfjax, "train")
     assert zfjax.train.checkpoints.load_run is checkpoints.load_run
     with pytest.raises(AttributeError, match="has no attribute 'no_such_module'"):
         zfjax.no_such_module

@@ -98,7 +98,7 @@ def test_a_complete_store_is_reused_and_other_settings_are_refused(folder, prepa
 
 
 _HANGING = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import helpers; "
-            "from zfjax import store; store._write_shard = helpers.hanging_write_shard; "
+            "from zfjax.inputs import store; store._write_shard = helpers.hanging_write_shard; "
             "import prepare; sys.exit(prepare.main(sys.argv[1:]))")
 
 
