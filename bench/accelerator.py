@@ -51,7 +51,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from zfjax.analyses import atlas, maximize, occlusion  # noqa: E402
-from zfjax.nets import deconv, model
+from zfjax.nets import deconv, model, network
 from bench_chunk import strongest_per_map  # noqa: E402
 from bench_train import peak_tflops, synthetic_rows  # noqa: E402
 from common import forward_flops, in_turns, random_params, write_results  # noqa: E402
@@ -140,7 +140,7 @@ def train_step_rows(plan: Plan, peak: float | None) -> list[dict]:
 
 
 def _with_shape_mfu(row: dict, plan: Plan, peak: float | None) -> dict:
-    config = model.Network(num_classes=plan.train_classes, image_size=row["input_size"],
+    config = network.Network(num_classes=plan.train_classes, image_size=row["input_size"],
                            width=plan.train_width)
     per_image = 3 * forward_flops(config)  # forward + backward (two products per layer)
     achieved = row["images_per_s"] * per_image / 1e12
@@ -263,7 +263,7 @@ def projection_rows(plan: Plan) -> list[dict]:
     for arch, layer, size, width, count in (
             ("zfnet", "conv5", plan.zfnet_size, plan.zfnet_width, plan.zfnet_units),
             ("vgg16", "conv5_3", plan.vgg_size, plan.vgg_width, plan.vgg_units)):
-        config = model.Network(arch=arch, num_classes=1000, image_size=size, width=width)
+        config = network.Network(arch=arch, num_classes=1000, image_size=size, width=width)
         params = jax.device_put(random_params(config))
         image = jax.random.normal(jax.random.key(1), (1, size, size, 3))
         _, aux = model.forward_jit(config, params, image)
@@ -292,7 +292,7 @@ def projection_rows(plan: Plan) -> list[dict]:
 def atlas_rows(plan: Plan) -> list[dict]:
     """atlas.mine over random images (img/s), then atlas.project_top of every conv
     layer's winners (projections/s); second calls (the first ones compile)."""
-    config = model.Network(num_classes=1000, image_size=plan.atlas_size,
+    config = network.Network(num_classes=1000, image_size=plan.atlas_size,
                            width=plan.atlas_width)
     params = jax.device_put(random_params(config))
     rng = np.random.default_rng(1)
@@ -320,7 +320,7 @@ def atlas_rows(plan: Plan) -> list[dict]:
 def occlusion_row(plan: Plan) -> dict:
     """occlusion_maps of one random image, conv5, every position in one call."""
     size = plan.occlusion_size
-    config = model.Network(num_classes=1000, image_size=size, width=plan.zfnet_width)
+    config = network.Network(num_classes=1000, image_size=size, width=plan.zfnet_width)
     params = jax.device_put(random_params(config))
     image = jax.random.normal(jax.random.key(2), (size, size, 3))
     positions = len(occlusion.positions(size, plan.occluder, plan.occlusion_stride)) ** 2
@@ -341,7 +341,7 @@ def occlusion_row(plan: Plan) -> dict:
 def maximize_row(plan: Plan) -> dict:
     """maximize.maximize on VGG16 conv5_3: plan.maximize_units units at once."""
     size = plan.maximize_size
-    config = model.Network(arch="vgg16", num_classes=1000, image_size=size,
+    config = network.Network(arch="vgg16", num_classes=1000, image_size=size,
                            width=plan.maximize_width)
     params = jax.device_put(random_params(config))
     units = jnp.arange(plan.maximize_units, dtype=jnp.int32)

@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # torch_reference
 from zfjax.analyses import occlusion  # noqa: E402
-from zfjax.nets import model, strongest
+from zfjax.nets import model, network, strongest
 from common import write_results  # noqa: E402  (bench/common.py)
 
 CAPTUM_OCCLUSION_S = 12.4  # 224 px, 32 px window, stride 8, 625 positions (FACTS.md)
@@ -147,7 +147,7 @@ def main():
     parser.add_argument("--out", default="bench/results/analyses.json")
     args = parser.parse_args()
 
-    config = model.ZFNetConfig(num_classes=10, image_size=args.size, width=args.width,
+    config = network.Network(num_classes=10, image_size=args.size, width=args.width,
                                init_std=None)
     params = model.init_params(config, jax.random.key(0))
     rng = np.random.default_rng(1)
@@ -157,7 +157,7 @@ def main():
     overhead = bench_mining(config, params, batches, args.repeats, rows)
     occ, torch_s, agree = {}, None, None
     if not args.skip_occlusion:
-        full = model.ZFNetConfig(num_classes=10, image_size=224, init_std=None)
+        full = network.Network(num_classes=10, image_size=224, init_std=None)
         full_params = params if full == config else model.init_params(full, jax.random.key(0))
         occ, torch_s, agree = bench_occlusion(full_params, full, args.occlusion_batches,
                                               args.occlusion_full_batch,

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from zfjax import cli, loading  # noqa: E402
 from zfjax.analyses import atlas
 from zfjax.inputs import data
-from zfjax.nets import deconv, model
+from zfjax.nets import deconv, model, network
 from zfjax.figures import atlas_site  # noqa: E402
 from common import write_results  # noqa: E402  (bench/common.py)
 
@@ -61,7 +61,7 @@ def inputs_of(args):
         inputs = loaded.preprocessing(split.images, config.image_size)
         display = np.ascontiguousarray(data.centre_crop(split.images, config.image_size))
         return config, loaded.params, inputs, display, split.labels, loaded.class_names
-    config = model.ZFNetConfig(num_classes=10, image_size=args.size, width=args.width,
+    config = network.Network(num_classes=10, image_size=args.size, width=args.width,
                                init_std=None)
     params = model.init_params(config, jax.random.key(0))
     rng = np.random.default_rng(1)
@@ -84,7 +84,7 @@ def main():
 
     config, params, inputs, display, labels, class_names = inputs_of(args)
     n = len(inputs)
-    layers = model.conv_layers(config)
+    layers = network.conv_layers(config)
     logits = jax.jit(lambda p, x: model.forward(config, p, x)[0])
     tops, _, _ = atlas.mine(config, params, inputs, labels, batch_size=args.batch)
     winners = {}

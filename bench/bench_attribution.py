@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zfjax.nets import attribution, deconv, model  # noqa: E402
+from zfjax.nets import attribution, deconv, model, network  # noqa: E402
 from zfjax.nets.attribution import LOGITS, Target  # noqa: E402
 from common import in_turns, random_params, write_results  # noqa: E402  (bench/common.py)
 
@@ -306,7 +306,7 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(os.cpu_count())
 
-    config = model.Network(num_classes=1000, image_size=args.size, width=args.width,
+    config = network.Network(num_classes=1000, image_size=args.size, width=args.width,
                            init_std=None)
     params = jax.tree.map(jnp.asarray, random_params(config))
     images = jax.random.normal(jax.random.key(1), (args.images, args.size, args.size, 3))

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zfjax.nets import deconv, model  # noqa: E402
+from zfjax.nets import deconv, model, network  # noqa: E402
 from common import write_results  # noqa: E402  (bench/common.py)
 
 SETTINGS = ((64, 0.5), (112, 0.5), (224, 1.0))
@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for size, width in SETTINGS:
-        config = model.Network(num_classes=10, image_size=size, width=width)
+        config = network.Network(num_classes=10, image_size=size, width=width)
         params = model.init_params(config, jax.random.PRNGKey(0))
         image = jax.random.normal(jax.random.PRNGKey(1), (1, size, size, 3))
         _, aux = model.forward(config, params, image)

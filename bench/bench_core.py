@@ -31,7 +31,7 @@ from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zfjax.nets import deconv, model  # noqa: E402
+from zfjax.nets import deconv, model, network  # noqa: E402
 from common import write_results  # noqa: E402  (bench/common.py)
 
 
@@ -242,7 +242,7 @@ def main():
                         help="skip the forward/gradient rows")
     args = parser.parse_args()
 
-    config = model.Network(num_classes=1000, image_size=args.size, init_std=None)
+    config = network.Network(num_classes=1000, image_size=args.size, init_std=None)
     params = model.init_params(config, jax.random.key(0))
     images = jax.random.normal(jax.random.key(1), (args.batch, args.size, args.size, 3))
     rows = []
@@ -252,7 +252,7 @@ def main():
                       args.rounds)
     tags = [f"{args.units} zfnet conv5 projections"]
     if args.vgg_units:
-        vgg = model.Network(arch="vgg16", num_classes=1000, image_size=224, init_std=None)
+        vgg = network.Network(arch="vgg16", num_classes=1000, image_size=224, init_std=None)
         vgg_params = model.init_params(vgg, jax.random.key(0))
         image = jax.random.normal(jax.random.key(1), (1, 224, 224, 3))
         bench_projections(vgg, vgg_params, image, "conv5_3", args.vgg_units, rows,

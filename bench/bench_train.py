@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from zfjax.inputs import data  # noqa: E402
-from zfjax.nets import model
+from zfjax.nets import model, network
 from zfjax.train import training
 from common import random_params, write_results  # noqa: E402  (bench/common.py)
 
@@ -42,7 +42,7 @@ class JaxStep:
     """A jitted ZFNet train step on one fixed random batch; call() runs `steps` steps."""
 
     def __init__(self, size, batch, donate=True):
-        self.config = model.ZFNetConfig(num_classes=10, image_size=size)
+        self.config = network.Network(num_classes=10, image_size=size)
         mesh = training.make_mesh()
         self.mesh = mesh
         self.state = training.create_state(self.config, training.TrainConfig(), mesh)
@@ -151,7 +151,7 @@ def pipeline_rows(folder, sizes, batch, limit):
 def snapshot_row(folder, count, train_images_per_s):
     """take_snapshot cost on a count-image probe at 224, vs an imagenette epoch."""
     from zfjax.analyses import evolution
-    config = model.ZFNetConfig(num_classes=10)
+    config = network.Network(num_classes=10)
     val = data.load_split(folder, "val", 224, limit=count, progress=False)
     probe = evolution.make_probe(val, data.mean_image(val), config, count=count)
     params = model.init_params(config, jax.random.key(0))
@@ -188,7 +188,7 @@ def synthetic_rows(size, batch, dtype, steps, rounds, peak, *, width=1.0, num_cl
 
     devices: the mesh's devices (default: all); the batch is global, split over them.
     """
-    config = model.ZFNetConfig(num_classes=num_classes, image_size=size, dtype=dtype,
+    config = network.Network(num_classes=num_classes, image_size=size, dtype=dtype,
                                width=width)
     mesh = training.make_mesh(devices)
     training.check_batch_size(batch, mesh)

@@ -13,14 +13,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zfjax.nets import model
+from zfjax.nets import network
 
 
 class TorchDeconvnet:
     """The conv/pool part of a network in PyTorch (NCHW) with weights copied from zfjax params."""
 
-    def __init__(self, params, config: model.Network):
-        self.ops = model.spatial_ops(config)
+    def __init__(self, params, config: network.Network):
+        self.ops = network.spatial_ops(config)
         self.weights = {
             op.name: torch.from_numpy(np.asarray(params[op.name]["kernel"]).transpose(3, 2, 0, 1).copy())
             for op in self.ops if op.kind == "conv"
@@ -86,11 +86,11 @@ class _Norm(torch.nn.Module):
         return _NormPassThrough.apply(x, n.size, n.alpha, n.beta, n.k)
 
 
-def torch_sequential(params, config: model.Network):
+def torch_sequential(params, config: network.Network):
     """The conv/pool part as a torch.nn.Sequential (for Captum), and layer -> the module
     whose output is that layer's recorded map (a conv's ReLU, a pool)."""
     layers, modules = [], {}
-    for op in model.spatial_ops(config):
+    for op in network.spatial_ops(config):
         if op.kind == "conv":
             conv = torch.nn.Conv2d(params[op.name]["kernel"].shape[2], op.channels, op.kernel,
                                    op.stride, op.padding)
@@ -116,7 +116,7 @@ class _FlattenNHWC(torch.nn.Module):
         return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
 
 
-def torch_network(params, config: model.Network):
+def torch_network(params, config: network.Network):
     """The whole network at inference (true contrast normalisation, no dropout) as
     torch.nn.Sequential with zfjax's weights, for Captum's gradient methods (the same
     construction as tests/test_attribution.py's), and layer -> the module whose
@@ -128,33 +128,33 @@ def torch_network(params, config: model.Network):
         return torch.from_numpy(np.ascontiguousarray(a, np.float32))
 
     layers, modules = [], {}
-    for stage in model.stages(config):
-        if isinstance(stage, model.Conv):
+    for stage in network.stages(config):
+        if isinstance(stage, network.Conv):
             kernel = np.asarray(params[stage.name]["kernel"])
             layer = nn.Conv2d(kernel.shape[2], kernel.shape[3], stage.kernel, stage.stride,
                               stage.padding)
             layer.weight.data = tensor(kernel.transpose(3, 2, 0, 1))
             layer.bias.data = tensor(params[stage.name]["bias"])
-        elif isinstance(stage, model.Dense):
+        elif isinstance(stage, network.Dense):
             kernel = np.asarray(params[stage.name]["kernel"])
             layer = nn.Linear(*kernel.shape)
             layer.weight.data = tensor(kernel.T)
             layer.bias.data = tensor(params[stage.name]["bias"])
-        elif isinstance(stage, model.MaxPool):
+        elif isinstance(stage, network.MaxPool):
             layer = nn.MaxPool2d(stage.window, stage.stride, stage.padding, ceil_mode=stage.ceil)
-        elif isinstance(stage, model.ReLU):
+        elif isinstance(stage, network.ReLU):
             layer = nn.ReLU()
-        elif isinstance(stage, model.LRN):
+        elif isinstance(stage, network.LRN):
             layer = nn.LocalResponseNorm(stage.size, stage.alpha, stage.beta, stage.k)
-        elif isinstance(stage, model.Flatten):
+        elif isinstance(stage, network.Flatten):
             layer = _FlattenNHWC()
         else:  # dropout: inference
             continue
-        if isinstance(stage, (model.Conv, model.MaxPool)) or (
-                isinstance(stage, model.ReLU) and isinstance(layers[-1], nn.Conv2d)):
+        if isinstance(stage, (network.Conv, network.MaxPool)) or (
+                isinstance(stage, network.ReLU) and isinstance(layers[-1], nn.Conv2d)):
             modules[getattr(stage, "name", None) or list(modules)[-1]] = layer
         layers.append(layer)
-    network = nn.Sequential(*layers).eval()
-    for p in network.parameters():
+    sequential = nn.Sequential(*layers).eval()
+    for p in sequential.parameters():
         p.requires_grad_(False)  # gradients to the input only
-    return network, modules
+    return sequential, modules

@@ -5,13 +5,13 @@ from typing import TYPE_CHECKING, NamedTuple
 import pytest
 
 if TYPE_CHECKING:
-    from zfjax.nets.model import ZFNetConfig
+    from zfjax.nets.network import Network
 
 
 class TinyNetwork(NamedTuple):
     """A network config and weights for it."""
 
-    config: "ZFNetConfig"
+    config: "Network"
     params: dict  # numpy arrays, shared by every test that takes them: never modify them
 
 

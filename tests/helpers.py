@@ -10,7 +10,7 @@ from PIL import Image
 
 from zfjax import artifacts
 from zfjax.inputs import data
-from zfjax.nets import model
+from zfjax.nets import model, network
 
 
 def random_params(config, seed=0, bias_std=0.0):
@@ -59,13 +59,13 @@ def write_image_folder(root, classes, per_class, *, splits=("train", "val"), sha
 # The tiny network most tests share. Equal configs (and equal batch shapes: use batches of
 # BATCH) share compiled programs within a process, so a test that needs no other network
 # takes this one, or the session fixture tiny_network (conftest.py) with its weights.
-TINY10 = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
+TINY10 = network.Network(num_classes=10, image_size=64, width=0.25, init_std=None)
 BATCH = 16
 
 
 # ---- a tiny real run folder, as train.py leaves it -------------------------------------
 
-TINY = model.ZFNetConfig(num_classes=2, image_size=64, width=0.25, init_std=None)
+TINY = network.Network(num_classes=2, image_size=64, width=0.25, init_std=None)
 
 
 def write_tiny_run(root: Path, config=TINY, checkpoint_config=None) -> Path:
@@ -190,8 +190,8 @@ def batch_norm_params(config, params, seed=0):
     running mean N(0, 0.1^2), running var 0.5..2), so the tests see it."""
     rng = np.random.default_rng(seed)
     out = dict(params)
-    for stage in model.stages(config):
-        if isinstance(stage, model.BatchNorm):
+    for stage in network.stages(config):
+        if isinstance(stage, network.BatchNorm):
             c = params[stage.name]["scale"].shape
             out[stage.name] = {"scale": rng.uniform(0.5, 1.5, c), "bias": rng.normal(0, 0.1, c),
                                "mean": rng.normal(0, 0.1, c), "var": rng.uniform(0.5, 2, c)}

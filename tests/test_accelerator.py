@@ -45,9 +45,9 @@ def test_quick_accelerator_bench_runs_every_part_and_writes_one_json(tmp_path, c
 def test_default_units_per_step_by_backend(monkeypatch):
     import jax
 
-    from zfjax.nets import deconv, model
+    from zfjax.nets import deconv, network
 
-    zfnet, vgg = model.Network(), model.Network(arch="vgg16")
+    zfnet, vgg = network.Network(), network.Network(arch="vgg16")
     # CPU: 8 per step (bench_chunk); VGG16's 8 conv5_3 units all at once, the program of
     # vmapping all of them, so never slower than it.
     assert deconv.default_batch_size(zfnet, "conv5", 256) == 8

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from zfjax.analyses import atlas
-from zfjax.nets import deconv, model
+from zfjax.nets import deconv, model, network
 from zfjax.figures import atlas_site as site_writer
 from zfjax.nets.receptive_field import crop_to_receptive_field
 from helpers import TINY, random_params
@@ -35,7 +35,7 @@ def images():
 @functools.lru_cache(maxsize=None)
 def activations():
     _, aux = model.forward_jit(TINY, params(), images())
-    return {layer: np.asarray(aux["activations"][layer]) for layer in model.conv_layers(TINY)}
+    return {layer: np.asarray(aux["activations"][layer]) for layer in network.conv_layers(TINY)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,7 +51,7 @@ def mined():
 
 def test_one_pass_top_k_of_every_layer_equals_a_brute_force_sort():
     tops, _, _ = mined()
-    assert list(tops) == list(model.conv_layers(TINY))
+    assert list(tops) == list(network.conv_layers(TINY))
     for layer, acts in activations().items():
         n, h, w, c = acts.shape
         flat = acts.reshape(n, h * w, c)

@@ -10,7 +10,6 @@ installs both).
 import functools
 import http.server
 import io
-import shutil
 import threading
 from pathlib import Path
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import TINY, batch_norm_params, random_params
 
-from zfjax.nets import attribution, deconv, model
+from zfjax.nets import attribution, deconv, model, network
 from zfjax.nets.attribution import LOGITS, Target
 
 
@@ -90,17 +90,17 @@ def test_deconvnet_equals_deconv_project(net):
                                                                       units.x, units.channel])
 
 
-ALEXNET = model.Network(arch="alexnet", num_classes=3, image_size=128, width=0.125,
+ALEXNET = network.Network(arch="alexnet", num_classes=3, image_size=128, width=0.125,
                         init_std=None)
-VGG_BN = model.Network(arch="vgg11_bn", num_classes=3, image_size=32, width=0.0625, init_std=None)
+VGG_BN = network.Network(arch="vgg11_bn", num_classes=3, image_size=32, width=0.0625, init_std=None)
 
 
 def edge_units(config, layer):
     """Target: six units of ``layer`` on one channel each: the four corners, the middle
     of the top edge and one inside, where windows run past the map (padding)."""
-    size = model.layer_sizes(config)[layer]
+    size = network.layer_sizes(config)[layer]
     ys, xs = [0, 0, size - 1, size - 1, 0, size // 2], [0, size - 1, 0, size - 1, size // 2, 1]
-    channels = np.arange(6) % model.num_channels(config, layer)
+    channels = np.arange(6) % network.num_channels(config, layer)
     return Target(layer, jnp.array(channels), jnp.array(ys), jnp.array(xs))
 
 
@@ -118,7 +118,7 @@ def test_windowed_unit_attribution_equals_dense(config, layer):
     image = np.random.default_rng(0).normal(size=(1, n, n, 3)).astype(np.float32)
     images = jnp.asarray(np.repeat(image, 6, axis=0))
     target = edge_units(config, layer)
-    assert attribution.unit_cone(config, layer)[-1][0] == model.spatial_ops(config)[0]
+    assert attribution.unit_cone(config, layer)[-1][0] == network.spatial_ops(config)[0]
     for method in attribution.RULES:
         windowed = attribution.attribute(config, params, images, target, method)
         dense = attribution.attribute(config, params, images, target, method, window=False)

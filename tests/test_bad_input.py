@@ -14,9 +14,9 @@ from PIL import Image
 from zfjax.inputs import data
 from zfjax.train import trainer, training
 from zfjax.train.run import DataSpec, RunSpec
-from zfjax.nets.model import ZFNetConfig
+from zfjax.nets.network import Network
 
-TINY = ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
+TINY = Network(num_classes=10, image_size=64, width=0.25, init_std=None)
 
 
 def _png(width, height, bit_depth, colour_type, rows: bytes, *, idat: bytes | None = None) -> bytes:

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from zfjax import artifacts
-from zfjax.nets import model
+from zfjax.nets import model, network
 from zfjax.train import checkpoints, training
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
+TINY = network.Network(num_classes=10, image_size=64, width=0.25, init_std=None)
 
 
 def _state(config=TINY, seed=0):
@@ -68,8 +68,8 @@ def _shapes(config):
 ])
 def test_mismatch_says_what_differs(saved, wanted, message):
     with pytest.raises(ValueError) as err:
-        checkpoints.check_shapes(_shapes(model.ZFNetConfig(**saved)),
-                                 _shapes(model.ZFNetConfig(**wanted)), model.ZFNetConfig(**wanted))
+        checkpoints.check_shapes(_shapes(network.Network(**saved)),
+                                 _shapes(network.Network(**wanted)), network.Network(**wanted))
     assert str(err.value) == message
 
 
@@ -122,7 +122,7 @@ def test_load_run_refuses_a_config_that_does_not_fit(tmp_path):
         checkpoints.load_run(tmp_path)
     with pytest.raises(ValueError, match="conv1 kernel"):
         checkpoints.check_checkpoint(tmp_path / "checkpoints" / "1",
-                                     model.ZFNetConfig(num_classes=10, image_size=64, width=0.5))
+                                     network.Network(num_classes=10, image_size=64, width=0.5))
     checkpoints.check_checkpoint(tmp_path / "checkpoints" / "1", TINY)  # fits: no error
 
 
@@ -174,6 +174,7 @@ def test_kill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
 def test_checkpoints_is_reachable_after_a_plain_import_zfjax(monkeypatch):
     """Issue 15 item 20: the README's zfjax.train.checkpoints.load_run(...) after `import zfjax`."""
     import zfjax
+    import zfjax.train
 
     # As in a fresh process: neither zfjax.train nor its checkpoints imported yet (the
     # module moved into zfjax/train/, so zfjax itself has no checkpoints attribute).

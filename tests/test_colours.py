@@ -8,7 +8,7 @@ from PIL import Image
 
 from zfjax import render
 from zfjax.analyses import filters
-from zfjax.nets import model, weights
+from zfjax.nets import network, weights
 from helpers import random_params, write_keras3
 
 
@@ -17,7 +17,7 @@ def red_on_bgr_weights(tmp_path_factory):
     """A small VGG16 Keras file whose conv1_1 reads only input channel 2 (red, in BGR
     order), with non-negative weights, and a pure red image."""
     tmp = tmp_path_factory.mktemp("bgr")
-    config = model.Network(arch="vgg16", num_classes=3, width=0.0625, init_std=None)
+    config = network.Network(arch="vgg16", num_classes=3, width=0.0625, init_std=None)
     params = random_params(config)
     kernel = np.abs(params["conv1_1"]["kernel"])
     kernel[:, :, :2] = 0

@@ -8,7 +8,7 @@ import pytest
 
 from zfjax.analyses import convergence, evolution
 from zfjax.inputs import data
-from zfjax.nets import model, strongest
+from zfjax.nets import network, strongest
 from zfjax.train import checkpoints
 from zfjax.figures.convergence import plot_convergence
 from helpers import random_params
@@ -105,7 +105,7 @@ def test_cli_on_a_run_with_two_checkpoints_and_snapshots(tmp_path, monkeypatch, 
     assert out.splitlines()[-2:] == [str(figures / "convergence.png"), str(figures / "convergence.csv")]
     rows = list(csv.DictReader(open(figures / "convergence.csv")))
     assert [(r["layer"], r["epoch"]) for r in rows] == [
-        (layer, e) for layer in model.conv_layers(TINY) for e in ("1", "2")]
+        (layer, e) for layer in network.conv_layers(TINY) for e in ("1", "2")]
     final = [r for r in rows if r["epoch"] == "2"]
     assert all(float(r["projection_corr_median"]) == pytest.approx(1, abs=1e-3) for r in final)
     assert all(r["top9_overlap_mean"] == "1.0000" for r in final)

@@ -10,13 +10,12 @@ from PIL import Image
 
 from zfjax.analyses import correspondence as corr
 from zfjax.commands.correspondence import read_parts
-from zfjax.figures.correspondence import plot_correspondence
 from zfjax.inputs import data
-from zfjax.nets import model
+from zfjax.nets import model, network
 from helpers import random_params
 
 # The config of test_topk.write_tiny_run, so the CLI tests reuse these compilations.
-SMALL = model.ZFNetConfig(num_classes=2, image_size=64, width=0.25, init_std=None)
+SMALL = network.Network(num_classes=2, image_size=64, width=0.25, init_std=None)
 STORED = data.stored_size(64)  # 73: a 73 px image is used as is, the crop starts at 4
 
 

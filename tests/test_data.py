@@ -185,11 +185,11 @@ def test_eval_batches_centre_and_ten_crop(real):
 
 
 @needs_imagenette
-def test_to_display_inverts_preprocess(real):
+def test_to_pixels_inverts_preprocess(real):
     images, mean = real
     x = data.preprocess(images.images[:4], mean, 224)
     assert x.dtype == np.float32 and -1.01 < x.min() and x.max() < 1.01
-    back = data.to_display(x, data.centre_crop(mean, 224))
+    back = data.to_pixels(x, data.centre_crop(mean, 224))
     assert back.dtype == np.uint8
     assert np.array_equal(back, images.images[:4, 16:240, 16:240])
 

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from jax import lax
 
-from zfjax.nets import deconv, model
+from zfjax.nets import deconv, model, network
 from zfjax.nets.receptive_field import receptive_field
 from helpers import random_params
 
-SMALL = model.ZFNetConfig(num_classes=5, image_size=64, width=0.25, init_std=None)
-FULL = model.ZFNetConfig(num_classes=10, image_size=224, init_std=None)
+SMALL = network.Network(num_classes=5, image_size=64, width=0.25, init_std=None)
+FULL = network.Network(num_classes=10, image_size=224, init_std=None)
 
 
 @functools.lru_cache(maxsize=None)
-def network(config, n_images=2, seed=0):
+def random_network(config, n_images=2, seed=0):
     """(params, images, aux) for random He-initialised weights and random images (numpy
     draws: init_params and jax.random compile a program per shape, seconds each here)."""
     params = random_params(config, seed=seed)
@@ -84,9 +84,9 @@ def rel_err(a, b):
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
-@pytest.mark.parametrize("layer", model.projectable_layers(SMALL))
+@pytest.mark.parametrize("layer", network.projectable_layers(SMALL))
 def test_whole_layer_projection_equals_reference_small(layer):
-    params, images, aux = network(SMALL)
+    params, images, aux = random_network(SMALL)
     # The reference forward reproduces the recorded activations.
     np.testing.assert_allclose(reference_features(params, images, layer),
                                aux["activations"][layer], rtol=1e-4, atol=1e-5)
@@ -99,7 +99,7 @@ def test_whole_layer_projection_equals_reference_small(layer):
 
 @pytest.mark.parametrize("layer", ["conv5", "pool2", "conv1"])
 def test_projection_equals_reference_at_224(layer):
-    params, images, aux = network(FULL, n_images=1)
+    params, images, aux = random_network(FULL, n_images=1)
     for channel in (0, 17):
         signal = deconv.feature_map_signal(aux, layer, channel)
         ours = deconv.project(FULL, params, aux, layer, signal)
@@ -110,8 +110,8 @@ def test_projection_equals_reference_at_224(layer):
 
 @pytest.mark.parametrize("layer", ["conv1", "conv2", "conv3", "conv4", "conv5"])
 def test_each_transposed_convolution_is_the_adjoint_of_its_convolution(layer):
-    params, _, aux = network(SMALL)
-    stage = next(s for s in model.spatial_ops(SMALL) if s.name == layer)
+    params, _, aux = random_network(SMALL)
+    stage = next(s for s in network.spatial_ops(SMALL) if s.name == layer)
     kernel = params[layer]["kernel"]
     kx, ky = jax.random.split(jax.random.key(7))
     x = jax.random.normal(kx, (2, stage.input_size, stage.input_size, kernel.shape[2]))
@@ -126,9 +126,9 @@ def test_each_transposed_convolution_is_the_adjoint_of_its_convolution(layer):
     np.testing.assert_allclose(jnp.vdot(fx, y), jnp.vdot(x, back), rtol=2e-5)
 
 
-@pytest.mark.parametrize("layer", model.projectable_layers(SMALL))
+@pytest.mark.parametrize("layer", network.projectable_layers(SMALL))
 def test_windowed_unit_projection_equals_dense(layer):
-    params, _, aux = network(SMALL)
+    params, _, aux = random_network(SMALL)
     n, h, w, c = aux["activations"][layer].shape
     units = deconv.Units(image=np.array([0, 1, 1, 0]), channel=np.array([0, c - 1, 3, 5]),
                          y=np.array([0, h - 1, h // 2, h - 1]), x=np.array([0, w - 1, w // 2, 0]))
@@ -141,7 +141,7 @@ def test_windowed_unit_projection_equals_dense(layer):
 
 
 def test_windowed_projection_at_224_equals_reference():
-    params, images, aux = network(FULL, n_images=1)
+    params, images, aux = random_network(FULL, n_images=1)
     peaks = aux["activations"]["conv5"][0].max(axis=(0, 1))
     units = deconv.strongest_units(aux, "conv5", jnp.argsort(peaks)[-2:])
     ours = deconv.project_units(FULL, params, aux, "conv5", units)
@@ -153,7 +153,7 @@ def test_windowed_projection_at_224_equals_reference():
 
 @pytest.mark.parametrize("layer", ["conv2", "pool2", "conv5", "pool5"])
 def test_single_unit_projection_is_zero_outside_its_receptive_field(layer):
-    params, _, aux = network(SMALL)
+    params, _, aux = random_network(SMALL)
     h = aux["activations"][layer].shape[1]
     # One unit at a border, one inside; the strongest channel there, so it is not zero.
     for y, x in [(0, h - 1), (h // 2, h // 2)]:
@@ -168,7 +168,7 @@ def test_single_unit_projection_is_zero_outside_its_receptive_field(layer):
 
 
 def test_project_is_vmappable_over_selections():
-    params, _, aux = network(SMALL)
+    params, _, aux = random_network(SMALL)
     signals = jnp.stack([deconv.feature_map_signal(aux, "conv3", c) for c in range(4)])
     batched = jax.vmap(lambda s: deconv.project(SMALL, params, aux, "conv3", s))(signals)
     for c in range(4):
@@ -177,7 +177,7 @@ def test_project_is_vmappable_over_selections():
 
 
 def test_strongest_units_find_the_maximum():
-    _, _, aux = network(SMALL)
+    _, _, aux = random_network(SMALL)
     acts = np.asarray(aux["activations"]["conv4"])
     units = deconv.strongest_units(aux, "conv4", [0, 7, 9], image=1)
     for k, c in enumerate([0, 7, 9]):
@@ -186,7 +186,7 @@ def test_strongest_units_find_the_maximum():
 
 
 def test_bad_selections_say_what_was_expected():
-    params, _, aux = network(SMALL)
+    params, _, aux = random_network(SMALL)
     with pytest.raises(ValueError, match="unknown layer 'conv6'; expected one of conv1, pool1"):
         deconv.feature_map_signal(aux, "conv6", 0)
     with pytest.raises(ValueError, match=r"channel 64 is out of range for conv5: expected 0..63"):

@@ -10,13 +10,13 @@ from PIL import Image
 from zfjax import render
 from zfjax.analyses import evolution
 from zfjax.inputs import data
-from zfjax.nets import deconv, model, strongest
+from zfjax.nets import deconv, model, network, strongest
 from zfjax.commands.evolution import plot_evolution
 from zfjax.figures import evolution as evolution_figure
 from zfjax.nets.receptive_field import receptive_field, receptive_field_size
 from helpers import random_params
 
-SMALL = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
+SMALL = network.Network(num_classes=10, image_size=64, width=0.25, init_std=None)
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
 PROBE_COUNT = 40  # with batch_size 16: two full batches and a padded one of 8
 
@@ -51,7 +51,7 @@ def snapshot(seed=0):
 def forward_in_batches(images, batch=20):
     """Activations of every image, in batches of 20: the shape take_snapshot re-runs
     (5 layers x 4 maps), so nothing new is compiled."""
-    out = {layer: [] for layer in model.conv_layers(SMALL)}
+    out = {layer: [] for layer in network.conv_layers(SMALL)}
     for start in range(0, len(images), batch):
         chunk = np.resize(images[start:start + batch], (batch,) + images.shape[1:])
         _, aux = model.forward_jit(SMALL, params(), chunk)
@@ -74,7 +74,7 @@ def test_running_max_equals_brute_force_over_the_whole_probe():
     probe, _ = probe_and_mean()
     snap = snapshot()
     activations = forward_in_batches(probe.images)
-    for layer in model.conv_layers(SMALL):
+    for layer in network.conv_layers(SMALL):
         acts = activations[layer]  # (P, h, w, C)
         assert len(acts) == PROBE_COUNT
         np.testing.assert_array_equal(snap[f"{layer}/channels"], probe.maps[layer])
@@ -103,7 +103,7 @@ def test_padding_of_the_last_batch_never_wins():
 def test_projections_and_patches_are_the_units_crops():
     probe, _ = probe_and_mean()
     snap = snapshot()
-    for layer in model.conv_layers(SMALL):
+    for layer in network.conv_layers(SMALL):
         size = receptive_field_size(SMALL, layer)
         assert snap[f"{layer}/projections"].shape == (4, size, size, 3)
         assert snap[f"{layer}/projections"].dtype == np.float32
@@ -149,14 +149,14 @@ def test_make_probe_is_deterministic_and_spread_over_classes():
     picked = [int(np.flatnonzero((crops == d).all(axis=(1, 2, 3)))[0]) for d in one.display]
     assert sorted(picked) == picked and len(set(picked)) == 30
     assert np.bincount(images.labels[picked]).tolist() == [5] * 6
-    for layer in model.conv_layers(SMALL):
+    for layer in network.conv_layers(SMALL):
         maps = one.maps[layer]
         assert maps.dtype == np.int32 and maps.shape == (5,)
-        assert len(set(maps)) == 5 and 0 <= maps.min() and maps.max() < model.num_channels(SMALL, layer)
+        assert len(set(maps)) == 5 and 0 <= maps.min() and maps.max() < network.num_channels(SMALL, layer)
         np.testing.assert_array_equal(maps, two.maps[layer])
-    assert any(not np.array_equal(one.maps[l], other.maps[l]) for l in model.conv_layers(SMALL))
+    assert any(not np.array_equal(one.maps[l], other.maps[l]) for l in network.conv_layers(SMALL))
     wide = evolution.make_probe(images, mean, SMALL, count=100, maps_per_layer=1000)
-    assert len(wide.images) == 60 and len(wide.maps["conv1"]) == model.num_channels(SMALL, "conv1")
+    assert len(wide.images) == 60 and len(wide.maps["conv1"]) == network.num_channels(SMALL, "conv1")
 
 
 @pytest.mark.skipif(not (IMAGENETTE / "val").is_dir(), reason=f"no images at {IMAGENETTE}/val")
@@ -248,7 +248,7 @@ def test_evolution_block_places_each_map_epoch_and_patch():
     for i in range(2):
         for j in range(3):
             np.testing.assert_array_equal(block[i * step:i * step + side, j * step:j * step + side],
-                                          render.fit(render.to_display(projections[j, i]), side))
+                                          render.fit_tile(render.to_display(projections[j, i]), side))
         x = 3 * step + render.PATCH_GAP
         np.testing.assert_array_equal(block[i * step:i * step + side, x:x + side],
-                                      render.fit(patches[i], side))
+                                      render.fit_tile(patches[i], side))

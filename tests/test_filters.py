@@ -9,13 +9,13 @@ from PIL import Image
 
 from zfjax import artifacts
 from zfjax.analyses import filters
-from zfjax.nets import model
+from zfjax.nets import model, network
 from zfjax.figures import filters as filters_figure
 from zfjax.nets.receptive_field import receptive_field_size
 from helpers import random_params
 
 # The config of test_topk.write_tiny_run, so the CLI tests reuse these compilations.
-SMALL = model.ZFNetConfig(num_classes=2, image_size=64, width=0.25, init_std=None)
+SMALL = network.Network(num_classes=2, image_size=64, width=0.25, init_std=None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -115,7 +115,7 @@ from helpers import write_tiny_run  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     """Two runs of one architecture (A, B) and one twice as wide."""
-    wide = model.ZFNetConfig(num_classes=2, image_size=64, width=0.5, init_std=None)
+    wide = network.Network(num_classes=2, image_size=64, width=0.5, init_std=None)
     return (write_tiny_run(tmp_path_factory.mktemp("filters_a")),
             write_tiny_run(tmp_path_factory.mktemp("filters_b")),
             write_tiny_run(tmp_path_factory.mktemp("filters_wide"), config=wide))

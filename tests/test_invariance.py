@@ -9,12 +9,12 @@ from PIL import Image
 
 from zfjax import artifacts
 from zfjax.analyses import invariance
-from zfjax.nets import model
+from zfjax.nets import model, network
 from zfjax.figures.invariance import plot_invariance
 from helpers import random_params
 
 # The config of test_topk.write_tiny_run, so the CLI tests reuse these compilations.
-SMALL = model.ZFNetConfig(num_classes=2, image_size=64, width=0.25, init_std=None)
+SMALL = network.Network(num_classes=2, image_size=64, width=0.25, init_std=None)
 # Per kind: the identity, a small and a large transformation.
 SWEEPS = {"translate": [0.0, 2.0, 14.0], "scale": [1.0, 1.1, 1.6], "rotate": [0.0, 4.0, 60.0]}
 

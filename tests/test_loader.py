@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from zfjax.inputs import data, loader, store
-from zfjax.nets import model
+from zfjax.nets import model, network
 from zfjax.train import trainer, training
 
 from helpers import random_params, write_image_folder
 
-TINY = model.ZFNetConfig(num_classes=3, image_size=64, width=0.25, init_std=None)
+TINY = network.Network(num_classes=3, image_size=64, width=0.25, init_std=None)
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from PIL import Image
 
 from zfjax import artifacts
 from zfjax.analyses import maximize
-from zfjax.nets import model
+from zfjax.nets import model, network
 from zfjax.figures.maximize import plot_maximize
 from helpers import random_params
 
 # The config of test_topk.write_tiny_run, so the CLI tests reuse these compilations.
-SMALL = model.ZFNetConfig(num_classes=2, image_size=64, width=0.25, init_std=None)
+SMALL = network.Network(num_classes=2, image_size=64, width=0.25, init_std=None)
 STEPS = 25
 
 
@@ -161,7 +161,7 @@ def test_cpu_defaults_fit_about_a_minute_and_help_says_the_gpu_ones(monkeypatch,
 
     from zfjax.commands import maximize as command
 
-    vgg16 = model.Network(arch="vgg16", num_classes=1000, image_size=224)
+    vgg16 = network.Network(arch="vgg16", num_classes=1000, image_size=224)
     none_given = argparse.Namespace(units=None, steps=None)
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     units, steps, note = command.default_work(vgg16, none_given)
@@ -195,7 +195,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_run, monkeypatch, cap
 
 
 def test_cli_refuses_a_checkpoint_of_another_shape(tmp_path, monkeypatch, capsys, run_cli):
-    run = write_tiny_run(tmp_path, checkpoint_config=model.ZFNetConfig(
+    run = write_tiny_run(tmp_path, checkpoint_config=network.Network(
         num_classes=2, image_size=64, width=0.5, init_std=None))
     code, out, err = run_cli(["maximize", str(run)])
     assert code == 2 and out == "" and len(err.splitlines()) == 1

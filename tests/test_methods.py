@@ -6,7 +6,7 @@ import pytest
 from helpers import TINY, random_params, write_tiny_run
 
 from zfjax.analyses import methods
-from zfjax.nets import model, strongest
+from zfjax.nets import attribution, model, strongest
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,8 @@ def test_command_writes_the_figure_and_every_map(tiny_run, run_cli, tmp_path):
     assert code == 0, err
     assert stdout.split() == [str(out / "methods.npz"), str(out / "methods.png")]
     arrays = np.load(out / "methods.npz")
-    assert arrays["methods"].tolist() == list(methods.METHODS)
-    for method in methods.METHODS:
+    assert arrays["methods"].tolist() == list(attribution.METHODS)
+    for method in attribution.METHODS:
         for kind in methods.TARGETS:
             shape = (2, 64, 64) if method == "grad_cam" else (2, 64, 64, 3)
             assert arrays[f"{method}_{kind}"].shape == shape, method

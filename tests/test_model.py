@@ -9,36 +9,36 @@ import numpy as np
 import pytest
 from jax import lax
 
-from zfjax.nets import model
+from zfjax.nets import model, network
 from zfjax.train import training
 from helpers import batch_norm_params, random_params
 
-SMALL = model.ZFNetConfig(num_classes=7, image_size=64, width=0.25, init_std=None)
+SMALL = network.Network(num_classes=7, image_size=64, width=0.25, init_std=None)
 
 
 def test_size_table_and_parameter_count_at_224():
-    config = model.ZFNetConfig(num_classes=10)
-    assert model.layer_sizes(config) == {
+    config = network.Network(num_classes=10)
+    assert network.layer_sizes(config) == {
         "input": 224, "conv1": 110, "pool1": 55, "conv2": 26, "pool2": 13,
         "conv3": 13, "conv4": 13, "conv5": 13, "pool5": 6,
     }
     params = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
-    assert model.param_count(params) == 58_301_578
+    assert model.count_params(params) == 58_301_578
     assert params["conv1"]["kernel"].shape == (7, 7, 3, 96)
     assert params["fc6"]["kernel"].shape == (6 * 6 * 256, 4096)
 
 
 @pytest.mark.parametrize("size, pool5", [(64, 1), (112, 3), (160, 4), (256, 7)])
 def test_other_input_sizes_build(size, pool5):
-    config = model.ZFNetConfig(num_classes=3, image_size=size, width=0.25)
-    assert model.layer_sizes(config)["pool5"] == pool5
+    config = network.Network(num_classes=3, image_size=size, width=0.25)
+    assert network.layer_sizes(config)["pool5"] == pool5
     params = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
     assert params["fc6"]["kernel"].shape[0] == pool5 * pool5 * 64
 
 
 @pytest.mark.parametrize("arch", ["zfnet", "vgg16"])
 def test_first_init_std_sets_only_the_first_conv_layer(arch):
-    config = model.Network(arch=arch, num_classes=7, image_size=64, width=0.25, init_std=None)
+    config = network.Network(arch=arch, num_classes=7, image_size=64, width=0.25, init_std=None)
     he = model.init_params(config, jax.random.key(0))
     mixed = model.init_params(dataclasses.replace(config, first_init_std=0.01), jax.random.key(0))
     first = "conv1" if arch == "zfnet" else "conv1_1"
@@ -56,9 +56,9 @@ def test_forward_records_every_layer():
     images = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype(np.float32)
     logits, aux = model.forward_jit(SMALL, params, images)
     assert logits.shape == (2, 7) and logits.dtype == jnp.float32
-    sizes = model.layer_sizes(SMALL)
-    for layer in model.projectable_layers(SMALL):
-        channels = model.num_channels(SMALL, layer)
+    sizes = network.layer_sizes(SMALL)
+    for layer in network.projectable_layers(SMALL):
+        channels = network.num_channels(SMALL, layer)
         assert aux["activations"][layer].shape == (2, sizes[layer], sizes[layer], channels)
     assert aux["activations"]["fc6"].shape == (2, 1024)
     assert set(aux["switches"]) == {"pool1", "pool2", "pool5"}
@@ -146,7 +146,7 @@ def test_training_forward_uses_dropout_and_needs_a_key():
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
-    config = model.ZFNetConfig(num_classes=7, image_size=64, width=0.25, dtype="bfloat16")
+    config = network.Network(num_classes=7, image_size=64, width=0.25, dtype="bfloat16")
     params = model.init_params(config, jax.random.key(0))
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
     logits, aux = model.forward_jit(config, params, jnp.ones((1, 64, 64, 3)))
@@ -163,11 +163,11 @@ def test_wrong_image_shape_says_what_was_expected(shape):
 
 def test_bad_config_values_are_refused():
     with pytest.raises(ValueError, match="too small"):
-        model.ZFNetConfig(image_size=32)
+        network.Network(image_size=32)
     with pytest.raises(ValueError, match="dtype"):
-        model.ZFNetConfig(dtype="float64")
+        network.Network(dtype="float64")
     with pytest.raises(ValueError, match="width"):
-        model.ZFNetConfig(width=0)
+        network.Network(width=0)
 
 
 def test_unused_switches_are_not_computed_under_jit():
@@ -189,7 +189,7 @@ def test_a_train_step_updates_batch_norm_running_statistics_and_checkpoints_keep
     them."""
     from zfjax.train import checkpoints
 
-    config = model.Network(arch="vgg11_bn", num_classes=3, image_size=32, width=0.0625,
+    config = network.Network(arch="vgg11_bn", num_classes=3, image_size=32, width=0.0625,
                            init_std=None)
     tcfg = training.TrainConfig(batch_size=4, learning_rate=0.1, filter_radius=None)
     # Random weights and running statistics: init_state's init_params compiles a program
@@ -202,7 +202,7 @@ def test_a_train_step_updates_batch_norm_running_statistics_and_checkpoints_keep
     new, _ = jax.jit(functools.partial(training.train_step, config=config, filter_radius=None))(
         state, (images, labels), jax.random.key(2))
     # conv1_1's output on the batch, before its batch norm: the batch statistics.
-    conv1 = model.conv(model.stages(config)[0], state.params, images, jnp.float32)
+    conv1 = model.conv(network.stages(config)[0], state.params, images, jnp.float32)
     n = conv1.size // conv1.shape[-1]
     mean, var = conv1.mean((0, 1, 2)), conv1.var((0, 1, 2)) * n / (n - 1)
     old = params["bn1_1"]

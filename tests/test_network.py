@@ -20,51 +20,51 @@ from zfjax.train import checkpoints
 from zfjax.nets.receptive_field import receptive_field
 from helpers import batch_norm_params, random_params
 
-ALEX = model.Network(arch="alexnet", num_classes=5, image_size=64, width=0.125, init_std=None)
-VGG = model.Network(arch="vgg16", num_classes=5, image_size=32, width=0.0625, init_std=None)
-ZF = model.Network(num_classes=5, image_size=64, width=0.25, init_std=None)
-VGG_BN = model.Network(arch="vgg11_bn", num_classes=5, image_size=32, width=0.0625, init_std=None)
+ALEX = network.Network(arch="alexnet", num_classes=5, image_size=64, width=0.125, init_std=None)
+VGG = network.Network(arch="vgg16", num_classes=5, image_size=32, width=0.0625, init_std=None)
+ZF = network.Network(num_classes=5, image_size=64, width=0.25, init_std=None)
+VGG_BN = network.Network(arch="vgg11_bn", num_classes=5, image_size=32, width=0.0625, init_std=None)
 
 
 def test_alexnet_in_torchvision_layout_at_224():
-    net = model.Network(arch="alexnet")
-    assert model.layer_sizes(net) == {"input": 224, "conv1": 55, "pool1": 27, "conv2": 27,
+    net = network.Network(arch="alexnet")
+    assert network.layer_sizes(net) == {"input": 224, "conv1": 55, "pool1": 27, "conv2": 27,
                                       "pool2": 13, "conv3": 13, "conv4": 13, "conv5": 13,
                                       "pool5": 6}
-    shapes = model.param_shapes(net)
+    shapes = network.param_shapes(net)
     assert shapes["conv1"]["kernel"] == (11, 11, 3, 64)
     assert [shapes[f"conv{i}"]["bias"][0] for i in range(1, 6)] == [64, 192, 384, 256, 256]
     assert shapes["fc6"]["kernel"] == (6 * 6 * 256, 4096)
-    assert network.param_count(net) == 61_100_840  # torchvision's alexnet()
+    assert network.parameter_count(net) == 61_100_840  # torchvision's alexnet()
 
 
 def test_vgg16_names_sizes_and_parameter_count_at_224():
-    net = model.Network(arch="vgg16")
-    assert model.conv_layers(net) == ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1",
+    net = network.Network(arch="vgg16")
+    assert network.conv_layers(net) == ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1",
                                       "conv3_2", "conv3_3", "conv4_1", "conv4_2", "conv4_3",
                                       "conv5_1", "conv5_2", "conv5_3")
-    assert model.pool_layers(net) == ("pool1", "pool2", "pool3", "pool4", "pool5")
-    assert model.fc_layers(net) == ("fc6", "fc7") and model.dense_layers(net)[-1] == "fc8"
-    sizes = model.layer_sizes(net)
+    assert network.pool_layers(net) == ("pool1", "pool2", "pool3", "pool4", "pool5")
+    assert network.fc_layers(net) == ("fc6", "fc7") and network.dense_layers(net)[-1] == "fc8"
+    sizes = network.layer_sizes(net)
     assert [sizes[f"pool{i}"] for i in range(1, 6)] == [112, 56, 28, 14, 7]
     assert sizes["conv5_3"] == 14
-    assert model.param_shapes(net)["fc6"]["kernel"] == (7 * 7 * 512, 4096)
-    assert network.param_count(net) == 138_357_544  # torchvision's / Keras's vgg16
+    assert network.param_shapes(net)["fc6"]["kernel"] == (7 * 7 * 512, 4096)
+    assert network.parameter_count(net) == 138_357_544  # torchvision's / Keras's vgg16
 
 
 def test_zfnet_is_unchanged():
-    net = model.Network(num_classes=10)
-    assert model.projectable_layers(net) == ("conv1", "pool1", "conv2", "pool2", "conv3",
+    net = network.Network(num_classes=10)
+    assert network.projectable_layers(net) == ("conv1", "pool1", "conv2", "pool2", "conv3",
                                              "conv4", "conv5", "pool5")
-    assert network.param_count(net) == 58_301_578
-    assert net == model.ZFNetConfig(num_classes=10) and net.arch == "zfnet"
+    assert network.parameter_count(net) == 58_301_578
+    assert net == network.Network(num_classes=10) and net.arch == "zfnet"
 
 
 def test_config_is_hashable_and_old_run_configs_load_as_zfnet():
     old = {"num_classes": 10, "image_size": 64, "width": 0.5, "contrast_norm": True,
            "dtype": "float32", "dropout_rate": 0.5, "init_std": None}  # a run of session 1
     net = network.from_dict(old)
-    assert net.arch == "zfnet" and net == model.Network(num_classes=10, image_size=64, width=0.5,
+    assert net.arch == "zfnet" and net == network.Network(num_classes=10, image_size=64, width=0.5,
                                                         init_std=None)
     written = json.loads(json.dumps(checkpoints.config_dict(VGG)))  # as config.json holds it
     assert network.from_dict(written) == VGG and hash(network.from_dict(written)) == hash(VGG)
@@ -73,13 +73,13 @@ def test_config_is_hashable_and_old_run_configs_load_as_zfnet():
         network.from_dict({**old, "depth": 3})
     with pytest.raises(ValueError, match="unknown arch 'resnet'; expected one of zfnet, alexnet, vgg11, vgg11_bn, "
                                          "vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn$"):
-        model.Network(arch="resnet")
+        network.Network(arch="resnet")
     with pytest.raises(ValueError, match="image_size 16 is too small for vgg16"):
-        model.Network(arch="vgg16", image_size=16)
+        network.Network(arch="vgg16", image_size=16)
 
 
-@pytest.mark.parametrize("pool", [model.MaxPool("p", 2, 2), model.MaxPool("p", 3, 2),
-                                  model.MaxPool("p", 3, 2, ceil=True), model.MaxPool("p", 3, 1, 1)])
+@pytest.mark.parametrize("pool", [network.MaxPool("p", 2, 2), network.MaxPool("p", 3, 2),
+                                  network.MaxPool("p", 3, 2, ceil=True), network.MaxPool("p", 3, 1, 1)])
 @pytest.mark.parametrize("size", [7, 8, 13])
 def test_switches_for_any_window_match_xla_max_pool(pool, size):
     x = np.random.default_rng(size).normal(size=(2, size, size, 3)).astype(np.float32)
@@ -118,24 +118,24 @@ def reference_features(config, params, images, layer):
     deconvnet ReLU rule, no LRN in the backward direction (the test networks here have
     none)."""
     x, named = images, None
-    table = model.stages(config)
+    table = network.stages(config)
     for i, stage in enumerate(table):
-        if isinstance(stage, model.Conv):
+        if isinstance(stage, network.Conv):
             p = stage.padding
             x = lax.conv_general_dilated(x, params[stage.name]["kernel"], (stage.stride,) * 2,
                                          [(p, p), (p, p)], dimension_numbers=("NHWC", "HWIO", "NHWC"))
             x = x + params[stage.name]["bias"]
-        elif isinstance(stage, model.BatchNorm):
+        elif isinstance(stage, network.BatchNorm):
             p = params[stage.name]
             x = (x - p["mean"]) / jnp.sqrt(p["var"] + stage.eps) * p["scale"] + p["bias"]
-        elif isinstance(stage, model.ReLU) and x.ndim == 4:  # every conv here has a ReLU
+        elif isinstance(stage, network.ReLU) and x.ndim == 4:  # every conv here has a ReLU
             x = deconv_relu(x)
-        elif isinstance(stage, model.MaxPool):
+        elif isinstance(stage, network.MaxPool):
             x = _xla_pool(x, stage)
-        if isinstance(stage, (model.Conv, model.MaxPool, model.Dense)):
+        if isinstance(stage, (network.Conv, network.MaxPool, network.Dense)):
             named = stage.name
         after = table[i + 1] if i + 1 < len(table) else None
-        if named == layer and not isinstance(after, (model.BatchNorm, model.ReLU)):
+        if named == layer and not isinstance(after, (network.BatchNorm, network.ReLU)):
             return x  # the map after the conv's batch norm and ReLU
     raise AssertionError(layer)
 
@@ -154,12 +154,12 @@ def setup(config):
 def test_forward_records_every_layer_like_the_reference(config):
     params, images, logits, aux = setup(config)
     assert logits.shape == (2, 5)
-    assert set(aux["switches"]) == set(model.pool_layers(config))
-    for layer in model.projectable_layers(config):
+    assert set(aux["switches"]) == set(network.pool_layers(config))
+    for layer in network.projectable_layers(config):
         np.testing.assert_allclose(aux["activations"][layer],
                                    reference_features(config, params, images, layer),
                                    rtol=1e-4, atol=1e-5)
-    assert aux["activations"]["fc7"].shape == (2, model.num_channels(config, "fc7"))
+    assert aux["activations"]["fc7"].shape == (2, network.num_channels(config, "fc7"))
 
 
 # vgg11_bn checks every VGG layer kind at every depth (3x3 convs, 2x2 pools, batch norm);
@@ -171,7 +171,7 @@ PROJECTED_LAYERS = {VGG: ("conv1_2", "conv3_3", "conv5_3", "pool5")}
 @pytest.mark.parametrize("config", [ALEX, VGG, VGG_BN], ids=["alexnet", "vgg16", "vgg11_bn"])
 def test_dense_and_windowed_projections_equal_the_reference_vjp(config):
     params, images, _, aux = setup(config)
-    for layer in PROJECTED_LAYERS.get(config, model.projectable_layers(config)):
+    for layer in PROJECTED_LAYERS.get(config, network.projectable_layers(config)):
         acts = aux["activations"][layer]
         ours = deconv.project(config, params, aux, layer, acts)
         _, pullback = jax.vjp(lambda im: reference_features(config, params, im, layer), images)
@@ -200,7 +200,7 @@ def test_unknown_layer_names_the_networks_layers():
                                          "conv1_2, pool1, conv2_1"):
         deconv.feature_map_signal(aux, "conv5", 0)
     with pytest.raises(ValueError, match="unknown layer 'conv5'; expected one of conv1_1"):
-        model.check_layers(VGG, ["conv5"])
+        network.check_layers(VGG, ["conv5"])
 
 
 @pytest.mark.parametrize("config, layer", [(ALEX, "conv5"), (VGG, "conv4_2"), (VGG_BN, "conv4_2")],
@@ -229,7 +229,7 @@ def test_batch_norm_folded_into_its_conv_gives_the_same_forward():
     plain = dataclasses.replace(VGG_BN, arch="vgg11")
     folded_logits, folded_aux = model.forward_jit(plain, folded, images)
     np.testing.assert_allclose(folded_logits, logits, rtol=1e-4, atol=1e-5)
-    for layer in model.projectable_layers(VGG_BN):
+    for layer in network.projectable_layers(VGG_BN):
         np.testing.assert_allclose(folded_aux["activations"][layer], aux["activations"][layer],
                                    rtol=1e-4, atol=1e-5, err_msg=layer)
     vgg_params = setup(VGG)[0]

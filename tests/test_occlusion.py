@@ -9,14 +9,14 @@ from PIL import Image
 
 from zfjax.analyses import occlusion
 from zfjax.inputs import data
-from zfjax.nets import model, preprocessing
+from zfjax.nets import model, network, preprocessing
 from zfjax.commands.occlusion import class_index
 from zfjax.nets.receptive_field import receptive_field
 from helpers import random_params
 
 # At 128 px an 8 px square changes only part of the maps up to conv3, so the
 # incremental windows are exercised at strided, unpadded and padded convs and pools.
-SMALL = model.ZFNetConfig(num_classes=10, image_size=128, width=0.25, init_std=None)
+SMALL = network.Network(num_classes=10, image_size=128, width=0.25, init_std=None)
 LAYER, SIZE, STRIDE = "conv2", 8, 15  # conv2 sees 27 px; 9 x 9 positions
 MEAN_CROP = np.random.default_rng(2).uniform(60, 200, (128, 128, 3)).astype(np.float32)
 

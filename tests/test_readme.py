@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from safetensors.numpy import save_file
 
-from zfjax.nets import model, weights
+from zfjax.nets import network, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette"
@@ -24,7 +24,7 @@ def test_readme_example_runs(tmp_path, monkeypatch):
         noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3), np.uint8)
         Image.fromarray(noise).save(tmp_path / "photo.jpg")
     # The example loads vgg16.safetensors: real torchvision key names, 1/16 of the widths.
-    config = model.Network(arch="vgg16", num_classes=1000, width=0.0625)
+    config = network.Network(arch="vgg16", num_classes=1000, width=0.0625)
     rng = np.random.default_rng(0)
     save_file({key: (rng.normal(size=shape) * np.sqrt(2 / np.prod(shape[1:]))).astype(np.float32)
                if len(shape) > 1 else np.zeros(shape, np.float32)

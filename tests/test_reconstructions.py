@@ -8,11 +8,11 @@ from PIL import Image
 
 from zfjax import render
 from zfjax.analyses import reconstructions
-from zfjax.nets import deconv, model
+from zfjax.nets import deconv, model, network
 from zfjax.figures.reconstructions import plot_reconstructions
 from helpers import random_params
 
-SMALL = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
+SMALL = network.Network(num_classes=10, image_size=64, width=0.25, init_std=None)
 LAYERS = ("pool1", "conv3")  # pooled 15 x 15 x 24 and unpooled 3 x 3 x 96
 
 

@@ -57,7 +57,7 @@ def test_to_display_of_an_all_zero_tile_is_gray_and_bad_percentile_raises():
 
 def test_fit_enlarges_with_sharp_blocks_and_letterboxes():
     tile = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
-    out = render.fit(tile, 9)
+    out = render.fit_tile(tile, 9)
     assert out.shape == (9, 9, 3)
     # 2 x 3 -> 6 x 9 (x3, nearest), centred vertically with white rows above and below.
     np.testing.assert_array_equal(out[1:7], np.repeat(np.repeat(tile, 3, 0), 3, 1))
@@ -65,7 +65,7 @@ def test_fit_enlarges_with_sharp_blocks_and_letterboxes():
     # Shrinking averages areas: 4 x 4 of two halves -> 2 x 2.
     halves = np.zeros((4, 4, 3), np.uint8)
     halves[:, 2:] = 200
-    np.testing.assert_array_equal(render.fit(halves, 2)[..., 0], [[0, 200], [0, 200]])
+    np.testing.assert_array_equal(render.fit_tile(halves, 2)[..., 0], [[0, 200], [0, 200]])
 
 
 def test_content_box_and_trim_cut_the_zero_padding():

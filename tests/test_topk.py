@@ -4,20 +4,18 @@ figure, CLI."""
 import functools
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from zfjax import render
 from zfjax.analyses import topk
-from zfjax.inputs import data
-from zfjax.nets import deconv, model, strongest
+from zfjax.nets import deconv, model, network, strongest
 from zfjax.figures import topk as topk_figure
 from zfjax.nets.receptive_field import receptive_field, receptive_field_size
 from helpers import random_params
 
-SMALL = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None)
+SMALL = network.Network(num_classes=10, image_size=64, width=0.25, init_std=None)
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
 N = 23  # streamed in batches of 5: four full batches and a padded one of 3
 
@@ -38,7 +36,7 @@ def images():
 @functools.lru_cache(maxsize=None)
 def activations():
     _, aux = model.forward_jit(SMALL, params(), images())
-    return {layer: np.asarray(aux["activations"][layer]) for layer in model.conv_layers(SMALL)}
+    return {layer: np.asarray(aux["activations"][layer]) for layer in network.conv_layers(SMALL)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,7 +117,7 @@ def test_choose_maps_and_channel_checks():
                                          r"conv3 has 96 feature maps, 0..95$"):
         topk.check_channels(SMALL, "conv3", [0, 96])
     with pytest.raises(ValueError, match=r"^unknown layer 'conv6'; expected one of conv1, pool1"):
-        model.check_layers(SMALL, ["conv1", "conv6"])
+        network.check_layers(SMALL, ["conv1", "conv6"])
 
 
 def test_figure_has_one_panel_per_map_with_its_label(tmp_path):
@@ -207,7 +205,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_run, monkeypatch, cap
 
 
 def test_cli_refuses_a_checkpoint_of_another_shape(tmp_path, monkeypatch, capsys, run_cli):
-    run = write_tiny_run(tmp_path, checkpoint_config=model.ZFNetConfig(
+    run = write_tiny_run(tmp_path, checkpoint_config=network.Network(
         num_classes=2, image_size=64, width=0.5, init_std=None))
     code, out, err = run_cli(["topk", str(run)])
     assert code == 2 and out == "" and len(err.splitlines()) == 1

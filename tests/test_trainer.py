@@ -18,7 +18,7 @@ from PIL import Image
 from zfjax import artifacts
 from zfjax.analyses import evolution
 from zfjax.commands import train
-from zfjax.nets import model
+from zfjax.nets import network
 from zfjax.train import checkpoints, trainer, training
 from zfjax.figures.curves import plot_curves
 from zfjax.train.run import PRESETS, DataSpec, RunSpec
@@ -29,7 +29,7 @@ from helpers import press_ctrl_c_inside_a_finalizer  # noqa: E402
 IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette"
 # The tiny network all training tests share (one compilation per process); it is
 # what `train.py --preset cpu --size 64 --width 0.25` builds for 10 classes.
-TINY = model.ZFNetConfig(num_classes=10, image_size=64, width=0.25, init_std=None,
+TINY = network.Network(num_classes=10, image_size=64, width=0.25, init_std=None,
                          first_init_std=0.01)
 
 

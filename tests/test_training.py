@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import BATCH, TINY10 as TINY  # the shared tiny network: one compile per process
-from zfjax.nets import model
+from zfjax.nets import model, network
 from zfjax.train import training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_train_step_updates_params_and_keeps_filters_within_the_radius(step):
     assert not np.allclose(state.params["fc8"]["kernel"], before["fc8"]["kernel"])
     # He-normal conv1 filters start above RMS 0.1; after the step none is.
     assert _rms(before["conv1"]["kernel"]).max() > 0.1
-    for layer in model.conv_layers(TINY):
+    for layer in network.conv_layers(TINY):
         assert _rms(state.params[layer]["kernel"]).max() <= 0.1 * (1 + 1e-5)
 
 

@@ -4,7 +4,6 @@ import csv
 import functools
 import tempfile
 
-import jax
 import numpy as np
 import pytest
 

@@ -51,7 +51,7 @@ def test_sweep_rows_are_the_last_epochs_errors_and_the_parameter_count(tmp_path)
     (tmp_path / "a" / "checkpoints" / "2").mkdir(parents=True)
     assert sweep.state(tmp_path / "a", 3) == "stopped"
     rows = sweep.table_rows(tmp_path, ["a", "missing"])
-    want = model.param_count(random_params(TINY))
+    want = model.count_params(random_params(TINY))
     assert rows == [sweep.Row("a", want, 2, pytest.approx(60.0), pytest.approx(65.0),
                               pytest.approx(25.0))]
     csv_path, md_path = sweep.write_table(tmp_path, rows, note="settings")
@@ -130,7 +130,6 @@ def test_sweep_trains_each_variant_once_resumes_and_writes_table3(tmp_path, caps
                                                                   monkeypatch):
     from zfjax.commands import sweep as sweep_cli
     from PIL import Image
-    from zfjax.train import sweep
 
     # Without train.py's per-epoch Fig. 4 snapshots (nothing here reads them): their
     # compiles, every layer's projections for each variant, were 40% of this test's CPU.
@@ -154,7 +153,7 @@ def test_sweep_trains_each_variant_once_resumes_and_writes_table3(tmp_path, caps
     for r in rows:
         net = network.with_variant(network.Network(num_classes=2, image_size=64, width=0.25),
                                    r["variant"])
-        assert int(r["parameters"]) == network.param_count(net) and r["epochs"] == "1"
+        assert int(r["parameters"]) == network.parameter_count(net) and r["epochs"] == "1"
         assert 0 <= float(r["val_top1_error"]) <= 100
     capsys.readouterr()
     # Again: nothing left to train. With --epochs 2: the stopped run is resumed.

@@ -79,7 +79,7 @@ def test_full_size_key_table_equals_torchvision(arch, build):
     with torch.device("meta"):  # shapes only, no memory
         net = build(torch.nn)
     want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    assert weights.torchvision_shapes(model.Network(arch=arch)) == want
+    assert weights.torchvision_shapes(network.Network(arch=arch)) == want
 
 
 @pytest.mark.parametrize("depth", sorted(VGG_CFGS))
@@ -93,13 +93,13 @@ def test_full_size_vgg_key_tables_equal_torchvision(depth, batch_norm):
     want = {k: tuple(v.shape) for k, v in net.state_dict().items()
             if not k.endswith("num_batches_tracked")}
     arch = f"vgg{depth}" + ("_bn" if batch_norm else "")
-    assert weights.torchvision_shapes(model.Network(arch=arch)) == want
+    assert weights.torchvision_shapes(network.Network(arch=arch)) == want
     torch_count = sum(p.numel() for p in net.parameters())
-    assert network.param_count(model.Network(arch=arch)) == torch_count
+    assert network.parameter_count(network.Network(arch=arch)) == torch_count
 
 
 def test_vgg19_bn_keys_by_hand():
-    keys = weights.torchvision_keys(model.Network(arch="vgg19_bn"))
+    keys = weights.torchvision_keys(network.Network(arch="vgg19_bn"))
     assert keys["conv1_1"] == ("features.0.weight", "features.0.bias")
     assert keys["bn1_1"] == ("features.1.weight", "features.1.bias", "features.1.running_mean",
                              "features.1.running_var")
@@ -123,7 +123,7 @@ def test_converted_vgg_bn_forward_equals_pytorch_in_eval_mode(tmp_path):
     path = tmp_path / "vgg11_bn.safetensors"
     save_file(state_dict(net), str(path))  # with num_batches_tracked, as torchvision saves it
     loaded = weights.load(path, "vgg11_bn")
-    assert loaded.config == model.Network(arch="vgg11_bn", num_classes=7, width=0.0625,
+    assert loaded.config == network.Network(arch="vgg11_bn", num_classes=7, width=0.0625,
                                           init_std=None)
     x = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype(np.float32)
     ours, _ = model.forward_jit(loaded.config, loaded.params, x)
@@ -144,7 +144,7 @@ def test_converted_forward_equals_pytorch(tmp_path, arch, build, width):
     save_file(state_dict(net), str(path))
 
     loaded = weights.load(path, arch)
-    assert loaded.config == model.Network(arch=arch, num_classes=7, width=width, init_std=None)
+    assert loaded.config == network.Network(arch=arch, num_classes=7, width=width, init_std=None)
     assert loaded.preprocessing is preprocessing.TORCHVISION
     x = np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype(np.float32)
     ours, _ = model.forward_jit(loaded.config, loaded.params, x)
@@ -214,7 +214,7 @@ def write_keras_legacy(tmp_path, layers):
 
 def small_vgg_state_dict(width=0.0625, classes=3):
     """A torchvision-layout VGG16 state dict of zeros (real key names, scaled shapes)."""
-    config = model.Network(arch="vgg16", num_classes=classes, width=width)
+    config = network.Network(arch="vgg16", num_classes=classes, width=width)
     return {k: np.zeros(s, np.float32) for k, s in weights.torchvision_shapes(config).items()}
 
 
@@ -276,13 +276,13 @@ def test_a_file_of_another_architecture_gets_one_line(tmp_path):
 
 
 def test_zfnet_layout_round_trips_through_torchvision_keys():
-    config = model.Network(num_classes=4, image_size=224, width=0.25)
+    config = network.Network(num_classes=4, image_size=224, width=0.25)
     keys = weights.torchvision_keys(config)
     # conv, relu, pool, lrn per block: conv2 is features.4; the classifier starts after flatten.
     assert keys["conv2"] == ("features.4.weight", "features.4.bias")
     assert keys["fc6"] == ("classifier.0.weight", "classifier.0.bias")
     assert set(weights.torchvision_shapes(config)) == {k for pair in keys.values() for k in pair}
-    assert network.param_count(config) == sum(
+    assert network.parameter_count(config) == sum(
         int(np.prod(s)) for s in weights.torchvision_shapes(config).values())
 
 
@@ -291,7 +291,7 @@ def test_visualize_runs_the_two_vgg16_systems_on_a_weight_file(tmp_path, run_cli
     (conv5_3 channels) from --arch vgg16 --weights, with no run folder."""
     from PIL import Image
 
-    config = model.Network(arch="vgg16", num_classes=1000, width=0.0625)
+    config = network.Network(arch="vgg16", num_classes=1000, width=0.0625)
     rng = np.random.default_rng(0)
     save_file({k: (rng.normal(size=s) * np.sqrt(2 / np.prod(s[1:]))).astype(np.float32)
                if len(s) > 1 else np.zeros(s, np.float32)
@@ -360,7 +360,7 @@ def test_pretrained_imagenet_weights_take_a_folder_of_named_classes(tmp_path, ca
 
     info = {"weights": str(tmp_path / "vgg16.safetensors"), "run_dir": None,
             "class_names": loading.imagenet_classes()}
-    config = model.Network(arch="vgg16", num_classes=1000, width=0.0625)
+    config = network.Network(arch="vgg16", num_classes=1000, width=0.0625)
 
     def load(classes):
         folder = write_image_folder(tmp_path / "_".join(classes), classes, 1, splits=("val",),
@@ -386,7 +386,7 @@ def test_every_weight_file_figure_runs_on_a_vgg_bn_file(tmp_path, run_cli):
     import json
     from PIL import Image
 
-    config = model.Network(arch="vgg11_bn", num_classes=1000, width=0.0625)
+    config = network.Network(arch="vgg11_bn", num_classes=1000, width=0.0625)
     rng = np.random.default_rng(0)
     tensors = {}
     for key, s in weights.torchvision_shapes(config).items():

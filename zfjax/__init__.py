@@ -12,12 +12,12 @@ from zfjax.render import to_display
 from zfjax.loading import Model, load
 from zfjax.nets.model import abstract_params, forward, forward_jit, init_params
 from zfjax.nets.network import (
-    Network, ZFNetConfig, conv_layers, fc_layers, layer_sizes, num_channels, projectable_layers,
+    Network, conv_layers, fc_layers, layer_sizes, num_channels, projectable_layers,
 )
 from zfjax.nets.receptive_field import receptive_field, receptive_field_size
 
 __all__ = [
-    "Model", "Network", "ZFNetConfig", "Units", "load", "abstract_params", "conv_layers", "fc_layers", "forward",
+    "Model", "Network", "Units", "load", "abstract_params", "conv_layers", "fc_layers", "forward",
     "forward_jit", "init_params", "layer_sizes", "num_channels", "project", "project_units",
     "projectable_layers", "receptive_field", "receptive_field_size", "strongest_units",
     "to_display",

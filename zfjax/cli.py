@@ -48,6 +48,47 @@ def add_input_arguments(parser: argparse.ArgumentParser, *, count_help: str | No
                         help=count_help or "at most this many images of the split")
 
 
+class MethodSettings(NamedTuple):
+    """The attribution methods' options as given (``add_method_settings``)."""
+    samples: int  # SmoothGrad: noisy copies per image
+    noise: float  # SmoothGrad: noise standard deviation, a fraction of the image's value range
+    steps: int  # integrated gradients: points on the path
+    baseline: str  # integrated gradients' starting image: black, blur or a .npy file
+    cam_layer: str | None  # Grad-CAM's layer (None: the command's default)
+
+
+def add_method_settings(parser: argparse.ArgumentParser, *, baseline: bool = True,
+                        cam_layer: bool = True) -> None:
+    """Add --samples, --noise, --steps and, where the command offers them, --baseline and
+    --cam-layer. ``method_settings(args, config)`` reads them back, checked."""
+    parser.add_argument("--samples", type=argtypes.positive_int, default=16,
+                        help="SmoothGrad: noisy copies per image (default 16)")
+    parser.add_argument("--noise", type=argtypes.nonnegative_float, default=0.15,
+                        help="SmoothGrad: noise standard deviation as a fraction of the image's "
+                             "value range (default 0.15)")
+    parser.add_argument("--steps", type=argtypes.positive_int, default=32,
+                        help="integrated gradients: points on the path (default 32)")
+    if baseline:
+        parser.add_argument("--baseline", default="black", metavar="black|blur|FILE.npy",
+                            help="integrated gradients' starting image: black (default), blur "
+                                 "(the image blurred, sigma image_size/28) or a .npy network "
+                                 "input (image_size, image_size, 3)")
+    if cam_layer:
+        parser.add_argument("--cam-layer", default=None,
+                            help="Grad-CAM's layer (default: the last conv layer)")
+
+
+def method_settings(args, config: network.Network) -> MethodSettings:
+    """The options of ``add_method_settings`` (black baseline, default Grad-CAM layer where
+    the command has no such option). ValueError (one line) for a layer the network lacks."""
+    settings = MethodSettings(args.samples, args.noise, args.steps,
+                              getattr(args, "baseline", "black"), getattr(args, "cam_layer", None))
+    if settings.cam_layer is not None and settings.cam_layer not in network.projectable_layers(
+            config):
+        raise network.unknown_layer(config, settings.cam_layer)
+    return settings
+
+
 def load_model(args_or_target) -> loading.Model:
     """``loading.load`` of the parsed options (target, or --weights with --arch), or of a
     run folder / checkpoint path. Raises ValueError with one line on bad options."""

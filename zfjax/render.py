@@ -154,7 +154,7 @@ def shown_paths(tree):
     return shown_path(tree) if isinstance(tree, str) else tree
 
 
-def fit(tile: np.ndarray, side: int, fill: int = 255) -> np.ndarray:
+def fit_tile(tile: np.ndarray, side: int, fill: int = 255) -> np.ndarray:
     """One uint8 tile (h, w, C) scaled to fit a (side, side, C) square, aspect kept.
 
     Enlarging uses the largest integer factor that fits, nearest neighbour (pixels
@@ -190,7 +190,7 @@ def fit_pairs(projections, patches, side: int) -> tuple[np.ndarray, np.ndarray]:
     (displayed projections, patches), each uint8 (..., side, side, 3).
 
     Each pair is cut to the part inside the image (``content_box`` of the pair: crops
-    are zero-padded past the image edge) and scaled to ``side`` (``fit``); projections
+    are zero-padded past the image edge) and scaled to ``side`` (``fit_tile``); projections
     are stretched on their own (``to_display``).
     """
     projections, patches = np.asarray(projections), np.asarray(patches)
@@ -201,8 +201,8 @@ def fit_pairs(projections, patches, side: int) -> tuple[np.ndarray, np.ndarray]:
     out_p = np.empty((len(shown), side, side, 3), np.uint8)
     out_q = np.empty_like(out_p)
     for i, box in enumerate(content_boxes(flat_p, flat_q).tolist()):
-        out_p[i] = fit(trim(shown[i], box), side)
-        out_q[i] = fit(trim(flat_q[i], box), side)
+        out_p[i] = fit_tile(trim(shown[i], box), side)
+        out_q[i] = fit_tile(trim(flat_q[i], box), side)
     return out_p.reshape(lead + out_p.shape[1:]), out_q.reshape(lead + out_q.shape[1:])
 
 
@@ -226,9 +226,9 @@ def evolution_block(projections: np.ndarray, patches: np.ndarray, side: int) -> 
         y = i * step
         for j in range(e):  # each epoch's winner may sit elsewhere: trim each tile alone
             box = content_box(projections[j, i])
-            out[y:y + side, j * step:j * step + side] = fit(
+            out[y:y + side, j * step:j * step + side] = fit_tile(
                 trim(shown[j, i], box), side)
         box = content_box(projections[-1, i], patches[i])
         x = e * step + PATCH_GAP
-        out[y:y + side, x:x + side] = fit(trim(patches[i], box), side)
+        out[y:y + side, x:x + side] = fit_tile(trim(patches[i], box), side)
     return out

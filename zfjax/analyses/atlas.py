@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zfjax.analyses import similarity
-from zfjax.nets import attribution, deconv, model, strongest
+from zfjax.nets import attribution, deconv, model, network, strongest
 from zfjax.nets.receptive_field import crop_to_receptive_field, receptive_field, receptive_field_size
 
 TOP = strongest.TOP  # activations kept per feature map (the paper's 3x3 grids)
@@ -92,7 +92,7 @@ def _atlas_batch(config, params, state, images, labels, first, count, layers, cl
     return new_tops, new_sums
 
 
-def mine(config: model.Network, params, inputs, labels=None, *, layers=None, k: int = TOP,
+def mine(config: network.Network, params, inputs, labels=None, *, layers=None, k: int = TOP,
          num_classes: int | None = None, batch_size: int = 64, progress=None):
     """Stream ``inputs`` once: every layer's running top-k and per-class sums.
 
@@ -101,7 +101,7 @@ def mine(config: model.Network, params, inputs, labels=None, *, layers=None, k: 
     class indices or None. Returns (layer -> TopK of numpy (C, k), layer -> float32
     (classes, C) sums or None, class_count int64 (classes,) or None).
     """
-    layers = model.check_layers(config, model.conv_layers(config) if layers is None else layers)
+    layers = network.check_layers(config, network.conv_layers(config) if layers is None else layers)
     n = len(inputs)
     classes = 0
     if labels is not None:
@@ -109,8 +109,8 @@ def mine(config: model.Network, params, inputs, labels=None, *, layers=None, k: 
         if len(labels) != n:
             raise ValueError(f"{len(labels)} labels for {n} images")
         classes = max(num_classes or 0, int(labels.max(initial=-1)) + 1)
-    state = ({layer: strongest.empty_top(model.num_channels(config, layer), k) for layer in layers},
-             {layer: jnp.zeros((max(classes, 1), model.num_channels(config, layer)), jnp.float32)
+    state = ({layer: strongest.empty_top(network.num_channels(config, layer), k) for layer in layers},
+             {layer: jnp.zeros((max(classes, 1), network.num_channels(config, layer)), jnp.float32)
               for layer in layers})
     if labels is None:
         labels_padded = np.full(n + batch_size, -1, np.int32)
@@ -143,7 +143,7 @@ def _project_chunk(config, params, images, units, layer, from_one=False):
     return deconv.project_units(config, params, aux, layer, units)
 
 
-def project_top(config: model.Network, params, layer: str, top: strongest.TopK, inputs, *,
+def project_top(config: network.Network, params, layer: str, top: strongest.TopK, inputs, *,
                 chunk: int = PROJECTION_CHUNK, from_one: bool = False,
                 progress=None) -> np.ndarray:
     """Every filled slot of ``top`` projected to pixels, cropped to its receptive field.
@@ -189,7 +189,7 @@ def project_top(config: model.Network, params, layer: str, top: strongest.TopK, 
 # ---- other methods and the sanity check, on each map's strongest activation ----------
 
 
-def top1_attributions(config: model.Network, params, layer: str, top: strongest.TopK, inputs,
+def top1_attributions(config: network.Network, params, layer: str, top: strongest.TopK, inputs,
                       method: str, *, chunk: int = ATTRIBUTION_CHUNK,
                       progress=None) -> np.ndarray:
     """Each map's strongest activation (slot 0 of ``top``) explained by ``method``
@@ -221,14 +221,14 @@ def top1_attributions(config: model.Network, params, layer: str, top: strongest.
     return out
 
 
-def cascade_randomised(config: model.Network, trained: dict, fresh: dict, layer: str) -> dict:
+def cascade_randomised(config: network.Network, trained: dict, fresh: dict, layer: str) -> dict:
     """Cascading randomisation (Adebayo et al. 2018) down to ``layer``: the ``trained``
     parameters with every layer from the top down to and including ``layer`` taken from
     ``fresh`` (a re-initialised tree, ``model.init_params``). The layers above ``layer``
     do not change its projections; they are swapped too, as the method defines it."""
     order = model.top_down_layers(config)
     if layer not in order:
-        raise model.unknown_layer(config, layer)
+        raise network.unknown_layer(config, layer)
     return model.with_layers(trained, fresh, order[:order.index(layer) + 1])
 
 
@@ -245,7 +245,7 @@ def sanity_scores(trained: np.ndarray, randomised: np.ndarray) -> np.ndarray:
                                                   np.abs(randomised).sum(-1)), np.float32)
 
 
-def layer_sanity(config: model.Network, params, fresh: dict, layer: str, top: strongest.TopK,
+def layer_sanity(config: network.Network, params, fresh: dict, layer: str, top: strongest.TopK,
                  inputs, *, progress=None) -> np.ndarray:
     """Each map's sanity score: its strongest unit (slot 0 of ``top``) projected by the
     deconvnet in the trained network and in ``cascade_randomised(..., layer)`` (same
@@ -268,7 +268,7 @@ def layer_sanity(config: model.Network, params, fresh: dict, layer: str, top: st
     return np.where(np.isfinite(top1.value[:, 0]), scores, np.nan).astype(np.float32)
 
 
-def inside_image_scores(config: model.Network, layer: str, trained: np.ndarray,
+def inside_image_scores(config: network.Network, layer: str, trained: np.ndarray,
                         randomised: np.ndarray, ys, xs) -> np.ndarray:
     """``sanity_scores`` of receptive-field crops (C, R, R, 3) of units at (ys, xs) (C,),
     each on the part of its crop inside the image: the zero padding past the edge is
@@ -286,7 +286,7 @@ def inside_image_scores(config: model.Network, layer: str, trained: np.ndarray,
     return scores
 
 
-def build(config: model.Network, params, inputs, labels=None, *, layers=None, k: int = TOP,
+def build(config: network.Network, params, inputs, labels=None, *, layers=None, k: int = TOP,
           num_classes: int | None = None, batch_size: int = 64, methods=METHODS,
           sanity_seed: int | None = SANITY_SEED, progress=None) -> Atlas:
     """The atlas of ``layers`` (default: every conv layer) over ``inputs``.

@@ -48,7 +48,7 @@ import numpy as np
 from jax import lax
 
 from zfjax.inputs import data
-from zfjax.nets import model
+from zfjax.nets import model, network
 
 LAYERS = ("pool5", "fc7")
 RANDOM = "random"
@@ -68,7 +68,7 @@ def box_masks(boxes: np.ndarray, size: int) -> np.ndarray:
 
 
 @partial(jax.jit, static_argnames=("config", "layers"))
-def hamming_matrices(config: model.Network, params, images: jax.Array, masks: jax.Array, *,
+def hamming_matrices(config: network.Network, params, images: jax.Array, masks: jax.Array, *,
                      layers: tuple[str, ...] = LAYERS) -> dict:
     """Pairwise sign disagreement of the feature changes under each set of masks.
 

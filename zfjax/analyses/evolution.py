@@ -37,7 +37,7 @@ import numpy as np
 
 from zfjax import artifacts
 from zfjax.inputs import data
-from zfjax.nets import deconv, model
+from zfjax.nets import deconv, network
 
 DEFAULT_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)  # the epochs of the paper's Fig. 4
 _SNAPSHOT_NAME = re.compile(r"epoch_(\d+)\.npz")
@@ -52,7 +52,7 @@ class Probe:
     maps: dict[str, np.ndarray]  # conv layer -> int32 (K,) channels to follow
 
 
-def make_probe(images: data.ImageSet, mean: np.ndarray, config: model.Network, *,
+def make_probe(images: data.ImageSet, mean: np.ndarray, config: network.Network, *,
                count: int = 1000, maps_per_layer: int = 8, seed: int = 0) -> Probe:
     """Probe of min(count, N) images spread over the classes, and random maps per conv layer.
 
@@ -64,8 +64,8 @@ def make_probe(images: data.ImageSet, mean: np.ndarray, config: model.Network, *
     size = config.image_size
     rng = np.random.default_rng(seed)
     maps = {}
-    for layer in model.conv_layers(config):
-        channels = model.num_channels(config, layer)
+    for layer in network.conv_layers(config):
+        channels = network.num_channels(config, layer)
         chosen = rng.choice(channels, min(maps_per_layer, channels), replace=False)
         maps[layer] = np.sort(chosen).astype(np.int32)
     stored = images.images[idx]
@@ -86,7 +86,7 @@ class EpochSnapshots:
         return save_snapshot(run_dir, epoch, take_snapshot(config, params, probe))
 
 
-def take_snapshot(config: model.Network, params, probe: Probe, *,
+def take_snapshot(config: network.Network, params, probe: Probe, *,
                   batch_size: int = 128) -> dict[str, np.ndarray]:
     """Strongest activation of each followed map over the probe, projected to pixels
     (``deconv.strongest_projections``). Returns the '{layer}/{field}' arrays described in

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax.nets import deconv, model, strongest
+from zfjax.nets import deconv, network, strongest
 
 
 @jax.jit
@@ -40,16 +40,16 @@ def filter_rms(kernel: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.mean(jnp.square(kernel.astype(jnp.float32)), axis=(0, 1, 2)))
 
 
-def strongest_maps(config: model.Network, params, inputs: np.ndarray, count: int,
+def strongest_maps(config: network.Network, params, inputs: np.ndarray, count: int,
                    layer: str = "conv2") -> np.ndarray:
     """The ``count`` maps of ``layer`` whose strongest activation over ``inputs`` is
     largest, strongest first: int32 (count,)."""
-    channels = np.arange(model.num_channels(config, layer), dtype=np.int32)
+    channels = np.arange(network.num_channels(config, layer), dtype=np.int32)
     value = strongest.strongest_over(config, params, inputs, {layer: channels})[layer][0]
     return channels[np.argsort(-value, kind="stable")[:count]]
 
 
-def layer2_features(config: model.Network, params, inputs: np.ndarray, display: np.ndarray,
+def layer2_features(config: network.Network, params, inputs: np.ndarray, display: np.ndarray,
                     channels, layer: str = "conv2") -> deconv.StrongestProjections:
     """Strongest activation of each given map over the images, projected to pixels and
     cropped to its receptive field (``deconv.strongest_projections``).

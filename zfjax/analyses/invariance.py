@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.ndimage import map_coordinates
 
-from zfjax.nets import model
+from zfjax.nets import model, network
 
 TRANSFORMS = ("translate", "scale", "rotate")
 LAYER1_CHOICES = ("pool1", "conv1")
@@ -134,7 +134,7 @@ def _sweep(config, params, images, matrices, offsets, layer1):
     return Sweep(distance(f1), distance(f7), jnp.swapaxes(probs[1:], 0, 1), probs[0])
 
 
-def sweep(config: model.Network, params, images, sweeps: dict,
+def sweep(config: network.Network, params, images, sweeps: dict,
           layer1: str = "pool1") -> dict[str, Sweep]:
     """Feature distances and class probabilities along transformation sweeps.
 

@@ -47,19 +47,19 @@ class Ascent(NamedTuple):
     final_value: jax.Array
 
 
-def layers(config: model.Network) -> tuple[str, ...]:
+def layers(config: network.Network) -> tuple[str, ...]:
     """Layers whose units can be maximised: conv/pool maps, hidden dense layers, the logits."""
-    return model.projectable_layers(config) + model.dense_layers(config)
+    return network.projectable_layers(config) + network.dense_layers(config)
 
 
-def num_units(config: model.Network, layer: str) -> int:
+def num_units(config: network.Network, layer: str) -> int:
     """Channels (conv/pool), units (fc6/fc7) or classes (fc8) of a layer."""
     if layer not in layers(config):
         raise ValueError(f"unknown layer {layer!r}; expected one of {', '.join(layers(config))}")
-    return model.num_channels(config, layer)
+    return network.num_channels(config, layer)
 
 
-def check_units(config: model.Network, layer: str, units) -> None:
+def check_units(config: network.Network, layer: str, units) -> None:
     """Raise ValueError for an unknown layer or a unit index out of its range."""
     n = num_units(config, layer)
     for u in np.atleast_1d(units):
@@ -67,7 +67,7 @@ def check_units(config: model.Network, layer: str, units) -> None:
             raise ValueError(f"unit {int(u)} is out of range for {layer}: expected 0..{n - 1}")
 
 
-def step_flops(config: model.Network) -> float:
+def step_flops(config: network.Network) -> float:
     """Rough FLOPs of one ascent step of one unit: forward and backward through the
     network, 3 x the forward's multiply-adds at 2 FLOPs each (e.g. VGG16 at 224: 93 G)."""
     sizes, shapes = network.layer_sizes(config), network.param_shapes(config)
@@ -76,7 +76,7 @@ def step_flops(config: model.Network) -> float:
     return 6.0 * macs
 
 
-def work_within(config: model.Network, seconds: float, flops_per_second: float, *,
+def work_within(config: network.Network, seconds: float, flops_per_second: float, *,
                 units: int | None = None, max_units: int = 8, max_steps: int = 200,
                 min_steps: int = 10) -> tuple[int, int]:
     """(units, steps) of an ascent that takes about ``seconds`` at ``flops_per_second``
@@ -89,10 +89,10 @@ def work_within(config: model.Network, seconds: float, flops_per_second: float, 
     return units, max(min_steps, min(max_steps, budget // units))
 
 
-def unit_value(config: model.Network, params, image: jax.Array, unit, *, layer: str):
+def unit_value(config: network.Network, params, image: jax.Array, unit, *, layer: str):
     """One unit's response to one image (H, W, 3): a scalar (see module docstring)."""
     logits, aux = model.forward(config, params, image[None])
-    if layer == model.dense_layers(config)[-1]:
+    if layer == network.dense_layers(config)[-1]:
         return logits[0, unit]
     acts = aux["activations"][layer][0].astype(jnp.float32)
     if acts.ndim == 1:  # a dense layer
@@ -111,7 +111,7 @@ def lp_penalty(x: jax.Array, p: float) -> jax.Array:
     return jnp.mean(jnp.abs(x) ** p, axis=(-3, -2, -1))
 
 
-def maximize(config: model.Network, params, units, key: jax.Array, *, layer: str,
+def maximize(config: network.Network, params, units, key: jax.Array, *, layer: str,
              steps: int = 200, learning_rate: float = 0.01,
              lp_weight: float = 1.0, p: float = 2.0, tv_weight: float = 300.0,
              init_std: float = 0.1, lower=None, upper=None, chunk: int | None = None,
@@ -145,7 +145,7 @@ def maximize(config: model.Network, params, units, key: jax.Array, *, layer: str
 
 
 @partial(jax.jit, static_argnames=("config",))
-def _start(config: model.Network, units: jax.Array, key: jax.Array, *, init_std: float):
+def _start(config: network.Network, units: jax.Array, key: jax.Array, *, init_std: float):
     """The K starting images (K, H, W, 3), one noise draw per unit, and Adam's state."""
     size = config.image_size
     keys = jax.random.split(key, len(units))
@@ -154,7 +154,7 @@ def _start(config: model.Network, units: jax.Array, key: jax.Array, *, init_std:
 
 
 @partial(jax.jit, static_argnames=("layer", "config", "steps"))
-def _ascend(config: model.Network, params, units: jax.Array, x: jax.Array, state, *, layer: str,
+def _ascend(config: network.Network, params, units: jax.Array, x: jax.Array, state, *, layer: str,
             steps: int, learning_rate, lp_weight, p, tv_weight, lower, upper):
     """``steps`` ascent steps of each unit from images x (K, H, W, 3) and Adam states.
 

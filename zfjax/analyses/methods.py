@@ -6,7 +6,7 @@ For each image two targets are explained by every method of ``zfjax.nets.attribu
   map and position, as ``reconstructions`` finds it);
 * its predicted class (the logit of the most probable class).
 
-Methods (``METHODS``): the deconvnet (Zeiler & Fergus 2014) and its successors,
+Methods (``attribution.METHODS``): the deconvnet (Zeiler & Fergus 2014) and its successors,
 guided backprop, the gradient, gradient x input, SmoothGrad, integrated gradients
 and Grad-CAM. Grad-CAM needs a layer below its target: the class is explained on the
 unit's layer, the unit on the layer just below it (conv4 for conv5).
@@ -22,13 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax.nets import attribution, model, strongest
+from zfjax.nets import attribution, model, network, strongest
 from zfjax.nets.attribution import LOGITS, Target
 from zfjax.nets.deconv import check_range
 from zfjax.nets.network import Network
 
-METHODS = ("deconvnet", "guided_backprop", "gradient", "gradient_x_input", "smoothgrad",
-           "integrated_gradients", "grad_cam")
 TARGETS = ("unit", "class")  # axis 0 of every map in ``Explained.maps``
 
 
@@ -65,19 +63,19 @@ class Explained(NamedTuple):
 
 
 def check_methods(methods) -> tuple[str, ...]:
-    """The method names in ``METHODS`` order, or ValueError naming the first unknown one."""
+    """The method names in ``attribution.METHODS`` order, or ValueError naming the first unknown one."""
     for method in methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; expected some of {', '.join(METHODS)}")
-    return tuple(m for m in METHODS if m in methods)
+        if method not in attribution.METHODS:
+            raise ValueError(f"unknown method {method!r}; expected some of {', '.join(attribution.METHODS)}")
+    return tuple(m for m in attribution.METHODS if m in methods)
 
 
 def check_settings(config: Network, settings: Settings) -> None:
     """ValueError (one line) for a layer the network lacks, a channel or class out of
     range, samples or steps <= 0, or negative or non-finite noise."""
-    (layer,) = model.check_layers(config, [settings.layer])
+    (layer,) = network.check_layers(config, [settings.layer])
     if settings.channel is not None:
-        check_range("channel", settings.channel, model.num_channels(config, layer), layer)
+        check_range("channel", settings.channel, network.num_channels(config, layer), layer)
     if settings.label is not None:
         check_range("class", settings.label, config.num_classes, LOGITS)
     for name in ("samples", "steps"):
@@ -105,7 +103,7 @@ def check_baseline(config: Network, baseline) -> None:
 def cam_layer_below(config: Network, layer: str) -> str | None:
     """The conv or pool layer just below ``layer`` (Grad-CAM's layer for a unit of
     ``layer``), or None for the first one."""
-    layers = model.projectable_layers(config)
+    layers = network.projectable_layers(config)
     i = layers.index(layer)
     return layers[i - 1] if i > 0 else None
 
@@ -116,7 +114,7 @@ def blur_sigma(config: Network) -> float:
 
 
 def explain(config: Network, params: dict, image: np.ndarray, settings: Settings,
-            baseline, methods=METHODS, *, key: jax.Array | None = None) -> Explained:
+            baseline, methods=attribution.METHODS, *, key: jax.Array | None = None) -> Explained:
     """Every method in ``methods`` on one image's strongest unit and its class.
 
     image: (H, W, 3) network input; baseline: integrated gradients' baseline, 'blur'
@@ -173,7 +171,7 @@ def explain(config: Network, params: dict, image: np.ndarray, settings: Settings
 
 
 def explain_images(config: Network, params: dict, images: np.ndarray, settings: Settings,
-                   baseline, methods=METHODS) -> list[Explained]:
+                   baseline, methods=attribution.METHODS) -> list[Explained]:
     """``explain`` of each of images (N, H, W, 3), one at a time (every image runs the
     same compiled programs); image i's SmoothGrad noise from fold_in(key(seed), i)."""
     key = jax.random.key(settings.seed)

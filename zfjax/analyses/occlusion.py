@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zfjax.nets import deconv, model, strongest
+from zfjax.nets import deconv, model, network, strongest
 
 
 class Readouts(NamedTuple):
@@ -115,10 +115,10 @@ def _scores(logits, acts, y, x, label):
 # and 11/13 (conv3..conv5) wide: 0.31 of the whole forward's multiply-adds.
 
 
-def _window_sides(config: model.Network, size: int) -> list[int]:
+def _window_sides(config: network.Network, size: int) -> list[int]:
     """Side of the changed output window of every spatial op (network.spatial_ops order)."""
     sides, m = [], size
-    for op in model.spatial_ops(config):
+    for op in network.spatial_ops(config):
         m = min(op.output_size, (m + op.kernel - 2) // op.stride + 1)
         sides.append(m)
     return sides
@@ -153,7 +153,7 @@ def _incremental_readout(config, params, image, fill, clean, top, left, *, size,
     whole map.
     """
     dtype = config.compute_dtype
-    ops = model.spatial_ops(config)
+    ops = network.spatial_ops(config)
     at = jnp.stack([top, left])
     patch = lax.dynamic_slice(fill, (top, left, 0), (size, size, fill.shape[-1]))
     below, followed = image, None
@@ -183,7 +183,7 @@ def _incremental_readout(config, params, image, fill, clean, top, left, *, size,
 
 @partial(jax.jit, static_argnames=("config", "layer", "size", "stride", "batch_size",
                                    "incremental"))
-def occlusion_maps(config: model.Network, params, image, label, fill, *, layer: str, size: int,
+def occlusion_maps(config: network.Network, params, image, label, fill, *, layer: str, size: int,
                    stride: int, batch_size: int, incremental: bool = True) -> OcclusionMaps:
     """Slide a size x size square over one image (H, W, 3) with the given stride.
 
@@ -222,7 +222,7 @@ def occlusion_maps(config: model.Network, params, image, label, fill, *, layer: 
 
 
 @partial(jax.jit, static_argnames=("config", "layer"))
-def map_projections(config: model.Network, params, images, channel, *,
+def map_projections(config: network.Network, params, images, channel, *,
                     layer: str) -> Projections:
     """Project the strongest activation of feature map ``channel`` in each image (K, H, W, 3):
     paper Fig. 7 column (c)."""

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from zfjax.nets import deconv, model, strongest
+from zfjax.nets import deconv, model, network, strongest
 
 
 class Reconstruction(NamedTuple):
@@ -35,7 +35,7 @@ class Reconstruction(NamedTuple):
 
 
 @partial(jax.jit, static_argnames=("layers", "config"))
-def reconstruct(config: model.Network, params, image, *,
+def reconstruct(config: network.Network, params, image, *,
                 layers: tuple[str, ...]) -> Reconstruction:
     """Project one image's layers down to pixels, whole and by their strongest unit.
 

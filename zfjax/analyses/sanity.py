@@ -49,8 +49,6 @@ from zfjax.nets.attribution import LOGITS, Target
 from zfjax.nets.deconv import check_range
 from zfjax.nets.network import Network, conv_layers
 
-METHODS = ("deconvnet", "guided_backprop", "gradient", "gradient_x_input", "smoothgrad",
-           "integrated_gradients", "grad_cam")
 RANDOMISATIONS = ("cascading", "independent")
 
 
@@ -107,10 +105,10 @@ def check_methods(methods) -> tuple[str, ...]:
     """The methods as a tuple, or ValueError naming the unknown one and the choices."""
     methods = tuple(methods)
     for name in methods:
-        if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
+        if name not in attribution.METHODS:
+            raise ValueError(f"unknown method {name!r}; expected one of {', '.join(attribution.METHODS)}")
     if not methods:
-        raise ValueError(f"no method given; expected some of {', '.join(METHODS)}")
+        raise ValueError(f"no method given; expected some of {', '.join(attribution.METHODS)}")
     return methods
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax.nets import deconv, model, strongest
+from zfjax.nets import deconv, model, network, strongest
 from zfjax.nets.receptive_field import crop_to_receptive_field
 
 
@@ -37,7 +37,7 @@ def _project_winners(config, params, images, channels, ys, xs, layer):
     return deconv.project_units(config, params, aux, layer, units)
 
 
-def project_top(config: model.Network, params, layer: str, top: strongest.TopK, channels,
+def project_top(config: network.Network, params, layer: str, top: strongest.TopK, channels,
                 inputs: np.ndarray, display: np.ndarray) -> TopProjections:
     """Project the top-k units of the given maps and crop them to their receptive fields.
 
@@ -57,9 +57,9 @@ def project_top(config: model.Network, params, layer: str, top: strongest.TopK, 
     return TopProjections(np.stack(projections), np.stack(patches))
 
 
-def check_channels(config: model.Network, layer: str, channels) -> np.ndarray:
+def check_channels(config: network.Network, layer: str, channels) -> np.ndarray:
     """channels as int32 (M,), or ValueError naming the first one the layer does not have."""
-    n = model.num_channels(config, layer)
+    n = network.num_channels(config, layer)
     for c in channels:
         if not 0 <= c < n:
             raise ValueError(f"channel {c} is out of range for {layer}: this run's {layer} has "

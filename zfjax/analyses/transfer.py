@@ -49,7 +49,7 @@ HELD_OUT = 0.2  # fraction of the training split used to pick the L2 penalty
 # ---- features ----------------------------------------------------------------------
 
 
-def feature_layers(config: model.Network) -> tuple[str, ...]:
+def feature_layers(config: network.Network) -> tuple[str, ...]:
     """Table 7's layers that config has, bottom to top: the top map of each numbered
     conv layer (its pool where it has one), then the hidden fc layers.
 
@@ -63,7 +63,7 @@ def feature_layers(config: model.Network) -> tuple[str, ...]:
     return tuple(tops.values()) + network.fc_layers(config)
 
 
-def curve_layer(config: model.Network) -> str:
+def curve_layer(config: network.Network) -> str:
     """The layer under the classifier, whose softmax Fig. 9 retrains (fc7 for ZFNet;
     pool5 without fc6-7)."""
     return feature_layers(config)[-1]
@@ -88,16 +88,16 @@ def pool_matrix(side: int, g: int) -> np.ndarray:
     return m
 
 
-def feature_grids(config: model.Network, layers, max_features: int) -> tuple:
+def feature_grids(config: network.Network, layers, max_features: int) -> tuple:
     """((layer, g or 0), ...): the pooling grid of each spatial layer, 0 for fc layers."""
-    sizes = model.layer_sizes(config)
-    spatial, fc = model.projectable_layers(config), model.fc_layers(config)
+    sizes = network.layer_sizes(config)
+    spatial, fc = network.projectable_layers(config), network.fc_layers(config)
     out = []
     for layer in layers:
         if layer in fc:
             out.append((layer, 0))
         elif layer in spatial:
-            out.append((layer, grid_side(sizes[layer], model.num_channels(config, layer),
+            out.append((layer, grid_side(sizes[layer], network.num_channels(config, layer),
                                          max_features)))
         else:
             raise ValueError(f"unknown layer {layer!r} for features; expected some of "
@@ -120,7 +120,7 @@ def _features_batch(config, params, images, grids):
     return out
 
 
-def extract_features(config: model.Network, params, batches, *, layers=None,
+def extract_features(config: network.Network, params, batches, *, layers=None,
                      max_features: int = MAX_FEATURES) -> dict[str, np.ndarray]:
     """Features of each layer (default: ``feature_layers(config)``) for a stream of
     network-input batches (float32 (B, H, W, 3)).
@@ -333,7 +333,7 @@ def subset(images: data.ImageSet, idx: np.ndarray) -> data.ImageSet:
                          tuple(images.paths[i] for i in idx))
 
 
-def scratch_accuracy(config: model.Network, train: data.ImageSet, test: data.ImageSet, *,
+def scratch_accuracy(config: network.Network, train: data.ImageSet, test: data.ImageSet, *,
                      epochs: int, batch_size: int = 32, learning_rate: float = 0.01,
                      seed: int = 0) -> float:
     """Test top-1 (centre crop) of ``config``'s architecture trained from random weights
@@ -366,7 +366,7 @@ def scratch_accuracy(config: model.Network, train: data.ImageSet, test: data.Ima
     return float(top1)
 
 
-def scratch_row(config: model.Network, train: data.ImageSet, test: data.ImageSet, per_class,
+def scratch_row(config: network.Network, train: data.ImageSet, test: data.ImageSet, per_class,
                 *, epochs: int, seed: int = 0, **options) -> Scratch:
     """``scratch_accuracy`` on the first draw of n images per class that ``few_shot_curve``
     uses with the same seed, for each n of per_class (one draw each: every point trains

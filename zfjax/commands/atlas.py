@@ -21,7 +21,7 @@ import numpy as np
 from zfjax import argtypes, artifacts, cli, progress, render
 from zfjax.analyses import atlas
 from zfjax.inputs import data
-from zfjax.nets import model
+from zfjax.nets import network
 from zfjax.train import checkpoints
 from zfjax.figures import atlas_site
 from zfjax.train.run import RunDir
@@ -125,7 +125,7 @@ def run(args) -> list[pathlib.Path]:
     start = time.perf_counter()
     loaded = cli.load_model(args)
     config, info = loaded.config, loaded.info
-    layers = model.check_layers(config, args.layers or model.conv_layers(config))
+    layers = network.check_layers(config, args.layers or network.conv_layers(config))
     out = (pathlib.Path(args.out) if args.out is not None
            else cli.output_folder(args, info) / "atlas")
     stored, labels, names = cli.load_stored_images(args, config, info, args.limit)

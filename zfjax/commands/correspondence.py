@@ -14,7 +14,7 @@ from PIL import Image
 from zfjax import argtypes, artifacts, cli
 from zfjax.analyses import correspondence
 from zfjax.inputs import data
-from zfjax.nets import model
+from zfjax.nets import network
 from zfjax.figures.correspondence import plot_correspondence
 
 
@@ -97,7 +97,7 @@ def run(args) -> list[pathlib.Path]:
     parts = read_parts(args.parts)
     loaded = cli.load_model(args)
     params, config, info = loaded.params, loaded.config, loaded.info
-    feature_layers = model.projectable_layers(config) + model.fc_layers(config)
+    feature_layers = network.projectable_layers(config) + network.fc_layers(config)
     for layer in args.layers:
         if layer not in feature_layers:
             raise ValueError(f"unknown layer {layer!r}; expected one of {', '.join(feature_layers)}")

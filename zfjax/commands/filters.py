@@ -10,7 +10,7 @@ import numpy as np
 
 from zfjax import argtypes, artifacts, cli
 from zfjax.analyses import filters
-from zfjax.nets import model
+from zfjax.nets import network
 from zfjax.figures.filters import plot_filters
 
 MAPS = 36  # conv2 maps shown
@@ -45,26 +45,26 @@ def run(args) -> list[pathlib.Path]:
     """Write filters.png and filters.npz (filters_compare.* with --compare)."""
     models = [cli.load_model(args)] + ([cli.load_model(args.compare)] if args.compare else [])
     targets = [args.target or args.weights] + ([args.compare] if args.compare else [])
-    first = [model.conv_layers(m.config)[0] for m in models]
+    first = [network.conv_layers(m.config)[0] for m in models]
     if args.compare:
         filters.check_comparable(models[0].params[first[0]]["kernel"],
                                  models[1].params[first[1]]["kernel"], targets[0], args.compare)
     panels, arrays = [], {}
     for i, (target, loaded) in enumerate(zip(targets, models)):
         params, config, info = loaded.params, loaded.config, loaded.info
-        second = model.conv_layers(config)[1]
+        second = network.conv_layers(config)[1]
         features, count = None, 0
         if args.maps:
             stored, _, _ = cli.load_stored_images(args, config, info, args.limit or IMAGES)
             inputs, display, _, _ = cli.images_for(loaded, stored)
             count = len(inputs)
             maps = filters.strongest_maps(config, params, inputs,
-                                          min(args.maps, model.num_channels(config, second)),
+                                          min(args.maps, network.num_channels(config, second)),
                                           layer=second)
             features = filters.layer2_features(config, params, inputs, display, maps, layer=second)
             # For showing: Keras weights are BGR.
             features = features._replace(projections=loaded.preprocessing.rgb(features.projections))
-        kernel = np.asarray(params[model.conv_layers(config)[0]]["kernel"])
+        kernel = np.asarray(params[network.conv_layers(config)[0]]["kernel"])
         radius, note = _radius(info)
         panels.append({"name": cli.run_label(target, info) + (f" ({note})" if note else ""),
                        "kernel": loaded.preprocessing.rgb(kernel, axis=2), "radius": radius,

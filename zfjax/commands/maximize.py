@@ -12,7 +12,7 @@ import numpy as np
 
 from zfjax import argtypes, artifacts, cli, render
 from zfjax.analyses import maximize
-from zfjax.nets import model
+from zfjax.nets import network
 from zfjax.figures.maximize import plot_maximize
 from zfjax.progress import bar as progress_bar
 
@@ -96,7 +96,7 @@ def run(args) -> list[pathlib.Path]:
             on_steps=lambda done: bar.update(done - bar.n)))
     pictures = loaded.preprocessing.to_pixels(result.images)
     classes = render.class_labels(loaded.class_names) or []
-    logits = model.dense_layers(config)[-1]
+    logits = network.dense_layers(config)[-1]
     labels = [f"{args.layer} #{u}" + (f" {classes[u]}" if args.layer == logits and u < len(classes)
                                       else "") for u in units]
     values = np.concatenate([result.value, result.final_value[:, None]], axis=1)

@@ -11,7 +11,7 @@ import numpy as np
 from zfjax import argtypes, artifacts, cli, render
 from zfjax.analyses import methods
 from zfjax.inputs import data
-from zfjax.nets import model
+from zfjax.nets import attribution, network
 from zfjax.commands.occlusion import class_index
 from zfjax.figures.methods import plot_methods
 from zfjax.nets.receptive_field import receptive_field
@@ -26,9 +26,9 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                         "and predicted class under deconvnet, guided backprop, gradient, "
                         "gradient x input, SmoothGrad, integrated gradients and Grad-CAM")
     cli.add_input_arguments(parser, count_help=f"images taken from the split (default {IMAGES})")
-    parser.add_argument("--methods", nargs="+", default=list(methods.METHODS),
-                        choices=methods.METHODS, metavar="METHOD",
-                        help=f"methods to show (default all: {', '.join(methods.METHODS)})")
+    parser.add_argument("--methods", nargs="+", default=list(attribution.METHODS),
+                        choices=attribution.METHODS, metavar="METHOD",
+                        help=f"methods to show (default all: {', '.join(attribution.METHODS)})")
     parser.add_argument("--layer", default=None,
                         help="layer of the explained unit, and of Grad-CAM for the class "
                              "(default: the last conv layer, conv5 for ZFNet)")
@@ -36,17 +36,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                         help="explain the strongest unit of this map (default: of any map)")
     parser.add_argument("--label", default=None,
                         help="explain this class (name or index; default: the predicted one)")
-    parser.add_argument("--samples", type=argtypes.positive_int, default=16,
-                        help="SmoothGrad: noisy copies per image (default 16)")
-    parser.add_argument("--noise", type=argtypes.nonnegative_float, default=0.15,
-                        help="SmoothGrad: noise standard deviation as a fraction of the image's "
-                             "value range (default 0.15)")
-    parser.add_argument("--steps", type=argtypes.positive_int, default=32,
-                        help="integrated gradients: points on the path (default 32)")
-    parser.add_argument("--baseline", default="black", metavar="black|blur|FILE.npy",
-                        help="integrated gradients' starting image: black (default), blur (the "
-                             "image blurred, sigma image_size/28) or a .npy network input "
-                             "(image_size, image_size, 3)")
+    cli.add_method_settings(parser, cam_layer=False)
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="SmoothGrad's noise")
     parser.set_defaults(run=run)
     return parser
@@ -80,14 +70,15 @@ def run(args) -> list[pathlib.Path]:
     """Every chosen method on --limit images (or --images); write methods.png and .npz."""
     loaded = cli.load_model(args)
     config = loaded.config
-    layer = args.layer or model.conv_layers(config)[-1]
+    layer = args.layer or network.conv_layers(config)[-1]
     label = (None if args.label is None
              else class_index(args.label, loaded.class_names, config.num_classes))
-    settings = methods.Settings(layer, args.channel, label, args.samples, args.noise, args.steps,
+    given = cli.method_settings(args, config)
+    settings = methods.Settings(layer, args.channel, label, given.samples, given.noise, given.steps,
                                 args.seed)
     chosen = methods.check_methods(args.methods)
     methods.check_settings(config, settings)
-    baseline = baseline_input(args.baseline, loaded)
+    baseline = baseline_input(given.baseline, loaded)
     # Every check above runs before the images are read and the minutes of work.
     stored, labels, names = cli.load_stored_images(args, config, loaded.info,
                                                    args.limit or IMAGES)
@@ -99,8 +90,8 @@ def run(args) -> list[pathlib.Path]:
     units = np.stack([e.unit for e in explained])
     boxes = np.stack(receptive_field(config, layer, units[:, 1], units[:, 2]),
                      axis=1)
-    notes = {"smoothgrad": f"{args.samples} × {args.noise:g} noise",
-             "integrated_gradients": f"{args.steps} steps, {pathlib.Path(args.baseline).name}",
+    notes = {"smoothgrad": f"{given.samples} × {given.noise:g} noise",
+             "integrated_gradients": f"{given.steps} steps, {pathlib.Path(given.baseline).name}",
              "grad_cam": None}
     fig = plot_methods(display, explained, chosen, layer, render.class_labels(loaded.class_names),
                        names, labels, boxes=boxes,

@@ -11,7 +11,7 @@ import numpy as np
 
 from zfjax import argtypes, artifacts, cli, render
 from zfjax.analyses import occlusion
-from zfjax.nets import model
+from zfjax.nets import network
 from zfjax.figures.occlusion import plot_occlusion
 
 IMAGES = 3  # rows of the figure, as in the paper
@@ -56,7 +56,7 @@ def run(args) -> list[pathlib.Path]:
     """Occlusion maps for --limit images (or --images); write occlusion.png and .npz."""
     loaded, (inputs, display, labels, names) = cli.load_analysis_inputs(args, args.limit or IMAGES)
     params, config, info = loaded.params, loaded.config, loaded.info
-    (layer,) = model.check_layers(config, [args.layer])
+    (layer,) = network.check_layers(config, [args.layer])
     size = args.size if args.size is not None else max(1, round(config.image_size / 7))
     stride = args.stride if args.stride is not None else max(1, round(config.image_size / 28))
     steps = occlusion.positions(config.image_size, size, stride)

@@ -11,7 +11,7 @@ import numpy as np
 
 from zfjax import artifacts, cli
 from zfjax.analyses import reconstructions
-from zfjax.nets import model
+from zfjax.nets import network
 from zfjax.figures.reconstructions import plot_reconstructions
 
 
@@ -33,8 +33,8 @@ def run(args) -> list[pathlib.Path]:
     loaded, (inputs, display, labels, names) = cli.load_analysis_inputs(args, args.limit or 1)
     params, config, info = loaded.params, loaded.config, loaded.info
     # Bottom to top, as the forward pass goes.
-    known = model.projectable_layers(config)
-    chosen = model.check_layers(config, args.layers or model.pool_layers(config))
+    known = network.projectable_layers(config)
+    chosen = network.check_layers(config, args.layers or network.pool_layers(config))
     layers = tuple(sorted(dict.fromkeys(chosen), key=known.index))
     results = [jax.device_get(reconstructions.reconstruct(config, params, image, layers=layers))
                for image in inputs]

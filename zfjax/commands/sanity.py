@@ -25,45 +25,37 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                        "method's maps change as the network is randomised layer by layer, or "
                        "trained on permuted labels")
     cli.add_input_arguments(parser, count_help=f"images taken from the split (default {IMAGES})")
-    parser.add_argument("--methods", nargs="+", choices=sanity.METHODS, default=None,
+    parser.add_argument("--methods", nargs="+", choices=attribution.METHODS, default=None,
                         metavar="NAME", help=f"methods to check (default: all: "
-                                             f"{', '.join(sanity.METHODS)})")
+                                             f"{', '.join(attribution.METHODS)})")
     parser.add_argument("--target", type=int, default=None, metavar="CLASS", dest="target_class",
                         help="class logit to explain (default: each image's class predicted by "
                              "the trained network; the same for every randomised network)")
     parser.add_argument("--random-labels", default=None, metavar="OTHER_RUN",
                         help="a run of the same recipe trained with train.py --shuffle-labels: "
                              "compare its maps with the trained network's")
-    parser.add_argument("--samples", type=argtypes.positive_int, default=16,
-                        help="SmoothGrad's noisy copies per image (default 16)")
-    parser.add_argument("--noise", type=argtypes.nonnegative_float, default=0.15,
-                        help="SmoothGrad's noise, a fraction of each image's value range "
-                             "(default 0.15)")
-    parser.add_argument("--steps", type=argtypes.positive_int, default=32,
-                        help="integrated gradients' path steps (default 32; baseline: black)")
-    parser.add_argument("--cam-layer", default=None,
-                        help="Grad-CAM's layer (default: the last conv layer)")
+    cli.add_method_settings(parser, baseline=False)
     parser.add_argument("--seed", type=argtypes.seed, default=0,
                         help="seed of the random weights and of SmoothGrad's noise (default 0)")
     parser.set_defaults(run=run)
     return parser
 
 
-def _settings(loaded, inputs, args, key) -> sanity.Settings:
+def _settings(loaded, inputs, given: cli.MethodSettings, key) -> sanity.Settings:
     """SmoothGrad's noise and a black image's network input as the IG baseline."""
     size = loaded.config.image_size
     black = loaded.preprocessing(np.zeros((1, size, size, 3), np.float32), size)[0]
-    return sanity.Settings(attribution.smoothgrad_noise(key, inputs, args.samples, args.noise),
-                           black, args.steps, args.cam_layer)
+    return sanity.Settings(attribution.smoothgrad_noise(key, inputs, given.samples, given.noise),
+                           black, given.steps, given.cam_layer)
 
 
 def _same_network(config, other, path) -> None:
     if (network.param_shapes(config) != network.param_shapes(other)
             or config.image_size != other.image_size):
         raise ValueError(f"--random-labels {path}: its network ({other.arch}, "
-                         f"{other.image_size} px, {network.param_count(other):,} parameters) "
+                         f"{other.image_size} px, {network.parameter_count(other):,} parameters) "
                          f"is not the one checked ({config.arch}, {config.image_size} px, "
-                         f"{network.param_count(config):,}); train it with the same recipe and "
+                         f"{network.parameter_count(config):,}); train it with the same recipe and "
                          f"--shuffle-labels")
 
 
@@ -71,12 +63,10 @@ def run(args) -> list[pathlib.Path]:
     """Model (and, with --random-labels, data) randomisation of every method; print the
     tables; write sanity_cascading.png, sanity_independent.png, sanity_similarity.png,
     sanity.csv and sanity.npz."""
-    methods = sanity.check_methods(args.methods or sanity.METHODS)
+    methods = sanity.check_methods(args.methods or attribution.METHODS)
     loaded = cli.load_model(args)
     config, params, info = loaded.config, loaded.params, loaded.info
-    if args.cam_layer is not None and "grad_cam" in methods:
-        if args.cam_layer not in model.projectable_layers(config):
-            raise model.unknown_layer(config, args.cam_layer)
+    given = cli.method_settings(args, config)
     target_class = args.target_class
     if target_class is not None and not 0 <= target_class < config.num_classes:
         raise ValueError(f"--target {target_class} is out of range: expected a class "
@@ -88,7 +78,7 @@ def run(args) -> list[pathlib.Path]:
     stored, labels, names = cli.load_stored_images(args, config, info, args.limit or IMAGES)
     images = cli.images_for(loaded, stored, labels, names)
     key_weights, key_noise = jax.random.split(jax.random.key(args.seed))
-    settings = _settings(loaded, images.inputs, args, key_noise)
+    settings = _settings(loaded, images.inputs, given, key_noise)
     classes = (np.full(len(images.inputs), target_class, np.int32) if target_class is not None
                else np.asarray(sanity.predicted_classes(config, params, images.inputs)))
 

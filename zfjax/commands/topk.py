@@ -10,7 +10,7 @@ import numpy as np
 
 from zfjax import argtypes, artifacts, cli
 from zfjax.analyses import topk
-from zfjax.nets import model, strongest
+from zfjax.nets import network, strongest
 from zfjax.figures.topk import plot_topk
 from zfjax.render import shown_path
 
@@ -38,7 +38,7 @@ def run(args) -> list[pathlib.Path]:
     """Mine, project and draw; write topk_<layer>.png per layer and topk.npz."""
     loaded = cli.load_model(args)
     params, config, info = loaded.params, loaded.config, loaded.info
-    layers = model.check_layers(config, args.layers or model.conv_layers(config))
+    layers = network.check_layers(config, args.layers or network.conv_layers(config))
     for layer in layers:
         topk.check_channels(config, layer, args.channels or [])
     stored, labels, names = cli.load_stored_images(args, config, info, args.limit)

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from zfjax import render
-from zfjax.nets import model
+from zfjax.nets import network
 from zfjax.nets.receptive_field import crop_to_receptive_field, receptive_field, receptive_field_size
 from zfjax.figures.topk import mosaic
 
@@ -106,7 +106,7 @@ def pairs_pictures(projections: np.ndarray, patches: np.ndarray, sides) -> list[
 
     projections float32 (k, R, R, 3) in RGB, patches uint8 (k, R, R, 3); each pair is cut
     to the image and scaled to the largest side (``render.fit_pairs``: the costly part,
-    done once), smaller sides are scaled down from it (``render.fit``). Returns one
+    done once), smaller sides are scaled down from it (``render.fit_tile``). Returns one
     uint8 (H, W, 3) picture per side.
     """
     sides = list(sides)
@@ -114,7 +114,7 @@ def pairs_pictures(projections: np.ndarray, patches: np.ndarray, sides) -> list[
     pictures = []
     for side in sides:
         if side != max(sides):
-            shown_s, patches_s = ([render.fit(t, side) for t in tiles] for tiles in (shown, patches))
+            shown_s, patches_s = ([render.fit_tile(t, side) for t in tiles] for tiles in (shown, patches))
         else:
             shown_s, patches_s = shown, patches
         grid = int(np.ceil(np.sqrt(len(shown))))
@@ -239,7 +239,7 @@ def _cell(value) -> str:
 # ---- the site ----------------------------------------------------------------------
 
 
-def write_site(config: model.Network, atlas, display, folder, *, names=None, class_names=None,
+def write_site(config: network.Network, atlas, display, folder, *, names=None, class_names=None,
                rgb=None, snapshots=None, run=None, source: str = "",
                progress=None) -> list[pathlib.Path]:
     """Write the atlas site into ``folder`` (made if missing; existing files are overwritten).
@@ -280,8 +280,8 @@ def write_site(config: model.Network, atlas, display, folder, *, names=None, cla
                                                names, labels, counts, rgb, followed.get(layer),
                                                atlas.count, source, layers, bar, written)
             pages.append(page)
-            c = model.num_channels(config, layer)
-            h = model.layer_sizes(config)[layer]
+            c = network.num_channels(config, layer)
+            h = network.layer_sizes(config)[layer]
             sanity = ("" if layer_atlas.sanity is None
                       else f"<td>{_sanity_text(layer_atlas.sanity)}</td>")
             entries.append(f'<tr><td><a href="{layer}.html">{layer}</a></td><td>{c}</td>'
@@ -529,7 +529,7 @@ def _layer_page(folder, config, layer, layer_atlas, display, names, labels, coun
         sections.append("".join(parts))
         if bar is not None:
             bar.update(1)
-    h = model.layer_sizes(config)[layer]
+    h = network.layer_sizes(config)[layer]
     followed_note = ""
     if followed:
         links = ", ".join(f'<a href="#map-{ch}">#{ch}</a>' for ch in sorted(followed))

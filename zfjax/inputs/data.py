@@ -38,7 +38,7 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 SPLIT_ALIASES = {"val": "validation", "validation": "val"}
 FOLDER_LAYOUT = "<root>/<split>/<class>/<image>"
-_DECODE_CHUNK = 256  # images handed to the thread pool at a time
+DECODE_CHUNK = 256  # images handed to the thread pool at a time
 
 log = logging.getLogger(__name__)
 
@@ -358,8 +358,10 @@ def _tfds_items(name: str, split: str, data_dir: str | None, limit: int | None):
 
 # ---------------------------------------------------------------------------- decoding
 
-def _decode(src: str | bytes, size: int) -> np.ndarray | Exception:
-    """Returns uint8 (size, size, 3): shorter side resized to `size`, centre square kept.
+def decode_square(src: str | bytes, size: int) -> np.ndarray | Exception:
+    """Decodes one image file (a path or its bytes) to the stored square.
+
+    Returns uint8 (size, size, 3): shorter side resized to `size`, centre square kept.
 
     Returns the exception instead if the file cannot be read or decoded.
     """
@@ -418,14 +420,14 @@ def _decode_all(items: Iterable[tuple[str | bytes, int, str]], size: int, total:
 
     Returns (uint8 (N, size, size, 3), int32 (N,), ids, skipped).
     """
-    images = np.empty((total or _DECODE_CHUNK, size, size, 3), np.uint8)
+    images = np.empty((total or DECODE_CHUNK, size, size, 3), np.uint8)
     labels, ids, failures, n = [], [], [], 0
     items = iter(items)
     with ThreadPoolExecutor(os.cpu_count()) as pool, progress_bar(
             total=total, desc=f"loading {desc}", unit="img", disable=not progress) as bar:
-        while chunk := list(itertools.islice(items, _DECODE_CHUNK)):
+        while chunk := list(itertools.islice(items, DECODE_CHUNK)):
             for (src, label, ex_id), img in zip(
-                    chunk, pool.map(lambda item: _decode(item[0], size), chunk)):
+                    chunk, pool.map(lambda item: decode_square(item[0], size), chunk)):
                 bar.update()
                 if isinstance(img, Exception):
                     failures.append(f"{ex_id}: {img}")
@@ -467,7 +469,7 @@ def load_image_files(paths, input_size: int) -> np.ndarray:
                              f"{FOLDER_LAYOUT} with --data")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image {path} does not exist")
-        img = _decode(str(path), size)
+        img = decode_square(str(path), size)
         if isinstance(img, Exception):
             raise ValueError(f"cannot decode image {path}: {img}")
         out.append(img)
@@ -479,13 +481,13 @@ def load_image_files(paths, input_size: int) -> np.ndarray:
 def mean_image(images: ImageSet) -> np.ndarray:
     """Returns the per-pixel mean image, float32 (S, S, 3) in [0, 255] units."""
     total = np.zeros(images.images.shape[1:], np.float64)
-    for start in range(0, len(images), _DECODE_CHUNK):  # chunked: no float copy of the set
-        total += images.images[start:start + _DECODE_CHUNK].sum(0, dtype=np.float64)
+    for start in range(0, len(images), DECODE_CHUNK):  # chunked: no float copy of the set
+        total += images.images[start:start + DECODE_CHUNK].sum(0, dtype=np.float64)
     return (total / len(images)).astype(np.float32)
 
 
-def _crops(images: np.ndarray, mean: np.ndarray, idx: np.ndarray, ys: np.ndarray,
-           xs: np.ndarray, flips: np.ndarray, size: int) -> np.ndarray:
+def crop_windows(images: np.ndarray, mean: np.ndarray, idx: np.ndarray, ys: np.ndarray,
+                 xs: np.ndarray, flips: np.ndarray, size: int) -> np.ndarray:
     """Returns float32 (len(idx), size, size, 3): windows at (ys, xs), flipped where
     `flips`, minus the same windows of the mean image, / PIXEL_SCALE."""
     # A loop of slice copies measured 4x faster than one fancy-indexing gather.
@@ -535,12 +537,13 @@ def train_batches(images: ImageSet, mean: np.ndarray, batch_size: int, input_siz
     for step in range(start_step, n // batch_size):
         idx = order[step * batch_size:(step + 1) * batch_size]
         ys, xs, flips = crop_params(seed, epoch, step, batch_size, size, input_size)
-        yield _crops(images.images, mean, idx, ys, xs, flips, input_size), images.labels[idx]
+        yield crop_windows(images.images, mean, idx, ys, xs, flips, input_size), images.labels[idx]
 
 
-def _ten_crop_windows(size: int, input_size: int):
-    """Returns (ys, xs, flips) of the ten crops: centre, top-left, top-right,
-    bottom-left, bottom-right, then the same five flipped."""
+def ten_crop_windows(size: int, input_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ten crops of a stored `size` image: centre, top-left, top-right, bottom-left,
+    bottom-right, then the same five flipped. Returns (ys int (10,), xs int (10,),
+    flips bool (10,)): window offsets as ``crop_windows`` takes them."""
     c, e = (size - input_size) // 2, size - input_size
     ys = np.array([c, 0, 0, e, e] * 2)
     xs = np.array([c, 0, e, 0, e] * 2)
@@ -558,9 +561,9 @@ def eval_batches(images: ImageSet, mean: np.ndarray, batch_size: int, input_size
             yield preprocess(images.images[start:start + batch_size], mean, input_size), labels
             continue
         b = len(labels)
-        ys, xs, flips = _ten_crop_windows(images.images.shape[1], input_size)
+        ys, xs, flips = ten_crop_windows(images.images.shape[1], input_size)
         idx = np.repeat(np.arange(start, start + b), 10)
-        x = _crops(images.images, mean, idx, np.tile(ys, b), np.tile(xs, b), np.tile(flips, b),
+        x = crop_windows(images.images, mean, idx, np.tile(ys, b), np.tile(xs, b), np.tile(flips, b),
                    input_size)
         yield x.reshape(b, 10, input_size, input_size, 3), labels
 
@@ -579,7 +582,7 @@ def preprocess(images_uint8: np.ndarray, mean: np.ndarray, input_size: int) -> n
     return x
 
 
-def to_display(images: np.ndarray, mean_crop: np.ndarray) -> np.ndarray:
+def to_pixels(images: np.ndarray, mean_crop: np.ndarray) -> np.ndarray:
     """Inverse of preprocess: returns uint8 images * PIXEL_SCALE + mean_crop, clipped to
     [0, 255]. mean_crop is the mean window the images were made with, e.g.
     centre_crop(mean, input_size)."""

@@ -3,7 +3,7 @@
 Decoding full-size JPEGs and resizing them is the slow part of an input pipeline
 (about 350 img/s per core on ImageNet, FACTS.md); the same images re-encoded at
 256 px decode at about 2,100 img/s per core. ``prepare`` therefore does the resize
-once: every image becomes the centre S x S square of data._decode (S =
+once: every image becomes the centre S x S square of data.decode_square (S =
 data.stored_size(input_size)), re-encoded as a JPEG (quality JPEG_QUALITY), in
 ArrayRecord shards that Grain (zfjax.inputs.loader) reads by random access.
 
@@ -89,11 +89,11 @@ def encode_record(image: np.ndarray, label: int, example_id: str,
 
 def decode_record(record: bytes, size: int) -> tuple[np.ndarray, int, str]:
     """Inverse of encode_record: (uint8 (size, size, 3), label, id). Decoded with
-    data._decode, the decoder of the in-memory path."""
+    data.decode_square, the decoder of the in-memory path."""
     label, n = _HEADER.unpack_from(record)
     start = _HEADER.size + n
     example_id = os.fsdecode(record[_HEADER.size:start])
-    image = data._decode(record[start:], size)
+    image = data.decode_square(record[start:], size)
     if isinstance(image, Exception):
         raise ValueError(f"corrupt record {example_id!r}: {image}")
     return image, label, example_id
@@ -169,9 +169,9 @@ class Store:
         with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool, progress_bar(
                 total=n, desc=f"loading {self.path.name} [{split}]", unit="img",
                 disable=not progress) as bar:
-            for start in range(0, n, data._DECODE_CHUNK):
+            for start in range(0, n, data.DECODE_CHUNK):
                 chunk = source.__getitems__(
-                    [int(i) for i in indices[start:start + data._DECODE_CHUNK]])
+                    [int(i) for i in indices[start:start + data.DECODE_CHUNK]])
                 for i, (img, label, ex_id) in enumerate(
                         pool.map(lambda r: decode_record(r, size), chunk), start):
                     images[i], labels[i] = img, label
@@ -592,7 +592,7 @@ def _write_shard(out: str, name: str, chunk, size: int) -> dict:
         writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1,uncompressed")
         try:
             for src, label, ex_id in chunk:
-                image = data._decode(src, size)
+                image = data.decode_square(src, size)
                 if isinstance(image, Exception):
                     failures.append(f"{ex_id}: {image}")
                     continue

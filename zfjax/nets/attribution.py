@@ -38,11 +38,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zfjax.nets import model
+from zfjax.nets import model, network
 from zfjax.nets.deconv import check_range
 from zfjax.nets.network import LRN, Network, SpatialOp, grow, map_end, ops_below, stages
 
 LOGITS = "logits"
+# The methods the methods and sanity commands compare, in their figures' order.
+METHODS = ("deconvnet", "guided_backprop", "gradient", "gradient_x_input", "smoothgrad",
+           "integrated_gradients", "grad_cam")
 
 
 class Rule(NamedTuple):
@@ -62,7 +65,7 @@ RULES = {
 
 
 class Target(NamedTuple):
-    """What to explain, per image. ``layer``: a map layer (``model.projectable_layers``)
+    """What to explain, per image. ``layer``: a map layer (``network.projectable_layers``)
     or ``LOGITS``. ``channel``: the map, or the class for logits; int () or (N,).
     ``y``, ``x``: a single unit's position, int () or (N,); None for the whole map
     (and for logits)."""
@@ -387,8 +390,8 @@ def grad_cam(config: Network, params: dict, images: jax.Array, target: Target,
              layer: str) -> GradCam:
     """Grad-CAM (Selvaraju et al. 2017) on a conv or pool ``layer`` (its recorded,
     rectified map) for a target above it (usually a class logit). Returns ``GradCam``."""
-    if layer not in model.projectable_layers(config):
-        raise model.unknown_layer(config, layer)
+    if layer not in network.projectable_layers(config):
+        raise network.unknown_layer(config, layer)
     images = jnp.asarray(images)
     model.check_images(config, images)
     kind, channel, y, x = _checked_target(config, target, images.shape[0])
@@ -423,20 +426,20 @@ def _checked_target(config: Network, target: Target, count: int):
     if target.layer == LOGITS:
         kind = "logit"
         check_range("class", target.channel, config.num_classes, LOGITS)
-    elif target.layer in model.projectable_layers(config):
-        size = model.layer_sizes(config)[target.layer]
+    elif target.layer in network.projectable_layers(config):
+        size = network.layer_sizes(config)[target.layer]
         kind = "map" if target.y is None and target.x is None else "unit"
         if kind == "unit" and (target.y is None or target.x is None):
             raise ValueError(f"a unit target on {target.layer} needs both y and x; got "
                              f"y={target.y!r}, x={target.x!r}")
-        check_range("channel", target.channel, model.num_channels(config, target.layer),
+        check_range("channel", target.channel, network.num_channels(config, target.layer),
                      target.layer)
         if kind == "unit":
             check_range("y", target.y, size, target.layer)
             check_range("x", target.x, size, target.layer)
     else:
         raise ValueError(f"unknown target layer {target.layer!r}; expected one of "
-                         f"{', '.join(model.projectable_layers(config))} or {LOGITS!r}")
+                         f"{', '.join(network.projectable_layers(config))} or {LOGITS!r}")
     values = []
     for name, v in (("channel", target.channel), ("y", target.y), ("x", target.x)):
         v = jnp.zeros((), jnp.int32) if v is None else jnp.asarray(v)

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zfjax.nets import model
+from zfjax.nets import model, network
 from zfjax.nets import strongest as strongest_activations
 from zfjax.nets.network import Network, SpatialOp, grow, layer_order, ops_below
 from zfjax.nets.receptive_field import crop_to_receptive_field
@@ -71,7 +71,7 @@ def _project_dense(config, params, aux, layer, signal):
     for op in ops_below(config, layer):
         x = reverse_stage(op, x, params, aux["switches"].get(op.name))
         # The full-grown output starts at input position -padding.
-        x = model.fit(x, op.padding, op.input_size, op.input_size)
+        x = model.fit_window(x, op.padding, op.input_size, op.input_size)
     return x
 
 
@@ -83,8 +83,8 @@ def project(config: Network, params: dict, aux: dict, layer: str, signal: jax.Ar
     the signal's dtype. Layers: ``network.projectable_layers(config)`` (conv
     maps, rectified, and pool maps).
     """
-    if layer not in model.projectable_layers(config):
-        raise model.unknown_layer(config, layer)
+    if layer not in network.projectable_layers(config):
+        raise network.unknown_layer(config, layer)
     check_layer_signal(aux, layer, signal.shape)
     return _project_dense(config, params, aux, layer, signal)
 
@@ -148,8 +148,8 @@ def project_units(config: Network, params: dict, aux: dict, layer: str, units: U
     The K reverse passes run inside one compiled call, ``batch_size`` at a time
     (``lax.map``); default: ``default_batch_size``.
     """
-    if layer not in model.projectable_layers(config):
-        raise model.unknown_layer(config, layer)
+    if layer not in network.projectable_layers(config):
+        raise network.unknown_layer(config, layer)
     acts = _layer_activations(aux, layer)
     units = Units(*(jnp.atleast_1d(jnp.asarray(u, jnp.int32)) for u in units))
     _check_units(layer, acts.shape, units.channel, units.y, units.x, units.image)

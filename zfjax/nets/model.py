@@ -29,11 +29,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from zfjax.nets import network
-from zfjax.nets.network import (  # re-exported: the names model users reach for
-    LRN, BatchNorm, Conv, Dense, Dropout, Flatten, MaxPool, Network, ReLU, SpatialOp, ZFNetConfig,
-    check_layers, conv_layers, dense_layers, fc_layers, grow, layer_sizes, num_channels,
-    ops_below, param_shapes, pool_layers, projectable_layers, scaled, spatial_ops, stages,
-    unknown_layer,
+from zfjax.nets.network import (
+    LRN, BatchNorm, Conv, Dense, Dropout, Flatten, MaxPool, Network, ReLU, dense_layers,
+    param_shapes, stages,
 )
 
 ZFNET_POOL = MaxPool("pool", 3, 2, 0, ceil=True)
@@ -112,10 +110,10 @@ def unpool(signal: jax.Array, switches: jax.Array, height: int, width: int,
     """
     grown = unpool_full(signal, switches, pool)
     p = pool.padding
-    return fit(grown, p, height, width)
+    return fit_window(grown, p, height, width)
 
 
-def fit(x: jax.Array, start: int, height: int, width: int) -> jax.Array:
+def fit_window(x: jax.Array, start: int, height: int, width: int) -> jax.Array:
     """x[:, start:start+height, start:start+width], zero-padded where x ends early."""
     zero = jnp.zeros((), x.dtype)
     return lax.pad(x, zero, ((0, 0, 0), (-start, height + start - x.shape[1], 0),
@@ -458,5 +456,6 @@ def abstract_params(config: Network) -> dict:
             for name, layer in param_shapes(config).items()}
 
 
-def param_count(params: Any) -> int:
+def count_params(params: Any) -> int:
+    """Number of values in a params tree (every leaf, batch norm statistics included)."""
     return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params))

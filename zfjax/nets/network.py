@@ -176,7 +176,6 @@ class Network:
         return stages(self)
 
 
-ZFNetConfig = Network  # the name the first ZFNet-only code used
 
 
 def from_dict(d: dict) -> Network:
@@ -541,7 +540,7 @@ def param_shapes(net: Network) -> dict[str, dict[str, tuple[int, ...]]]:
     return shapes
 
 
-def param_count(net: Network) -> int:
+def parameter_count(net: Network) -> int:
     """Trained parameters (batch norm running statistics not counted, as in torchvision)."""
     return sum(math.prod(s) for layer in param_shapes(net).values()
                for key, s in layer.items() if key not in BATCH_NORM_STATS)

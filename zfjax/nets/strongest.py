@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zfjax.nets import model
+from zfjax.nets import model, network
 
 TOP = 9  # activations kept per feature map by default (the paper's 3x3 grids, Fig. 2)
 
@@ -101,7 +101,7 @@ def _mine_batch(config, params, best, images, first, count, layers):
             for layer in layers}
 
 
-def mine(config: model.Network, params, batches, layers=None, *,
+def mine(config: network.Network, params, batches, layers=None, *,
          k: int = TOP) -> dict[str, TopK]:
     """Stream batches of network inputs and keep each feature map's k strongest activations.
 
@@ -109,8 +109,8 @@ def mine(config: model.Network, params, batches, layers=None, *,
     is padded to the first one's size, so one compilation serves all. The running
     top-k never leaves the device until the end. Returns layer -> TopK (numpy).
     """
-    layers = model.check_layers(config, model.conv_layers(config) if layers is None else layers)
-    best = {layer: empty_top(model.num_channels(config, layer), k) for layer in layers}
+    layers = network.check_layers(config, network.conv_layers(config) if layers is None else layers)
+    best = {layer: empty_top(network.num_channels(config, layer), k) for layer in layers}
     for batch, first, count in padded(batches):
         best = _mine_batch(config, params, best, batch, first, count, layers)
     return {layer: TopK(*(np.asarray(a) for a in top)) for layer, top in jax.device_get(best).items()}
@@ -151,7 +151,7 @@ def _update_running_max(config, params, best, images, first, count, maps):
     return out
 
 
-def strongest_over(config: model.Network, params, inputs: np.ndarray, maps: dict, *,
+def strongest_over(config: network.Network, params, inputs: np.ndarray, maps: dict, *,
                    batch_size: int = 128) -> dict[str, tuple[np.ndarray, ...]]:
     """Each given map's strongest activation over a set of network inputs (N, H, W, 3).
 

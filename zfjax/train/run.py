@@ -26,7 +26,6 @@ from zfjax import artifacts
 from zfjax.inputs import data
 from zfjax.nets import network
 from zfjax.train import checkpoints
-from zfjax.nets.model import ZFNetConfig
 from zfjax.nets.network import Network
 from zfjax.train.training import TrainConfig
 
@@ -62,7 +61,7 @@ class RunSpec:
     """What to train on what: the network (num_classes is replaced by the data's), the
     optimisation recipe and the data."""
 
-    model: ZFNetConfig
+    model: Network
     train: TrainConfig
     data: DataSpec
 
@@ -103,7 +102,7 @@ class RunSpec:
                 and not _same(mine[name], theirs.get(name))]
 
 
-def _variant_name(model: ZFNetConfig) -> str:
+def _variant_name(model: Network) -> str:
     """The model's name in network.VARIANTS."""
     return "alexnet" if model.arch == "alexnet" else (model.variant or "zfnet")
 
@@ -123,15 +122,15 @@ IMAGENETTE_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "imag
 IMAGENETTE = str(IMAGENETTE_DIR) if IMAGENETTE_DIR.is_dir() else "imagenette/320px-v2"
 
 
-def _he_with_paper_conv1(**model) -> ZFNetConfig:
+def _he_with_paper_conv1(**model) -> Network:
     """He-normal weights, but conv1 from the paper's N(0, 1e-2) (see PRESETS)."""
-    return ZFNetConfig(init_std=None, first_init_std=0.01, **model)
+    return Network(init_std=None, first_init_std=0.01, **model)
 
 
 # The named runs of train.py --preset.
 PRESETS = {
     # The paper: ImageNet 2012, 224 px, 70 epochs, N(0, 1e-2) init.
-    "paper": RunSpec(ZFNetConfig(num_classes=1000), TrainConfig(epochs=70),
+    "paper": RunSpec(Network(num_classes=1000), TrainConfig(epochs=70),
                      DataSpec("imagenet2012")),
     # Full ZFNet at 224 on imagenette; 64 epochs so every Fig. 4 epoch exists.
     # He-normal init (init_std=None) for this and the cpu and demo presets: with

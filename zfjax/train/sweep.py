@@ -47,7 +47,7 @@ def parameter_count(run_dir) -> int:
     """Parameters of the run's network, from its config.json (nothing is loaded)."""
     from zfjax.nets import network
 
-    return network.param_count(checkpoints.model_config(RunDir(run_dir).read_config()))
+    return network.parameter_count(checkpoints.model_config(RunDir(run_dir).read_config()))
 
 
 def row(run_dir, variant: str) -> Row:

@@ -1,7 +1,7 @@
 """The paper's training recipe (Zeiler & Fergus 2014, section 3) as pure functions.
 
 * Weights ~ N(0, 1e-2^2), biases 0: we read "initialized to 10^-2" as the std of a
-  zero-mean Gaussian (ZFNetConfig.init_std=0.01). init_std=None gives He-normal,
+  zero-mean Gaussian (Network.init_std=0.01). init_std=None gives He-normal,
   which small, short CPU runs need to leave the initial plateau quickly; their
   presets keep conv1 at 1e-2 (first_init_std), or its filters stay noise.
 * SGD, momentum 0.9, learning rate 1e-2, batch 128, dropout 0.5 (in the model).
@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from zfjax.inputs import data
 from zfjax.nets import model
-from zfjax.nets.model import ZFNetConfig
+from zfjax.nets.network import Network
 
 SCHEDULES = ("plateau", "step", "constant")
 
@@ -89,7 +89,7 @@ def make_optimizer(learning_rate: float, momentum: float) -> optax.GradientTrans
     return optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate, momentum=momentum)
 
 
-def init_state(config: ZFNetConfig, tcfg: TrainConfig, key: jax.Array) -> TrainState:
+def init_state(config: Network, tcfg: TrainConfig, key: jax.Array) -> TrainState:
     params = model.init_params(config, key)
     opt_state = make_optimizer(tcfg.learning_rate, tcfg.momentum).init(params)
     return TrainState(jnp.zeros((), jnp.int32), params, opt_state)
@@ -128,7 +128,7 @@ def renormalize_filters(params: dict, radius: float) -> dict:
             for name, layer in params.items()}
 
 
-def loss_and_accuracy(params, images, labels, config: ZFNetConfig, dropout_key):
+def loss_and_accuracy(params, images, labels, config: Network, dropout_key):
     """Mean softmax cross-entropy and (top-1 accuracy, the batch norms' batch statistics)
     of a training-mode forward."""
     logits, aux = model.forward(config, params, images, train=True, dropout_key=dropout_key)
@@ -137,7 +137,7 @@ def loss_and_accuracy(params, images, labels, config: ZFNetConfig, dropout_key):
     return loss, (jnp.mean(jnp.argmax(logits, -1) == labels), aux["batch_stats"])
 
 
-def train_step(state: TrainState, batch, rng: jax.Array, *, config: ZFNetConfig,
+def train_step(state: TrainState, batch, rng: jax.Array, *, config: Network,
                filter_radius: float | None = 0.1) -> tuple[TrainState, dict]:
     """One SGD update on batch = (images float32 (B, H, W, 3), labels int32 (B,)).
 
@@ -165,7 +165,7 @@ def augment(images, mean, ys, xs, flips, input_size: int) -> jax.Array:
 
     images uint8 (B, S, S, 3) at the stored size; mean float32 (S, S, 3); ys, xs int
     (B,) window offsets; flips bool (B,). Each input is (window - mean's window) /
-    PIXEL_SCALE, mirrored left-right where flips: the arithmetic of data._crops, so
+    PIXEL_SCALE, mirrored left-right where flips: the arithmetic of data.crop_windows, so
     the network sees the same numbers as data.train_batches.
     """
     shape = (input_size, input_size, 3)
@@ -178,7 +178,7 @@ def augment(images, mean, ys, xs, flips, input_size: int) -> jax.Array:
     return jax.vmap(one)(images, ys.astype(jnp.int32), xs.astype(jnp.int32), flips)
 
 
-def stored_train_step(state: TrainState, batch, mean, rng: jax.Array, *, config: ZFNetConfig,
+def stored_train_step(state: TrainState, batch, mean, rng: jax.Array, *, config: Network,
                       filter_radius: float | None = 0.1) -> tuple[TrainState, dict]:
     """train_step on a stored-size batch = (uint8 images (B, S, S, 3), int32 labels (B,),
     ys (B,), xs (B,), flips (B,)): crops, flips and mean subtraction (augment) run here,
@@ -188,18 +188,18 @@ def stored_train_step(state: TrainState, batch, mean, rng: jax.Array, *, config:
     return train_step(state, (x, labels), rng, config=config, filter_radius=filter_radius)
 
 
-def stored_eval_step(params, images, labels, mask, mean, *, config: ZFNetConfig,
+def stored_eval_step(params, images, labels, mask, mean, *, config: Network,
                      ten_crop: bool = False) -> jax.Array:
     """eval_step on uint8 stored-size images (B, S, S, 3): the centre crop, or with
     ten_crop the mean softmax of the ten crops (centre, four corners and their mirror
-    images, data._ten_crop_windows). Returns float32 (3,) counts as eval_step."""
+    images, data.ten_crop_windows). Returns float32 (3,) counts as eval_step."""
     size, n = images.shape[1], images.shape[0]
     if not ten_crop:
         c = jnp.full((n,), (size - config.image_size) // 2, jnp.int32)
         x = augment(images, mean, c, c, jnp.zeros(n, bool), config.image_size)
         return eval_step(params, x, labels, mask, config=config)
     probs = 0.0
-    for y, x, flip in zip(*data._ten_crop_windows(size, config.image_size)):
+    for y, x, flip in zip(*data.ten_crop_windows(size, config.image_size)):
         crops = augment(images, mean, jnp.full((n,), y), jnp.full((n,), x),
                         jnp.full((n,), bool(flip)), config.image_size)
         probs = probs + jax.nn.softmax(model.forward(config, params, crops)[0].astype(
@@ -207,7 +207,7 @@ def stored_eval_step(params, images, labels, mask, mean, *, config: ZFNetConfig,
     return hit_counts(probs, labels, mask)
 
 
-def eval_step(params, images, labels, mask, *, config: ZFNetConfig) -> jax.Array:
+def eval_step(params, images, labels, mask, *, config: Network) -> jax.Array:
     """Counts over one padded batch: float32 (3,) = [top-1 correct, top-5 correct, n].
 
     mask (B,) bool marks the real examples; padding keeps the batch shape fixed.
@@ -270,7 +270,7 @@ def put_local_batch(mesh: Mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
 
 
 @functools.cache
-def make_stored_train_step(config: ZFNetConfig, filter_radius: float | None, mesh: Mesh):
+def make_stored_train_step(config: Network, filter_radius: float | None, mesh: Mesh):
     """jit(stored_train_step): state replicated and donated, batch over 'data', mean and
     dropout key replicated."""
     repl, data_ = replicated(mesh), batch_sharding(mesh)
@@ -280,7 +280,7 @@ def make_stored_train_step(config: ZFNetConfig, filter_radius: float | None, mes
 
 
 @functools.cache  # one compilation per (config, mesh) in a process, not one per run
-def make_stored_loss(config: ZFNetConfig, mesh: Mesh):
+def make_stored_loss(config: Network, mesh: Mesh):
     """jit: (params, stored batch, mean, dropout key) -> the float32 scalar training loss
     of params on the batch (stored_train_step's loss, without the update). The batch is
     stored_train_step's; params, mean and key replicated."""
@@ -294,14 +294,14 @@ def make_stored_loss(config: ZFNetConfig, mesh: Mesh):
 
 
 @functools.cache
-def make_stored_eval_step(config: ZFNetConfig, mesh: Mesh, ten_crop: bool = False):
+def make_stored_eval_step(config: Network, mesh: Mesh, ten_crop: bool = False):
     repl, data_ = replicated(mesh), batch_sharding(mesh)
     return jax.jit(partial(stored_eval_step, config=config, ten_crop=ten_crop),
                    in_shardings=(repl, data_, data_, data_, repl), out_shardings=repl)
 
 
 @functools.cache  # one compiled step per (config, radius, mesh) in a process
-def make_train_step(config: ZFNetConfig, filter_radius: float | None, mesh: Mesh):
+def make_train_step(config: Network, filter_radius: float | None, mesh: Mesh):
     """jit(train_step) for this mesh: state replicated and donated, batch over 'data'."""
     repl, data = replicated(mesh), batch_sharding(mesh)
     return jax.jit(partial(train_step, config=config, filter_radius=filter_radius),
@@ -310,13 +310,13 @@ def make_train_step(config: ZFNetConfig, filter_radius: float | None, mesh: Mesh
 
 
 @functools.cache
-def make_eval_step(config: ZFNetConfig, mesh: Mesh):
+def make_eval_step(config: Network, mesh: Mesh):
     repl, data = replicated(mesh), batch_sharding(mesh)
     return jax.jit(partial(eval_step, config=config),
                    in_shardings=(repl, data, data, data), out_shardings=repl)
 
 
-def create_state(config: ZFNetConfig, tcfg: TrainConfig, mesh: Mesh) -> TrainState:
+def create_state(config: Network, tcfg: TrainConfig, mesh: Mesh) -> TrainState:
     """init_state from tcfg.seed, replicated over the mesh."""
     return replicate(init_state(config, tcfg, jax.random.key(tcfg.seed)), mesh)
 
@@ -332,7 +332,7 @@ def replicate(tree, mesh: Mesh):
     return jax.tree.map(put, tree)
 
 
-def abstract_state(config: ZFNetConfig, tcfg: TrainConfig, mesh: Mesh) -> TrainState:
+def abstract_state(config: Network, tcfg: TrainConfig, mesh: Mesh) -> TrainState:
     """Shapes, dtypes and (replicated) shardings of the state, for restoring."""
     shapes = jax.eval_shape(partial(init_state, config, tcfg), jax.random.key(0))
     repl = replicated(mesh)
