@@ -51,6 +51,23 @@ def test_first_init_std_sets_only_the_first_conv_layer(arch):
         np.testing.assert_array_equal(mixed[name]["kernel"], he[name]["kernel"])
 
 
+def test_init_params_draws_every_shape_with_one_compiled_sampler():
+    """A new architecture compiles no new sampler, and He-normal is flax's: truncated at two
+    standard deviations, rescaled to std sqrt(2 / fan-in)."""
+    model.init_params(network.Network(num_classes=3, image_size=64, width=0.25, init_std=None),
+                      jax.random.key(0))
+    compiled = model._standard_chunk._cache_size()
+    vgg = network.Network(arch="vgg11_bn", num_classes=5, image_size=32, width=0.125, init_std=None)
+    params = model.init_params(vgg, jax.random.key(1))
+    assert model._standard_chunk._cache_size() == compiled
+    kernel = np.asarray(params["conv2_1"]["kernel"])
+    he_std = np.sqrt(2 / np.prod(kernel.shape[:3]))
+    assert abs(kernel.std() - he_std) < 0.1 * he_std
+    assert np.abs(kernel).max() <= 2 * he_std / 0.87962566103423978 + 1e-6
+    big = np.asarray(model._standard_draws(jax.random.key(2), (3, model._DRAW_CHUNK), False))
+    assert not np.array_equal(big[0], big[1]) and abs(big.std() - 1) < 0.01  # chunks differ
+
+
 def test_forward_records_every_layer():
     params = random_params(SMALL)
     images = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype(np.float32)

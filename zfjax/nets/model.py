@@ -407,26 +407,49 @@ def check_images(config: Network, images: jax.Array) -> None:
         )
 
 
-@partial(jax.jit, static_argnums=0)
+_DRAW_CHUNK = 1 << 18  # values per compiled sampler call: one program serves every shape
+
+
+@partial(jax.jit, static_argnames="truncated")
+def _standard_chunk(key: jax.Array, truncated: bool) -> jax.Array:
+    if truncated:  # flax's he_normal: a normal truncated to two standard deviations
+        return jax.random.truncated_normal(key, -2.0, 2.0, (_DRAW_CHUNK,), jnp.float32)
+    return jax.random.normal(key, (_DRAW_CHUNK,), jnp.float32)
+
+
+def _standard_draws(key: jax.Array, shape: tuple[int, ...], truncated: bool) -> jax.Array:
+    """Standard-normal values of ``shape`` (or truncated to [-2, 2]), drawn in chunks of a
+    fixed size, so that the one compiled sampler serves every layer of every network (a
+    sampler per shape compiles anew for each layer of each new network)."""
+    count = math.prod(shape)
+    chunks = [_standard_chunk(jax.random.fold_in(key, i), truncated)
+              for i in range(-(-count // _DRAW_CHUNK))]
+    return jnp.concatenate(chunks)[:count].reshape(shape)
+
+
 def init_params(config: Network, key: jax.Array) -> dict:
     """Fresh float32 parameters: {'conv1': {'kernel': HWIO, 'bias'}, ..., 'fc8': ...}.
 
-    Weights from N(0, init_std^2), or He-normal (fan-in) when init_std is None; the
+    Weights from N(0, init_std^2), or He-normal (fan-in; a normal truncated at two
+    standard deviations and rescaled, as flax's ``he_normal``) when init_std is None; the
     first conv layer's from N(0, first_init_std^2) when that is set; biases 0; batch
-    norms the identity (scale 1, bias 0, mean 0, var 1).
+    norms the identity (scale 1, bias 0, mean 0, var 1). Each layer draws from its own
+    key (``jax.random.split(key, layers)``), so changing one layer's rule leaves the
+    others' weights as they were.
     """
-    init = (nn.initializers.normal(config.init_std) if config.init_std is not None
-            else nn.initializers.he_normal())
     shapes = {name: s for name, s in param_shapes(config).items() if "kernel" in s}
     first = next(iter(shapes))  # the first conv layer
     keys = jax.random.split(key, len(shapes))
 
-    def kernel_init(name):
-        if name == first and config.first_init_std is not None:
-            return nn.initializers.normal(config.first_init_std)
-        return init
+    def kernel(name, key, shape):
+        std = config.first_init_std if name == first else None
+        std = config.init_std if std is None else std
+        if std is not None:
+            return _standard_draws(key, shape, truncated=False) * std
+        he_std = math.sqrt(2.0 / math.prod(shape[:-1])) / 0.87962566103423978  # fan-in
+        return _standard_draws(key, shape, truncated=True) * he_std
 
-    params = {name: {"kernel": kernel_init(name)(k, s["kernel"], jnp.float32),
+    params = {name: {"kernel": kernel(name, k, tuple(s["kernel"])),
                      "bias": jnp.zeros(s["bias"], jnp.float32)}
               for k, (name, s) in zip(keys, shapes.items())}
     # Batch norm starts as the identity (torchvision's init): scale 1, shift 0, var 1.
