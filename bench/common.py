@@ -76,8 +76,8 @@ def forward_flops(config) -> int:
 def random_params(config, seed: int = 0) -> dict:
     """He-normal kernels and zero biases for config, drawn with numpy in float32.
 
-    model.init_params compiles one sampler per shape (5-7 s for a tiny VGG16 on CPU);
-    this draws the same kind of weights in well under a second.
+    Numpy only: no device work or compile before the timed part (model.init_params
+    draws truncated He-normal weights with a compiled sampler).
     """
     from zfjax.nets import network
 

@@ -16,7 +16,7 @@ from zfjax.nets import model, network
 def random_params(config, seed=0, bias_std=0.0):
     """He-normal weights and N(0, bias_std) biases, drawn with numpy.
 
-    Much faster in tests than model.init_params, whose first call compiles the network.
+    No device work and no compile (model.init_params compiles its sampler on first use).
     """
     rng = np.random.default_rng(seed)
     shapes = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
