@@ -64,8 +64,8 @@ def run(args) -> list[pathlib.Path]:
         found = deconv.project_strongest(config, params, layer, drawn._replace(image=local),
                                          channels[:, None], chosen.inputs,
                                          display=chosen.display)
-        projections = loaded.preprocessing.rgb(found.projections)  # for showing: Keras weights are BGR
-        patches = found.patches
+        # For showing: Keras weights are BGR.
+        projections, patches = loaded.preprocessing.rgb(found.projections), found.patches
         arrays.update({f"{layer}/{field}": value for field, value in top._asdict().items()})
         arrays.update({f"{layer}/channels": channels, f"{layer}/projections": projections,
                        f"{layer}/patches": patches})

@@ -300,7 +300,7 @@ def _check_units(layer, shape, channel, y, x, image=None) -> None:
 
 # ---- the strongest activations of a search, projected and cropped -----------------
 
-PROJECTION_CHUNK = 128  # units per compiled call of project_strongest (one forward of their images)
+PROJECTION_CHUNK = 128  # units per call of project_strongest (one forward of their images)
 
 
 class StrongestProjections(NamedTuple):
@@ -345,7 +345,8 @@ def project_strongest(config: Network, params, layer: str, found, channels, inpu
     Units go sorted by image, ``chunk`` at a time: one forward of the chunk's distinct
     images, then one windowed reverse pass per unit (``project_units``). Every call has
     the same shapes (chunks split evenly and padded; as many images as the chunk with the
-    most), so one compilation per layer, and memory stays bounded for any count.
+    most, rounded up to a power of two), so one compilation per layer and few across
+    calls, and memory stays bounded for any count.
     ``from_one``: each reverse pass starts from 1, not from the unit's activation
     (defined for a silent unit; the rules are positively homogeneous, so an active unit's
     projection only changes scale). ``progress``: a tqdm-like bar updated per chunk.
@@ -363,7 +364,10 @@ def project_strongest(config: Network, params, layer: str, found, channels, inpu
     if len(order):
         chunk = -(-len(order) // -(-len(order) // chunk))  # even chunks: little padding
         chunks = [order[start:start + chunk] for start in range(0, len(order), chunk)]
-        batch = max(len(np.unique(image_of[slots])) for slots in chunks)  # images per call
+        # Images per call: the most any chunk has, up to a power of two, so that calls on
+        # other winners (evolution's every epoch) seldom compile anew.
+        most = max(len(np.unique(image_of[slots])) for slots in chunks)
+        batch = min(chunk, 1 << (most - 1).bit_length())
         size = config.image_size
         for slots in chunks:
             used, local = np.unique(image_of[slots], return_inverse=True)
