@@ -129,9 +129,6 @@ def mine(config: network.Network, params, inputs, labels=None, *, layers=None, k
     return tops, {layer: np.asarray(s) for layer, s in sums.items()}, np.bincount(labels, minlength=classes)
 
 
-# ---- projections of the winners ----------------------------------------------------
-
-
 # ---- other methods and the sanity check, on each map's strongest activation ----------
 
 
