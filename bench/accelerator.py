@@ -290,7 +290,7 @@ def projection_rows(plan: Plan) -> list[dict]:
 # --------------------------------------------------------------------------- analyses
 
 def atlas_rows(plan: Plan) -> list[dict]:
-    """atlas.mine over random images (img/s), then atlas.project_top of every conv
+    """atlas.mine over random images (img/s), then deconv.project_strongest of every conv
     layer's winners (projections/s); second calls (the first ones compile)."""
     config = network.Network(num_classes=1000, image_size=plan.atlas_size,
                            width=plan.atlas_width)
@@ -306,7 +306,8 @@ def atlas_rows(plan: Plan) -> list[dict]:
         start = time.perf_counter()
         count = 0
         for layer, top in tops.items():
-            atlas.project_top(config, params, layer, top, inputs)
+            deconv.project_strongest(config, params, layer, top,
+                                     np.arange(len(top.value))[:, None], inputs)
             count += int(np.isfinite(top.value).sum())
         project_seconds = time.perf_counter() - start
     rows.append({"work": f"atlas mining ({', '.join(tops)}: top 9)", "images": n,

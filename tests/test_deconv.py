@@ -9,7 +9,7 @@ import pytest
 from jax import lax
 
 from zfjax.nets import deconv, model, network
-from zfjax.nets.receptive_field import receptive_field
+from zfjax.nets.receptive_field import receptive_field, receptive_field_size
 from helpers import random_params
 
 SMALL = network.Network(num_classes=5, image_size=64, width=0.25, init_std=None)
@@ -165,6 +165,48 @@ def test_single_unit_projection_is_zero_outside_its_receptive_field(layer):
         inside[top:bottom, left:right] = True
         assert np.abs(proj[~inside]).max(initial=0) == 0
         assert np.abs(proj[inside]).max() > 0
+
+
+@pytest.mark.parametrize("layer", ["pool1", "conv3"])
+def test_project_strongest_equals_each_units_dense_projection_cropped(tiny_network, layer):
+    """Image-sorted chunks (2 units per call, the last one padded), shape S = (2, 3) with an
+    unfilled slot, units at the corner and the far edge: each crop == the dense projection
+    of that unit alone, cut to its receptive field with numpy."""
+    config, params = tiny_network
+    rng = np.random.default_rng(7)
+    inputs = rng.normal(0, 0.3, (3, 64, 64, 3)).astype(np.float32)
+    display = rng.integers(0, 256, inputs.shape, np.uint8)
+    _, aux = model.forward_jit(config, params, inputs)
+    acts = np.asarray(aux["activations"][layer])
+    _, h, w, _ = acts.shape
+    image = np.array([[2, 0, 2], [1, 0, -1]])
+    y = np.array([[0, h - 1, h // 2], [h - 1, 1, 0]])
+    x = np.array([[0, w - 1, w // 2], [0, w - 2, 0]])
+    channel = acts[np.maximum(image, 0), y, x].argmax(-1)  # the strongest there: not zero
+    value = np.where(image >= 0, acts[np.maximum(image, 0), y, x, channel], -np.inf)
+    found = deconv.project_strongest(config, params, layer, (value, image, y, x), channel,
+                                     inputs, display=display, chunk=2)
+    r = receptive_field_size(config, layer)
+    assert found.projections.shape == found.patches.shape == (2, 3, r, r, 3)
+    assert found.positions.shape == (2, 3, 2)
+    assert not found.projections[1, 2].any() and not found.patches[1, 2].any()
+    past_edge = 0
+    for i, j in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]:
+        n, c, yy, xx = image[i, j], channel[i, j], y[i, j], x[i, j]
+        signal = np.zeros_like(acts)
+        signal[n, yy, xx, c] = acts[n, yy, xx, c]
+        dense = np.asarray(deconv.project(config, params, aux, layer, signal))[n]
+        top, left, _, _ = receptive_field(config, layer, yy, xx, clip=False)
+        padded = np.pad(dense, ((r, r), (r, r), (0, 0)))  # zero past the image edge
+        want = padded[top + r:top + 2 * r, left + r:left + 2 * r]
+        assert np.abs(want).sum() == pytest.approx(np.abs(dense).sum(), rel=1e-6)  # all of it
+        assert np.abs(want).max() > 0
+        np.testing.assert_allclose(found.projections[i, j], want, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(
+            found.patches[i, j], np.pad(display[n], ((r, r), (r, r), (0, 0)))[
+                top + r:top + 2 * r, left + r:left + 2 * r])
+        past_edge += min(top, left) < 0 or max(top, left) + r > config.image_size
+    assert past_edge >= 3  # the corner and far-edge units' crops are zero-padded
 
 
 def test_project_is_vmappable_over_selections():

@@ -69,7 +69,7 @@ def test_the_import_reader_sees_imports_inside_functions():
     """The checks below are only as good as this reader: matplotlib is imported inside
     the figure function, zfjax.nets.model at the top of the core."""
     assert "matplotlib.figure" in MODULES["zfjax.figures.topk"]
-    assert "zfjax.nets.model" in MODULES["zfjax.analyses.topk"]
+    assert "zfjax.nets.model" in MODULES["zfjax.analyses.atlas"]
     assert under("zfjax.figures.topk", "zfjax.figures") and not under("zfjax.topkx", "zfjax.analyses.topk")
 
 

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import zfjax
-from zfjax.nets import model, network
+from zfjax.nets import deconv, model, network
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +41,13 @@ def test_zfnetconfig_is_retired_for_network():
     assert not hasattr(network, "ZFNetConfig")
     assert "ZFNetConfig" not in zfjax.__all__
     assert uses(r"\bZFNetConfig\b") == []
+
+
+def test_one_projection_of_the_strongest_activations():
+    """deconv.project_strongest replaced deconv.strongest_projections, topk.project_top
+    and atlas.project_top (three batchings of one computation)."""
+    assert not hasattr(deconv, "strongest_projections")
+    assert uses(r"\b(strongest_projections|project_top|_project_winners)\b") == []
 
 
 def test_each_of_these_function_names_has_one_meaning():

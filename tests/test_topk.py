@@ -83,7 +83,10 @@ def test_projections_are_cropped_to_the_receptive_field_and_patches_match():
     layer, channels = "conv2", np.array([3, 40])
     top = streamed()[layer]
     display = np.random.default_rng(1).integers(0, 256, (N, 64, 64, 3), np.uint8)
-    projections, patches = topk.project_top(SMALL, params(), layer, top, channels, images(), display)
+    drawn = strongest.TopK(*(a[channels] for a in top))
+    found = deconv.project_strongest(SMALL, params(), layer, drawn, channels[:, None], images(),
+                                     display=display)
+    projections, patches = found.projections, found.patches
     size = receptive_field_size(SMALL, layer)
     assert projections.shape == patches.shape == (2, strongest.TOP, size, size, 3)
     _, aux = model.forward_jit(SMALL, params(), images())

@@ -7,9 +7,9 @@ One batched, jitted stream over a set of images yields, for every layer at once,
 * each map's mean activation per class: the map's spatial mean on an image,
   averaged over the images of each class.
 
-Then each winner is projected to pixels with the deconvnet (``deconv.project_units``)
-and cropped to its receptive field. Winners are grouped by image, so each image
-is run forward once per chunk of units that need it, not once per unit.
+Then each winner is projected to pixels with the deconvnet and cropped to its
+receptive field (``deconv.project_strongest``: winners grouped by image, so each image
+is run forward once per chunk of units that need it, not once per unit).
 Beside the deconvnet, each map's strongest activation is explained by guided
 backprop and by the plain gradient (``attribution.attribute``, batched over the
 layer's maps), and each layer gets a sanity score (Adebayo et al. 2018): the rank
@@ -32,7 +32,6 @@ from zfjax.nets import attribution, deconv, model, network, strongest
 from zfjax.nets.receptive_field import crop_to_receptive_field, receptive_field, receptive_field_size
 
 TOP = strongest.TOP  # activations kept per feature map (the paper's 3x3 grids)
-PROJECTION_CHUNK = 128  # units projected per compiled call (one forward of their images)
 METHODS = ("guided_backprop", "gradient")  # shown beside the deconvnet for each map's top 1
 ATTRIBUTION_CHUNK = 32  # top-1 targets per attribution call (dense passes: memory)
 SANITY_SEED = 0  # jax.random.key of the re-initialised weights (recorded in atlas.json)
@@ -130,62 +129,6 @@ def mine(config: network.Network, params, inputs, labels=None, *, layers=None, k
     return tops, {layer: np.asarray(s) for layer, s in sums.items()}, np.bincount(labels, minlength=classes)
 
 
-# ---- projections of the winners ----------------------------------------------------
-
-
-@partial(jax.jit, static_argnames=("config", "layer", "from_one"))
-def _project_chunk(config, params, images, units, layer, from_one=False):
-    """images (B, H, W, 3); units index into them -> projections (K, H, W, 3)."""
-    _, aux = model.forward(config, params, images)
-    if from_one:  # every unit starts from 1 instead of its activation (project_units reads it)
-        acts = {**aux["activations"], layer: jnp.ones_like(aux["activations"][layer])}
-        aux = {**aux, "activations": acts}
-    return deconv.project_units(config, params, aux, layer, units)
-
-
-def project_top(config: network.Network, params, layer: str, top: strongest.TopK, inputs, *,
-                chunk: int = PROJECTION_CHUNK, from_one: bool = False,
-                progress=None) -> np.ndarray:
-    """Every filled slot of ``top`` projected to pixels, cropped to its receptive field.
-
-    top: the layer's TopK (C, k) with image indices into ``inputs`` (array or lazily
-    preprocessed, indexable by an int array). Units are sorted by image and projected
-    ``chunk`` at a time: one forward of the chunk's distinct images, then one reverse
-    pass per unit (``deconv.project_units``); every call has the same shapes (at most
-    ``chunk`` units, split evenly; as many images as the chunk with the most distinct
-    ones), so one compilation per layer. ``from_one``: each unit's reverse pass starts from
-    1, not from its activation (defined for a silent unit; the deconvnet's rules are
-    positively homogeneous, so an active unit's projection only changes scale).
-    Returns float32 (C, k, R, R, 3); unfilled slots are zero.
-    """
-    c, k = top.value.shape
-    size = config.image_size
-    r = receptive_field_size(config, layer)
-    out = np.zeros((c, k, r, r, 3), np.float32)
-    filled = np.flatnonzero(np.isfinite(np.asarray(top.value)).reshape(-1))
-    order = filled[np.argsort(np.asarray(top.image).reshape(-1)[filled], kind="stable")]
-    image, ys, xs = (np.asarray(a).reshape(-1) for a in (top.image, top.y, top.x))
-    if not len(order):
-        return out
-    chunk = -(-len(order) // -(-len(order) // chunk))  # even chunks: little padding
-    chunks = [order[start:start + chunk] for start in range(0, len(order), chunk)]
-    batch = max((len(np.unique(image[slots])) for slots in chunks), default=1)  # images per call
-    for slots in chunks:
-        used, local = np.unique(image[slots], return_inverse=True)
-        images = np.zeros((batch, size, size, 3), np.float32)
-        images[:len(used)] = inputs[used]
-        pad = chunk - len(slots)  # pad with copies of the first unit: one shape for every call
-        units = deconv.Units(*(np.concatenate([a, np.repeat(a[:1], pad)]).astype(np.int32)
-                               for a in (local, slots // k, ys[slots], xs[slots])))
-        full = np.asarray(_project_chunk(config, params, images, units, layer,
-                                         from_one))[:len(slots)]
-        out.reshape(c * k, r, r, 3)[slots] = crop_to_receptive_field(
-            config, layer, full, ys[slots], xs[slots])
-        if progress is not None:
-            progress.update(len(slots))
-    return out
-
-
 # ---- other methods and the sanity check, on each map's strongest activation ----------
 
 
@@ -194,7 +137,7 @@ def top1_attributions(config: network.Network, params, layer: str, top: stronges
                       progress=None) -> np.ndarray:
     """Each map's strongest activation (slot 0 of ``top``) explained by ``method``
     (``attribution.attribute``: 'guided_backprop', 'gradient', ...), cropped to the unit's
-    receptive field like ``project_top``.
+    receptive field like the projections (``deconv.project_strongest``).
 
     The maps' targets go ``chunk`` at a time (the last chunk padded with copies of its first
     target), so every call has one shape: one compilation per layer and method.
@@ -255,14 +198,16 @@ def layer_sanity(config: network.Network, params, fresh: dict, layer: str, top: 
     with no image.
     """
     top1 = strongest.TopK(*(np.asarray(a)[:, :1] for a in top))
-    trained = project_top(config, params, layer, top1, inputs, from_one=True, progress=progress)
+    maps = np.arange(len(top1.value))[:, None]
+    trained = deconv.project_strongest(config, params, layer, top1, maps, inputs, from_one=True,
+                                       progress=progress).projections
     # Placed as the trained leaves are: a committed and an uncommitted array are
     # different arguments to jit, and the compiled projection would not be reused.
     swapped = jax.tree.map(lambda new, old: (jax.device_put(new, old.sharding)
                                              if isinstance(old, jax.Array) else np.asarray(new)),
                            cascade_randomised(config, params, fresh, layer), params)
-    randomised = project_top(config, swapped, layer, top1, inputs, from_one=True,
-                             progress=progress)
+    randomised = deconv.project_strongest(config, swapped, layer, top1, maps, inputs,
+                                          from_one=True, progress=progress).projections
     scores = inside_image_scores(config, layer, trained[:, 0], randomised[:, 0],
                                  top1.y[:, 0], top1.x[:, 0])
     return np.where(np.isfinite(top1.value[:, 0]), scores, np.nan).astype(np.float32)
@@ -293,7 +238,7 @@ def build(config: network.Network, params, inputs, labels=None, *, layers=None, 
 
     inputs: float32 (N, H, W, 3) network inputs (or lazily preprocessed, see ``mine``);
     labels: int (N,) class indices, or None. One streamed pass (``mine``), then the
-    projections of every map's winners (``project_top``), each map's top 1 under
+    projections of every map's winners (``deconv.project_strongest``), each map's top 1 under
     ``methods`` (``top1_attributions``; () for none) and, unless ``sanity_seed`` is None,
     the maps' sanity scores against weights re-initialised with ``jax.random.key(sanity_seed)``
     (``layer_sanity``). ``progress(desc, total)``, if given, returns a tqdm-like bar (a
@@ -313,8 +258,10 @@ def build(config: network.Network, params, inputs, labels=None, *, layers=None, 
             if sums is not None:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     class_mean = (sums[layer] / class_count[:, None]).T.astype(np.float32)
-            result[layer] = LayerAtlas(top, project_top(config, params, layer, top, inputs,
-                                                        progress=bar), class_mean)
+            maps = np.arange(len(top.value))[:, None]
+            projected = deconv.project_strongest(config, params, layer, top, maps, inputs,
+                                                 progress=bar)
+            result[layer] = LayerAtlas(top, projected.projections, class_mean)
     methods = tuple(methods)
     if not methods and sanity_seed is None:
         return Atlas(result, class_count, len(inputs))

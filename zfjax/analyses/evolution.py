@@ -37,7 +37,7 @@ import numpy as np
 
 from zfjax import artifacts
 from zfjax.inputs import data
-from zfjax.nets import deconv, network
+from zfjax.nets import deconv, network, strongest
 
 DEFAULT_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)  # the epochs of the paper's Fig. 4
 _SNAPSHOT_NAME = re.compile(r"epoch_(\d+)\.npz")
@@ -89,13 +89,18 @@ class EpochSnapshots:
 def take_snapshot(config: network.Network, params, probe: Probe, *,
                   batch_size: int = 128) -> dict[str, np.ndarray]:
     """Strongest activation of each followed map over the probe, projected to pixels
-    (``deconv.strongest_projections``). Returns the '{layer}/{field}' arrays described in
-    the module docstring.
+    (``strongest.strongest_over``, ``deconv.project_strongest``). Returns the
+    '{layer}/{field}' arrays described in the module docstring.
     """
-    found = deconv.strongest_projections(config, params, probe.images, probe.display,
-                                         probe.maps, batch_size=batch_size)
-    return {f"{layer}/{field}": value for layer, result in found.items()
-            for field, value in result._asdict().items()}
+    best = strongest.strongest_over(config, params, probe.images, probe.maps,
+                                    batch_size=batch_size)
+    snapshot = {}
+    for layer, found in best.items():
+        projected = deconv.project_strongest(config, params, layer, found, probe.maps[layer],
+                                             probe.images, display=probe.display)
+        snapshot.update({f"{layer}/{field}": value
+                         for field, value in projected._asdict().items()})
+    return snapshot
 
 
 # ---- files -------------------------------------------------------------------------

@@ -51,13 +51,15 @@ def strongest_maps(config: network.Network, params, inputs: np.ndarray, count: i
 
 def layer2_features(config: network.Network, params, inputs: np.ndarray, display: np.ndarray,
                     channels, layer: str = "conv2") -> deconv.StrongestProjections:
-    """Strongest activation of each given map over the images, projected to pixels and
-    cropped to its receptive field (``deconv.strongest_projections``).
+    """Strongest activation of each given map over the images (``strongest.strongest_over``),
+    projected to pixels and cropped to its receptive field (``deconv.project_strongest``).
 
     inputs float32 (N, H, W, 3), display uint8 (N, H, W, 3), channels int (M,).
     """
-    return deconv.strongest_projections(config, params, inputs, display,
-                                        {layer: np.asarray(channels, np.int32)})[layer]
+    channels = np.asarray(channels, np.int32)
+    found = strongest.strongest_over(config, params, inputs, {layer: channels})[layer]
+    return deconv.project_strongest(config, params, layer, found, channels, inputs,
+                                    display=display)
 
 
 def check_comparable(kernel_a, kernel_b, name_a: str, name_b: str) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from zfjax import argtypes, artifacts, cli
 from zfjax.analyses import topk
-from zfjax.nets import network, strongest
+from zfjax.nets import deconv, network, strongest
 from zfjax.figures.topk import plot_topk
 from zfjax.render import shown_path
 
@@ -57,13 +57,15 @@ def run(args) -> list[pathlib.Path]:
         channels = (topk.check_channels(config, layer, args.channels) if args.channels
                     else topk.choose_maps(top, args.count, args.seed))
         # Only the winners' images are preprocessed; image indices are remapped onto them.
-        used, where = np.unique(np.maximum(top.image[channels], 0), return_inverse=True)
-        local = top.image.copy()
-        local[channels] = np.where(top.image[channels] >= 0, where.reshape(len(channels), k), -1)
+        drawn = strongest.TopK(*(a[channels] for a in top))
+        used, where = np.unique(np.maximum(drawn.image, 0), return_inverse=True)
+        local = np.where(drawn.image >= 0, where.reshape(drawn.image.shape), -1)
         chosen = cli.images_for(loaded, stored[used])
-        projections, patches = topk.project_top(config, params, layer, top._replace(image=local),
-                                                channels, chosen.inputs, chosen.display)
-        projections = loaded.preprocessing.rgb(projections)  # for showing: Keras weights are BGR
+        found = deconv.project_strongest(config, params, layer, drawn._replace(image=local),
+                                         channels[:, None], chosen.inputs,
+                                         display=chosen.display)
+        # For showing: Keras weights are BGR.
+        projections, patches = loaded.preprocessing.rgb(found.projections), found.patches
         arrays.update({f"{layer}/{field}": value for field, value in top._asdict().items()})
         arrays.update({f"{layer}/channels": channels, f"{layer}/projections": projections,
                        f"{layer}/patches": patches})

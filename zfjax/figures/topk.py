@@ -23,7 +23,7 @@ def plot_topk(layer: str, channels, values: np.ndarray, projections: np.ndarray,
     """Paper Fig. 2 for one layer: per map, its top-k projections (3x3) beside their patches.
 
     channels int (M,); values float32 (M, k); projections float32 RGB and patches
-    uint8 (M, k, R, R, 3) (``topk.project_top``). Each pair is cut to the image and
+    uint8 (M, k, R, R, 3) (``deconv.project_strongest``). Each pair is cut to the image and
     enlarged by whole pixels to at least 48 px, each projection stretched on its own
     (``render.fit_pairs``). Returns a matplotlib Figure.
     """

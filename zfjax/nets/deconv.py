@@ -26,7 +26,9 @@ Two ways to run it, with identical results:
   field: 0.47 GFLOP per ZFNet conv5 unit at 224 px, against 2.2 dense.
 
 Both are pure, jit-compiled and vmappable; ``aux`` is the record returned by
-``model.forward``.
+``model.forward``. ``project_strongest`` projects the winners of a search over a
+set of images (``strongest``), each cropped to its receptive field: the one used
+by topk, atlas, filters and evolution.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from jax import lax
 from zfjax.nets import model, network
 from zfjax.nets import strongest as strongest_activations
 from zfjax.nets.network import Network, SpatialOp, grow, layer_order, ops_below
-from zfjax.nets.receptive_field import crop_to_receptive_field
+from zfjax.nets.receptive_field import crop_to_receptive_field, receptive_field_size
 
 def reverse_stage(op: SpatialOp, signal: jax.Array, params: dict, switches: jax.Array | None):
     """Invert one conv or pool on an NHWC window, onto every input position it touches.
@@ -296,46 +298,96 @@ def _check_units(layer, shape, channel, y, x, image=None) -> None:
 
 
 
+# ---- the strongest activations of a search, projected and cropped -----------------
+
+PROJECTION_CHUNK = 128  # units per call of project_strongest (one forward of their images)
+
+
 class StrongestProjections(NamedTuple):
-    """``strongest_projections`` of one layer, K followed maps, R = receptive_field_size:
-    channels int32 (K,); values float32 (K,) each map's strongest activation over the set;
-    images int32 (K,) the index of the image it is in; positions int32 (K, 2) its (y, x)
-    on the map; projections float32 (K, R, R, 3) its deconvnet projection and patches
-    uint8 (K, R, R, 3) the image patch, both cropped to its receptive field (zero-padded
-    past the image edge)."""
+    """``project_strongest`` of activations of one layer, in the shape S they were given
+    (K units, or (M, k) top-k slots), R = receptive_field_size: channels int32 S the map of
+    each; values float32 S the activation; images int32 S the index of its image (-1: an
+    unfilled slot); positions int32 (*S, 2) its (y, x) on the map; projections float32
+    (*S, R, R, 3) its deconvnet projection and patches (*S, R, R, 3) the image patch under
+    it (display's dtype, or None without a display), both cropped to its receptive field
+    (zero-padded past the image edge; all zero for an unfilled slot)."""
 
     channels: np.ndarray
     values: np.ndarray
     images: np.ndarray
     positions: np.ndarray
     projections: np.ndarray
-    patches: np.ndarray
+    patches: np.ndarray | None
 
 
-def strongest_projections(config: Network, params, inputs: np.ndarray, display: np.ndarray,
-                          maps: dict, *, batch_size: int = 128) -> dict[str, StrongestProjections]:
-    """Each given map's strongest activation over a set, projected to pixels (Fig. 4, Fig. 6).
+@partial(jax.jit, static_argnames=("config", "layer", "from_one"))
+def _project_chunk(config, params, images, units, layer, from_one):
+    """images (B, H, W, 3); units index into them -> projections (K, H, W, 3). The forward
+    stops at ``layer`` (XLA drops what is above), so a chunk costs its images' forward once."""
+    _, aux = model.forward(config, params, images)
+    if from_one:  # every unit starts from 1 instead of its activation (project_units reads it)
+        acts = {**aux["activations"], layer: jnp.ones_like(aux["activations"][layer])}
+        aux = {**aux, "activations": acts}
+    return project_units(config, params, aux, layer, units)
 
-    inputs float32 and display uint8 (N, H, W, 3); maps: layer -> int (K,) channels.
-    Returns layer -> ``StrongestProjections``.
+
+def project_strongest(config: Network, params, layer: str, found, channels, inputs, *,
+                      display=None, from_one: bool = False, chunk: int = PROJECTION_CHUNK,
+                      progress=None) -> StrongestProjections:
+    """Activations found by a search, each projected alone to pixels and cropped to its
+    receptive field (paper Fig. 2, 4, 6; the one projection of every analysis's winners).
+
+    found: (value, image, y, x) arrays of one shape S: a ``strongest.TopK`` (or rows of
+    it) or a layer of ``strongest.strongest_over``; a slot whose value is not finite is
+    unfilled. channels: int, broadcast to S, the map of each. image indexes ``inputs``
+    (float32 (N, H, W, 3) network inputs, or lazily preprocessed ones indexable by an int
+    array) and ``display`` (the images as shown, (N, H, W, 3), for the patches; optional).
+    Units go sorted by image, ``chunk`` at a time: one forward of the chunk's distinct
+    images, then one windowed reverse pass per unit (``project_units``). Every call has
+    the same shapes (chunks split evenly and padded; as many images as the chunk with the
+    most, rounded up to a power of two), so one compilation per layer and few across
+    calls, and memory stays bounded for any count.
+    ``from_one``: each reverse pass starts from 1, not from the unit's activation
+    (defined for a silent unit; the rules are positively homogeneous, so an active unit's
+    projection only changes scale). ``progress``: a tqdm-like bar updated per chunk.
+    Returns ``StrongestProjections`` of shape S.
     """
-    best = strongest_activations.strongest_over(config, params, inputs, maps,
-                                                batch_size=batch_size)
-    layers = list(best)
-    # Re-run the forward on just the winning images, one per unit (a fixed shape, so
-    # no recompilation from call to call), to get the switches to project through.
-    winners = np.concatenate([best[layer][1] for layer in layers])
-    _, aux = model.forward_jit(config, params, inputs[winners])
-    out, first = {}, 0
-    for layer in layers:
-        value, image, y, x = best[layer]
-        k = len(value)
-        units = Units(np.arange(first, first + k, dtype=np.int32), maps[layer], y, x)
-        projections = np.asarray(project_units(config, params, aux, layer, units), np.float32)
-        first += k
-        out[layer] = StrongestProjections(
-            np.asarray(maps[layer], np.int32), value.astype(np.float32), image.astype(np.int32),
-            np.stack([y, x], axis=1).astype(np.int32),
-            crop_to_receptive_field(config, layer, projections, y, x),
-            crop_to_receptive_field(config, layer, display[image], y, x))
-    return out
+    value, image, y, x = (np.asarray(a) for a in found)
+    shape = value.shape
+    channels = np.broadcast_to(np.asarray(channels, np.int32), shape)
+    image_of, ys, xs, channel_of = (np.asarray(a, np.int32).reshape(-1)
+                                    for a in (image, y, x, channels))
+    r = receptive_field_size(config, layer)
+    projections = np.zeros((image_of.size, r, r, 3), np.float32)
+    filled = np.flatnonzero(np.isfinite(value.reshape(-1)))
+    order = filled[np.argsort(image_of[filled], kind="stable")]
+    if len(order):
+        chunk = -(-len(order) // -(-len(order) // chunk))  # even chunks: little padding
+        chunks = [order[start:start + chunk] for start in range(0, len(order), chunk)]
+        # Images per call: the most any chunk has, up to a power of two, so that calls on
+        # other winners (evolution's every epoch) seldom compile anew.
+        most = max(len(np.unique(image_of[slots])) for slots in chunks)
+        batch = min(chunk, 1 << (most - 1).bit_length())
+        size = config.image_size
+        for slots in chunks:
+            used, local = np.unique(image_of[slots], return_inverse=True)
+            images = np.zeros((batch, size, size, 3), np.float32)
+            images[:len(used)] = inputs[used]
+            pad = chunk - len(slots)  # copies of the first unit: one shape for every call
+            units = Units(*(np.concatenate([a, np.repeat(a[:1], pad)]).astype(np.int32)
+                            for a in (local, channel_of[slots], ys[slots], xs[slots])))
+            full = np.asarray(_project_chunk(config, params, images, units, layer,
+                                             from_one))[:len(slots)]
+            projections[slots] = crop_to_receptive_field(config, layer, full, ys[slots],
+                                                         xs[slots])
+            if progress is not None:
+                progress.update(len(slots))
+    patches = None
+    if display is not None:
+        patches = np.zeros((image_of.size, r, r, 3), np.asarray(display[:0]).dtype)
+        patches[filled] = crop_to_receptive_field(config, layer, display[image_of[filled]],
+                                                  ys[filled], xs[filled])
+    return StrongestProjections(
+        channels.astype(np.int32), value.astype(np.float32), image.astype(np.int32),
+        np.stack([y, x], axis=-1).astype(np.int32), projections.reshape(*shape, r, r, 3),
+        None if patches is None else patches.reshape(*shape, r, r, 3))
