@@ -70,6 +70,7 @@ class Plan(NamedTuple):
     jpeg_side: int
     stream_size: int  # network input side of the streamed part
     stream_batch: int
+    stream_workers: int | None  # Grain workers of the streamed part (None: as many as cores)
     train_py: tuple[str, ...]  # train.py options besides data, store, epochs and workers
     train_py_snapshots: bool  # False: no Fig. 4 snapshots (their compiles: most of a toy epoch)
     zfnet_size: int
@@ -96,7 +97,7 @@ class Plan(NamedTuple):
 
 FULL = Plan(train_size=224, train_width=1.0, train_classes=1000, train_batches=(128, 256),
             train_steps=20, train_rounds=5,
-            jpegs=8192, jpeg_side=256, stream_size=224, stream_batch=128,
+            jpegs=8192, jpeg_side=256, stream_size=224, stream_batch=128, stream_workers=None,
             train_py=("--size", "224", "--batch", "128"), train_py_snapshots=True,
             zfnet_size=224, zfnet_width=1.0, zfnet_units=256,
             vgg_size=224, vgg_width=1.0, vgg_units=64,
@@ -109,10 +110,11 @@ FULL = Plan(train_size=224, train_width=1.0, train_classes=1000, train_batches=(
 QUICK = Plan(train_size=64, train_width=0.25, train_classes=10, train_batches=(8,),
              train_steps=2, train_rounds=2,
              jpegs=32, jpeg_side=80, stream_size=64, stream_batch=8,
+             stream_workers=1,  # each worker process imports JAX: seconds of CPU apiece
              train_py=("--preset", "cpu", "--size", "64", "--width", "0.25", "--batch", "8"),
              train_py_snapshots=False,
              zfnet_size=64, zfnet_width=0.25, zfnet_units=8,
-             vgg_size=32, vgg_width=0.125, vgg_units=4,
+             vgg_size=32, vgg_width=0.125, vgg_units=1,  # all at once only: one compile
              unit_batch_sizes=(1,), projection_rounds=2,
              atlas_images=16, atlas_layers=("conv2",), atlas_size=64, atlas_width=0.25,
              occlusion_size=64, occluder=16, occlusion_stride=16,
@@ -204,7 +206,7 @@ def write_random_jpegs(root: Path, count: int, side: int, classes: int = 4,
 
 
 def streamed_rows(plan: Plan, folder: Path) -> tuple[list[dict], str | None]:
-    """Random JPEGs -> store -> one streamed epoch (workers = cores) -> one train.py
+    """Random JPEGs -> store -> one streamed epoch (plan.stream_workers) -> one train.py
     epoch on that store. Returns (rows, None), or ([], why) when Grain is missing."""
     missing = [m for m in ("grain", "array_record") if importlib.util.find_spec(m) is None]
     if missing:
@@ -214,23 +216,23 @@ def streamed_rows(plan: Plan, folder: Path) -> tuple[list[dict], str | None]:
     from zfjax.commands import train
     from zfjax.inputs import loader, store
 
-    cores = os.cpu_count() or 1
+    workers = plan.stream_workers or os.cpu_count() or 1
     made = write_random_jpegs(folder / "jpegs", plan.jpegs, plan.jpeg_side)
     rows = [{"work": "write random JPEGs", "images": made["images"], "seconds": made["seconds"],
              "images_per_s": made["images"] / made["seconds"],
              "mean_kb": made["bytes"] / made["images"] / 1e3}]
     start = time.perf_counter()
     prepared = store.prepare(str(folder / "jpegs"), folder / "store", plan.stream_size,
-                             workers=cores, progress=False)
+                             workers=workers, progress=False)
     seconds = time.perf_counter() - start
     count = prepared.count("train") + prepared.count("val")
-    rows.append({"work": "prepare the store", "workers": cores, "images": count,
+    rows.append({"work": "prepare the store", "workers": workers, "images": count,
                  "seconds": seconds, "images_per_s": count / seconds})
-    feed = loader.Streamed(prepared, "train", workers=cores)
-    rows.append(epoch_row(feed, plan.stream_batch, plan.stream_size, cores))
+    feed = loader.Streamed(prepared, "train", workers=workers)
+    rows.append(epoch_row(feed, plan.stream_batch, plan.stream_size, workers))
 
     run = folder / "run"
-    argv = ["--data", str(folder / "store"), "--epochs", "1", "--workers", str(cores),
+    argv = ["--data", str(folder / "store"), "--epochs", "1", "--workers", str(workers),
             "--memory-budget", "1e-6", "--out", str(run), "--no-progress", "--offline",
             *plan.train_py]
     _say("train.py " + " ".join(argv) + ("" if plan.train_py_snapshots else
@@ -241,7 +243,7 @@ def streamed_rows(plan: Plan, folder: Path) -> tuple[list[dict], str | None]:
             stack.enter_context(mock.patch.object(train, "snapshot_hook", lambda: None))
         code = train.main(argv)
     row = {"work": "train.py, one streamed epoch", "command": "train.py " + " ".join(argv),
-           "snapshots": plan.train_py_snapshots, "exit_code": code, "workers": cores,
+           "snapshots": plan.train_py_snapshots, "exit_code": code, "workers": workers,
            "wall_seconds": time.perf_counter() - start}
     if code == 0:
         epoch = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
@@ -265,7 +267,8 @@ def projection_rows(plan: Plan) -> list[dict]:
             ("vgg16", "conv5_3", plan.vgg_size, plan.vgg_width, plan.vgg_units)):
         config = network.Network(arch=arch, num_classes=1000, image_size=size, width=width)
         params = jax.device_put(random_params(config))
-        image = jax.random.normal(jax.random.key(1), (1, size, size, 3))
+        # numpy draws: jax.random.normal compiles once per shape (seconds on a CPU)
+        image = np.random.default_rng(1).normal(size=(1, size, size, 3)).astype(np.float32)
         _, aux = model.forward_jit(config, params, image)
         units = strongest_per_map(aux, layer, count)
         k = len(units.channel)
@@ -323,7 +326,7 @@ def occlusion_row(plan: Plan) -> dict:
     size = plan.occlusion_size
     config = network.Network(num_classes=1000, image_size=size, width=plan.zfnet_width)
     params = jax.device_put(random_params(config))
-    image = jax.random.normal(jax.random.key(2), (size, size, 3))
+    image = np.random.default_rng(2).normal(size=(size, size, 3)).astype(np.float32)
     positions = len(occlusion.positions(size, plan.occluder, plan.occlusion_stride)) ** 2
 
     def run():

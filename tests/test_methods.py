@@ -1,6 +1,7 @@
 """``visualize.py methods`` (zfjax.analyses.methods): attribution methods side by side, and its bad
 input (issue 17, items 3 and 6)."""
 
+import jax
 import numpy as np
 import pytest
 from helpers import TINY, random_params, write_tiny_run
@@ -15,17 +16,19 @@ def tiny_run(tmp_path_factory):
 
 
 def test_explains_the_strongest_unit_and_the_predicted_class():
-    params = random_params(TINY, seed=2, bias_std=0.1)
+    # conv5, the command's default layer, and weights committed to the device as loaded
+    # checkpoints are: the command test below reuses these compiled programs.
+    params = jax.device_put(random_params(TINY, seed=2, bias_std=0.1), jax.devices()[0])
     image = np.random.default_rng(0).normal(size=(64, 64, 3)).astype(np.float32)
-    settings = methods.Settings("conv4")
+    settings = methods.Settings("conv5")
     got = methods.explain(TINY, params, image, settings, "blur", ("gradient", "grad_cam"))
     logits, aux = model.forward_jit(TINY, params, image[None])
-    value, channel, y, x = strongest.strongest_map(aux["activations"]["conv4"][0])
+    value, channel, y, x = strongest.strongest_map(aux["activations"]["conv5"][0])
     assert got.unit.tolist() == [int(channel), int(y), int(x)]
     np.testing.assert_allclose(got.unit_value, value)
     assert got.target_class == got.predicted == int(np.argmax(logits[0]))
     assert got.maps["gradient"].shape == (2, 64, 64, 3)
-    assert got.maps["grad_cam"].shape == (2, 64, 64)  # enlarged from conv3 / conv4's 3 x 3
+    assert got.maps["grad_cam"].shape == (2, 64, 64)  # enlarged from conv4 / conv5's 3 x 3
     assert set(got.maps) == {"gradient", "grad_cam"}
     assert methods.cam_layer_below(TINY, "conv4") == "conv3"
     assert methods.cam_layer_below(TINY, "conv1") is None
