@@ -173,7 +173,7 @@ def _two_steps(devices: int) -> dict[str, np.ndarray]:
     """Losses and parameters after two steps on the first `devices` devices, from fixed
     random parameters (made without compiling init_params, which is slow on CPU)."""
     rng = np.random.default_rng(0)
-    shapes = jax.eval_shape(model.init_params, TINY, jax.random.key(0))
+    shapes = model.abstract_params(TINY)
     params = jax.tree.map(lambda s: rng.normal(0, 0.05, s.shape).astype(np.float32), shapes)
     state = training.TrainState(np.int32(0), params,
                                 training.make_optimizer(0.01, 0.9).init(params))
