@@ -1,8 +1,14 @@
 """Fixtures shared by the tests (plain helpers: tests/helpers.py)."""
 
+import os
 from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
+
+# The suite compiles hundreds of small programs and runs most of them once or twice: XLA's
+# backend optimisation costs more time than it saves. Set before jax is imported, and
+# inherited by the commands the tests start as subprocesses.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 if TYPE_CHECKING:
     from zfjax.nets.network import Network

@@ -129,3 +129,15 @@ def test_a_failed_sweep_variant_writes_the_table_then_leaves_at_once_from_consol
     assert leave_now == [130]
     assert (tmp_path / "sweep" / "table3.md").is_file()
     assert capsys.readouterr().err.count("sweep: no-fc6-7 failed; fix the cause") == 2
+
+
+def test_hints_name_the_command_the_way_this_process_was_started(tmp_path, monkeypatch):
+    """A hint to run another command names the entry point under an entry point and the
+    script otherwise (the store's "prepare one with", here)."""
+    from zfjax.inputs import store
+
+    for argv0, hint in (("/venv/bin/zfjax-train", "zfjax-prepare SOURCE"),
+                        (str(ROOT / "train.py"), "python prepare.py SOURCE")):
+        monkeypatch.setattr(sys, "argv", [argv0])
+        with pytest.raises(store.StoreError, match=f"prepare one with: {hint} "):
+            store.open_store(tmp_path)

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from zfjax import argtypes, artifacts, cli, progress, render
+from zfjax import argtypes, artifacts, cli, programs, progress, render
 from zfjax.analyses import atlas
 from zfjax.inputs import data
 from zfjax.nets import network
@@ -184,6 +184,6 @@ def run(args) -> list[pathlib.Path]:
                               snapshots=snapshots, run=run_info, source=source, progress=_bar)
     if kept:
         shown = ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
-        print(f"visualize.py atlas: kept {len(kept)} file{'s' * (len(kept) != 1)} that the "
+        print(f"{programs.program_name('visualize.py')} atlas: kept {len(kept)} file{'s' * (len(kept) != 1)} that the "
               f"earlier atlas in {out} did not write: {shown}", file=sys.stderr)
     return [out / "index.html"]

@@ -70,6 +70,6 @@ def main(argv=None, *, prog: str = "prepare.py") -> int:
 
 def console_main() -> int:
     """prepare.py and the zfjax-prepare entry point: main on sys.argv."""
-    from zfjax.commands import program_name
+    from zfjax.programs import program_name
 
     return main(sys.argv[1:], prog=program_name("prepare.py"))

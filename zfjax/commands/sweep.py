@@ -83,6 +83,6 @@ def main(argv=None, *, prog: str = "sweep.py", owns_process: bool = False) -> in
 
 def console_main() -> int:
     """sweep.py and the zfjax-sweep entry point: main on sys.argv, owning the process."""
-    from zfjax.commands import program_name
+    from zfjax.programs import program_name
 
     return main(sys.argv[1:], prog=program_name("sweep.py"), owns_process=True)

@@ -287,6 +287,6 @@ def main(argv=None, *, prog: str = "train.py", owns_process: bool = False) -> in
 
 def console_main() -> int:
     """train.py and the zfjax-train entry point: main on sys.argv, owning the process."""
-    from zfjax.commands import program_name
+    from zfjax.programs import program_name
 
     return main(sys.argv[1:], prog=program_name("train.py"), owns_process=True)

@@ -15,7 +15,7 @@ import argparse
 import importlib
 import sys
 
-from zfjax import cli, commands, interrupts
+from zfjax import cli, commands, interrupts, programs
 from zfjax.train import checkpoints
 
 
@@ -67,4 +67,4 @@ def main(argv=None, *, prog: str = "visualize.py", owns_process: bool = False) -
 def console_main() -> int:
     """visualize.py and the zfjax-visualize entry point: main on sys.argv, owning the
     process."""
-    return main(sys.argv[1:], prog=commands.program_name("visualize.py"), owns_process=True)
+    return main(sys.argv[1:], prog=programs.program_name("visualize.py"), owns_process=True)

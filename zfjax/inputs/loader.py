@@ -35,7 +35,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from zfjax import interrupts
+from zfjax import interrupts, programs
 from zfjax.inputs import data, store
 
 log = logging.getLogger(__name__)
@@ -496,7 +496,7 @@ def check_stored_size(prepared: store.Store, input_size: int) -> None:
             + (f" (prepared for --size {made_for})" if made_for else "")
             + f"; --size {input_size} needs {need} px images: "
             + (f"train with --size {made_for}, or " if made_for else "")
-            + f"prepare a store for it with: python prepare.py "
+            + f"prepare a store for it with: {programs.command_line('prepare.py')} "
               f"{prepared.manifest.get('source', 'SOURCE')} NEW_STORE --size {input_size}")
 
 

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zfjax import artifacts, interrupts
+from zfjax import artifacts, interrupts, programs
 from zfjax.inputs import data
 from zfjax.progress import bar as progress_bar
 
@@ -274,7 +274,7 @@ def open_store(path) -> Store:
     if not manifest_path.is_file():
         state = ("is an unfinished store (run the preparation again to complete it)"
                  if (path / PARAMS).is_file() else "holds no store")
-        raise StoreError(f"{path} {state}; prepare one with: python prepare.py SOURCE {path}")
+        raise StoreError(f"{path} {state}; prepare one with: {programs.command_line('prepare.py')} SOURCE {path}")
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format") != FORMAT:
         raise StoreError(f"{manifest_path} is not a {FORMAT} manifest")

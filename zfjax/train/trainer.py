@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from zfjax import artifacts, interrupts
+from zfjax import artifacts, interrupts, programs
 from zfjax.inputs import data, loader
 from zfjax.train import checkpoints, tensorboard_events, training
 from zfjax.train.run import RunDir, RunSpec
@@ -129,7 +129,7 @@ def fit(run: RunSpec | None, out, *, resume: bool = False, epochs: int | None = 
             return _fit(run, run_dir, watch=watch, **options)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; {_last_checkpoint(run_dir)}; continue with: "
-                          f"python train.py --out {shlex.quote(str(run_dir))} --resume") from None
+                          f"{programs.command_line('train.py')} --out {shlex.quote(str(run_dir))} --resume") from None
     except checkpoints.RunFolderError:
         raise
     except OSError as e:
