@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import pytest
 
 # The suite compiles hundreds of small programs and runs most of them once or twice: XLA's
-# backend optimisation costs more time than it saves. Set before jax is imported, and
-# inherited by the commands the tests start as subprocesses.
+# backend optimisation costs more time than it saves (tests marked `optimized` keep it).
+# Set before jax is imported, and inherited by the commands the tests start.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+OPTIMIZATIONS_OFF = "jax_disable_most_optimizations"
 
 if TYPE_CHECKING:
     from zfjax.nets.network import Network
@@ -19,6 +20,22 @@ class TinyNetwork(NamedTuple):
 
     config: "Network"
     params: dict  # numpy arrays, shared by every test that takes them: never modify them
+
+
+@pytest.fixture(autouse=True)
+def _optimized(request, monkeypatch):
+    """A test marked ``optimized`` (its programs run many steps, where XLA's optimisation
+    pays) compiles with it, here and in the commands it starts."""
+    if request.node.get_closest_marker("optimized") is None:
+        yield
+        return
+    import jax
+
+    before = jax.config.values[OPTIMIZATIONS_OFF]
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
+    jax.config.update(OPTIMIZATIONS_OFF, False)
+    yield
+    jax.config.update(OPTIMIZATIONS_OFF, before)
 
 
 @pytest.fixture(scope="session")

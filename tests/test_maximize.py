@@ -13,6 +13,8 @@ from zfjax.nets import model, network
 from zfjax.figures.maximize import plot_maximize
 from helpers import random_params
 
+pytestmark = pytest.mark.optimized  # hundreds of ascent steps per test
+
 # The config of test_topk.write_tiny_run, so the CLI tests reuse these compilations.
 SMALL = network.Network(num_classes=2, image_size=64, width=0.25, init_std=None)
 STEPS = 25
