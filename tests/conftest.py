@@ -1,6 +1,8 @@
 """Fixtures shared by the tests (plain helpers: tests/helpers.py)."""
 
 import os
+import shutil
+import tempfile
 from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
@@ -10,6 +12,22 @@ import pytest
 # Set before jax is imported, and inherited by the commands the tests start.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 OPTIMIZATIONS_OFF = "jax_disable_most_optimizations"
+
+# One persistent compilation cache for every process of this run (the xdist workers and
+# the commands the tests start compile many of the same programs), new for each run so
+# no test depends on an earlier one, and removed at the end by the process that made it.
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    RUN_CACHE = tempfile.mkdtemp(prefix="zfjax-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = RUN_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+else:
+    RUN_CACHE = None
+
+
+def pytest_unconfigure(config):
+    if RUN_CACHE is not None:
+        shutil.rmtree(RUN_CACHE, ignore_errors=True)
+
 
 if TYPE_CHECKING:
     from zfjax.nets.network import Network

@@ -544,9 +544,11 @@ def test_ctrl_c_while_compiling_is_one_line_and_exit_130(folder, tmp_path):
     and then died of SIGSEGV in the interpreter's teardown (3 runs in 3 before the fix).
     A subprocess of train.py itself (its __main__ leaves the process), about 15 s."""
     run = tmp_path / "run"
+    # Without the suite's compilation cache (conftest.py): this run must compile.
+    env = {k: v for k, v in ENV.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     job = subprocess.Popen(interruptible([str(ROOT / "train.py"), *_args(folder, run,
                                                                            "--epochs", "3")]),
-                           env={**ENV, "PYTHONFAULTHANDLER": "1"}, cwd=ROOT,
+                           env={**env, "PYTHONFAULTHANDLER": "1"}, cwd=ROOT,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            start_new_session=True)
     line = ""
