@@ -12,6 +12,10 @@ import pytest
 # Set before jax is imported, and inherited by the commands the tests start.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 OPTIMIZATIONS_OFF = "jax_disable_most_optimizations"
+# XLA's newer CPU fusion emitters (its default) compile much slower than the older ones;
+# the suite's programs also ran no slower without them.
+CPU_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_FLAGS}".strip()
 
 # One persistent compilation cache for every process of this run (the xdist workers and
 # the commands the tests start compile many of the same programs), new for each run so

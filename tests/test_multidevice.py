@@ -85,8 +85,8 @@ EIGHT_DEVICES = textwrap.dedent("""
 @pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_eight_devices_give_one_devices_results(tmp_path):
     # One subprocess for every 8-device check (JAX reads the device count once, at start).
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", EIGHT_DEVICES, str(ROOT / "tests"),
                            str(tmp_path / "eight.npz")], env=env, capture_output=True,
                           text=True, timeout=600)
