@@ -7,21 +7,20 @@ then data.
 """
 
 from zfjax._lazy import submodule_getattr
-from zfjax.nets.deconv import Units, project, project_units, strongest_units
-from zfjax.render import to_display
-from zfjax.loading import Model, load
-from zfjax.nets.model import abstract_params, forward, forward_jit, init_params
-from zfjax.nets.network import (
-    Network, conv_layers, fc_layers, layer_sizes, num_channels, projectable_layers,
-)
-from zfjax.nets.receptive_field import receptive_field, receptive_field_size
 
-__all__ = [
-    "Model", "Network", "Units", "load", "abstract_params", "conv_layers", "fc_layers", "forward",
-    "forward_jit", "init_params", "layer_sizes", "num_channels", "project", "project_units",
-    "projectable_layers", "receptive_field", "receptive_field_size", "strongest_units",
-    "to_display",
-]
-
-
-__getattr__ = submodule_getattr(__name__)
+# The public names and the module each comes from (imported on first use).
+_EXPORTS = {
+    "Units": "zfjax.nets.deconv", "project": "zfjax.nets.deconv",
+    "project_units": "zfjax.nets.deconv", "strongest_units": "zfjax.nets.deconv",
+    "to_display": "zfjax.render",
+    "Model": "zfjax.loading", "load": "zfjax.loading",
+    "abstract_params": "zfjax.nets.model", "forward": "zfjax.nets.model",
+    "forward_jit": "zfjax.nets.model", "init_params": "zfjax.nets.model",
+    "Network": "zfjax.nets.network", "conv_layers": "zfjax.nets.network",
+    "fc_layers": "zfjax.nets.network", "layer_sizes": "zfjax.nets.network",
+    "num_channels": "zfjax.nets.network", "projectable_layers": "zfjax.nets.network",
+    "receptive_field": "zfjax.nets.receptive_field",
+    "receptive_field_size": "zfjax.nets.receptive_field",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = submodule_getattr(__name__, _EXPORTS)
