@@ -50,8 +50,8 @@ LAYERS = ("zfjax.inputs", "zfjax.nets", "zfjax.train", "zfjax.analyses", "zfjax.
           "zfjax.commands")
 # Modules at the top of zfjax/: helpers any layer may use (they import only each other),
 # then the public loader (after training, whose run folders it reads) and the commands' options.
-HELPERS = {"zfjax._lazy", "zfjax.argtypes", "zfjax.artifacts", "zfjax.interrupts", "zfjax.programs",
-           "zfjax.progress", "zfjax.render"}
+HELPERS = {"zfjax._lazy", "zfjax.argtypes", "zfjax.artifacts", "zfjax.interrupts",
+           "zfjax.programs", "zfjax.progress", "zfjax.render"}
 TOP_LEVEL_RANK = {"zfjax": len(LAYERS), "zfjax.loading": LAYERS.index("zfjax.train") + 0.5,
                   "zfjax.cli": LAYERS.index("zfjax.figures") + 0.5}
 

@@ -13,4 +13,3 @@ from __future__ import annotations
 SUBCOMMANDS = ("topk", "evolution", "invariance", "filters", "occlusion",
                "correspondence", "reconstructions", "maximize", "convergence", "transfer", "atlas",
                "methods", "sanity")
-

@@ -184,6 +184,7 @@ def run(args) -> list[pathlib.Path]:
                               snapshots=snapshots, run=run_info, source=source, progress=_bar)
     if kept:
         shown = ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
-        print(f"{programs.program_name('visualize.py')} atlas: kept {len(kept)} file{'s' * (len(kept) != 1)} that the "
-              f"earlier atlas in {out} did not write: {shown}", file=sys.stderr)
+        files = f"{len(kept)} file{'s' * (len(kept) != 1)}"
+        print(f"{programs.program_name('visualize.py')} atlas: kept {files} that the earlier "
+              f"atlas in {out} did not write: {shown}", file=sys.stderr)
     return [out / "index.html"]

@@ -16,6 +16,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from zfjax import programs
+
 
 def parse_args(argv=None, prog: str = "sweep.py"):
     from zfjax.nets import network
@@ -56,7 +58,7 @@ def main(argv=None, *, prog: str = "sweep.py", owns_process: bool = False) -> in
     from zfjax.train import checkpoints, sweep
 
     out = Path(args.out)
-    note = f"`python sweep.py --out {args.out} -- {shlex.join(args.train_options)}`"
+    note = f"`{programs.command_line('sweep.py')} --out {args.out} -- {shlex.join(args.train_options)}`"
     for variant in args.variants:
         run_dir = out / variant
         train_argv = args.train_options + ["--variant", variant, "--out", str(run_dir)]

@@ -274,7 +274,8 @@ def open_store(path) -> Store:
     if not manifest_path.is_file():
         state = ("is an unfinished store (run the preparation again to complete it)"
                  if (path / PARAMS).is_file() else "holds no store")
-        raise StoreError(f"{path} {state}; prepare one with: {programs.command_line('prepare.py')} SOURCE {path}")
+        prepare = programs.command_line("prepare.py")
+        raise StoreError(f"{path} {state}; prepare one with: {prepare} SOURCE {path}")
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format") != FORMAT:
         raise StoreError(f"{manifest_path} is not a {FORMAT} manifest")
