@@ -28,6 +28,24 @@ else:
     RUN_CACHE = None
 
 
+def pytest_configure(config):
+    # `--dist loadfile` sends the files with the most tests first, so the end-to-end files
+    # (few tests, long ones) came last and one worker idled while the other ran them: the
+    # order is pytest_collection_modifyitems' instead.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with more `slow` tests first, then those with more tests (the longest work
+    first, so two workers finish together)."""
+    slow, count = {}, {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+        count[item.path] = count.get(item.path, 0) + 1
+    items.sort(key=lambda item: (-slow[item.path], -count[item.path], str(item.path)))
+
+
 def pytest_unconfigure(config):
     if RUN_CACHE is not None:
         shutil.rmtree(RUN_CACHE, ignore_errors=True)

@@ -78,6 +78,7 @@ def not_blank(png: bytes) -> float:
     return float(pixels.var())
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 @pytest.mark.parametrize("how", ["file", "http"])
 def test_browse_index_layer_map_and_back(browser, atlas_site, how, request, tmp_path):
     _, site, _ = atlas_site

@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_toy_attribution_bench_races_captum_and_writes_json(tmp_path, capsys):
     pytest.importorskip("captum.attr")
     # In-process, so JAX starts once; three small compiled programs (64 px, width 0.25).

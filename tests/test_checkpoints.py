@@ -142,6 +142,7 @@ SAVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_kill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)], env=env,

@@ -65,6 +65,7 @@ def test_streamed_batches_equal_in_memory_batches(prepared):
             np.testing.assert_array_equal(u, v)
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_worker_processes_decode_the_same_batches_and_serve_every_epoch(prepared):
     memory = loader.InMemory(prepared.load("train"))
     streamed = loader.Streamed(prepared, "train", workers=2, threads=2)
@@ -175,6 +176,7 @@ if __name__ == "__main__":  # (Grain starts its workers by spawn)
 """
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_a_streamed_run_exits_without_leaking_shared_memory(prepared, tmp_path):
     # about 10 s: a fresh Python, whose exit is what is checked, with one Grain worker
     import os

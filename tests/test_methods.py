@@ -34,6 +34,7 @@ def test_explains_the_strongest_unit_and_the_predicted_class():
     assert methods.cam_layer_below(TINY, "conv1") is None
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_command_writes_the_figure_and_every_map(tiny_run, run_cli, tmp_path):
     """All seven methods on two images of the tiny run, a chosen map and class. Costly:
     about 14 small programs to compile (234 s on the shared 2-core machine at load 20+;

@@ -170,6 +170,7 @@ def _truncate_biggest(checkpoint: Path) -> None:
     os.truncate(biggest, biggest.stat().st_size // 2)
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_truncated_checkpoint_is_one_line_and_the_others_stay_usable(finished, tmp_path):
     run = _copy(finished[0], tmp_path / "run")
     _truncate_biggest(run / "checkpoints" / "3")
@@ -506,6 +507,7 @@ QUIET_TRAIN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 @pytest.mark.parametrize("feed", ["memory", "streamed"])
 def test_ctrl_c_says_where_the_last_checkpoint_is_and_how_to_resume(folder, tmp_path, feed):
     # Streamed: Grain worker processes get the terminal's SIGINT too and must stay quiet.
@@ -538,6 +540,7 @@ def test_ctrl_c_says_where_the_last_checkpoint_is_and_how_to_resume(folder, tmp_
     assert checkpoints.load_run(run).record.epoch == last
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_ctrl_c_while_compiling_is_one_line_and_exit_130(folder, tmp_path):
     """Issue 15 item 15: Ctrl-C about 2 s after the data is loaded lands while XLA is
     compiling (the probe, the initial state, the first step); train.py printed the hint

@@ -131,6 +131,7 @@ def tiny_run(tmp_path_factory):
 
 
 # Cost: loading two runs and the forward's compilation (36 s at load ~10).
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_cli_writes_figures_csv_arrays_and_prints_the_tables(tiny_run, tmp_path, run_cli):
     """With --random-labels naming a second run (here with the same weights: similarity 1)."""
     twin = write_tiny_run(tmp_path / "twin")

@@ -120,6 +120,7 @@ def _start_waiting_preparation(root, out, wait_s: float = 3600):
     return job
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_killed_preparation_never_looks_complete_and_continues(tmp_path):
     root = write_image_folder(tmp_path / "img", "abcd", 12, shape=(60, 60))
     out = tmp_path / "store"
@@ -156,6 +157,7 @@ def test_killed_preparation_never_looks_complete_and_continues(tmp_path):
     np.testing.assert_array_equal(resumed.mean(), fresh.mean())
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_ctrl_c_finishes_the_shards_in_flight_says_so_in_one_line_and_continues(tmp_path):
     root = write_image_folder(tmp_path / "img", "ab", 12, shape=(60, 60))
     out = tmp_path / "store"

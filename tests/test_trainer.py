@@ -199,6 +199,27 @@ def test_ctrl_c_names_the_mid_epoch_checkpoint_that_resume_uses(folder, tmp_path
         f"{tmp_path / 'checkpoints-steps' / '2'}; continue with")
 
 
+def test_curves_are_drawn_after_the_first_and_last_epoch_and_when_drawing_is_cheap(
+        folder, tmp_path, monkeypatch):
+    """curves.png is redrawn only while drawing takes under CURVES_TIME_SHARE of the
+    time since the last drawing (a second of matplotlib per tiny epoch was most of a
+    short run); the first epoch of each start and the last epoch always draw."""
+    drawn = []
+
+    def curves(history):
+        drawn.append(history[-1]["epoch"])
+        return plot_curves(history)
+
+    run = RunSpec(TINY, training.TrainConfig(epochs=3, batch_size=16), DataSpec(str(folder)))
+    monkeypatch.setattr(trainer, "CURVES_TIME_SHARE", 0.0)  # never cheap enough
+    trainer.fit(run, tmp_path, progress=False, curves=curves)
+    assert drawn == [1, 3]
+    monkeypatch.setattr(trainer, "CURVES_TIME_SHARE", float("inf"))  # always
+    trainer.fit(None, tmp_path, resume=True, epochs=5, progress=False, curves=curves)
+    assert drawn == [1, 3, 4, 5]
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_existing_run_needs_resume(folder, tmp_path):
     (tmp_path / "checkpoints" / "1").mkdir(parents=True)
     artifacts.write_json(tmp_path / "config.json", {"format": checkpoints.RUN_FORMAT})
@@ -334,6 +355,7 @@ def test_without_network_the_download_fails_with_one_clear_line(tmp_path, capsys
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_a_tfds_dataset_is_downloaded_then_trained_on(tmp_path, capsys, caplog):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=16):  # download_and_prepare: a no-op here
@@ -345,6 +367,7 @@ def test_a_tfds_dataset_is_downloaded_then_trained_on(tmp_path, capsys, caplog):
     assert [m["epoch"] for m in _metrics(tmp_path / "run")] == [1]
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_a_split_over_the_memory_budget_trains_streamed_from_a_store(folder, tmp_path, capsys):
     # 50 training images at 73 px take 0.8 MB decoded; allow 0.1 MB.
     args = ["--preset", "cpu", "--data", str(folder), "--size", "64", "--width", "0.25",

@@ -167,6 +167,7 @@ def test_cli_refuses_bad_numbers_at_parse_time(tiny_run, monkeypatch, capsys, ru
     assert "argument --steps: must be an integer >= 1, got '0'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_cli_on_an_image_folder_takes_val_as_the_test_split(tiny_run, monkeypatch, capsys, run_cli):
     folder = tiny_run.parent / "images"  # train/ and val/, 2 classes of 4 images
     code, out, err = run_cli([
@@ -204,6 +205,7 @@ def test_cli_default_layers_on_a_variant_are_those_it_has(tmp_path, run_cli, var
     assert f"{layers[-1]} softmax, images per class: 1: " in out  # the curve's layer
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_cli_on_a_tfds_dataset(tiny_run, monkeypatch, capsys, tmp_path, run_cli):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=12), tempfile.TemporaryDirectory() as d:

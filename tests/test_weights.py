@@ -286,6 +286,7 @@ def test_zfnet_layout_round_trips_through_torchvision_keys():
         int(np.prod(s)) for s in weights.torchvision_shapes(config).values())
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_visualize_runs_the_two_vgg16_systems_on_a_weight_file(tmp_path, run_cli):
     """reconstructions (whole map and strongest pixel after pool1..pool5) and maximize
     (conv5_3 channels) from --arch vgg16 --weights, with no run folder."""
@@ -378,6 +379,7 @@ def test_pretrained_imagenet_weights_take_a_folder_of_named_classes(tmp_path, ca
     assert "class 'cat' (of 1) is not one of the weights' 1000 classes" in caplog.text
 
 
+@pytest.mark.slow  # end to end; -m 'not slow' skips it, CI runs it
 def test_every_weight_file_figure_runs_on_a_vgg_bn_file(tmp_path, run_cli):
     """topk, occlusion, filters, invariance, reconstructions, maximize and correspondence
     from --arch vgg11_bn --weights (torchvision's key names, width 1/16, random weights

@@ -109,9 +109,10 @@ def fit(run: RunSpec | None, out, *, resume: bool = False, epochs: int | None = 
       paper's Fig. 4): ``snapshots.make_probe(val_images, mean, config, seed=, count=)``
       once, then ``snapshots(run_dir, epoch, config, params, probe)`` after every epoch on
       process 0. None: no snapshots.
-    curves: ``curves(history) -> matplotlib Figure`` drawn into curves.png after every
-      epoch on process 0 (train.py passes ``zfjax.figures.curves.plot_curves``); None: no
-      curves.png.
+    curves: ``curves(history) -> matplotlib Figure`` drawn into curves.png on process 0
+      after the first and the last epoch, and after any other once drawing has taken
+      under a tenth of the time since the last drawing (short epochs redraw it every few
+      epochs; train.py passes ``zfjax.figures.curves.plot_curves``); None: no curves.png.
     The run folder is locked while training (checkpoints.lock_run_folder).
     Raises NonFiniteLoss if the loss diverges (no exploded state is ever saved),
     Interrupted on Ctrl-C, and checkpoints.RunFolderError / CheckpointError when the
@@ -353,6 +354,7 @@ class _Loop:
         self.eval_fn = training.make_stored_eval_step(self.config, self.mesh)
         self.rng = training.dropout_key(self.tcfg)
         self.steps = len(self.train_feed) // self.tcfg.batch_size
+        self._curves_drawn = None  # (when, seconds) of the last curves.png drawing
 
     def run(self, state, meta: dict) -> None:
         """Trains from after meta['epoch'] (and meta['next_step'] inside the next epoch,
@@ -386,8 +388,10 @@ class _Loop:
             history.append(metrics)
             if _is_main():  # metrics first: a resume drops lines after its checkpoint
                 run_dir.write_metrics(history)
-                if self.curves is not None:
+                if self.curves is not None and (epoch == tcfg.epochs or self._curves_due()):
+                    drawing = time.perf_counter()
                     artifacts.save_png(self.curves(history), run_dir.curves_file, dpi=90)
+                    self._curves_drawn = (drawing, time.perf_counter() - drawing)
                 self._log_epoch(metrics, snapshot)
             self.save_if_sound(self.mgr, epoch, state, {
                 "epoch": epoch, "step": metrics["step"], "plateau": dataclasses.asdict(plateau),
@@ -400,6 +404,15 @@ class _Loop:
                  f"{metrics['train_top1']:.3f} | val top-1 {top1:.3f} top-5 {top5:.3f} | lr "
                  f"{lr:g} | {metrics['images_per_s']:.0f} img/s, {metrics['seconds']:.0f} s | "
                  f"waited {wait:.1f} s of {train_seconds:.0f} s for input: {bound}-bound")
+
+    def _curves_due(self) -> bool:
+        """Whether to redraw curves.png now: drawing (about half a second) stays under a
+        tenth of the training time, so short epochs redraw it only every few epochs (the
+        last epoch always does)."""
+        if self._curves_drawn is None:
+            return True
+        start, seconds = self._curves_drawn
+        return seconds <= CURVES_TIME_SHARE * (time.perf_counter() - start)
 
     def train_epoch(self, state, epoch: int, plateau: training.Plateau, partial: dict | None):
         """One pass over the training batches (from partial['next_step'] when resuming
@@ -493,6 +506,7 @@ TIMING_KEYS = ("images_per_s", "seconds", "train_seconds", "eval_seconds", "snap
 # first update gave a loss of 4e21, the next NaN; resuming from a checkpoint of such
 # parameters went to NaN again whatever the learning rate.
 DIVERGED_LOSS = 1e4
+CURVES_TIME_SHARE = 0.1  # the most of a run's time redrawing curves.png may take
 
 
 def _diverged(loss: float) -> bool:
