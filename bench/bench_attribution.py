@@ -9,7 +9,9 @@ Three races on a random ZFNet (1000 classes) and random N(0, 1) images, the same
 weights in zfjax and in PyTorch (bench/torch_reference.torch_network):
 
 * guided: guided backprop of ``--units`` conv5 units of one image (each channel's
-  strongest unit, strongest channels first; zfjax windowed, its default, and dense), against Captum's NeuronGuidedBackprop
+  strongest unit, strongest channels first; zfjax: one forward, then each unit's reverse
+  pass inside its receptive field, ``deconv.project_units`` under the guided rule, which
+  ``attribute`` runs for unit targets; and dense), against Captum's NeuronGuidedBackprop
   on the network cut after conv5, one call per unit (timed on ``--unit-sample``
   units, scaled) and batched (copies of the image, one unit each, through a
   per-example neuron selector);
@@ -97,18 +99,22 @@ def guided_race(config, params, image, args):
     units = deconv.strongest_units(aux, "conv5", jnp.argsort(-peaks)[: args.units])
     k = len(units.channel)
 
-    def per_unit(window):
-        def run(p, im, c, y, x):
-            return jax.vmap(lambda c, y, x: attribution.attribute(
-                config, p, im, Target("conv5", c, y, x), "guided_backprop",
-                window=window).maps[0])(c, y, x)
-        return compiled(run, params, image, units.channel, units.y, units.x)
+    def windowed(p, im, units):
+        _, aux = model.forward(config, p, im)
+        return deconv.project_units(config, p, aux, "conv5", units,
+                                    rule=attribution.RULES["guided_backprop"])
 
-    # vmap over the targets of one image: the forward below the units' windows (all of
-    # it when dense) does not depend on them and runs once.
-    ways = {"zfjax attribute, vmap over the units (default: windowed)": per_unit(True),
-            "zfjax attribute(window=False), vmap over the units (dense)": per_unit(False)}
-    vmapped = ways["zfjax attribute, vmap over the units (default: windowed)"][0]
+    def dense(p, im, c, y, x):
+        # vmap over the targets of one image: the forward does not depend on them, runs once
+        return jax.vmap(lambda c, y, x: attribution.attribute(
+            config, p, im, Target("conv5", c, y, x), "guided_backprop",
+            window=False).maps[0])(c, y, x)
+
+    windowed_way = "zfjax forward + project_units(rule=guided), windowed (attribute's way)"
+    ways = {windowed_way: compiled(windowed, params, image, units),
+            "zfjax attribute(window=False), vmap over the units (dense)": compiled(
+                dense, params, image, units.channel, units.y, units.x)}
+    ours_call = ways[windowed_way][0]
 
     net, modules = torch_network(params, config)
     trunk = net[: list(net).index(modules["conv5"]) + 1]
@@ -131,7 +137,7 @@ def guided_race(config, params, image, args):
                 for i in range(sample)]
 
     check = min(16, k)
-    ours = np.asarray(vmapped())
+    ours = np.asarray(ours_call())
     theirs = batched(0, check)
     checks = {f"first {check} units, Captum batched": relative_l2(ours[:check], theirs),
               f"first {check} units, Captum batched, dense way": relative_l2(

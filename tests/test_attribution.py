@@ -108,17 +108,19 @@ def edge_units(config, layer):
                                            (VGG_BN, "conv2_1")],
                          ids=["tiny-pool2", "alexnet-conv3", "vgg11_bn-conv2_1"])
 def test_windowed_unit_attribution_equals_dense(config, layer):
-    """Windows down to the image: ZFNet's ceil pools, padding 1 and contrast norm;
-    AlexNet's floor pools and padding 2. (TINY conv5's window covers conv4's whole map,
-    which then runs dense: the jax.grad and project_units tests above cover it.) Biases > 0, so a window that kept the conv's output
-    off the map (relu(bias)) instead of the padding would differ at the edges. vgg11_bn:
-    the map is recorded after the batch norm and ReLU that follow the conv."""
+    """Windows down to the image: ZFNet's ceil pools, padding 1 and contrast norm (its
+    true gradient read from the recorded maps on each window); AlexNet's floor pools and
+    padding 2. (TINY conv5's window covers conv4's whole map, which then runs dense: the
+    jax.grad and project_units tests above cover it.) Units at the edges, where windows
+    run past the map; biases > 0, so a mask read off the map as relu(bias) instead of the
+    padding would differ there. vgg11_bn: the map is recorded after the batch norm and
+    ReLU that follow the conv, and the batch norm is folded into the conv."""
     params = batch_norm_params(config, random_params(config, seed=1, bias_std=0.1))
     n = config.image_size
     image = np.random.default_rng(0).normal(size=(1, n, n, 3)).astype(np.float32)
     images = jnp.asarray(np.repeat(image, 6, axis=0))
     target = edge_units(config, layer)
-    assert attribution.unit_cone(config, layer)[-1][0] == network.spatial_ops(config)[0]
+    _, aux = model.forward_jit(config, params, images)
     for method in attribution.RULES:
         windowed = attribution.attribute(config, params, images, target, method)
         dense = attribution.attribute(config, params, images, target, method, window=False)
@@ -127,11 +129,14 @@ def test_windowed_unit_attribution_equals_dense(config, layer):
         np.testing.assert_allclose(windowed.maps, dense.maps, rtol=1e-5, atol=1e-6 * scale,
                                    err_msg=method)
         np.testing.assert_allclose(windowed.outputs, dense.outputs, rtol=1e-5, atol=1e-6)
-        if method == "deconvnet":
-            _, aux = model.forward_jit(config, params, images)
-            units = deconv.Units(jnp.arange(6), target.channel, target.y, target.x)
-            projected = deconv.project_units(config, params, aux, layer, units)
-            np.testing.assert_allclose(windowed.maps, projected, rtol=1e-5, atol=1e-6 * scale)
+        # The reverse engine's dense pass under the same rule, from the same start.
+        rule = attribution.RULES[method]
+        selected = np.zeros(aux["activations"][layer].shape, np.float32)
+        selected[np.arange(6), target.y, target.x, target.channel] = 1
+        signal = selected * aux["activations"][layer] if rule.start == "activation" else selected
+        projected = deconv.project(config, params, aux, layer, jnp.asarray(signal), rule=rule)
+        np.testing.assert_allclose(projected, dense.maps, rtol=1e-5, atol=1e-6 * scale,
+                                   err_msg=method)
 
 
 def test_batched_equals_one_at_a_time(net):

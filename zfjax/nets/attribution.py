@@ -21,11 +21,10 @@ Targets (``Target``): one unit (layer, channel, y, x), a whole feature map
 (layer, channel) or a class logit (``LOGITS``, class). Every function is pure,
 jit-compiled and vmappable; each image has its own target.
 
-A single-unit target runs inside the unit's receptive-field window (``unit_cone``),
-as ``deconv.project_units`` does: the forward re-runs on each op's window only, with
-the full forward's zero / -inf padding where the window leaves the map, so its values,
-ReLU masks and switches, hence the maps, are the dense pass's (``attribute(...,
-window=False)``).
+A single-unit target runs ``deconv.project_units`` under the method's rule: one forward
+records every map and switch, then each unit's reverse pass runs inside its receptive
+field only, reading the ReLU masks and contrast normalisation's inputs from the recorded
+maps on its window: the same maps as the dense pass (``attribute(..., window=False)``).
 """
 
 from __future__ import annotations
@@ -36,11 +35,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from zfjax.nets import model, network
+from zfjax.nets import deconv, model, network
 from zfjax.nets.deconv import check_range
-from zfjax.nets.network import LRN, Network, SpatialOp, grow, map_end, ops_below, stages
+from zfjax.nets.model import DECONVNET, ReverseRule
+from zfjax.nets.network import LRN, Network, map_end, stages
 
 LOGITS = "logits"
 # The methods the methods and sanity commands compare, in their figures' order.
@@ -48,19 +47,11 @@ METHODS = ("deconvnet", "guided_backprop", "gradient", "gradient_x_input", "smoo
            "integrated_gradients", "grad_cam")
 
 
-class Rule(NamedTuple):
-    """How a method runs backwards: ``relu`` 'rectify' | 'guided' | 'mask' (table above);
-    ``norm`` 'pass' (identity) | 'grad' (true VJP); ``start`` 'activation' | 'one'."""
-
-    relu: str
-    norm: str
-    start: str
-
-
+# Each method's rule (``model.ReverseRule``: relu, norm, start), the table above.
 RULES = {
-    "deconvnet": Rule("rectify", "pass", "activation"),
-    "guided_backprop": Rule("guided", "grad", "one"),
-    "gradient": Rule("mask", "grad", "one"),
+    "deconvnet": DECONVNET,
+    "guided_backprop": ReverseRule("guided", "grad", "one"),
+    "gradient": ReverseRule("mask", "grad", "one"),
 }
 
 
@@ -136,16 +127,15 @@ _norm_passed_through.defvjp(lambda lrn, x: (model.contrast_normalize(x, lrn), No
 
 
 def run_stages(config: Network, params: dict, x: jax.Array, start: int, stop: int,
-               rule: Rule, *, window: bool = False) -> jax.Array:
+               rule: ReverseRule) -> jax.Array:
     """stages(config)[start:stop] on x at inference (no dropout), with the rule's ReLU
     and contrast normalisation (``model.apply_stages``, the one interpreter of the
-    stage table): the forward values are the network's, the backward is the rule's.
-    ``window``: x is a window that already holds the padding (convs and pools unpadded)."""
+    stage table): the forward values are the network's, the backward is the rule's."""
     normalize = (model.contrast_normalize if rule.norm == "grad"
                  else lambda x, lrn: _norm_passed_through(lrn, x))
     out, _, _ = model.apply_stages(config, params, x, start, stop,
                                    record=False, relu=partial(_ruled_relu, rule.relu),
-                                   normalize=normalize, window=window)
+                                   normalize=normalize)
     return out
 
 
@@ -189,80 +179,18 @@ def _input_attribution(config, params, images, channel, y, x, layer, kind, rule)
         config, params, images, channel, y, x, layer, kind, rule)
 
 
-# ---- one image, one unit, inside the unit's receptive field -----------------------
-
-
-def unit_cone(config: Network, layer: str) -> tuple[tuple[SpatialOp, int], ...]:
-    """The spatial ops a unit of ``layer`` depends on, top first, each with the static
-    side of the unit's window on its output: from ``layer`` down to the first op whose
-    input window covers its whole input map (or down to the image). Below that op the
-    maps are computed whole (a window there would be no smaller)."""
-    cone, side = [], 1
-    for op in ops_below(config, layer):
-        cone.append((op, side))
-        side, _ = grow(op, side, 0)
-        if side >= op.input_size:
-            break
-    return tuple(cone)
-
-
-def _inside(offset: jax.Array, side: int, size: int) -> jax.Array:
-    """(1, side, side, 1) bool: which positions of a window at ``offset`` (y, x) lie on a
-    size x size map."""
-    pos = offset[:, None] + jnp.arange(side)
-    inside = (pos >= 0) & (pos < size)
-    return (inside[0][:, None] & inside[1][None, :])[None, :, :, None]
-
-
-def _unit_attribution_one(config, params, image, channel, y, x, layer, rule):
-    """(H, W, 3) attribution of one unit and its value, for one image: the forward runs
-    only on the unit's window at each op (``unit_cone``), with VALID convs and pools.
-    Window positions off the map hold what the full forward pads with there (0 before a
-    conv, -inf before a max-pool), so every value, ReLU mask and pooling switch in the
-    window is the full forward's and so is the pull-back; the input outside the
-    receptive field gets exactly 0, as in the dense pass."""
-    cone = unit_cone(config, layer)
-    windows, offset = {}, jnp.stack([y, x]).astype(jnp.int32)
-    for op, side in cone:
-        in_side, in_offset = grow(op, side, offset)
-        windows[op.index] = (op, side, offset, in_side, in_offset)
-        offset = in_offset
-    bottom, _, _, in_side, in_offset = windows[cone[-1][0].index]
-    fill_value = {"conv": 0.0, "pool": -jnp.inf}
-
-    def windowed(image):
-        below = run_stages(config, params, image[None], 0, bottom.index, rule)
-        fill = jnp.array(fill_value[bottom.kind], below.dtype)
-        padded = jnp.pad(below, ((0, 0), (in_side, in_side), (in_side, in_side), (0, 0)),
-                         constant_values=fill)
-        h = lax.dynamic_slice(padded, (0, in_offset[0] + in_side, in_offset[1] + in_side, 0),
-                              (1, in_side, in_side, below.shape[-1]))
-        for i in range(bottom.index, stop_after(config, layer)):
-            if i not in windows:  # ReLU, contrast normalisation, dropout: pointwise in space
-                h = run_stages(config, params, h, i, i + 1, rule)
-                continue
-            op, side, out_offset, op_in_side, op_in_offset = windows[i]
-            fill = jnp.array(fill_value[op.kind], h.dtype)
-            h = jnp.where(_inside(op_in_offset, op_in_side, op.input_size), h, fill)
-            h = run_stages(config, params, h, i, i + 1, rule, window=True)
-            if op.kind == "pool":
-                # Off-map outputs of windows that were all padding are -inf: zero them
-                # before normalisation turns them into NaN.
-                h = jnp.where(_inside(out_offset, side, op.output_size), h, 0)
-        return h[0, 0, 0]
-
-    out, pull_back = jax.vjp(windowed, image)
-    selected = (jnp.arange(out.shape[-1]) == channel).astype(out.dtype)
-    value = jnp.sum(selected * out)
-    signal = selected * out if rule.start == "activation" else selected
-    (maps,) = pull_back(signal)
-    return maps.astype(jnp.float32), value.astype(jnp.float32)
+# ---- single units, inside their receptive fields -----------------------------------
 
 
 @partial(jax.jit, static_argnames=("config", "layer", "rule"))
 def _unit_attribution(config, params, images, channel, y, x, layer, rule):
-    return jax.vmap(_unit_attribution_one, in_axes=(None, None, 0, 0, 0, 0, None, None))(
-        config, params, images, channel, y, x, layer, rule)
+    """One unit per image: one forward, then ``deconv.project_units`` under the rule."""
+    _, aux = model.forward(config, params, images)
+    units = deconv.Units(jnp.arange(images.shape[0], dtype=jnp.int32), channel, y, x)
+    maps = deconv.project_units(config, params, aux, layer, units, rule=rule)
+    acts = aux["activations"][layer]
+    value = acts[units.image, y, x, channel]
+    return maps.astype(jnp.float32), value.astype(jnp.float32)
 
 
 # ---- the methods -------------------------------------------------------------------
@@ -277,8 +205,8 @@ def attribute(config: Network, params: dict, images: jax.Array, target: Target,
     ``deconv.feature_map_signal``), as ``deconv.project`` does; the others from 1.
 
     ``window``: a unit target's pass runs only inside the unit's receptive field
-    (``unit_cone``; the same maps as the dense pass, to float rounding, and faster);
-    False runs the dense pass. Map and logit targets always run dense.
+    (``deconv.project_units``; the same maps as the dense pass, to float rounding, and
+    faster); False runs the dense pass. Map and logit targets always run dense.
     """
     if method not in RULES:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(RULES)}")

@@ -9,7 +9,11 @@ time, by the inverse of each forward stage:
   a batch norm between them is folded into the conv's filters.
 
 The rule of each stage kind lives in ``model.STAGE_RULES`` (the one interpreter of
-the stage table); this module walks the conv/pool ops and their windows.
+the stage table); this module walks the conv/pool ops and their windows. The same walk
+runs guided backpropagation and the gradient (``rule=``, ``model.ReverseRule``;
+``zfjax.nets.attribution``): they differ at the ReLUs (masked where the forward
+output, read from the recorded map, is 0) and at contrast normalisation (its true
+gradient).
 
 Contrast normalisation is *not* inverted: the reverse pass treats it as the
 identity, as the paper does. Biases are not used. Overlapping pooling windows
@@ -43,19 +47,26 @@ from jax import lax
 
 from zfjax.nets import model, network
 from zfjax.nets import strongest as strongest_activations
+from zfjax.nets.model import DECONVNET, ReverseRule
 from zfjax.nets.network import Network, SpatialOp, grow, layer_order, ops_below
 from zfjax.nets.receptive_field import crop_to_receptive_field, receptive_field_size
 
-def reverse_stage(op: SpatialOp, signal: jax.Array, params: dict, switches: jax.Array | None):
+def reverse_stage(op: SpatialOp, signal: jax.Array, params: dict, switches: jax.Array | None,
+                  rule: ReverseRule = DECONVNET, recorded: jax.Array | None = None, *,
+                  top: bool = False):
     """Invert one conv or pool on an NHWC window, onto every input position it touches.
 
     signal (N, w, w, C_out) -> (N, (w-1)*stride + kernel, ..., C_in); the result's
     first row/column is input position ``offset * stride - padding``. A conv
     followed by a ReLU first rectifies the signal (the deconvnet rule). The stages of
-    the op's segment are inverted by their rules in ``model.STAGE_RULES``; params with
-    batch norm folded into the convs (``model.fold_batch_norm``).
+    the op's segment are inverted by their rules in ``model.STAGE_RULES`` under
+    ``rule``; params with batch norm folded into the convs (``model.fold_batch_norm``).
+    recorded: the op's recorded map on the signal's window (N, w, w, C_out), read by the
+    rules of guided backprop and the gradient. ``top``: the signal is on the op's
+    recorded map itself, so the stages after it (contrast normalisation) are not crossed.
     """
-    return model.reverse_segment(op.segment, params, signal, switches)
+    segment = op.segment[: op.recorded] if top else op.segment
+    return model.reverse_segment(segment, params, signal, switches, rule, recorded)
 
 
 def check_layer_signal(aux: dict, layer: str, signal_shape) -> None:
@@ -66,29 +77,32 @@ def check_layer_signal(aux: dict, layer: str, signal_shape) -> None:
                          f"got {tuple(signal_shape)}")
 
 
-@partial(jax.jit, static_argnames=("config", "layer"))
-def _project_dense(config, params, aux, layer, signal):
+@partial(jax.jit, static_argnames=("config", "layer", "rule"))
+def _project_dense(config, params, aux, layer, signal, rule):
     params = model.fold_batch_norm(config, params)
     x = signal
     for op in ops_below(config, layer):
-        x = reverse_stage(op, x, params, aux["switches"].get(op.name))
+        x = reverse_stage(op, x, params, aux["switches"].get(op.name), rule,
+                          aux["activations"][op.name], top=op.name == layer)
         # The full-grown output starts at input position -padding.
         x = model.fit_window(x, op.padding, op.input_size, op.input_size)
     return x
 
 
-def project(config: Network, params: dict, aux: dict, layer: str, signal: jax.Array) -> jax.Array:
+def project(config: Network, params: dict, aux: dict, layer: str, signal: jax.Array, *,
+            rule: ReverseRule = DECONVNET) -> jax.Array:
     """Project a signal on ``layer``'s map down to pixels.
 
     signal: (N, h, w, C), shaped like ``aux['activations'][layer]``; zero
     everywhere except the activations to visualise. Returns (N, H, W, 3) in
     the signal's dtype. Layers: ``network.projectable_layers(config)`` (conv
-    maps, rectified, and pool maps).
+    maps, rectified, and pool maps). ``rule``: the deconvnet's (the paper) or a
+    successor's (``zfjax.nets.attribution.RULES``; the signal is then a gradient).
     """
     if layer not in network.projectable_layers(config):
         raise network.unknown_layer(config, layer)
     check_layer_signal(aux, layer, signal.shape)
-    return _project_dense(config, params, aux, layer, signal)
+    return _project_dense(config, params, aux, layer, signal, rule)
 
 
 # ---- selections of the paper's modes -----------------------------------------------
@@ -140,12 +154,14 @@ def strongest_units(aux: dict, layer: str, channels, image: int = 0) -> Units:
 
 
 def project_units(config: Network, params: dict, aux: dict, layer: str, units: Units, *,
-                  batch_size: int | None = None) -> jax.Array:
+                  batch_size: int | None = None, rule: ReverseRule = DECONVNET) -> jax.Array:
     """Project K single activations, each alone, down to pixels: (K, H, W, 3).
 
-    Each unit keeps its recorded activation value; everything else on its layer
-    is zero. Equal to ``project`` of ``unit_signal`` for that unit, but each
-    reverse pass only computes inside the unit's receptive field window.
+    Each unit keeps its recorded activation value (or 1, by ``rule.start``); everything
+    else on its layer is zero. Equal to ``project`` of ``unit_signal`` for that unit, but
+    each reverse pass only computes inside the unit's receptive field window.
+    ``rule``: the deconvnet's (the paper) or a successor's (``zfjax.nets.attribution``:
+    guided backprop, the gradient), whose masks are read from the recorded maps.
 
     The K reverse passes run inside one compiled call, ``batch_size`` at a time
     (``lax.map``); default: ``default_batch_size``.
@@ -157,7 +173,7 @@ def project_units(config: Network, params: dict, aux: dict, layer: str, units: U
     _check_units(layer, acts.shape, units.channel, units.y, units.x, units.image)
     if batch_size is None:
         batch_size = default_batch_size(config, layer, units.channel.shape[0])
-    return _project_units(config, params, aux, layer, units, batch_size)
+    return _project_units(config, params, aux, layer, units, batch_size, rule)
 
 
 def default_batch_size(config: Network, layer: str, count: int) -> int:
@@ -190,8 +206,8 @@ def window_sizes(config: Network, layer: str) -> list[int]:
     return sizes
 
 
-@partial(jax.jit, static_argnames=("config", "layer", "batch_size"))
-def _project_units(config, params, aux, layer, units, batch_size):
+@partial(jax.jit, static_argnames=("config", "layer", "batch_size", "rule"))
+def _project_units(config, params, aux, layer, units, batch_size, rule):
     params = model.fold_batch_norm(config, params)
     below = ops_below(config, layer)
     sizes = window_sizes(config, layer)
@@ -201,6 +217,12 @@ def _project_units(config, params, aux, layer, units, batch_size):
         op.name: jnp.pad(aux["switches"][op.name], ((0, 0), (w, w), (w, w), (0, 0)),
                          constant_values=op.kernel ** 2)
         for op, w in zip(below, sizes) if op.kind == "pool"
+    }
+    # The recorded maps the rule reads (not the deconvnet's), padded the same way with 0:
+    # off the map a ReLU mask is 0 and whatever crosses there is cut off below anyway.
+    maps = {} if (rule.relu, rule.norm) == (DECONVNET.relu, DECONVNET.norm) else {
+        op.name: jnp.pad(aux["activations"][op.name], ((0, 0), (w, w), (w, w), (0, 0)))
+        for op, w in zip(below, sizes)
     }
     acts = aux["activations"][layer]
     count = units.channel.shape[0]
@@ -216,18 +238,21 @@ def _project_units(config, params, aux, layer, units, batch_size):
         results pasted one unit at a time: vmapped, each slice would become a gather and
         each paste a scatter, which made the whole pass 1.2-1.3x slower on CPU."""
         channels = acts.shape[-1]
-        value = acts[unit.image, unit.y, unit.x, unit.channel]
+        value = (acts[unit.image, unit.y, unit.x, unit.channel] if rule.start == "activation"
+                 else jnp.ones(unit.channel.shape, acts.dtype))
         x = jnp.where(jnp.arange(channels) == unit.channel[:, None], value[:, None], 0)
         x = x[:, None, None, :]
         offset = jnp.stack([unit.y, unit.x], axis=1)  # (B, 2): the window's top-left
+
+        def windows(full, w):
+            return jnp.concatenate([
+                lax.dynamic_slice(full, (unit.image[i], offset[i, 0] + w, offset[i, 1] + w, 0),
+                                  (1, w, w, full.shape[-1])) for i in range(batch_size)])
+
         for op, w, next_op in zip(below, sizes, below[1:] + (None,)):
-            switches = None
-            if op.kind == "pool":
-                full = padded[op.name]
-                switches = jnp.concatenate([
-                    lax.dynamic_slice(full, (unit.image[i], offset[i, 0] + w, offset[i, 1] + w, 0),
-                                      (1, w, w, full.shape[-1])) for i in range(batch_size)])
-            x = reverse_stage(op, x, params, switches)
+            switches = windows(padded[op.name], w) if op.kind == "pool" else None
+            recorded = windows(maps[op.name], w) if maps else None
+            x = reverse_stage(op, x, params, switches, rule, recorded, top=op is below[0])
             grown, offset = grow(op, w, offset)
             if next_op is None or grown >= op.input_size:
                 # Onto the whole map (last op: the image); the rest is cut off.
@@ -325,10 +350,8 @@ def _project_chunk(config, params, images, units, layer, from_one):
     """images (B, H, W, 3); units index into them -> projections (K, H, W, 3). The forward
     stops at ``layer`` (XLA drops what is above), so a chunk costs its images' forward once."""
     _, aux = model.forward(config, params, images)
-    if from_one:  # every unit starts from 1 instead of its activation (project_units reads it)
-        acts = {**aux["activations"], layer: jnp.ones_like(aux["activations"][layer])}
-        aux = {**aux, "activations": acts}
-    return project_units(config, params, aux, layer, units)
+    rule = ReverseRule(DECONVNET.relu, DECONVNET.norm, "one") if from_one else DECONVNET
+    return project_units(config, params, aux, layer, units, rule=rule)
 
 
 def project_strongest(config: Network, params, layer: str, found, channels, inputs, *,

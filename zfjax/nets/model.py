@@ -7,9 +7,9 @@ section 2.1). Nothing here is specific to one network: the stage table in
 
 This module is the one interpreter of the stage table: ``STAGE_RULES`` says, per stage
 kind, how it runs forward (``apply_stages``: the forward, occlusion's windowed
-incremental forward, the attribution methods) and backward in the deconvnet
-(``reverse_segment``: ``zfjax.nets.deconv``). A new stage kind is a stage in
-``zfjax.nets.network`` and a rule here.
+incremental forward, the attribution methods) and backward (``reverse_segment``:
+``zfjax.nets.deconv``) under a ``ReverseRule``: the deconvnet's, guided backprop's or
+the gradient's. A new stage kind is a stage in ``zfjax.nets.network`` and a rule here.
 
 Layout: images and activations are NHWC, conv kernels HWIO, dense kernels (in, out).
 Parameters: {layer name: {'kernel', 'bias'}} for every conv and dense layer,
@@ -258,12 +258,33 @@ class StageRule(NamedTuple):
     """One stage kind in the interpreter.
 
     forward(stage, params, x, run: StageRun) -> (x, switches or None).
-    reverse(stage, params, signal, switches) -> signal: the deconvnet's inverse (on a
-    window, onto every input position it touches); None: not below a projectable map.
+    reverse(stage, params, signal, switches, rule: ReverseRule, recorded) -> signal: its
+    inverse under the rule (on a window, onto every input position it touches; recorded:
+    the op's recorded map on the same window, read by the ReLU and contrast
+    normalisation rules); None: not below a projectable map.
     """
 
     forward: Callable
     reverse: Callable | None
+
+
+class ReverseRule(NamedTuple):
+    """How a reverse pass crosses a ReLU and a contrast normalisation, and what it starts
+    from: the deconvnet (``DECONVNET``, the paper's section 2.1) and its successors
+    (``zfjax.nets.attribution.RULES``).
+
+    relu: 'rectify' (ReLU of the signal: the deconvnet) | 'guided' (that, and only where
+    the forward ReLU's output is > 0: guided backpropagation) | 'mask' (the signal where
+    the output is > 0: the gradient). norm: 'pass' (identity: the deconvnet) | 'grad' (the
+    true gradient). start: 'activation' (the target's forward value) | 'one'.
+    """
+
+    relu: str
+    norm: str
+    start: str
+
+
+DECONVNET = ReverseRule("rectify", "pass", "activation")
 
 
 def _conv_forward(stage, params, x, run):
@@ -284,7 +305,7 @@ def _dropout_forward(stage, params, x, run):
     return jnp.where(keep, x / (1 - stage.rate), 0).astype(x.dtype), None
 
 
-def _conv_reverse(stage, params, signal, switches):
+def _conv_reverse(stage, params, signal, switches, rule, recorded):
     """The transposed filter, full padding: each output position to every input it read."""
     kernel = params[stage.name]["kernel"].astype(signal.dtype)
     k = stage.kernel
@@ -295,20 +316,37 @@ def _conv_reverse(stage, params, signal, switches):
     )
 
 
-def _identity_reverse(stage, params, signal, switches):
+def _identity_reverse(stage, params, signal, switches, rule, recorded):
     return signal
+
+
+def _relu_reverse(stage, params, signal, switches, rule, recorded):
+    if rule.relu == "rectify":
+        return jax.nn.relu(signal)
+    zero = jnp.zeros((), signal.dtype)
+    if rule.relu == "guided":
+        return jnp.where(recorded > 0, jax.nn.relu(signal), zero)
+    return jnp.where(recorded > 0, signal, zero)
+
+
+def _contrast_norm_reverse(stage, params, signal, switches, rule, recorded):
+    if rule.norm == "pass":
+        return signal
+    _, pull_back = jax.vjp(lambda x: contrast_normalize(x, stage), recorded)
+    return pull_back(signal)[0]
 
 
 STAGE_RULES: dict[type, StageRule] = {
     Conv: StageRule(_conv_forward, _conv_reverse),
+    # Unpooling to the switches with a scatter-add: the deconvnet's and the gradient's.
     MaxPool: StageRule(_pool_forward_rule,
-                       lambda stage, params, signal, switches: unpool_full(signal, switches, stage)),
-    # The deconvnet rule: rectify the signal on the way down.
-    ReLU: StageRule(lambda stage, params, x, run: (run.relu(x), None),
-                    lambda stage, params, signal, switches: jax.nn.relu(signal)),
-    # Not inverted: the paper passes the signal through contrast normalisation.
+                       lambda stage, params, signal, switches, rule, recorded:
+                       unpool_full(signal, switches, stage)),
+    # The deconvnet rectifies the signal on the way down; its successors mask it too.
+    ReLU: StageRule(lambda stage, params, x, run: (run.relu(x), None), _relu_reverse),
+    # The paper passes the signal through contrast normalisation; the gradient does not.
     LRN: StageRule(lambda stage, params, x, run: (run.normalize(x, stage), None),
-                   _identity_reverse),
+                   _contrast_norm_reverse),
     # Its scale is folded into the conv's filters (fold_batch_norm); its shift is a bias,
     # which the deconvnet does not use.
     BatchNorm: StageRule(lambda stage, params, x, run: (batch_norm(
@@ -358,16 +396,19 @@ def apply_stages(config: Network, params: dict, x: jax.Array, start: int = 0,
     return x, acts, switches
 
 
-def reverse_segment(segment, params: dict, signal: jax.Array, switches: jax.Array | None):
-    """The deconvnet's inverse of ``segment`` (a ``SpatialOp.segment``: a conv or pool and
-    the stages up to the next one), last stage first, on an NHWC window. params: with
-    batch norm folded (``fold_batch_norm``). Returns the signal on every input position
-    the op touches: (N, (w-1)*stride + kernel, ..., C_in)."""
+def reverse_segment(segment, params: dict, signal: jax.Array, switches: jax.Array | None,
+                    rule: ReverseRule = DECONVNET, recorded: jax.Array | None = None):
+    """The inverse of ``segment`` (a ``SpatialOp.segment``: a conv or pool and the stages
+    up to the next one, or its first ``recorded`` stages) under ``rule``, last stage
+    first, on an NHWC window. params: with batch norm folded (``fold_batch_norm``).
+    recorded: the op's recorded map on the signal's window (needed unless the rule is
+    the deconvnet's). Returns the signal on every input position the op touches:
+    (N, (w-1)*stride + kernel, ..., C_in)."""
     for stage in reversed(segment):
         reverse = STAGE_RULES[type(stage)].reverse
         if reverse is None:
             raise ValueError(f"the deconvnet cannot reverse a {type(stage).__name__} stage")
-        signal = reverse(stage, params, signal, switches)
+        signal = reverse(stage, params, signal, switches, rule, recorded)
     return signal
 
 
