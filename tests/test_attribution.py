@@ -162,6 +162,19 @@ def test_batched_equals_one_at_a_time(net):
             np.testing.assert_allclose(b[i], s[0], rtol=1e-5, atol=1e-5 * float(jnp.abs(s).max()))
 
 
+def test_passes_in_chunks_equal_one_batch(net, monkeypatch):
+    """attribute runs its images as chunks of default_chunk() (the last one short)."""
+    params, images = net
+    logit = Target(LOGITS, jnp.array([1, 0]))
+    baseline = jnp.zeros((64, 64, 3))
+    whole = attribution.integrated_gradients(TINY, params, images, logit, baseline, steps=5)
+    monkeypatch.setattr(attribution, "default_chunk", lambda: 3)  # 10 path points: 3+3+3+1
+    chunked = attribution.integrated_gradients(TINY, params, images, logit, baseline, steps=5)
+    np.testing.assert_allclose(chunked.maps, whole.maps, rtol=1e-5,
+                               atol=1e-6 * float(jnp.abs(whole.maps).max()))
+    np.testing.assert_allclose(chunked.outputs, whole.outputs, rtol=1e-5, atol=1e-6)
+
+
 def test_vmap_over_targets_equals_separate_calls(net):
     params, images = net
     classes = jnp.array([[1, 0], [0, 1]])
