@@ -43,3 +43,21 @@ def test_unknown_race_is_a_usage_error(capsys):
         bench_attribution.main(["--only", "lrp"])
     assert exited.value.code == 2
     assert "unknown race lrp" in capsys.readouterr().err
+
+
+def test_gradient_chunk_bench_times_one_batch_and_each_chunk_and_writes_json(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_gradient_chunk
+    from zfjax.nets import attribution
+
+    default = attribution.default_chunk
+    out = tmp_path / "chunk.json"
+    argv = ["--images", "4", "--size", "64", "--width", "0.25", "--chunks", "2,3,8",
+            "--rounds", "1", "--out", str(out)]
+    assert bench_gradient_chunk.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert [row["way"] for row in result["rows"]] == ["one batch", "chunks of 2", "chunks of 3"]
+    assert all(row["images_per_second"] > 0 for row in result["rows"])
+    assert result["command"].startswith("python bench/bench_gradient_chunk.py --images 4")
+    assert attribution.default_chunk is default  # restored
+    assert "chunks of 3" in capsys.readouterr().out

@@ -177,10 +177,9 @@ def default_chunk() -> int:
     """Images per batched pass of ``attribute``'s dense passes (class logits, maps,
     unwindowed units; SmoothGrad's noisy copies and integrated gradients' path points go
     through them): one compiled call runs its images as consecutive chunks of this many.
-    CPU: 16, the fastest of 8/16/32/all for full ZFNet input gradients at 224 px on a
-    2-core machine (a batch of 512 ran at less than half the speed: its maps outgrow the
-    caches), and unrolled chunks beat a ``lax.map`` over them there. GPU/TPU: 256, a
-    guess until measured there."""
+    CPU: 16, the fastest in ``bench/bench_gradient_chunk.py`` (full ZFNet at 224 px on a
+    2-core machine: large batches outgrow the caches, and unrolled chunks beat a
+    ``lax.map`` over them). GPU/TPU: 256, a guess until measured there."""
     return 16 if jax.default_backend() == "cpu" else 256
 
 
