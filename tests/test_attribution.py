@@ -1,6 +1,7 @@
 """Attribution methods (zfjax.nets.attribution): the engine's rules, gradient == jax.grad,
 deconvnet == zfjax.nets.deconv, Captum references, completeness, batching, bad input."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -173,6 +174,40 @@ def test_passes_in_chunks_equal_one_batch(net, monkeypatch):
     np.testing.assert_allclose(chunked.maps, whole.maps, rtol=1e-5,
                                atol=1e-6 * float(jnp.abs(whole.maps).max()))
     np.testing.assert_allclose(chunked.outputs, whole.outputs, rtol=1e-5, atol=1e-6)
+
+
+def test_no_images_give_empty_maps(net):
+    params, images = net
+    none = images[:0]
+    for target in (Target(LOGITS, 0), Target("conv5", 0, 0, 0), Target("conv5", 0)):
+        got = attribution.attribute(TINY, params, none, target, "guided_backprop")
+        assert got.maps.shape == (0, 64, 64, 3) and got.outputs.shape == (0,), target
+    path = attribution.integrated_gradients(TINY, params, none, Target(LOGITS, 0),
+                                            jnp.zeros((64, 64, 3)), steps=2)
+    assert path.maps.shape == (0, 64, 64, 3)
+
+
+def test_a_bfloat16_network_takes_float32_images_and_gradient_signals(net):
+    params, images = net
+    config = dataclasses.replace(TINY, dtype="bfloat16")
+    got = attribution.attribute(config, params, images, Target(LOGITS, 0), "gradient")
+    assert got.maps.dtype == jnp.float32 and bool(jnp.isfinite(got.maps).all())
+    _, aux = model.forward_jit(config, params, images)
+    signal = jnp.zeros(aux["activations"]["pool2"].shape, jnp.float32).at[:, 0, 0, 0].set(1)
+    for method in ("guided_backprop", "gradient"):  # contrast norm's gradient at a bf16 map
+        projected = deconv.project(config, params, aux, "pool2", signal,
+                                   rule=attribution.RULES[method])
+        assert bool(jnp.isfinite(projected).all()), method
+
+
+def test_a_misspelt_rule_is_refused(net):
+    params, images = net
+    _, aux = model.forward_jit(TINY, params, images)
+    units = deconv.Units(jnp.array([0]), jnp.array([0]), jnp.array([0]), jnp.array([0]))
+    with pytest.raises(ValueError, match="reverse rule relu must be one of rectify, guided, "
+                                         "mask; got 'guide'"):
+        deconv.project_units(TINY, params, aux, "conv5", units,
+                             rule=model.ReverseRule("guide", "grad", "one"))
 
 
 def test_vmap_over_targets_equals_separate_calls(net):

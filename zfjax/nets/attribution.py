@@ -165,12 +165,16 @@ def _selection(shape, kind: str, channel, y, x) -> jax.Array:
 def _input_attribution_one(config, params, image, channel, y, x, layer, kind, rule):
     """(H, W, 3) attribution and the target's value, for one image."""
     stop = stop_after(config, layer)
-    out, pull_back = jax.vjp(lambda im: run_stages(config, params, im, 0, stop, rule), image[None])
+    out, pull_back = jax.vjp(lambda im: run_stages(config, params, im, 0, stop, rule),
+                             image[None].astype(config.compute_dtype))
     selected = _selection(out.shape[1:], kind, channel, y, x)
     value = jnp.sum(selected * out[0])
     signal = selected * out[0] if rule.start == "activation" else selected
     (maps,) = pull_back(signal[None].astype(out.dtype))
     return maps[0].astype(jnp.float32), value.astype(jnp.float32)
+
+
+MAX_CHUNKS = 32  # unrolled chunks per compiled pass; beyond, the chunks grow instead
 
 
 def default_chunk() -> int:
@@ -179,7 +183,8 @@ def default_chunk() -> int:
     through them): one compiled call runs its images as consecutive chunks of this many.
     CPU: 16, the fastest in ``bench/bench_gradient_chunk.py`` (full ZFNet at 224 px on a
     2-core machine: large batches outgrow the caches, and unrolled chunks beat a
-    ``lax.map`` over them). GPU/TPU: 256, a guess until measured there."""
+    ``lax.map`` over them). GPU/TPU: 256, a guess until measured there. A pass of more
+    than ``MAX_CHUNKS`` chunks uses larger ones (compile time grows with their count)."""
     return 16 if jax.default_backend() == "cpu" else 256
 
 
@@ -225,12 +230,16 @@ def attribute(config: Network, params: dict, images: jax.Array, target: Target,
     images = jnp.asarray(images)
     model.check_images(config, images)
     kind, channel, y, x = _checked_target(config, target, images.shape[0])
+    if images.shape[0] == 0:
+        return Attribution(jnp.zeros(images.shape, jnp.float32), jnp.zeros((0,), jnp.float32))
     if kind == "unit" and window:
         maps, outputs = _unit_attribution(config, params, images, channel, y, x, target.layer,
                                           RULES[method])
     else:
+        # At most MAX_CHUNKS unrolled chunks: compile time grows with their number.
+        chunk = max(default_chunk(), -(-images.shape[0] // MAX_CHUNKS))
         maps, outputs = _input_attribution(config, params, images, channel, y, x, target.layer,
-                                           kind, RULES[method], default_chunk())
+                                           kind, RULES[method], chunk)
     return Attribution(maps, outputs)
 
 
@@ -347,7 +356,8 @@ def _grad_cam(config, params, images, channel, y, x, cam_layer, layer, kind):
 
     def one(image, channel, y, x):
         below = stop_after(config, cam_layer)
-        acts = run_stages(config, params, image[None], 0, below, rule)
+        acts = run_stages(config, params, image[None].astype(config.compute_dtype), 0, below,
+                          rule)
         out, pull_back = jax.vjp(
             lambda a: run_stages(config, params, a, below, stop_after(config, layer), rule), acts)
         (grads,) = pull_back(_selection(out.shape[1:], kind, channel, y, x)[None].astype(out.dtype))

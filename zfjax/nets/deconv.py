@@ -97,11 +97,13 @@ def project(config: Network, params: dict, aux: dict, layer: str, signal: jax.Ar
     everywhere except the activations to visualise. Returns (N, H, W, 3) in
     the signal's dtype. Layers: ``network.projectable_layers(config)`` (conv
     maps, rectified, and pool maps). ``rule``: the deconvnet's (the paper) or a
-    successor's (``zfjax.nets.attribution.RULES``; the signal is then a gradient).
+    successor's (``zfjax.nets.attribution.RULES``), whose signal is the gradient to
+    start from (1 on the target; ``rule.start`` is read by ``project_units`` only).
     """
     if layer not in network.projectable_layers(config):
         raise network.unknown_layer(config, layer)
     check_layer_signal(aux, layer, signal.shape)
+    model.check_rule(rule)
     return _project_dense(config, params, aux, layer, signal, rule)
 
 
@@ -171,6 +173,7 @@ def project_units(config: Network, params: dict, aux: dict, layer: str, units: U
     acts = _layer_activations(aux, layer)
     units = Units(*(jnp.atleast_1d(jnp.asarray(u, jnp.int32)) for u in units))
     _check_units(layer, acts.shape, units.channel, units.y, units.x, units.image)
+    model.check_rule(rule)
     if batch_size is None:
         batch_size = default_batch_size(config, layer, units.channel.shape[0])
     return _project_units(config, params, aux, layer, units, batch_size, rule)

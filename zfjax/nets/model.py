@@ -285,6 +285,16 @@ class ReverseRule(NamedTuple):
 
 
 DECONVNET = ReverseRule("rectify", "pass", "activation")
+RULE_CHOICES = {"relu": ("rectify", "guided", "mask"), "norm": ("pass", "grad"),
+                "start": ("activation", "one")}
+
+
+def check_rule(rule: ReverseRule) -> None:
+    """Raises ValueError naming the first field of ``rule`` that is not one of its choices."""
+    for field, choices in RULE_CHOICES.items():
+        if getattr(rule, field) not in choices:
+            raise ValueError(f"reverse rule {field} must be one of {', '.join(choices)}; "
+                             f"got {getattr(rule, field)!r}")
 
 
 def _conv_forward(stage, params, x, run):
@@ -332,7 +342,7 @@ def _relu_reverse(stage, params, signal, switches, rule, recorded):
 def _contrast_norm_reverse(stage, params, signal, switches, rule, recorded):
     if rule.norm == "pass":
         return signal
-    _, pull_back = jax.vjp(lambda x: contrast_normalize(x, stage), recorded)
+    _, pull_back = jax.vjp(lambda x: contrast_normalize(x, stage), recorded.astype(signal.dtype))
     return pull_back(signal)[0]
 
 
