@@ -239,7 +239,8 @@ def main():
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-donate", action="store_true", help="also time without donation")
     parser.add_argument("--probe", type=int, default=1000, help="snapshot probe images (0: skip)")
-    parser.add_argument("--pipeline-limit", type=int, default=1000)
+    parser.add_argument("--pipeline-limit", type=int, default=1000,
+                        help="images for the input pipeline rows (0: skip)")
     parser.add_argument("--tag", default="", help="suffix for the JSON file name")
     parser.add_argument("--out", default=None)
     parser.add_argument("--synthetic", action="store_true",
@@ -271,8 +272,9 @@ def main():
     rows = train_rows(args.sizes, args.batch, args.rounds, args.steps, not args.no_torch,
                       args.no_donate)
     have_data = Path(args.data).is_dir()
-    if have_data:
+    if have_data and args.pipeline_limit > 0:
         rows += pipeline_rows(args.data, args.sizes, args.batch, args.pipeline_limit)
+    if have_data:
         jax224 = [r for r in rows if r["work"] == "train step (jax)" and r["input_size"] == 224]
         if args.probe and jax224:
             rows.append(snapshot_row(args.data, args.probe, jax224[0]["images_per_s"]))

@@ -178,11 +178,64 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 def conv(stage: Conv, params: dict, x: jax.Array, dtype, padding=None) -> jax.Array:
     """One conv stage with bias (no ReLU); ``padding`` overrides the stage's (e.g. 'VALID')."""
     p = stage.padding
-    pad = padding if padding is not None else ((p, p), (p, p))
+    pad = ((0, 0), (0, 0)) if padding == "VALID" else padding or ((p, p), (p, p))
     kernel = params[stage.name]["kernel"].astype(dtype)
-    y = lax.conv_general_dilated(x, kernel, (stage.stride, stage.stride), pad,
-                                 dimension_numbers=_DIMS)
-    return y + params[stage.name]["bias"].astype(dtype)
+    return convolve(x, kernel, stage.stride, pad) + params[stage.name]["bias"].astype(dtype)
+
+
+def convolve(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+    """x (N, H, W, C) convolved with kernel (k, k, C, O), ``stride``, ``padding``
+    ((top, bottom), (left, right)): (N, h, w, O).
+
+    On CPU a stride-2 convolution runs as one matrix product over its patches
+    (``patch_convolve``): XLA:CPU's own is slower there, forward and backward, above
+    all its filter gradient (``bench/bench_conv.py``). Elsewhere, and for other
+    strides (AlexNet's stride-4 conv1 measured no faster), XLA's convolution.
+    """
+    def direct(x, kernel):
+        return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                        dimension_numbers=_DIMS)
+
+    if stride != 2:
+        return direct(x, kernel)
+    return lax.platform_dependent(x, kernel, default=direct,
+                                  cpu=partial(patch_convolve, stride=stride, padding=padding))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def patch_convolve(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+    """``convolve`` as im2col: the (N, h, w, k*k*C) patches times the (k*k*C, O) kernel.
+    Its gradient: the kernel's from the same patches, the input's from XLA's transposed
+    convolution (differentiating the patches' slices instead made the whole network's
+    input gradient slower: XLA fused them with what came after)."""
+    return _patch_forward(x, kernel, stride, padding)[0]
+
+
+def _patch_forward(x, kernel, stride, padding):
+    n = x.shape[0]
+    k, _, c, out = kernel.shape
+    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+    h, w = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
+    patches = jnp.concatenate([
+        x[:, dy : dy + stride * (h - 1) + 1 : stride, dx : dx + stride * (w - 1) + 1 : stride]
+        for dy in range(k) for dx in range(k)], axis=-1).reshape(-1, k * k * c)  # HWIO's order
+    return (patches @ kernel.reshape(k * k * c, out)).reshape(n, h, w, out), patches
+
+
+def _patch_fwd(x, kernel, stride, padding):
+    y, patches = _patch_forward(x, kernel, stride, padding)
+    return y, (patches, x, kernel)
+
+
+def _patch_bwd(stride, padding, residuals, g):
+    patches, x, kernel = residuals
+    _, pull_back = jax.vjp(lambda x: lax.conv_general_dilated(
+        x, kernel, (stride, stride), padding, dimension_numbers=_DIMS), x)
+    g_kernel = (patches.T @ g.reshape(-1, g.shape[-1])).reshape(kernel.shape)
+    return pull_back(g)[0], g_kernel
+
+
+patch_convolve.defvjp(_patch_fwd, _patch_bwd)
 
 
 def dense(stage: Dense, params: dict, x: jax.Array, dtype) -> jax.Array:
