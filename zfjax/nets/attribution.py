@@ -162,11 +162,13 @@ def _selection(shape, kind: str, channel, y, x) -> jax.Array:
     return jnp.broadcast_to(on_channel, shape).astype(jnp.float32)
 
 
-def _input_attribution_one(config, params, image, channel, y, x, layer, kind, rule):
-    """(H, W, 3) attribution and the target's value, for one image."""
+def _attribution_one(config, params, inputs, start, channel, y, x, layer, kind, rule):
+    """One image's attribution on the input of stage ``start`` (the image for 0, the
+    first ``start`` stages' output otherwise; float32, that input's shape) and the
+    target's value."""
     stop = stop_after(config, layer)
-    out, pull_back = jax.vjp(lambda im: run_stages(config, params, im, 0, stop, rule),
-                             image[None].astype(config.compute_dtype))
+    out, pull_back = jax.vjp(lambda v: run_stages(config, params, v, start, stop, rule),
+                             inputs[None].astype(config.compute_dtype))
     selected = _selection(out.shape[1:], kind, channel, y, x)
     value = jnp.sum(selected * out[0])
     signal = selected * out[0] if rule.start == "activation" else selected
@@ -190,10 +192,64 @@ def default_chunk() -> int:
 
 @partial(jax.jit, static_argnames=("config", "layer", "kind", "rule", "chunk"))
 def _input_attribution(config, params, images, channel, y, x, layer, kind, rule, chunk):
-    one = jax.vmap(_input_attribution_one, in_axes=(None, None, 0, 0, 0, 0, None, None, None))
-    parts = [one(config, params, images[i : i + chunk], channel[i : i + chunk], y[i : i + chunk],
-                 x[i : i + chunk], layer, kind, rule) for i in range(0, images.shape[0], chunk)]
+    one = jax.vmap(_attribution_one, in_axes=(None, None, 0, None, 0, 0, 0, None, None, None))
+    parts = [one(config, params, images[i : i + chunk], 0, channel[i : i + chunk],
+                 y[i : i + chunk], x[i : i + chunk], layer, kind, rule)
+             for i in range(0, images.shape[0], chunk)]
     return tuple(jnp.concatenate(part) for part in zip(*parts))
+
+
+def _chunk_size(count: int) -> int:
+    """Images per unrolled chunk of a pass over ``count`` inputs: ``default_chunk``, or
+    more where it would make over ``MAX_CHUNKS`` chunks (compile time grows with them)."""
+    return max(default_chunk(), -(-count // MAX_CHUNKS))
+
+
+@partial(jax.jit, static_argnames=("config", "layer", "kind", "rule", "samples", "chunk",
+                                   "path"))
+def _mean_attribution(config, params, start, end, channel, y, x, layer, kind, rule, samples,
+                      chunk, path):
+    """Each image's attribution averaged over ``samples`` inputs: (N, H, W, 3) float32.
+
+    path (integrated gradients): the inputs are start + alpha (end - start) at alpha =
+    (s + 0.5) / samples, start and end (N, H, W, 3). Otherwise (SmoothGrad): start + end[:,
+    s], start (N, H, W, 3) images, end (N, samples, H, W, 3) noise.
+
+    The first stage (a conv) is linear in its input, so the mean of the maps is the
+    first stage's transpose applied once per image to the mean of the signals on its
+    output, and on a straight path its output is the same blend of its outputs at the two
+    ends: the first conv runs forward twice per image instead of once per path point
+    (integrated gradients) and backward once per image (both methods).
+    """
+    split = 1 if isinstance(stages(config)[0], network.Conv) else 0
+    dtype = config.compute_dtype
+
+    def first(v):  # the first stage: (M, H, W, 3) -> its output
+        return run_stages(config, params, v.astype(dtype), 0, split, rule)
+
+    one = jax.vmap(_attribution_one, in_axes=(None, None, 0, None, 0, 0, 0, None, None, None))
+    count = start.shape[0]
+    sums = [None] * count
+    for lo in range(0, count * samples, chunk):
+        flat = np.arange(lo, min(lo + chunk, count * samples))
+        image, sample = flat // samples, flat % samples
+        held = np.unique(image)  # this chunk's images, consecutive
+        if path:
+            at_start, at_end = first(start[held]), first(end[held])
+            alpha = ((sample + 0.5) / samples).astype(np.float32)[:, None, None, None]
+            inputs = (at_start[image - held[0]] * (1 - alpha)
+                      + at_end[image - held[0]] * alpha)
+        else:
+            inputs = first(start[image] + end[image, sample])
+        signals, _ = one(config, params, inputs, split, channel[image], y[image], x[image],
+                         layer, kind, rule)
+        rows = np.searchsorted(image, np.append(held, held[-1] + 1))  # image-major
+        per_image = jnp.stack([signals[a:b].sum(0) for a, b in zip(rows[:-1], rows[1:])])
+        _, transpose = jax.vjp(first, jnp.zeros((len(held), *start.shape[1:]), dtype))
+        (maps,) = transpose(per_image.astype(dtype))
+        for i, m in zip(held, maps.astype(jnp.float32)):
+            sums[i] = m if sums[i] is None else sums[i] + m
+    return jnp.stack(sums) / samples
 
 
 # ---- single units, inside their receptive fields -----------------------------------
@@ -236,10 +292,8 @@ def attribute(config: Network, params: dict, images: jax.Array, target: Target,
         maps, outputs = _unit_attribution(config, params, images, channel, y, x, target.layer,
                                           RULES[method])
     else:
-        # At most MAX_CHUNKS unrolled chunks: compile time grows with their number.
-        chunk = max(default_chunk(), -(-images.shape[0] // MAX_CHUNKS))
         maps, outputs = _input_attribution(config, params, images, channel, y, x, target.layer,
-                                           kind, RULES[method], chunk)
+                                           kind, RULES[method], _chunk_size(images.shape[0]))
     return Attribution(maps, outputs)
 
 
@@ -282,11 +336,17 @@ def smoothgrad_with_noise(config: Network, params: dict, images: jax.Array, targ
         raise ValueError(f"noise must have shape (N, samples, H, W, 3) = ({n}, S, "
                          f"{', '.join(map(str, images.shape[1:]))}); got {tuple(noise.shape)}")
     samples = noise.shape[1]
-    noisy = (images[:, None] + noise).reshape(n * samples, *images.shape[1:])
     clean = attribute(config, params, images, target, method)
-    spread = _repeat_target(target, n, samples)
-    maps = attribute(config, params, noisy, spread, method).maps
-    return Attribution(maps.reshape(n, samples, *images.shape[1:]).mean(1), clean.outputs)
+    kind, channel, y, x = _checked_target(config, target, n)
+    if n == 0:
+        return clean
+    if kind == "unit":  # each noisy copy inside the unit's receptive field
+        noisy = (images[:, None] + noise).reshape(n * samples, *images.shape[1:])
+        maps = attribute(config, params, noisy, _repeat_target(target, n, samples), method).maps
+        return Attribution(maps.reshape(n, samples, *images.shape[1:]).mean(1), clean.outputs)
+    maps = _mean_attribution(config, params, images, noise, channel, y, x, target.layer, kind,
+                             RULES[method], samples, _chunk_size(n * samples), path=False)
+    return Attribution(maps, clean.outputs)
 
 
 def integrated_gradients(config: Network, params: dict, images: jax.Array, target: Target,
@@ -309,14 +369,22 @@ def integrated_gradients(config: Network, params: dict, images: jax.Array, targe
     if baseline.shape != images.shape:
         raise ValueError(f"baseline must have the shape of one image {tuple(images.shape[1:])} "
                          f"or of the images {tuple(images.shape)}; got {tuple(baseline.shape)}")
-    alphas = (jnp.arange(steps, dtype=jnp.float32) + 0.5) / steps
     delta = images - baseline
-    path = baseline[:, None] + alphas[None, :, None, None, None] * delta[:, None]
     ends = attribute(config, params, jnp.concatenate([images, baseline]),
                      _repeat_target(target, n, 1, copies=2), "gradient").outputs
-    grads = attribute(config, params, path.reshape(n * steps, *images.shape[1:]),
-                      _repeat_target(target, n, steps), "gradient").maps
-    mean_grad = grads.reshape(n, steps, *images.shape[1:]).mean(1)
+    kind, channel, y, x = _checked_target(config, target, n)
+    if n == 0:
+        return PathAttribution(delta, ends[:n], ends[n:])
+    if kind == "unit":  # each path point inside the unit's receptive field
+        alphas = (jnp.arange(steps, dtype=jnp.float32) + 0.5) / steps
+        path = baseline[:, None] + alphas[None, :, None, None, None] * delta[:, None]
+        grads = attribute(config, params, path.reshape(n * steps, *images.shape[1:]),
+                          _repeat_target(target, n, steps), "gradient").maps
+        mean_grad = grads.reshape(n, steps, *images.shape[1:]).mean(1)
+    else:
+        mean_grad = _mean_attribution(config, params, baseline, images, channel, y, x,
+                                      target.layer, kind, RULES["gradient"], steps,
+                                      _chunk_size(n * steps), path=True)
     return PathAttribution(delta * mean_grad, ends[:n], ends[n:])
 
 
