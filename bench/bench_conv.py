@@ -102,7 +102,6 @@ def main(argv=None) -> int:
     out = Path(args.out or Path(__file__).resolve().parent / "results"
                / f"conv-{jax.default_backend()}.json")
     write_results(out, {"rows": rows})
-    print(f"wrote {out}")
     return 0
 
 
