@@ -322,7 +322,8 @@ def smoothgrad(config: Network, params: dict, images: jax.Array, target: Target,
                key: jax.Array, samples: int = 16, noise: float = 0.15,
                method: str = "gradient") -> Attribution:
     """SmoothGrad (Smilkov et al. 2017): ``method``'s maps averaged over ``samples``
-    noisy copies of each image (``smoothgrad_noise``), all in one batched pass.
+    noisy copies of each image (``smoothgrad_noise``), batched (the first conv's
+    backward once per image: ``_mean_attribution``).
     outputs: the target at the clean images."""
     images = jnp.asarray(images, jnp.float32)
     return smoothgrad_with_noise(config, params, images, target,
@@ -364,7 +365,8 @@ def integrated_gradients(config: Network, params: dict, images: jax.Array, targe
                          baseline: jax.Array, *, steps: int = 32) -> PathAttribution:
     """Integrated gradients (Sundararajan et al. 2017): (input - baseline) times the
     gradient averaged over ``steps`` points of the straight path, at the middle of each
-    step (Riemann midpoint rule), all steps in one batched pass.
+    step (Riemann midpoint rule), batched (the first conv once per image and end:
+    ``_mean_attribution``).
 
     baseline: (H, W, 3) for every image or (N, H, W, 3) per image, in network-input
     units: a black image's network input (e.g. ``-mean / 255`` for a zfjax run), or
