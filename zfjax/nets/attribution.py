@@ -235,7 +235,7 @@ def _mean_attribution(config, params, start, end, channel, y, x, layer, kind, ru
         image, sample = flat // samples, flat % samples
         held = np.unique(image)  # this chunk's images, consecutive
         if path:
-            at_start, at_end = first(start[held]), first(end[held])
+            at_start, at_end = (first(v[held]).astype(jnp.float32) for v in (start, end))
             alpha = ((sample + 0.5) / samples).astype(np.float32)[:, None, None, None]
             inputs = (at_start[image - held[0]] * (1 - alpha)
                       + at_end[image - held[0]] * alpha)
