@@ -60,7 +60,8 @@ def test_one_pass_top_k_of_every_layer_equals_a_brute_force_sort():
         for ch in range(c):
             order = np.lexsort((np.arange(n), -per_image[:, ch]))[:atlas.TOP]  # ties: earlier
             np.testing.assert_array_equal(top.image[ch], order, err_msg=f"{layer} #{ch}")
-            # Two programs (batches of 4 and of 11): XLA may round the last bit differently.
+            # Two programs (batches of 4 and of 11): XLA may round the last bit differently
+            # (seen under the suite's compiler settings, tests/conftest.py).
             np.testing.assert_allclose(top.value[ch], per_image[order, ch], rtol=1e-6,
                                        atol=1e-6 * acts.max())
             np.testing.assert_array_equal(top.y[ch] * w + top.x[ch], where[order, ch])

@@ -164,12 +164,13 @@ def test_batched_equals_one_at_a_time(net):
 
 
 def test_passes_in_chunks_equal_one_batch(net, monkeypatch):
-    """attribute runs its images as chunks of default_chunk() (the last one short)."""
+    """Integrated gradients runs its path points in chunks of default_chunk() (3: each
+    image's 5 steps as 3 + 2); the ends' outputs through attribute's chunks (3 + 1)."""
     params, images = net
     logit = Target(LOGITS, jnp.array([1, 0]))
     baseline = jnp.zeros((64, 64, 3))
     whole = attribution.integrated_gradients(TINY, params, images, logit, baseline, steps=5)
-    monkeypatch.setattr(attribution, "default_chunk", lambda: 3)  # 10 path points: 3+3+3+1
+    monkeypatch.setattr(attribution, "default_chunk", lambda: 3)
     chunked = attribution.integrated_gradients(TINY, params, images, logit, baseline, steps=5)
     np.testing.assert_allclose(chunked.maps, whole.maps, rtol=1e-5,
                                atol=1e-6 * float(jnp.abs(whole.maps).max()))

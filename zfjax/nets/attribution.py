@@ -181,8 +181,8 @@ MAX_CHUNKS = 32  # unrolled chunks per compiled pass; beyond, the chunks grow in
 
 def default_chunk() -> int:
     """Images per batched pass of ``attribute``'s dense passes (class logits, maps,
-    unwindowed units; SmoothGrad's noisy copies and integrated gradients' path points go
-    through them): one compiled call runs its images as consecutive chunks of this many.
+    unwindowed units) and of SmoothGrad's noisy copies and integrated gradients' path
+    points: one compiled call runs its images as consecutive chunks of this many.
     CPU: 16, the fastest in ``bench/bench_gradient_chunk.py`` (full ZFNet at 224 px on a
     2-core machine: large batches outgrow the caches, and unrolled chunks beat a
     ``lax.map`` over them). GPU/TPU: 256, a guess until measured there. A pass of more
@@ -215,11 +215,12 @@ def _mean_attribution(config, params, start, end, channel, y, x, layer, kind, ru
     (s + 0.5) / samples, start and end (N, H, W, 3). Otherwise (SmoothGrad): start + end[:,
     s], start (N, H, W, 3) images, end (N, samples, H, W, 3) noise.
 
-    The first stage (a conv) is linear in its input, so the mean of the maps is the
-    first stage's transpose applied once per image to the mean of the signals on its
+    The first stage (a conv) is affine in its input, so the mean of the maps is its
+    linear part's transpose applied once per image to the mean of the signals on its
     output, and on a straight path its output is the same blend of its outputs at the two
     ends: the first conv runs forward twice per image instead of once per path point
-    (integrated gradients) and backward once per image (both methods).
+    (integrated gradients) and backward once per image (both methods). Each chunk holds
+    whole images' samples (``chunk // samples`` images), or part of one image's.
     """
     split = 1 if isinstance(stages(config)[0], network.Conv) else 0
     dtype = config.compute_dtype
@@ -229,29 +230,32 @@ def _mean_attribution(config, params, start, end, channel, y, x, layer, kind, ru
 
     one = jax.vmap(_attribution_one, in_axes=(None, None, 0, None, 0, 0, 0, None, None, None))
     count = start.shape[0]
-    sums = [None] * count
-    for lo in range(0, count * samples, chunk):
-        flat = np.arange(lo, min(lo + chunk, count * samples))
-        image, sample = flat // samples, flat % samples
-        held = np.unique(image)  # this chunk's images, consecutive
+    per_chunk = max(1, chunk // samples)  # images, when whole images fit
+    part = min(chunk, samples)  # samples of an image per chunk
+    maps = []
+    for lo in range(0, count, per_chunk):
+        held = np.arange(lo, min(lo + per_chunk, count))
+        total = None
         if path:
             at_start, at_end = (first(v[held]).astype(jnp.float32) for v in (start, end))
-            alpha = ((sample + 0.5) / samples).astype(np.float32)[:, None, None, None]
-            inputs = (at_start[image - held[0]] * (1 - alpha)
-                      + at_end[image - held[0]] * alpha)
-        else:
-            inputs = first(start[image] + end[image, sample])
-        signals, _ = one(config, params, inputs, split, channel[image], y[image], x[image],
-                         layer, kind, rule)
-        rows = np.searchsorted(image, np.append(held, held[-1] + 1))  # image-major
-        # Added one by one: XLA:CPU's reduce over the leading axis was 10x slower.
-        per_image = jnp.stack([sum(signals[a + 1 : b], signals[a])
-                               for a, b in zip(rows[:-1], rows[1:])])
+        for s0 in range(0, samples, part):
+            sample = np.arange(s0, min(s0 + part, samples))
+            image = np.repeat(held, len(sample))  # image-major
+            if path:
+                alpha = ((sample + 0.5) / samples).astype(np.float32)[None, :, None, None, None]
+                inputs = (at_start[:, None] * (1 - alpha) + at_end[:, None] * alpha)
+                inputs = inputs.reshape(-1, *inputs.shape[2:])
+            else:
+                inputs = first(start[image] + end[image, np.tile(sample, len(held))])
+            signals, _ = one(config, params, inputs, split, channel[image], y[image], x[image],
+                             layer, kind, rule)
+            signals = signals.reshape(len(held), len(sample), *signals.shape[1:])
+            # Added one by one: XLA:CPU's reduce over an axis was 10x slower.
+            summed = sum((signals[:, i] for i in range(1, len(sample))), signals[:, 0])
+            total = summed if total is None else total + summed
         _, transpose = jax.vjp(first, jnp.zeros((len(held), *start.shape[1:]), dtype))
-        (maps,) = transpose(per_image.astype(dtype))
-        for i, m in zip(held, maps.astype(jnp.float32)):
-            sums[i] = m if sums[i] is None else sums[i] + m
-    return jnp.stack(sums) / samples
+        maps.append(transpose(total.astype(dtype))[0].astype(jnp.float32))
+    return jnp.concatenate(maps) / samples
 
 
 # ---- single units, inside their receptive fields -----------------------------------

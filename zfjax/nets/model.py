@@ -176,7 +176,7 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 def conv(stage: Conv, params: dict, x: jax.Array, dtype, padding=None) -> jax.Array:
-    """One conv stage with bias (no ReLU); ``padding`` overrides the stage's (e.g. 'VALID')."""
+    """One conv stage with bias (no ReLU); ``padding='VALID'`` overrides the stage's."""
     p = stage.padding
     pad = ((0, 0), (0, 0)) if padding == "VALID" else padding or ((p, p), (p, p))
     kernel = params[stage.name]["kernel"].astype(dtype)
