@@ -21,7 +21,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,12 +28,7 @@ from zfjax.nets import model, network  # noqa: E402
 from common import in_turns, write_results  # noqa: E402  (bench/common.py)
 
 
-def xla_convolve(x, kernel, stride, padding):
-    return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-WAYS = {"XLA conv": xla_convolve, "patches": model.patch_convolve}
+WAYS = {"XLA conv": model.xla_convolve, "patches": model.patch_convolve}
 
 
 def strided_convs(size: int):

@@ -192,14 +192,17 @@ def convolve(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array
     all its filter gradient (``bench/bench_conv.py``). Elsewhere, and for other
     strides (AlexNet's stride-4 conv1 measured no faster), XLA's convolution.
     """
-    def direct(x, kernel):
-        return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                        dimension_numbers=_DIMS)
-
     if stride != 2:
-        return direct(x, kernel)
-    return lax.platform_dependent(x, kernel, default=direct,
+        return xla_convolve(x, kernel, stride, padding)
+    return lax.platform_dependent(x, kernel,
+                                  default=partial(xla_convolve, stride=stride, padding=padding),
                                   cpu=partial(patch_convolve, stride=stride, padding=padding))
+
+
+def xla_convolve(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+    """``convolve`` as XLA's convolution."""
+    return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                    dimension_numbers=_DIMS)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -229,8 +232,7 @@ def _patch_fwd(x, kernel, stride, padding):
 
 def _patch_bwd(stride, padding, residuals, g):
     patches, x, kernel = residuals
-    _, pull_back = jax.vjp(lambda x: lax.conv_general_dilated(
-        x, kernel, (stride, stride), padding, dimension_numbers=_DIMS), x)
+    _, pull_back = jax.vjp(lambda x: xla_convolve(x, kernel, stride, padding), x)
     g_kernel = (patches.T @ g.reshape(-1, g.shape[-1])).reshape(kernel.shape)
     return pull_back(g)[0], g_kernel
 
